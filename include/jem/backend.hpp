@@ -1,0 +1,141 @@
+// Backend: the op set the model and the trainer run on. Nothing here knows about JEM.
+//
+// Conventions (written once, followed by every op on every backend):
+//   * Tensors are dense, row-major, float32 unless stated: images NCHW, matrices [rows, cols],
+//     conv weights OIHW ([K, C, R, R]), linear weights [out, in] (as PyTorch stores them).
+//   * Parameter gradients ACCUMULATE (dw += ..., db += ...): the trainer zeroes the flat
+//     gradient buffer once per iteration and several passes may add into it.
+//   * Activation gradients OVERWRITE (dx = ...): each is produced by exactly one op.
+//   * Every public op checks shapes and devices here, once, then calls the backend's *_impl.
+//     A failed check throws jem::Error naming the op and the offending shapes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "jem/tensor.hpp"
+
+namespace jem {
+
+// Geometry of one 2-D convolution: x[N, C, H, W] * w[K, C, R, R] -> y[N, K, P, Q].
+struct ConvGeom {
+  int N = 0, C = 0, H = 0, W = 0;  // input
+  int K = 0, R = 0;                // output channels, square kernel size
+  int stride = 1, pad = 0;
+  int P() const { return (H + 2 * pad - R) / stride + 1; }
+  int Q() const { return (W + 2 * pad - R) / stride + 1; }
+  // Multiply-adds of the forward pass (backward-data and backward-filter cost the same).
+  double macs() const { return double(N) * K * P() * Q() * C * R * R; }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;  // "cpu (2 threads, OpenBLAS 0.3.21)"
+
+  // ---- memory -------------------------------------------------------------------------------
+  // Zero-filled tensor on this backend's device.
+  virtual Tensor empty(Shape shape, DType dtype = DType::F32) = 0;
+  // Host <-> device copies; sizes must match. `dst`/`src` on the host are plain vectors.
+  virtual void upload(const float* src, const Tensor& dst) = 0;
+  virtual void download(const Tensor& src, float* dst) = 0;
+  virtual void upload_i32(const std::int32_t* src, const Tensor& dst) = 0;
+  // Waits until every op issued so far has finished (no-op on the CPU).
+  virtual void synchronize() {}
+
+  std::vector<float> to_vector(const Tensor& t);
+  Tensor from_vector(const std::vector<float>& v, Shape shape);
+
+  // ---- elementwise / memory ops -------------------------------------------------------------
+  void fill(const Tensor& t, float value);
+  void copy(const Tensor& src, const Tensor& dst);
+  // y += alpha * x
+  void axpy(float alpha, const Tensor& x, const Tensor& y);
+  // y = a + b (the residual add; y may alias a or b)
+  void add(const Tensor& a, const Tensor& b, const Tensor& y);
+
+  // ---- convolution --------------------------------------------------------------------------
+  // y[N,K,P,Q] = conv(x[N,C,H,W], w[K,C,R,R]) + b[K]           (overwrite)
+  void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
+                      int stride, int pad);
+  // dx[N,C,H,W] = conv_transpose(dy[N,K,P,Q], w)                (overwrite)
+  void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, int stride,
+                            int pad);
+  // dw[K,C,R,R] += x (*) dy ; db[K] += sum_{n,p,q} dy          (accumulate; db may be undefined)
+  void conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Tensor& dw,
+                              const Tensor& db, int stride, int pad);
+
+  // ---- activations --------------------------------------------------------------------------
+  // y = x > 0 ? x : slope * x   (y may alias x)
+  void leaky_relu_forward(const Tensor& x, const Tensor& y, float slope);
+  // dx = dy * (x > 0 ? 1 : slope)   (dx may alias dy; x is the forward INPUT)
+  void leaky_relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, float slope);
+
+  // ---- pooling ------------------------------------------------------------------------------
+  // y[N,C] = mean_{h,w} x[N,C,H,W]
+  void global_avg_pool_forward(const Tensor& x, const Tensor& y);
+  // dx[N,C,H,W] = dy[N,C] / (H*W)                               (overwrite)
+  void global_avg_pool_backward(const Tensor& dy, const Tensor& dx);
+
+  // ---- linear -------------------------------------------------------------------------------
+  // y[N,O] = x[N,I] w[O,I]^T + b[O]
+  void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y);
+  // dx[N,I] = dy w (overwrite, if dx defined); dw[O,I] += dy^T x, db[O] += sum_n dy
+  // (accumulate, if defined). Leaving dw/db undefined skips the weight-gradient work.
+  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
+                       const Tensor& dw, const Tensor& db);
+
+  // ---- losses -------------------------------------------------------------------------------
+  // Energy per row, fused with its gradient:
+  //   E[n] = -logsumexp_k logits[n,k];  dlogits[n,k] = grad_scale * dE[n]/dlogits[n,k]
+  //                                                  = -grad_scale * softmax(logits[n])[k]
+  // `grad_scale` folds in the objective's weight (1 for SGLD's d(sum E)/dx).
+  void energy_forward_backward(const Tensor& logits, const Tensor& energy,
+                               const Tensor& dlogits, float grad_scale);
+  // Cross-entropy per row, fused with its gradient (labels I32 in [0, K)):
+  //   loss[n] = logsumexp(logits[n]) - logits[n, y[n]]
+  //   dlogits[n,k] = grad_scale * (softmax(logits[n])[k] - [k == y[n]])
+  void cross_entropy_forward_backward(const Tensor& logits, const Tensor& labels,
+                                      const Tensor& loss, const Tensor& dlogits,
+                                      float grad_scale);
+
+ protected:
+  virtual void fill_impl(const Tensor& t, float value) = 0;
+  virtual void copy_impl(const Tensor& src, const Tensor& dst) = 0;
+  virtual void axpy_impl(float alpha, const Tensor& x, const Tensor& y) = 0;
+  virtual void add_impl(const Tensor& a, const Tensor& b, const Tensor& y) = 0;
+  virtual void conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
+                                   const float* b, float* y) = 0;
+  virtual void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
+                                         float* dx) = 0;
+  // db may be null.
+  virtual void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy,
+                                           float* dw, float* db) = 0;
+  virtual void leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) = 0;
+  virtual void leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy,
+                                        float* dx, float slope) = 0;
+  virtual void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) = 0;
+  virtual void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy,
+                                             float* dx) = 0;
+  virtual void linear_forward_impl(int N, int I, int O, const float* x, const float* w,
+                                   const float* b, float* y) = 0;
+  // dx, dw, db may each be null.
+  virtual void linear_backward_impl(int N, int I, int O, const float* x, const float* w,
+                                    const float* dy, float* dx, float* dw, float* db) = 0;
+  virtual void energy_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                           float grad_scale) = 0;
+  virtual void cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                                  float* loss, float* dlogits, float grad_scale) = 0;
+
+  // Throws unless `t` is defined, F32 and on this backend's device.
+  void check_tensor(const Tensor& t, const char* op, const char* what) const;
+};
+
+// The CPU backend: the reference. `threads` <= 0 means OpenMP's default.
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+}  // namespace jem

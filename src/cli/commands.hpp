@@ -1,0 +1,9 @@
+// Each subcommand registers itself on the app; its callback runs when it is chosen and throws
+// jem::Error on failure (main prints one line and exits non-zero).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace jem::cli {
+void register_info(CLI::App& app);
+}  // namespace jem::cli

@@ -1,0 +1,182 @@
+// CPU convolutions: im2col lowering + OpenBLAS sgemm, one image per OpenMP thread at a time.
+//
+// Per image n, with CRR = C*R*R and PQ = P*Q:
+//   forward          y_n[K, PQ]   = w[K, CRR] * col_n[CRR, PQ] + b
+//   backward-data    dcol[CRR, PQ] = w^T[CRR, K] * dy_n[K, PQ];  dx_n = col2im(dcol)
+//   backward-filter  dw[K, CRR]  += dy_n[K, PQ] * col_n^T[PQ, CRR]
+// A 1x1, stride-1, unpadded convolution needs no lowering: col_n is x_n itself.
+// Weight gradients go to per-thread partial buffers first, then are added to dw in thread order,
+// so the sum is the same for the same thread count.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/cpu_backend.hpp"
+
+namespace jem::cpu {
+namespace {
+
+bool is_pointwise(const ConvGeom& g) { return g.R == 1 && g.stride == 1 && g.pad == 0; }
+
+// col[(c*R + kh)*R + kw, p*Q + q] = x[c, p*stride - pad + kh, q*stride - pad + kw] (0 outside)
+void im2col(const ConvGeom& g, const float* x, float* col) {
+  const int P = g.P(), Q = g.Q();
+  for (int c = 0; c < g.C; ++c) {
+    const float* xc = x + static_cast<std::int64_t>(c) * g.H * g.W;
+    for (int kh = 0; kh < g.R; ++kh) {
+      for (int kw = 0; kw < g.R; ++kw) {
+        float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.R + kw) * P * Q;
+        for (int p = 0; p < P; ++p) {
+          const int ih = p * g.stride - g.pad + kh;
+          float* out = row + static_cast<std::int64_t>(p) * Q;
+          if (ih < 0 || ih >= g.H) {
+            std::fill_n(out, Q, 0.0f);
+            continue;
+          }
+          const float* xrow = xc + static_cast<std::int64_t>(ih) * g.W;
+          if (g.stride == 1) {
+            // Contiguous run: zeros at the borders, a copy in between.
+            const int q_begin = std::max(0, g.pad - kw);
+            const int q_end = std::min(Q, g.W + g.pad - kw);
+            std::fill_n(out, q_begin, 0.0f);
+            if (q_end > q_begin) std::copy(xrow + q_begin - g.pad + kw, xrow + q_end - g.pad + kw, out + q_begin);
+            std::fill(out + std::max(q_end, q_begin), out + Q, 0.0f);
+          } else {
+            for (int q = 0; q < Q; ++q) {
+              const int iw = q * g.stride - g.pad + kw;
+              out[q] = (iw >= 0 && iw < g.W) ? xrow[iw] : 0.0f;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of im2col: dx = 0, then dx[c, ih, iw] += dcol[...] for every tap that read it.
+void col2im(const ConvGeom& g, const float* col, float* dx) {
+  const int P = g.P(), Q = g.Q();
+  std::fill_n(dx, static_cast<std::int64_t>(g.C) * g.H * g.W, 0.0f);
+  for (int c = 0; c < g.C; ++c) {
+    float* dxc = dx + static_cast<std::int64_t>(c) * g.H * g.W;
+    for (int kh = 0; kh < g.R; ++kh) {
+      for (int kw = 0; kw < g.R; ++kw) {
+        const float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.R + kw) * P * Q;
+        for (int p = 0; p < P; ++p) {
+          const int ih = p * g.stride - g.pad + kh;
+          if (ih < 0 || ih >= g.H) continue;
+          float* dxrow = dxc + static_cast<std::int64_t>(ih) * g.W;
+          const float* in = row + static_cast<std::int64_t>(p) * Q;
+          for (int q = 0; q < Q; ++q) {
+            const int iw = q * g.stride - g.pad + kw;
+            if (iw >= 0 && iw < g.W) dxrow[iw] += in[q];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
+                                     const float* b, float* y) {
+  const int PQ = g.P() * g.Q();
+  const int CRR = g.C * g.R * g.R;
+  const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
+  const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
+#pragma omp parallel for schedule(static) num_threads(threads_)
+  for (int n = 0; n < g.N; ++n) {
+    const float* xn = x + n * x_stride;
+    float* yn = y + n * y_stride;
+    const float* col = xn;
+    if (!is_pointwise(g)) {
+      float* buf = scratch(omp_get_thread_num(), 0, static_cast<std::size_t>(CRR) * PQ);
+      im2col(g, xn, buf);
+      col = buf;
+    }
+    for (int k = 0; k < g.K; ++k) std::fill_n(yn + static_cast<std::int64_t>(k) * PQ, PQ, b[k]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.K, PQ, CRR, 1.0f, w, CRR, col, PQ,
+                1.0f, yn, PQ);
+  }
+}
+
+void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
+                                           float* dx) {
+  const int PQ = g.P() * g.Q();
+  const int CRR = g.C * g.R * g.R;
+  const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
+  const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
+#pragma omp parallel for schedule(static) num_threads(threads_)
+  for (int n = 0; n < g.N; ++n) {
+    const float* dyn = dy + n * y_stride;
+    float* dxn = dx + n * x_stride;
+    if (is_pointwise(g)) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRR, PQ, g.K, 1.0f, w, CRR, dyn, PQ,
+                  0.0f, dxn, PQ);
+      continue;
+    }
+    float* dcol = scratch(omp_get_thread_num(), 0, static_cast<std::size_t>(CRR) * PQ);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRR, PQ, g.K, 1.0f, w, CRR, dyn, PQ, 0.0f,
+                dcol, PQ);
+    col2im(g, dcol, dxn);
+  }
+}
+
+void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy,
+                                             float* dw, float* db) {
+  const int PQ = g.P() * g.Q();
+  const int CRR = g.C * g.R * g.R;
+  const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
+  const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
+  const std::size_t wsize = static_cast<std::size_t>(g.K) * CRR;
+  const int T = std::min(threads_, g.N);
+  std::vector<float*> partial(static_cast<std::size_t>(T));
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num();
+    // Slot 1: partial dw, then K entries of partial db.
+    float* part = scratch(t, 1, wsize + static_cast<std::size_t>(g.K));
+    std::fill_n(part, wsize + static_cast<std::size_t>(g.K), 0.0f);
+    partial[static_cast<std::size_t>(t)] = part;
+#pragma omp for schedule(static)
+    for (int n = 0; n < g.N; ++n) {
+      const float* xn = x + n * x_stride;
+      const float* dyn = dy + n * y_stride;
+      const float* col = xn;
+      if (!is_pointwise(g)) {
+        float* buf = scratch(t, 0, static_cast<std::size_t>(CRR) * PQ);
+        im2col(g, xn, buf);
+        col = buf;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g.K, CRR, PQ, 1.0f, dyn, PQ, col, PQ,
+                  1.0f, part, CRR);
+      if (db) {
+        float* pdb = part + wsize;
+        for (int k = 0; k < g.K; ++k) {
+          const float* row = dyn + static_cast<std::int64_t>(k) * PQ;
+          float s = 0.0f;
+          for (int i = 0; i < PQ; ++i) s += row[i];
+          pdb[k] += s;
+        }
+      }
+    }
+  }
+  // Reduce the partials in thread order (deterministic), split over the weight elements.
+#pragma omp parallel for schedule(static) num_threads(threads_)
+  for (std::int64_t i = 0; i < static_cast<std::int64_t>(wsize); ++i) {
+    float s = 0.0f;
+    for (int t = 0; t < T; ++t) s += partial[static_cast<std::size_t>(t)][i];
+    dw[i] += s;
+  }
+  if (db)
+    for (int k = 0; k < g.K; ++k) {
+      float s = 0.0f;
+      for (int t = 0; t < T; ++t) s += partial[static_cast<std::size_t>(t)][wsize + k];
+      db[k] += s;
+    }
+}
+
+}  // namespace jem::cpu

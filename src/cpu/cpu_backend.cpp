@@ -1,0 +1,167 @@
+// CPU backend: memory, elementwise ops, pooling, linear layer and the fused losses.
+// The convolutions live in conv2d.cpp.
+#include "cpu/cpu_backend.hpp"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "jem/elementwise_math.hpp"
+
+namespace jem::cpu {
+
+CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_max_threads()) {
+  // OpenBLAS runs inside our OpenMP threads: one BLAS thread each (see the header).
+  openblas_set_num_threads(1);
+  scratch_.resize(static_cast<std::size_t>(threads_));
+}
+
+std::string CpuBackend::name() const {
+  std::ostringstream os;
+  os << "cpu (" << threads_ << " threads, " << openblas_get_config() << ")";
+  return os.str();
+}
+
+float* CpuBackend::scratch(int thread, int slot, std::size_t n) {
+  auto& slots = scratch_[static_cast<std::size_t>(thread)];
+  if (slots.size() <= static_cast<std::size_t>(slot)) slots.resize(static_cast<std::size_t>(slot) + 1);
+  auto& buf = slots[static_cast<std::size_t>(slot)];
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+Tensor CpuBackend::empty(Shape shape, DType dtype) { return Tensor::host(shape, dtype); }
+
+void CpuBackend::upload(const float* src, const Tensor& dst) {
+  std::memcpy(dst.data<float>(), src, dst.bytes());
+}
+void CpuBackend::download(const Tensor& src, float* dst) {
+  std::memcpy(dst, src.data<float>(), src.bytes());
+}
+void CpuBackend::upload_i32(const std::int32_t* src, const Tensor& dst) {
+  std::memcpy(dst.data<std::int32_t>(), src, dst.bytes());
+}
+
+void CpuBackend::fill_impl(const Tensor& t, float value) {
+  if (t.dtype() == DType::I32) {
+    std::fill_n(t.data<std::int32_t>(), t.numel(), static_cast<std::int32_t>(value));
+    return;
+  }
+  std::fill_n(t.data<float>(), t.numel(), value);
+}
+
+void CpuBackend::copy_impl(const Tensor& src, const Tensor& dst) {
+  std::memmove(dst.data<float>(), src.data<float>(), src.bytes());
+}
+
+void CpuBackend::axpy_impl(float alpha, const Tensor& x, const Tensor& y) {
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const std::int64_t n = x.numel();
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) yp[i] += alpha * xp[i];
+}
+
+void CpuBackend::add_impl(const Tensor& a, const Tensor& b, const Tensor& y) {
+  const float* ap = a.data<float>();
+  const float* bp = b.data<float>();
+  float* yp = y.data<float>();
+  const std::int64_t n = a.numel();
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) yp[i] = ap[i] + bp[i];
+}
+
+void CpuBackend::leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) {
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) y[i] = leaky_relu(x[i], slope);
+}
+
+void CpuBackend::leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy,
+                                          float* dx, float slope) {
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) dx[i] = leaky_relu_grad(x[i], dy[i], slope);
+}
+
+void CpuBackend::global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) {
+  const float inv = 1.0f / static_cast<float>(HW);
+#pragma omp parallel for schedule(static) num_threads(threads_)
+  for (int nc = 0; nc < N * C; ++nc) {
+    const float* p = x + static_cast<std::int64_t>(nc) * HW;
+    float s = 0.0f;
+    for (int i = 0; i < HW; ++i) s += p[i];
+    y[nc] = s * inv;
+  }
+}
+
+void CpuBackend::global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) {
+  const float inv = 1.0f / static_cast<float>(HW);
+#pragma omp parallel for schedule(static) num_threads(threads_)
+  for (int nc = 0; nc < N * C; ++nc) {
+    float* p = dx + static_cast<std::int64_t>(nc) * HW;
+    const float g = dy[nc] * inv;
+    for (int i = 0; i < HW; ++i) p[i] = g;
+  }
+}
+
+void CpuBackend::linear_forward_impl(int N, int I, int O, const float* x, const float* w,
+                                     const float* b, float* y) {
+  // y[N,O] = x[N,I] w[O,I]^T, then + b per row
+  for (int n = 0; n < N; ++n) std::copy_n(b, O, y + static_cast<std::int64_t>(n) * O);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, I, 1.0f, x, I, w, I, 1.0f, y, O);
+}
+
+void CpuBackend::linear_backward_impl(int N, int I, int O, const float* x, const float* w,
+                                      const float* dy, float* dx, float* dw, float* db) {
+  // dx[N,I] = dy[N,O] w[O,I]
+  if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dy, O, w, I, 0.0f, dx, I);
+  // dw[O,I] += dy^T[O,N] x[N,I]
+  if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, N, 1.0f, dy, O, x, I, 1.0f, dw, I);
+  if (db)
+    for (int n = 0; n < N; ++n)
+      for (int o = 0; o < O; ++o) db[o] += dy[static_cast<std::int64_t>(n) * O + o];
+}
+
+// log(sum(exp(row))) computed stably around the row maximum.
+static float row_logsumexp(const float* row, int K) {
+  float m = row[0];
+  for (int k = 1; k < K; ++k) m = std::max(m, row[k]);
+  double s = 0.0;
+  for (int k = 0; k < K; ++k) s += std::exp(static_cast<double>(row[k] - m));
+  return m + static_cast<float>(std::log(s));
+}
+
+void CpuBackend::energy_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                             float grad_scale) {
+  for (int n = 0; n < N; ++n) {
+    const float* row = logits + static_cast<std::int64_t>(n) * K;
+    float* drow = dlogits + static_cast<std::int64_t>(n) * K;
+    const float lse = row_logsumexp(row, K);
+    energy[n] = -lse;
+    for (int k = 0; k < K; ++k) drow[k] = -grad_scale * std::exp(row[k] - lse);
+  }
+}
+
+void CpuBackend::cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                                    float* loss, float* dlogits, float grad_scale) {
+  for (int n = 0; n < N; ++n) {
+    const int y = labels[n];
+    JEM_CHECK(y >= 0 && y < K, "cross_entropy: label ", y, " of row ", n, " outside [0, ", K, ")");
+    const float* row = logits + static_cast<std::int64_t>(n) * K;
+    float* drow = dlogits + static_cast<std::int64_t>(n) * K;
+    const float lse = row_logsumexp(row, K);
+    loss[n] = lse - row[y];
+    for (int k = 0; k < K; ++k) drow[k] = grad_scale * (std::exp(row[k] - lse) - (k == y ? 1.0f : 0.0f));
+  }
+}
+
+}  // namespace jem::cpu
+
+namespace jem {
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return std::make_unique<cpu::CpuBackend>(threads);
+}
+}  // namespace jem

@@ -1,0 +1,60 @@
+// The CPU backend: the reference implementation of every op. OpenMP parallelises over images
+// (or rows); OpenBLAS runs single-threaded inside each thread, so that the two thread pools never
+// oversubscribe the cores and results are bit-identical for a fixed thread count (every
+// reduction has a fixed order: static schedules and per-thread partial sums reduced in order).
+#pragma once
+
+#include <vector>
+
+#include "jem/backend.hpp"
+
+namespace jem::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads);
+
+  Device device() const override { return Device::CPU; }
+  std::string name() const override;
+  int threads() const { return threads_; }
+
+  Tensor empty(Shape shape, DType dtype) override;
+  void upload(const float* src, const Tensor& dst) override;
+  void download(const Tensor& src, float* dst) override;
+  void upload_i32(const std::int32_t* src, const Tensor& dst) override;
+
+ protected:
+  void fill_impl(const Tensor& t, float value) override;
+  void copy_impl(const Tensor& src, const Tensor& dst) override;
+  void axpy_impl(float alpha, const Tensor& x, const Tensor& y) override;
+  void add_impl(const Tensor& a, const Tensor& b, const Tensor& y) override;
+  void conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w, const float* b,
+                           float* y) override;
+  void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
+                                 float* dx) override;
+  void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy, float* dw,
+                                   float* db) override;
+  void leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) override;
+  void leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy, float* dx,
+                                float slope) override;
+  void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;
+  void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) override;
+  void linear_forward_impl(int N, int I, int O, const float* x, const float* w, const float* b,
+                           float* y) override;
+  void linear_backward_impl(int N, int I, int O, const float* x, const float* w, const float* dy,
+                            float* dx, float* dw, float* db) override;
+  void energy_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                   float grad_scale) override;
+  void cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                          float* loss, float* dlogits, float grad_scale) override;
+
+ private:
+  // Per-thread scratch (im2col columns, partial weight gradients). Grown on first use of a
+  // shape and then reused: after the first iteration the training loop allocates nothing.
+  float* scratch(int thread, int slot, std::size_t n);
+
+  int threads_;
+  std::vector<std::vector<std::vector<float>>> scratch_;  // [thread][slot]
+};
+
+}  // namespace jem::cpu
