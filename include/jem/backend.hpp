@@ -19,6 +19,15 @@
 
 namespace jem {
 
+// Where an op's Philox noise comes from (see philox.hpp): sample b of the batch uses the global
+// sample index sample_base + b, so the noise does not depend on how a batch is split.
+struct NoiseKey {
+  std::uint64_t seed = 0;
+  std::uint32_t iteration = 0;
+  std::uint32_t step = 0;
+  std::uint32_t sample_base = 0;
+};
+
 // Geometry of one 2-D convolution: x[N, C, H, W] * w[K, C, R, R] -> y[N, K, P, Q].
 struct ConvGeom {
   int N = 0, C = 0, H = 0, W = 0;  // input
@@ -103,7 +112,43 @@ class Backend {
                                       const Tensor& loss, const Tensor& dlogits,
                                       float grad_scale);
 
+  // Class energy E(x, y) = -logits[n, y[n]] fused with its gradient (the p(x, y) term and
+  // class-conditional SGLD): dlogits[n, k] = -grad_scale * [k == y[n]].
+  void class_energy_forward_backward(const Tensor& logits, const Tensor& labels,
+                                     const Tensor& energy, const Tensor& dlogits, float grad_scale);
+  // Energy with a squared term, for the L2 energy regulariser (one pass):
+  //   E[n] = -logsumexp(logits[n]);  dlogits[n] = (grad_scale + 2 sq_scale E[n]) dE[n]/dlogits[n]
+  // i.e. the gradient of grad_scale * E + sq_scale * E^2.
+  void energy_sq_forward_backward(const Tensor& logits, const Tensor& energy,
+                                  const Tensor& dlogits, float grad_scale, float sq_scale);
+
+  // ---- replay buffer and SGLD ---------------------------------------------------------------
+  // out[b] = reinit[b] ? U[-1, 1) noise : buffer[index[b]]       (whole batch per call)
+  // buffer[S, C, H, W], index and reinit I32 [B], out[B, C, H, W]. Reinit noise element e of
+  // sample b: philox_uniform_pm1(seed, BufferReinit, iteration, step, sample_base + b, e).
+  void buffer_gather(const Tensor& buffer, const Tensor& index, const Tensor& reinit,
+                     const Tensor& out, const NoiseKey& key);
+  // buffer[index[b]] = x[b]   (indices must be distinct)
+  void buffer_scatter(const Tensor& x, const Tensor& index, const Tensor& buffer);
+  // One Langevin step, in place: x = x - step_size * grad + noise_std * z, then clamp to
+  // [-1, 1] if asked. z element e of sample b: philox_normal(seed, SgldNoise, iteration, step,
+  // sample_base + b, e). x and grad [B, ...].
+  void sgld_step(const Tensor& x, const Tensor& grad, float step_size, float noise_std,
+                 bool clamp, const NoiseKey& key);
+
  protected:
+  virtual void class_energy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                                 float* energy, float* dlogits, float grad_scale) = 0;
+  virtual void energy_sq_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                              float grad_scale, float sq_scale) = 0;
+  virtual void buffer_gather_impl(int B, std::int64_t sample_numel, const float* buffer,
+                                  const std::int32_t* index, const std::int32_t* reinit,
+                                  float* out, const NoiseKey& key) = 0;
+  virtual void buffer_scatter_impl(int B, std::int64_t sample_numel, const float* x,
+                                   const std::int32_t* index, float* buffer) = 0;
+  virtual void sgld_step_impl(int B, std::int64_t sample_numel, float* x, const float* grad,
+                              float step_size, float noise_std, bool clamp,
+                              const NoiseKey& key) = 0;
   virtual void fill_impl(const Tensor& t, float value) = 0;
   virtual void copy_impl(const Tensor& src, const Tensor& dst) = 0;
   virtual void axpy_impl(float alpha, const Tensor& x, const Tensor& y) = 0;

@@ -47,6 +47,17 @@ class CpuBackend final : public Backend {
                    float grad_scale) override;
   void cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
                           float* loss, float* dlogits, float grad_scale) override;
+  // sampler_ops.cpp
+  void class_energy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                         float* energy, float* dlogits, float grad_scale) override;
+  void energy_sq_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                      float grad_scale, float sq_scale) override;
+  void buffer_gather_impl(int B, std::int64_t per, const float* buffer, const std::int32_t* index,
+                          const std::int32_t* reinit, float* out, const NoiseKey& key) override;
+  void buffer_scatter_impl(int B, std::int64_t per, const float* x, const std::int32_t* index,
+                           float* buffer) override;
+  void sgld_step_impl(int B, std::int64_t per, float* x, const float* grad, float step_size,
+                      float noise_std, bool clamp, const NoiseKey& key) override;
 
  private:
   // Per-thread scratch (im2col columns, partial weight gradients). Grown on first use of a
