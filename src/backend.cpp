@@ -70,8 +70,13 @@ static ConvGeom conv_geom(const char* op, const Tensor& x_like, const Tensor& w,
   g.R = int(w.dim(2));
   g.stride = stride;
   g.pad = pad;
-  JEM_CHECK(w.dim(1) == g.C && w.dim(3) == g.R, op, ": weight ", w.shape().str(),
+  JEM_CHECK(w.dim(1) == g.C && w.dim(3) == g.R && g.R >= 1, op, ": weight ", w.shape().str(),
             " does not fit input ", x_like.shape().str());
+  // The window must fit the padded image at least once. (ConvGeom::P() alone cannot tell: C++
+  // division truncates toward zero, so (H + 2*pad - R) / stride + 1 is 1, not 0, when the
+  // window is up to stride - 1 pixels too large.)
+  JEM_CHECK(g.H + 2 * pad >= g.R && g.W + 2 * pad >= g.R, op, ": ", g.R, "x", g.R,
+            " window does not fit input ", x_like.shape().str(), " padded by ", pad);
   JEM_CHECK(g.P() > 0 && g.Q() > 0, op, ": empty output for input ", x_like.shape().str());
   const Shape expect{g.N, g.K, g.P(), g.Q()};
   JEM_CHECK(y_like.shape() == expect, op, ": output ", y_like.shape().str(), ", expected ",
@@ -213,6 +218,7 @@ void Backend::energy_forward_backward(const Tensor& logits, const Tensor& energy
   JEM_CHECK(logits.shape().rank() == 2, "energy: logits must be [N, K], got ",
             logits.shape().str());
   const int N = int(logits.dim(0)), K = int(logits.dim(1));
+  JEM_CHECK(K > 0, "energy: logits ", logits.shape().str(), " have no classes");
   JEM_CHECK(energy.numel() == N && dlogits.shape() == logits.shape(), "energy: logits ",
             logits.shape().str(), ", energy ", energy.shape().str(), ", dlogits ",
             dlogits.shape().str());
@@ -230,6 +236,7 @@ void Backend::cross_entropy_forward_backward(const Tensor& logits, const Tensor&
   JEM_CHECK(logits.shape().rank() == 2, "cross_entropy: logits must be [N, K], got ",
             logits.shape().str());
   const int N = int(logits.dim(0)), K = int(logits.dim(1));
+  JEM_CHECK(K > 0, "cross_entropy: logits ", logits.shape().str(), " have no classes");
   JEM_CHECK(labels.numel() == N && loss.numel() == N && dlogits.shape() == logits.shape(),
             "cross_entropy: logits ", logits.shape().str(), ", labels ", labels.shape().str(),
             ", loss ", loss.shape().str(), ", dlogits ", dlogits.shape().str());

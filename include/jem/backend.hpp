@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "jem/optim_math.hpp"
 #include "jem/tensor.hpp"
 
 namespace jem {
@@ -136,7 +137,25 @@ class Backend {
   void sgld_step(const Tensor& x, const Tensor& grad, float step_size, float noise_std,
                  bool clamp, const NoiseKey& key);
 
+  // ---- optimizers over the flat buffers ------------------------------------------------------
+  // params, grads, m, v: the same [P]; see optim_math.hpp for the rule.
+  void adam_step(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                 const AdamStep& step);
+  void sgd_step(const Tensor& params, const Tensor& grads, const Tensor& momentum_buf, float lr,
+                float momentum, float weight_decay);
+  // sum_i x_i^2 in double, in a fixed order (the same result on every run and thread count of
+  // one backend): the gradient norm that the metrics and the divergence guard read.
+  double sum_squares(const Tensor& x);
+  // x *= alpha
+  void scale(const Tensor& x, float alpha);
+
  protected:
+  virtual void adam_step_impl(std::int64_t n, float* p, const float* g, float* m, float* v,
+                              const AdamStep& step) = 0;
+  virtual void sgd_step_impl(std::int64_t n, float* p, const float* g, float* buf, float lr,
+                             float momentum, float weight_decay) = 0;
+  virtual double sum_squares_impl(std::int64_t n, const float* x) = 0;
+  virtual void scale_impl(std::int64_t n, float* x, float alpha) = 0;
   virtual void class_energy_impl(int N, int K, const float* logits, const std::int32_t* labels,
                                  float* energy, float* dlogits, float grad_scale) = 0;
   virtual void energy_sq_impl(int N, int K, const float* logits, float* energy, float* dlogits,

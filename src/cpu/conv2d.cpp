@@ -134,9 +134,14 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
   const std::size_t wsize = static_cast<std::size_t>(g.K) * CRR;
   const int T = std::min(threads_, g.N);
   std::vector<float*> partial(static_cast<std::size_t>(T));
+  // OpenMP may grant fewer threads than asked (nested regions, thread limits): only the threads
+  // that exist own a partial sum, and only theirs are reduced.
+  int granted = 0;
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num();
+#pragma omp single
+    granted = omp_get_num_threads();
     // Slot 1: partial dw, then K entries of partial db.
     float* part = scratch(t, 1, wsize + static_cast<std::size_t>(g.K));
     std::fill_n(part, wsize + static_cast<std::size_t>(g.K), 0.0f);
@@ -168,13 +173,13 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
 #pragma omp parallel for schedule(static) num_threads(threads_)
   for (std::int64_t i = 0; i < static_cast<std::int64_t>(wsize); ++i) {
     float s = 0.0f;
-    for (int t = 0; t < T; ++t) s += partial[static_cast<std::size_t>(t)][i];
+    for (int t = 0; t < granted; ++t) s += partial[static_cast<std::size_t>(t)][i];
     dw[i] += s;
   }
   if (db)
     for (int k = 0; k < g.K; ++k) {
       float s = 0.0f;
-      for (int t = 0; t < T; ++t) s += partial[static_cast<std::size_t>(t)][wsize + k];
+      for (int t = 0; t < granted; ++t) s += partial[static_cast<std::size_t>(t)][wsize + k];
       db[k] += s;
     }
 }

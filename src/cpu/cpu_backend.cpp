@@ -125,13 +125,27 @@ void CpuBackend::linear_backward_impl(int N, int I, int O, const float* x, const
       for (int o = 0; o < O; ++o) db[o] += dy[static_cast<std::int64_t>(n) * O + o];
 }
 
-// log(sum(exp(row))) computed stably around the row maximum.
-static float row_logsumexp(const float* row, int K) {
+// A row's maximum and log(sum_k exp(row[k] - max)), in double. The losses below are computed
+// relative to the maximum and rounded to float once: the shifted terms cannot overflow, and
+// logits around 1e4 are as accurate as logits around 0. (Rounding the full logsumexp to float
+// first, and subtracting it from the logits, would put an error of ulp(1e4) ~ 1e-3 into every
+// softmax and loss.)
+struct RowLse {
+  double max;
+  double log_sum;
+};
+
+static RowLse row_logsumexp(const float* row, int K) {
   float m = row[0];
   for (int k = 1; k < K; ++k) m = std::max(m, row[k]);
   double s = 0.0;
-  for (int k = 0; k < K; ++k) s += std::exp(static_cast<double>(row[k] - m));
-  return m + static_cast<float>(std::log(s));
+  for (int k = 0; k < K; ++k) s += std::exp(static_cast<double>(row[k]) - m);
+  return {m, std::log(s)};
+}
+
+// softmax(row)[k] from the row's RowLse.
+static double softmax_at(const float* row, int k, const RowLse& r) {
+  return std::exp((static_cast<double>(row[k]) - r.max) - r.log_sum);
 }
 
 void CpuBackend::energy_impl(int N, int K, const float* logits, float* energy, float* dlogits,
@@ -139,9 +153,10 @@ void CpuBackend::energy_impl(int N, int K, const float* logits, float* energy, f
   for (int n = 0; n < N; ++n) {
     const float* row = logits + static_cast<std::int64_t>(n) * K;
     float* drow = dlogits + static_cast<std::int64_t>(n) * K;
-    const float lse = row_logsumexp(row, K);
-    energy[n] = -lse;
-    for (int k = 0; k < K; ++k) drow[k] = -grad_scale * std::exp(row[k] - lse);
+    const RowLse r = row_logsumexp(row, K);
+    energy[n] = static_cast<float>(-(r.max + r.log_sum));
+    for (int k = 0; k < K; ++k)
+      drow[k] = static_cast<float>(-static_cast<double>(grad_scale) * softmax_at(row, k, r));
   }
 }
 
@@ -152,9 +167,12 @@ void CpuBackend::cross_entropy_impl(int N, int K, const float* logits, const std
     JEM_CHECK(y >= 0 && y < K, "cross_entropy: label ", y, " of row ", n, " outside [0, ", K, ")");
     const float* row = logits + static_cast<std::int64_t>(n) * K;
     float* drow = dlogits + static_cast<std::int64_t>(n) * K;
-    const float lse = row_logsumexp(row, K);
-    loss[n] = lse - row[y];
-    for (int k = 0; k < K; ++k) drow[k] = grad_scale * (std::exp(row[k] - lse) - (k == y ? 1.0f : 0.0f));
+    const RowLse r = row_logsumexp(row, K);
+    // logsumexp - row[y] = (max - row[y]) + log_sum: a difference of logits plus an O(1) term.
+    loss[n] = static_cast<float>((r.max - row[y]) + r.log_sum);
+    for (int k = 0; k < K; ++k)
+      drow[k] = static_cast<float>(static_cast<double>(grad_scale) *
+                                   (softmax_at(row, k, r) - (k == y ? 1.0 : 0.0)));
   }
 }
 

@@ -47,6 +47,13 @@ class CpuBackend final : public Backend {
                    float grad_scale) override;
   void cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
                           float* loss, float* dlogits, float grad_scale) override;
+  // optim_ops.cpp
+  void adam_step_impl(std::int64_t n, float* p, const float* g, float* m, float* v,
+                      const AdamStep& step) override;
+  void sgd_step_impl(std::int64_t n, float* p, const float* g, float* buf, float lr,
+                     float momentum, float weight_decay) override;
+  double sum_squares_impl(std::int64_t n, const float* x) override;
+  void scale_impl(std::int64_t n, float* x, float alpha) override;
   // sampler_ops.cpp
   void class_energy_impl(int N, int K, const float* logits, const std::int32_t* labels,
                          float* energy, float* dlogits, float grad_scale) override;
@@ -66,6 +73,7 @@ class CpuBackend final : public Backend {
 
   int threads_;
   std::vector<std::vector<std::vector<float>>> scratch_;  // [thread][slot]
+  std::vector<double> reduce_scratch_;                    // sum_squares' chunk sums
 };
 
 }  // namespace jem::cpu

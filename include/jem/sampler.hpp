@@ -1,0 +1,86 @@
+// The replay buffer and the SGLD sampler of JEM (persistent contrastive divergence).
+//
+// Each iteration draws B buffer slots, replaces each with fresh U[-1, 1) noise with probability
+// reinit_freq, runs `steps` Langevin steps  x <- x - a dE/dx + s N(0, I)  (E the marginal energy
+// -logsumexp(logits), or E(x, y) = -logits[y] for class-conditional chains), and writes the
+// samples back into the same slots. Every random choice comes from Philox keyed by
+// (seed, iteration, global sample index), so a run's samples do not depend on the backend, the
+// thread count or how the batch is split across ranks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "jem/backend.hpp"
+#include "jem/wide_resnet.hpp"
+
+namespace jem {
+
+struct SamplerConfig {
+  int buffer_size = 10000;
+  float reinit_freq = 0.05f;
+  int steps = 20;
+  float step_size = 1.0f;
+  float noise_std = 0.01f;
+  bool clamp = false;
+  int n_classes = 10;  // the buffer is split into this many equal segments for conditional draws
+};
+
+class ReplayBuffer {
+ public:
+  // `size` slots of [channels, image_size, image_size] on the backend.
+  ReplayBuffer(Backend& backend, int size, int channels, int image_size, int n_classes);
+
+  // Every slot U[-1, 1) from Philox (stream BufferReinit, iteration 0xFFFFFF reserved for this).
+  void init_uniform(std::uint64_t seed);
+  const Tensor& data() const { return data_; }  // [size, C, H, W]
+  int size() const { return size_; }
+  int n_classes() const { return n_classes_; }
+  // Slots [y * size/K, (y+1) * size/K) hold class y's chains.
+  int segment_size() const { return size_ / n_classes_; }
+
+ private:
+  Backend& backend_;
+  int size_, n_classes_;
+  Tensor data_;
+};
+
+// The slots and reinit decisions of one iteration's draw, computed on the host from Philox.
+struct BufferDraw {
+  std::vector<std::int32_t> slots;   // distinct
+  std::vector<std::int32_t> reinit;  // 0/1
+};
+// Draws `count` distinct slots for global samples sample_base .. sample_base + count - 1.
+// labels == nullptr: uniform over the buffer; else sample b's slot is in segment labels[b].
+void draw_slots(const ReplayBuffer& buffer, float reinit_freq, std::uint64_t seed,
+                std::uint32_t iteration, std::uint32_t sample_base, int count,
+                const std::int32_t* labels, BufferDraw& out);
+
+class SgldSampler {
+ public:
+  // Scratch for up to `max_batch` chains is allocated here, once.
+  SgldSampler(Backend& backend, WideResNet& model, const SamplerConfig& config, int max_batch);
+
+  const SamplerConfig& config() const { return config_; }
+
+  // Runs one iteration's chains and writes them back. labels (host, [count]) selects
+  // class-conditional chains; nullptr for the marginal energy. Returns x_q [count, C, H, W], a
+  // view valid until the next call. Mean energy of the final samples is left in last_energy().
+  Tensor sample(ReplayBuffer& buffer, std::uint64_t seed, std::uint32_t iteration,
+                std::uint32_t sample_base, int count, const std::int32_t* labels);
+
+  // Runs `steps` Langevin steps on x in place, from fresh or given starting points (jem sample,
+  // evaluation). `labels_dev` (I32 on the backend, or undefined) selects conditional chains.
+  void run_chains(const Tensor& x, const Tensor& labels_dev, std::uint64_t seed,
+                  std::uint32_t iteration, std::uint32_t sample_base, int steps);
+
+ private:
+  Backend& backend_;
+  WideResNet& model_;
+  SamplerConfig config_;
+  int max_batch_;
+  Tensor x_, grad_, energy_, dlogits_, slots_, reinit_, labels_;
+  BufferDraw draw_;
+};
+
+}  // namespace jem

@@ -1,0 +1,126 @@
+#include "jem/sampler.hpp"
+
+#include <algorithm>
+
+#include "jem/philox.hpp"
+
+namespace jem {
+
+namespace {
+// The iteration value reserved for the buffer's initial noise (real iterations stay below it
+// for the first 16.7 M iterations; see philox.hpp).
+constexpr std::uint32_t kInitIteration = 0xFFFFFF;
+}  // namespace
+
+ReplayBuffer::ReplayBuffer(Backend& backend, int size, int channels, int image_size, int n_classes)
+    : backend_(backend), size_(size), n_classes_(n_classes) {
+  JEM_CHECK(size >= 1, "replay buffer size ", size, " must be >= 1");
+  JEM_CHECK(n_classes >= 1, "replay buffer: n_classes ", n_classes);
+  data_ = backend_.empty(Shape{size, channels, image_size, image_size});
+}
+
+void ReplayBuffer::init_uniform(std::uint64_t seed) {
+  // All slots marked for reinit: the gather op fills them from Philox. Done in chunks so the
+  // index tensors stay small.
+  const int chunk = std::min(size_, 1024);
+  const Tensor idx = backend_.empty(Shape{chunk}, DType::I32);
+  const Tensor re = backend_.empty(Shape{chunk}, DType::I32);
+  std::vector<std::int32_t> host_idx(std::size_t(chunk), 0), ones(std::size_t(chunk), 1);
+  for (int first = 0; first < size_; first += chunk) {
+    const int n = std::min(chunk, size_ - first);
+    const Tensor out = data_.slice(first, first + n);
+    const Tensor idx_n = idx.slice(0, n), re_n = re.slice(0, n);
+    backend_.upload_i32(host_idx.data(), idx_n);
+    backend_.upload_i32(ones.data(), re_n);
+    backend_.buffer_gather(data_, idx_n, re_n, out,
+                           NoiseKey{seed, kInitIteration, 0, std::uint32_t(first)});
+  }
+}
+
+void draw_slots(const ReplayBuffer& buffer, float reinit_freq, std::uint64_t seed,
+                std::uint32_t iteration, std::uint32_t sample_base, int count,
+                const std::int32_t* labels, BufferDraw& d) {
+  JEM_CHECK(count <= buffer.size(), "cannot draw ", count, " distinct slots from a buffer of ",
+            buffer.size());
+  const int seg = buffer.segment_size();
+  if (labels) JEM_CHECK(count <= seg, "cannot draw ", count, " distinct slots from a segment of ", seg);
+  d.slots.resize(std::size_t(count));  // no allocation once the vectors have grown
+  d.reinit.resize(std::size_t(count));
+  for (int b = 0; b < count; ++b) {
+    const std::uint32_t sample = sample_base + std::uint32_t(b);
+    // Redraw on a collision (step = attempt): slots must be distinct so that the write-back is
+    // well defined on every backend. Collisions are rare (B << buffer size), so this is cheap.
+    for (std::uint32_t attempt = 0;; ++attempt) {
+      const std::uint32_t u = philox_uint32(seed, RngStream::BufferDraw, iteration, attempt, sample, 0);
+      std::int32_t slot;
+      if (labels) {
+        JEM_CHECK(labels[b] >= 0 && labels[b] < buffer.n_classes(), "draw_slots: label ",
+                  labels[b], " outside [0, ", buffer.n_classes(), ")");
+        slot = labels[b] * seg + std::int32_t(u % std::uint32_t(seg));
+      } else {
+        slot = std::int32_t(u % std::uint32_t(buffer.size()));
+      }
+      // A linear scan: B is small (64), and it needs no allocation.
+      if (std::find(d.slots.begin(), d.slots.begin() + b, slot) == d.slots.begin() + b) {
+        d.slots[std::size_t(b)] = slot;
+        break;
+      }
+    }
+    d.reinit[std::size_t(b)] =
+        philox_uniform(seed, RngStream::BufferDraw, iteration, 0, sample, 1) < reinit_freq ? 1 : 0;
+  }
+}
+
+SgldSampler::SgldSampler(Backend& backend, WideResNet& model, const SamplerConfig& config,
+                         int max_batch)
+    : backend_(backend), model_(model), config_(config), max_batch_(max_batch) {
+  JEM_CHECK(max_batch >= 1 && max_batch <= model.max_batch(), "sampler batch ", max_batch,
+            " must be in [1, model max batch ", model.max_batch(), "]");
+  const auto& m = model.config();
+  const Shape xs{max_batch, m.in_channels, m.image_size, m.image_size};
+  x_ = backend_.empty(xs);
+  grad_ = backend_.empty(xs);
+  energy_ = backend_.empty(Shape{max_batch});
+  dlogits_ = backend_.empty(Shape{max_batch, m.n_classes});
+  slots_ = backend_.empty(Shape{max_batch}, DType::I32);
+  reinit_ = backend_.empty(Shape{max_batch}, DType::I32);
+  labels_ = backend_.empty(Shape{max_batch}, DType::I32);
+}
+
+void SgldSampler::run_chains(const Tensor& x, const Tensor& labels_dev, std::uint64_t seed,
+                             std::uint32_t iteration, std::uint32_t sample_base, int steps) {
+  const int B = int(x.dim(0));
+  JEM_CHECK(B <= max_batch_, "sampler: ", B, " chains, at most ", max_batch_);
+  const Tensor grad = grad_.slice(0, B), energy = energy_.slice(0, B), dl = dlogits_.slice(0, B);
+  for (int t = 0; t < steps; ++t) {
+    const Tensor logits = model_.forward(x);  // [B, classes]
+    // d(sum_b E_b)/dlogits: each chain moves on its own energy.
+    if (labels_dev.defined()) backend_.class_energy_forward_backward(logits, labels_dev, energy, dl, 1.0f);
+    else backend_.energy_forward_backward(logits, energy, dl, 1.0f);
+    model_.backward_input(dl, grad);  // dE/dx, no weight-gradient work
+    backend_.sgld_step(x, grad, config_.step_size, config_.noise_std, config_.clamp,
+                       NoiseKey{seed, iteration, std::uint32_t(t), sample_base});
+  }
+}
+
+Tensor SgldSampler::sample(ReplayBuffer& buffer, std::uint64_t seed, std::uint32_t iteration,
+                           std::uint32_t sample_base, int count, const std::int32_t* labels) {
+  JEM_CHECK(count >= 1 && count <= max_batch_, "sampler: ", count, " chains, at most ", max_batch_);
+  BufferDraw& d = draw_;
+  draw_slots(buffer, config_.reinit_freq, seed, iteration, sample_base, count, labels, d);
+  const Tensor slots = slots_.slice(0, count), reinit = reinit_.slice(0, count);
+  backend_.upload_i32(d.slots.data(), slots);
+  backend_.upload_i32(d.reinit.data(), reinit);
+  const Tensor x = x_.slice(0, count);
+  backend_.buffer_gather(buffer.data(), slots, reinit, x, NoiseKey{seed, iteration, 0, sample_base});
+  Tensor labels_dev;
+  if (labels) {
+    labels_dev = labels_.slice(0, count);
+    backend_.upload_i32(labels, labels_dev);
+  }
+  run_chains(x, labels_dev, seed, iteration, sample_base, config_.steps);
+  backend_.buffer_scatter(x, slots, buffer.data());
+  return x;
+}
+
+}  // namespace jem
