@@ -10,6 +10,19 @@ void check_index(const Tensor& t, std::int64_t n, Device dev, const char* op, co
             "' must be an I32 tensor on ", to_string(dev));
   JEM_CHECK(t.numel() == n, op, ": '", what, "' has ", t.numel(), " entries, expected ", n);
 }
+
+// Throws unless every slot of `index` that is used lies in [0, slots) (gather does not read
+// the slot of a row it reinitialises: `reinit` may be null). The CPU kernels read and write
+// buffer[index[b]] unchecked, so an out-of-range slot would touch memory outside the buffer;
+// host indices are checked here (device indices cannot be read without a copy and a sync).
+void check_slots(const Tensor& index, const Tensor* reinit, std::int64_t slots, const char* op) {
+  if (index.device() != Device::CPU) return;
+  const std::int32_t* idx = index.data<std::int32_t>();
+  const std::int32_t* re = reinit ? reinit->data<std::int32_t>() : nullptr;
+  for (std::int64_t b = 0; b < index.numel(); ++b)
+    JEM_CHECK((re && re[b]) || (idx[b] >= 0 && idx[b] < slots), op, ": index[", b, "] = ",
+              idx[b], " outside the buffer's [0, ", slots, ")");
+}
 }  // namespace
 
 void Backend::class_energy_forward_backward(const Tensor& logits, const Tensor& labels,
@@ -48,7 +61,8 @@ void Backend::buffer_gather(const Tensor& buffer, const Tensor& index, const Ten
                             const Tensor& out, const NoiseKey& key) {
   check_tensor(buffer, "buffer_gather", "buffer");
   check_tensor(out, "buffer_gather", "out");
-  JEM_CHECK(buffer.shape().rank() >= 2 && out.shape().rank() == buffer.shape().rank(),
+  JEM_CHECK(buffer.shape().rank() >= 2 && out.shape().rank() == buffer.shape().rank() &&
+                buffer.dim(0) > 0,
             "buffer_gather: buffer ", buffer.shape().str(), ", out ", out.shape().str());
   const int B = int(out.dim(0));
   const std::int64_t per = out.numel() / std::max<std::int64_t>(B, 1);
@@ -56,6 +70,7 @@ void Backend::buffer_gather(const Tensor& buffer, const Tensor& index, const Ten
             buffer.shape().str(), " and out ", out.shape().str(), " hold different samples");
   check_index(index, B, device(), "buffer_gather", "index");
   check_index(reinit, B, device(), "buffer_gather", "reinit");
+  check_slots(index, &reinit, buffer.dim(0), "buffer_gather");
   buffer_gather_impl(B, per, buffer.data<float>(), index.data<std::int32_t>(),
                      reinit.data<std::int32_t>(), out.data<float>(), key);
 }
@@ -63,13 +78,15 @@ void Backend::buffer_gather(const Tensor& buffer, const Tensor& index, const Ten
 void Backend::buffer_scatter(const Tensor& x, const Tensor& index, const Tensor& buffer) {
   check_tensor(x, "buffer_scatter", "x");
   check_tensor(buffer, "buffer_scatter", "buffer");
-  JEM_CHECK(buffer.shape().rank() >= 2 && x.shape().rank() == buffer.shape().rank(),
+  JEM_CHECK(buffer.shape().rank() >= 2 && x.shape().rank() == buffer.shape().rank() &&
+                buffer.dim(0) > 0,
             "buffer_scatter: x ", x.shape().str(), ", buffer ", buffer.shape().str());
   const int B = int(x.dim(0));
   const std::int64_t per = x.numel() / std::max<std::int64_t>(B, 1);
   JEM_CHECK(buffer.numel() / buffer.dim(0) == per, "buffer_scatter: x ", x.shape().str(),
             " and buffer ", buffer.shape().str(), " hold different samples");
   check_index(index, B, device(), "buffer_scatter", "index");
+  check_slots(index, nullptr, buffer.dim(0), "buffer_scatter");
   buffer_scatter_impl(B, per, x.data<float>(), index.data<std::int32_t>(), buffer.data<float>());
 }
 

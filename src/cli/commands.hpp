@@ -6,4 +6,7 @@
 
 namespace jem::cli {
 void register_info(CLI::App& app);
+void register_train(CLI::App& app);
+void register_sample(CLI::App& app);
+void register_eval(CLI::App& app);
 }  // namespace jem::cli

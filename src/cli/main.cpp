@@ -11,6 +11,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", JEM_VERSION);
   jem::cli::register_info(app);
+  jem::cli::register_train(app);
+  jem::cli::register_sample(app);
+  jem::cli::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

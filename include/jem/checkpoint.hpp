@@ -1,0 +1,53 @@
+// Training checkpoints: one safetensors file holding everything a run needs to continue exactly
+// where it stopped. Written atomically (temp file, fsync, rename: see safetensors::Writer).
+//
+//   parameters      under the official JEM names (f.conv1.weight, ..., class_output.bias)
+//   optim.m/v/steps optimizer state
+//   replay_buffer   [S, C, H, W] (the official checkpoints' name)
+//   metadata        format, iteration, lr_factor, retries, sampler_seed, the resolved config
+//
+// Random state: every random number of a run is Philox keyed by (seed, iteration, ...), so the
+// iteration counter and the seeds ARE the generator state.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "jem/wide_resnet.hpp"
+
+namespace jem {
+
+class Optimizer;
+class ReplayBuffer;
+
+struct TrainState {
+  std::int64_t iteration = 0;     // iterations completed
+  double lr_factor = 1.0;         // the divergence guard's cumulative lr cut
+  int retries = 0;                // rollbacks used
+  std::uint64_t sampler_seed = 0; // reseeded by the guard
+};
+
+inline constexpr const char* kCheckpointFormat = "jem-checkpoint-1";
+
+void save_checkpoint(const std::string& path, const WideResNet& model, const Optimizer& optimizer,
+                     const ReplayBuffer& buffer, const TrainState& state, const std::string& config_toml);
+
+// Restores model, optimizer and buffer in place; throws naming the file and the tensor when the
+// checkpoint belongs to another model or is damaged.
+TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer);
+
+// The architecture stored in a checkpoint's metadata (depth, width, channels, image_size,
+// n_classes, slope): enough to build the model without the data set.
+WrnConfig checkpoint_model_config(const std::string& path);
+
+// The resolved config stored in a checkpoint (for `jem sample` / `jem eval`).
+std::string checkpoint_config(const std::string& path);
+
+// checkpoints/ckpt_<iteration, 9 digits>.safetensors
+std::string checkpoint_name(std::int64_t iteration);
+// Completed checkpoints in `dir`, oldest first (temp files of an interrupted write ignored).
+std::vector<std::string> list_checkpoints(const std::string& dir);
+
+}  // namespace jem

@@ -1,0 +1,23 @@
+// Classification accuracy and mean cross-entropy of a model on a data set, batched.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "jem/datasets.hpp"
+#include "jem/wide_resnet.hpp"
+
+namespace jem {
+
+struct EvalResult {
+  double accuracy = 0, mean_ce = 0, mean_energy = 0;
+  std::int64_t count = 0;
+};
+
+// Test-time inputs as the official code: scaled to [-1, 1] plus sigma * N(0, I) (Eval stream,
+// keyed by image index). `progress(done, total)` is called after each batch when given.
+// Batches of at most model.max_batch() images.
+EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::uint64_t seed,
+                    const std::function<void(std::int64_t, std::int64_t)>& progress = nullptr);
+
+}  // namespace jem

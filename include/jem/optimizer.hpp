@@ -1,0 +1,51 @@
+// The optimizer over the model's flat parameter buffer, and the learning-rate schedule.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "jem/backend.hpp"
+
+namespace jem {
+
+namespace safetensors {
+class File;
+class Writer;
+}  // namespace safetensors
+
+struct OptimizerConfig {
+  std::string kind = "adam";  // adam | adamw | sgd
+  float lr = 1e-4f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  float momentum = 0.9f;
+  int warmup_iters = 1000;            // linear warm-up from lr/warmup to lr
+  std::vector<int> decay_epochs;      // lr *= decay_rate at each of these epochs
+  float decay_rate = 0.3f;
+};
+
+// lr at `iteration` (0-based) in `epoch` (0-based), times `factor` (the divergence guard's cut).
+// Warm-up as the official code: lr * min(1, (iteration + 1) / warmup_iters).
+float scheduled_lr(const OptimizerConfig& c, std::int64_t iteration, int epoch, float factor = 1.0f);
+
+class Optimizer {
+ public:
+  // State buffers (Adam's m and v, or SGD's momentum) are allocated here, zeroed.
+  Optimizer(Backend& backend, const OptimizerConfig& config, std::int64_t num_params);
+
+  // One update of params with grads at learning rate `lr`.
+  void step(const Tensor& params, const Tensor& grads, float lr);
+  std::int64_t steps_taken() const { return steps_; }
+
+  // Checkpointing under "optim.*" names.
+  void save(safetensors::Writer& w) const;
+  void load(const safetensors::File& f);
+  void reset();
+
+ private:
+  Backend& backend_;
+  OptimizerConfig config_;
+  Tensor m_, v_;  // SGD uses m_ as its momentum buffer
+  std::int64_t steps_ = 0;
+};
+
+}  // namespace jem

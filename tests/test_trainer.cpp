@@ -1,0 +1,222 @@
+// End-to-end tests of `train`: learning, exact resume, checkpoints, the divergence guard, and
+// what a bad config does to an existing run directory.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "jem/checkpoint.hpp"
+#include "jem/optimizer.hpp"
+#include "jem/safetensors.hpp"
+#include "jem/sampler.hpp"
+#include "jem/trainer.hpp"
+#include "synthetic_data.hpp"
+#include "test_support.hpp"
+
+using namespace jem;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A tiny JEM: WRN-10-1 on 8x8 synthetic digits, batch 8, 3 SGLD steps.
+TrainConfig tiny_config(const std::string& data_dir, const std::string& out) {
+  TrainConfig c;
+  c.out = out;
+  c.dataset = "mnist";
+  c.data_dir = data_dir;
+  c.device = "cpu";
+  c.threads = 2;
+  c.n_valid = 40;
+  c.batch_size = 8;
+  c.depth = 10;
+  c.width = 1;
+  c.buffer_size = 100;
+  c.sgld_steps = 3;
+  c.sgld_lr = 1.0;
+  c.sgld_std = 0.01;
+  c.lr = 1e-3;
+  c.warmup_iters = 5;
+  c.decay_epochs = {1000};  // never reached
+  c.epochs = 100;
+  c.max_iters = 30;
+  c.log_every = 5;
+  c.sample_every = 10;
+  c.ckpt_every = 10;
+  c.eval_batch = 64;
+  c.augment = false;
+  c.sigma = 0.0;
+  c.w_l2 = 0.1;
+  return c;
+}
+
+class Trainer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = jem::test::temp_dir("trainer");
+    data_ = root_ + "/data";
+    fs::create_directories(data_);
+    jem::test::write_synthetic_mnist(data_, 240, 80, 8, 10);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  std::string root_, data_;
+  std::unique_ptr<Backend> be_ = make_cpu_backend(2);
+};
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  return lines;
+}
+
+double json_number(const std::string& line, const std::string& key) {
+  const auto pos = line.find("\"" + key + "\":");
+  if (pos == std::string::npos) return NAN;
+  return std::stod(line.substr(pos + key.size() + 3));
+}
+
+std::vector<float> params_of(const std::string& ckpt) {
+  const auto f = safetensors::File::read(ckpt);
+  std::vector<float> all;
+  for (const auto& n : f.names()) {
+    if (n.rfind("f.", 0) == 0 || n.rfind("class_output.", 0) == 0 || n.rfind("optim.", 0) == 0 || n == "replay_buffer") {
+      if (f.info(n).dtype != "F32") continue;
+      const auto v = f.f32(n);
+      all.insert(all.end(), v.begin(), v.end());
+    }
+  }
+  return all;
+}
+
+TEST_F(Trainer, LearnsAndWritesTheRunDirectory) {
+  TrainConfig c = tiny_config(data_, root_ + "/run");
+  TrainOptions o;
+  o.quiet = true;
+  const TrainResult r = train(*be_, c, o);
+  EXPECT_EQ(r.iterations, 30);
+  EXPECT_EQ(r.rollbacks, 0);
+  // Cross-entropy falls: the mean of the last two metric lines vs the first one.
+  const auto lines = read_lines(c.out + "/metrics.jsonl");
+  std::vector<double> ce;
+  for (const auto& l : lines)
+    if (l.find("\"ce\"") != std::string::npos) ce.push_back(json_number(l, "ce"));
+  ASSERT_GE(ce.size(), 5u);
+  EXPECT_LT(0.5 * (ce[ce.size() - 1] + ce[ce.size() - 2]), ce[0] - 0.3) << "CE did not fall";
+  EXPECT_GT(r.test_accuracy, 0.3);  // chance is 0.1
+  for (const char* f : {"config.toml", "log.txt", "summary.json", "samples/x_q_10.png", "samples/x_q_final.png"})
+    EXPECT_TRUE(fs::exists(c.out + "/" + f)) << f;
+  // keep_ckpts = 3 of the written 0, 10, 20, 30.
+  const auto ck = list_checkpoints(c.out + "/checkpoints");
+  ASSERT_EQ(ck.size(), 3u);
+  EXPECT_NE(ck.back().find(checkpoint_name(30)), std::string::npos);
+}
+
+// N + M iterations straight equal N iterations, a checkpoint, a resume and M more, bit for bit.
+TEST_F(Trainer, ResumeIsBitExact) {
+  TrainConfig straight = tiny_config(data_, root_ + "/straight");
+  straight.max_iters = 24;
+  TrainOptions o;
+  o.quiet = true;
+  train(*be_, straight, o);
+
+  TrainConfig part = tiny_config(data_, root_ + "/parts");
+  part.max_iters = 14;  // not a multiple of ckpt_every: the final checkpoint is the resume point
+  train(*be_, part, o);
+  part.max_iters = 24;
+  TrainOptions ro = o;
+  ro.resume = true;
+  const TrainResult r = train(*be_, part, ro);
+  EXPECT_EQ(r.iterations, 24);
+
+  const auto a = params_of(straight.out + "/checkpoints/" + checkpoint_name(24));
+  const auto b = params_of(part.out + "/checkpoints/" + checkpoint_name(24));
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_GT(a.size(), 0u);
+  std::size_t differing = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) differing += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+  EXPECT_EQ(differing, 0u) << "parameters, optimizer state and replay buffer must match bit for bit";
+}
+
+TEST_F(Trainer, CheckpointRoundTripIsBitExact) {
+  TrainConfig c = tiny_config(data_, root_ + "/run");
+  c.max_iters = 10;
+  TrainOptions o;
+  o.quiet = true;
+  train(*be_, c, o);
+  const std::string ck = c.out + "/checkpoints/" + checkpoint_name(10);
+  auto be = make_cpu_backend(1);
+  const WrnConfig mc = checkpoint_model_config(ck);
+  WideResNet model(mc, *be, 8);
+  OptimizerConfig oc;
+  Optimizer opt(*be, oc, model.num_params());
+  ReplayBuffer buf(*be, c.buffer_size, 1, 8, 1);
+  const TrainState s = load_checkpoint(ck, model, opt, buf);
+  EXPECT_EQ(s.iteration, 10);
+  const std::string again = root_ + "/again.safetensors";
+  save_checkpoint(again, model, opt, buf, s, checkpoint_config(ck));
+  const auto a = params_of(ck), b = params_of(again);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
+TEST_F(Trainer, InjectedNanRollsBackAndFinishes) {
+  TrainConfig c = tiny_config(data_, root_ + "/run");
+  c.max_iters = 25;
+  TrainOptions o;
+  o.quiet = true;
+  o.inject_nan_at = 15;
+  const TrainResult r = train(*be_, c, o);
+  EXPECT_EQ(r.iterations, 25);
+  EXPECT_EQ(r.rollbacks, 1);
+  bool logged = false;
+  for (const auto& l : read_lines(c.out + "/metrics.jsonl"))
+    if (l.find("\"rollback\"") != std::string::npos) {
+      logged = true;
+      EXPECT_EQ(json_number(l, "at"), 15);
+      EXPECT_EQ(json_number(l, "to"), 10);  // the last checkpoint
+      EXPECT_DOUBLE_EQ(json_number(l, "lr_factor"), c.guard_lr_factor);
+    }
+  EXPECT_TRUE(logged);
+  // Guard off: the same NaN ends the run with an error that says so.
+  TrainConfig off = tiny_config(data_, root_ + "/off");
+  off.guard = false;
+  o.inject_nan_at = 3;
+  try {
+    train(*be_, off, o);
+    FAIL() << "a divergence with the guard off must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("guard"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Trainer, BadConfigsLeaveAnExistingRunUntouched) {
+  TrainConfig c = tiny_config(data_, root_ + "/run");
+  c.max_iters = 5;
+  TrainOptions o;
+  o.quiet = true;
+  train(*be_, c, o);
+  auto snapshot = [&] {
+    std::ostringstream s;
+    for (const auto& e : fs::recursive_directory_iterator(c.out))
+      s << e.path() << " " << (e.is_regular_file() ? fs::file_size(e.path()) : 0) << "\n";
+    return s.str();
+  };
+  const std::string before = snapshot();
+  TrainConfig again = c;  // the same directory without --resume
+  EXPECT_THROW(train(*be_, again, o), Error);
+  TrainConfig negative = c;
+  negative.sgld_steps = -1;
+  EXPECT_THROW(train(*be_, negative, o), Error);
+  TrainConfig indivisible = c;
+  indivisible.class_cond_buffer = true;
+  indivisible.buffer_size = 101;
+  EXPECT_THROW(train(*be_, indivisible, o), Error);
+  TrainConfig missing = c;
+  missing.data_dir = root_ + "/nowhere";
+  EXPECT_THROW(train(*be_, missing, o), Error);
+  EXPECT_EQ(snapshot(), before);
+}
+
+}  // namespace
