@@ -3,12 +3,28 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <cstdio>
+#include <sys/wait.h>
 
 namespace jem::test {
 
 std::string data_path(const std::string& name) { return std::string(JEM_TEST_DATA_DIR) + "/" + name; }
 
 std::string jem_binary() { return JEM_BINARY; }
+
+std::string source_path(const std::string& relative) { return std::string(JEM_SOURCE_DIR) + "/" + relative; }
+
+int run_command(const std::string& command, std::string* output) {
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (!p) return -1;
+  std::string out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  if (output) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 std::string temp_dir(const std::string& tag) {
   namespace fs = std::filesystem;

@@ -12,6 +12,10 @@ namespace jem::test {
 
 // Path of a file in tests/data.
 std::string data_path(const std::string& name);
+// Path of a file in the source tree (e.g. "configs/cifar10.toml").
+std::string source_path(const std::string& relative);
+// Runs a shell command, returns its exit status; its stdout+stderr land in *output.
+int run_command(const std::string& command, std::string* output);
 // Path of the built `jem` executable.
 std::string jem_binary();
 // A fresh, empty temporary directory (removed at process exit is NOT promised).
