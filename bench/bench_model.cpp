@@ -13,8 +13,7 @@ namespace {
 
 enum class Pass { Forward, ForwardBackward, ForwardInputBackward };
 
-void run(benchmark::State& state, jem::WrnConfig cfg, Pass pass) {
-  constexpr int B = 64;
+void run_b(benchmark::State& state, jem::WrnConfig cfg, Pass pass, int B) {
   auto be = jem::make_cpu_backend(0);
   jem::WideResNet model(cfg, *be, B);
   model.init(1);
@@ -36,7 +35,10 @@ void run(benchmark::State& state, jem::WrnConfig cfg, Pass pass) {
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void run(benchmark::State& state, jem::WrnConfig cfg, Pass pass) { run_b(state, cfg, pass, 64); }
+
 const jem::WrnConfig kWrn28x2{28, 2, 3, 32, 10};
+const jem::WrnConfig kWrn10x1{10, 1, 1, 28, 10};
 const jem::WrnConfig kWrn10x2{10, 2, 1, 28, 10};
 
 }  // namespace
@@ -47,5 +49,10 @@ BENCHMARK_CAPTURE(run, wrn28x2_forward_input_backward, kWrn28x2, Pass::ForwardIn
 BENCHMARK_CAPTURE(run, wrn10x2_forward, kWrn10x2, Pass::Forward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(run, wrn10x2_forward_backward, kWrn10x2, Pass::ForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(run, wrn10x2_forward_input_backward, kWrn10x2, Pass::ForwardInputBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+
+// The quickstart model: an SGLD step (batch 64) and the training step (3 x 64 rows).
+BENCHMARK_CAPTURE(run, wrn10x1_sgld_step, kWrn10x1, Pass::ForwardInputBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(run_b, wrn10x1_train_step_192, kWrn10x1, Pass::ForwardBackward, 192)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

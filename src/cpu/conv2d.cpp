@@ -56,6 +56,8 @@ void im2col(const ConvGeom& g, const float* x, float* col) {
 }
 
 // The adjoint of im2col: dx = 0, then dx[c, ih, iw] += dcol[...] for every tap that read it.
+// Same run structure as im2col: for each (c, kh, kw, p) the valid q form one interval, so the
+// inner loop is a branch-free, vectorisable add (stride 1) or a strided one.
 void col2im(const ConvGeom& g, const float* col, float* dx) {
   const int P = g.P(), Q = g.Q();
   std::fill_n(dx, static_cast<std::int64_t>(g.C) * g.H * g.W, 0.0f);
@@ -64,14 +66,20 @@ void col2im(const ConvGeom& g, const float* col, float* dx) {
     for (int kh = 0; kh < g.R; ++kh) {
       for (int kw = 0; kw < g.R; ++kw) {
         const float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.R + kw) * P * Q;
+        // q such that 0 <= q*stride - pad + kw < W
+        const int q_begin = std::max(0, (g.pad - kw + g.stride - 1) / g.stride);
+        const int q_end = std::min(Q, (g.W - 1 + g.pad - kw) / g.stride + 1);
+        if (q_end <= q_begin) continue;
         for (int p = 0; p < P; ++p) {
           const int ih = p * g.stride - g.pad + kh;
           if (ih < 0 || ih >= g.H) continue;
-          float* dxrow = dxc + static_cast<std::int64_t>(ih) * g.W;
-          const float* in = row + static_cast<std::int64_t>(p) * Q;
-          for (int q = 0; q < Q; ++q) {
-            const int iw = q * g.stride - g.pad + kw;
-            if (iw >= 0 && iw < g.W) dxrow[iw] += in[q];
+          float* __restrict dxrow = dxc + static_cast<std::int64_t>(ih) * g.W + (kw - g.pad);
+          const float* __restrict in = row + static_cast<std::int64_t>(p) * Q;
+          if (g.stride == 1) {
+#pragma omp simd
+            for (int q = q_begin; q < q_end; ++q) dxrow[q] += in[q];
+          } else {
+            for (int q = q_begin; q < q_end; ++q) dxrow[q * g.stride] += in[q];
           }
         }
       }

@@ -76,13 +76,13 @@ void CpuBackend::add_impl(const Tensor& a, const Tensor& b, const Tensor& y) {
 }
 
 void CpuBackend::leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) {
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n > 65536)
+#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
   for (std::int64_t i = 0; i < n; ++i) y[i] = leaky_relu(x[i], slope);
 }
 
 void CpuBackend::leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy,
                                           float* dx, float slope) {
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n > 65536)
+#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
   for (std::int64_t i = 0; i < n; ++i) dx[i] = leaky_relu_grad(x[i], dy[i], slope);
 }
 

@@ -24,7 +24,7 @@ const std::array<float, 256>& scale_table() {
 // Index into an image of size n seen through reflection padding, without repeating the edge
 // pixel (torch.nn.ReflectionPad2d): -1 -> 1, n -> n - 2. Valid for i in [-(n-1), 2n-2].
 int reflect(int i, int n) {
-  if (i < 0) return -i - 1;
+  if (i < 0) return -i;
   if (i >= n) return 2 * (n - 1) - i;
   return i;
 }

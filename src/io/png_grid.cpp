@@ -20,7 +20,7 @@ namespace {
 std::uint8_t to_byte(float x) {
   if (!(x > -1.0f)) return 0;  // also NaN
   if (x >= 1.0f) return 255;
-  return static_cast<std::uint8_t>((double(x) + 1.0) * 127.5);
+  return static_cast<std::uint8_t>(std::lround((double(x) + 1.0) * 127.5));
 }
 
 // write(2) until done, retrying on EINTR and short writes.

@@ -1,0 +1,129 @@
+// The CUDA backend: every op of jem::Backend on one GPU.
+//
+//   * One compute stream: ops are queued in program order and run asynchronously; download(),
+//     synchronize() and sum_squares() wait for them. Host buffers passed to upload() may be
+//     reused as soon as it returns (pageable copies are staged before the call returns).
+//   * Convolutions: cuDNN (cudnn_conv.hpp). Linear layer: cuBLAS (cuda_linear.cpp). Everything
+//     else: the kernels of kernels/, which call the same per-element functions as the CPU.
+//   * Math mode (convolutions and GEMMs only): TF32 uses tensor cores with inputs rounded to a
+//     10-bit mantissa (~1e-3 relative error, several times faster); FP32 is plain float FMA
+//     math, within a few ulp of the CPU, with deterministic cuDNN backward algorithms.
+//   * Errors the kernels detect (a label or buffer slot out of range, known only on the device)
+//     are reported by the next download(), synchronize() or sum_squares(), as jem::Error.
+//   * Ops must be issued from one host thread at a time (as for every Backend); each op makes
+//     the backend's device current first, so several backends on several GPUs can share a
+//     thread.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "device_memory.hpp"
+#include "jem/backend.hpp"
+#include "math_mode.hpp"
+
+struct cublasContext;  // cublasHandle_t is cublasContext*; keeps cuBLAS out of this header
+
+namespace jem::cuda {
+
+// TF32 on devices that have TF32 tensor cores (compute capability 8.0 and newer), else FP32.
+MathMode default_math_mode(int device);
+
+class ConvEngine;
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, MathMode math);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  Device device() const override { return Device::CUDA; }
+  // "cuda:0 (NVIDIA H200, sm_90, 132 SMs, TF32 math)"
+  std::string name() const override;
+  int device_index() const { return device_; }
+  MathMode math() const { return math_; }
+  cudaStream_t stream() const { return stream_; }
+
+  Tensor empty(Shape shape, DType dtype) override;
+  void upload(const float* src, const Tensor& dst) override;
+  void download(const Tensor& src, float* dst) override;
+  void upload_i32(const std::int32_t* src, const Tensor& dst) override;
+  void synchronize() override;
+
+ protected:
+  void fill_impl(const Tensor& t, float value) override;
+  void copy_impl(const Tensor& src, const Tensor& dst) override;
+  void axpy_impl(float alpha, const Tensor& x, const Tensor& y) override;
+  void add_impl(const Tensor& a, const Tensor& b, const Tensor& y) override;
+  void conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w, const float* b,
+                           float* y) override;
+  void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
+                                 float* dx) override;
+  void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy, float* dw,
+                                   float* db) override;
+  void leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) override;
+  void leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy, float* dx,
+                                float slope) override;
+  void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;
+  void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) override;
+  // cuda_linear.cpp
+  void linear_forward_impl(int N, int I, int O, const float* x, const float* w, const float* b,
+                           float* y) override;
+  void linear_backward_impl(int N, int I, int O, const float* x, const float* w, const float* dy,
+                            float* dx, float* dw, float* db) override;
+  void energy_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                   float grad_scale) override;
+  void cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                          float* loss, float* dlogits, float grad_scale) override;
+  void class_energy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                         float* energy, float* dlogits, float grad_scale) override;
+  void energy_sq_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                      float grad_scale, float sq_scale) override;
+  void buffer_gather_impl(int B, std::int64_t per, const float* buffer, const std::int32_t* index,
+                          const std::int32_t* reinit, float* out, const NoiseKey& key) override;
+  void buffer_scatter_impl(int B, std::int64_t per, const float* x, const std::int32_t* index,
+                           float* buffer) override;
+  void sgld_step_impl(int B, std::int64_t per, float* x, const float* grad, float step_size,
+                      float noise_std, bool clamp, const NoiseKey& key) override;
+  void adam_step_impl(std::int64_t n, float* p, const float* g, float* m, float* v,
+                      const AdamStep& step) override;
+  void sgd_step_impl(std::int64_t n, float* p, const float* g, float* buf, float lr,
+                     float momentum, float weight_decay) override;
+  double sum_squares_impl(std::int64_t n, const float* x) override;
+  void scale_impl(std::int64_t n, float* x, float alpha) override;
+
+ private:
+  // Makes this backend's device current on the calling thread (cheap when it already is).
+  void bind() const;
+  // Waits for the stream, then throws if a kernel recorded a device-side error.
+  void sync_and_check();
+  // Rows of `per` floats from `buffer` to the end of its allocation: the slots a device-side
+  // index may address (the impl does not receive the buffer's row count).
+  std::int64_t slots_in(const float* buffer, std::int64_t per) const;
+  void check_on_device(const Tensor& t, const char* op) const;
+
+  int device_;
+  MathMode math_;
+  std::string device_name_;
+  int cc_major_ = 0, cc_minor_ = 0, sms_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasContext* cublas_ = nullptr;
+  std::unique_ptr<ConvEngine> conv_;
+  int* error_dev_ = nullptr;   // kernels::kErrorWords ints on the device
+  int* error_host_ = nullptr;  // pinned mirror, read after a stream sync
+  DeviceBuffer reduce_;        // sum_squares' per-chunk partials
+  double* reduce_host_ = nullptr;  // pinned: sum_squares' result
+};
+
+// The backend on CUDA device `device` with the given math mode. Throws jem::Error when the
+// device does not exist or cannot be initialised.
+std::unique_ptr<Backend> make_cuda_backend(int device, MathMode math);
+// The same with the math mode from the environment variable JEM_CUDA_MATH ("fp32" or "tf32"),
+// or default_math_mode(device) when it is unset.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+
+}  // namespace jem::cuda

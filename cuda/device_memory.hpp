@@ -1,0 +1,42 @@
+// Device memory of the CUDA backend: tensor allocations (with a registry of their extents, so
+// that kernels indexing a tensor by device-side values can be bounded) and grow-only scratch
+// buffers (cuDNN's workspace, reduction partials).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+namespace jem::cuda {
+
+// cudaMalloc of at least `bytes` (a zero-byte request still gets a real, unique pointer), on the
+// current device, recorded in the registry. Throws jem::Error when the device is out of memory.
+void* device_alloc(std::size_t bytes);
+// The Storage deleter: a plain function, as Storage requires. Ignores errors: at process exit
+// the CUDA context may already be gone, and a destructor must not throw.
+void device_free(void* p) noexcept;
+// Bytes from `p` to the end of the device_alloc allocation that contains it; 0 when `p` lies in
+// none (memory this backend did not allocate).
+std::size_t bytes_to_allocation_end(const void* p);
+
+// A scratch buffer that only grows. Growing waits for `stream` first, so work already queued on
+// the old buffer finishes before it is freed; that is the only synchronisation, and it happens
+// only when a new, larger request arrives (the first call of a new shape), never in a steady
+// loop.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* ensure(std::size_t bytes, cudaStream_t stream);
+  void* get() const { return ptr_; }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+}  // namespace jem::cuda

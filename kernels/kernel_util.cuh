@@ -1,0 +1,53 @@
+// Helpers shared by the .cu files: launch geometry, warp reductions, device error reports.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda_check.hpp"
+
+namespace jem::kernels {
+
+constexpr int kThreads = 256;  // threads per block of the elementwise kernels
+constexpr int kWarp = 32;
+
+// Blocks for a grid-stride loop over n elements. Capped: past a few blocks per SM more blocks
+// only add scheduling work, the loop covers the rest.
+inline unsigned grid_for(std::int64_t n, int threads = kThreads) {
+  const std::int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65535));
+}
+
+// Index and stride of a 1-D grid-stride loop, in 64 bits (tensors may exceed 2^31 elements).
+__device__ __forceinline__ std::int64_t global_thread() {
+  return std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ std::int64_t grid_stride() { return std::int64_t(gridDim.x) * blockDim.x; }
+
+// Butterfly reductions: every lane ends with the same value, and because a + b == b + a in IEEE
+// arithmetic the pairing is symmetric, so the result depends only on the 32 inputs (a fixed
+// order: deterministic run to run).
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+  return v;
+}
+__device__ __forceinline__ int warp_min(int v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v = min(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+  return v;
+}
+
+// Records the first device-side error (see kernels.hpp): {code, row, value}.
+__device__ __forceinline__ void report_error(int* error, int code, int row, int value) {
+  if (atomicCAS(error, 0, code) == 0) {
+    error[1] = row;
+    error[2] = value;
+  }
+}
+
+}  // namespace jem::kernels

@@ -1,0 +1,89 @@
+// Launchers of the CUDA backend's own kernels (one op family per .cu file). Plain C++: the host
+// side (cuda/*.cpp) includes this without nvcc. Every launcher enqueues on `stream`, returns
+// without waiting, does nothing for empty inputs, and throws jem::Error on a launch error.
+//
+// The per-element math is the JEM_HD functions of include/jem/*_math.hpp and philox.hpp, the
+// same code the CPU backend runs.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "jem/backend.hpp"
+
+namespace jem::kernels {
+
+// ---- device-side errors ------------------------------------------------------------------------
+// A kernel that finds bad input it cannot throw for (a label or buffer slot out of range, known
+// only on the device) writes the first such error into the backend's 4-word error record
+// {code, row, value, 0} and leaves NaN in the affected outputs; the backend reads the record at
+// its next synchronisation point and throws there.
+enum DeviceErrorCode : int {
+  kNoError = 0,
+  kCrossEntropyLabel = 1,
+  kClassEnergyLabel = 2,
+  kGatherSlot = 3,
+  kScatterSlot = 4,
+};
+constexpr int kErrorWords = 4;
+
+// ---- elementwise.cu ----------------------------------------------------------------------------
+void fill_f32(float* p, std::int64_t n, float value, cudaStream_t stream);
+void fill_i32(std::int32_t* p, std::int64_t n, std::int32_t value, cudaStream_t stream);
+// memmove semantics: dst and src may overlap.
+void copy_f32(const float* src, float* dst, std::int64_t n, cudaStream_t stream);
+void axpy(float alpha, const float* x, float* y, std::int64_t n, cudaStream_t stream);
+void add(const float* a, const float* b, float* y, std::int64_t n, cudaStream_t stream);
+void scale(float* x, std::int64_t n, float alpha, cudaStream_t stream);
+void leaky_relu_forward(const float* x, float* y, std::int64_t n, float slope, cudaStream_t stream);
+void leaky_relu_backward(const float* x, const float* dy, float* dx, std::int64_t n, float slope,
+                         cudaStream_t stream);
+
+// ---- pool.cu -----------------------------------------------------------------------------------
+void global_avg_pool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t stream);
+void global_avg_pool_backward(int N, int C, int HW, const float* dy, float* dx,
+                              cudaStream_t stream);
+
+// ---- linear.cu (the parts of the linear layer that are not GEMMs) ------------------------------
+// y[n, o] = b[o] for every row n.
+void broadcast_rows(int N, int O, const float* b, float* y, cudaStream_t stream);
+// db[o] += sum_n dy[n, o], summed in row order.
+void column_sums_accumulate(int N, int O, const float* dy, float* db, cudaStream_t stream);
+
+// ---- energy.cu ---------------------------------------------------------------------------------
+// sq_scale == 0 and squared == false: the plain energy; see Backend for the formulas.
+void energy_forward_backward(int N, int K, const float* logits, float* energy, float* dlogits,
+                             float grad_scale, float sq_scale, bool squared, cudaStream_t stream);
+void cross_entropy_forward_backward(int N, int K, const float* logits, const std::int32_t* labels,
+                                    float* loss, float* dlogits, float grad_scale, int* error,
+                                    cudaStream_t stream);
+void class_energy_forward_backward(int N, int K, const float* logits, const std::int32_t* labels,
+                                   float* energy, float* dlogits, float grad_scale, int* error,
+                                   cudaStream_t stream);
+
+// ---- sampler.cu --------------------------------------------------------------------------------
+// `slots`: rows of the buffer that may be read or written (indices outside [0, slots) are
+// reported through `error`).
+void buffer_gather(int B, std::int64_t per, const float* buffer, std::int64_t slots,
+                   const std::int32_t* index, const std::int32_t* reinit, float* out,
+                   const NoiseKey& key, int* error, cudaStream_t stream);
+void buffer_scatter(int B, std::int64_t per, const float* x, const std::int32_t* index,
+                    float* buffer, std::int64_t slots, int* error, cudaStream_t stream);
+void sgld_step(int B, std::int64_t per, float* x, const float* grad, float step_size,
+               float noise_std, bool clamp, const NoiseKey& key, cudaStream_t stream);
+
+// ---- optim.cu ----------------------------------------------------------------------------------
+void adam_step(std::int64_t n, float* p, const float* g, float* m, float* v, const AdamStep& step,
+               cudaStream_t stream);
+void sgd_step(std::int64_t n, float* p, const float* g, float* buf, float lr, float momentum,
+              float weight_decay, cudaStream_t stream);
+// Elements per first-pass chunk of sum_squares, and the scratch it needs: one double per chunk.
+constexpr std::int64_t kSumSquaresChunk = 4096;
+std::int64_t sum_squares_partials(std::int64_t n);
+// result[0] = sum_i x_i^2 in double, in a fixed order that depends on n only. `partials` holds
+// sum_squares_partials(n) doubles.
+void sum_squares(std::int64_t n, const float* x, double* partials, double* result,
+                 cudaStream_t stream);
+
+}  // namespace jem::kernels

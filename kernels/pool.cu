@@ -1,0 +1,47 @@
+// Global average pooling. Forward: one warp per (n, c) plane, lane-strided partial sums and a
+// butterfly reduction (coalesced reads; a fixed order, so deterministic). Backward: one thread
+// per input element, dy[n, c] * (1 / HW) exactly as the CPU computes it (bit-identical).
+#include "kernel_util.cuh"
+#include "kernels.hpp"
+
+namespace jem::kernels {
+namespace {
+
+__global__ void gap_forward_kernel(std::int64_t planes, int HW, float inv, const float* x,
+                                   float* y) {
+  const std::int64_t warp = global_thread() / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (warp >= planes) return;  // the whole warp leaves together: the shuffles below stay full
+  const float* p = x + warp * HW;
+  float s = 0.0f;
+  for (int i = lane; i < HW; i += kWarp) s += p[i];
+  s = warp_sum(s);
+  if (lane == 0) y[warp] = s * inv;
+}
+
+__global__ void gap_backward_kernel(std::int64_t n, int HW, float inv, const float* dy, float* dx) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) dx[i] = dy[i / HW] * inv;
+}
+
+}  // namespace
+
+void global_avg_pool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t stream) {
+  const std::int64_t planes = std::int64_t(N) * C;
+  if (planes <= 0) return;
+  const float inv = 1.0f / static_cast<float>(HW);
+  const std::int64_t warps_per_block = kThreads / kWarp;
+  const auto blocks = static_cast<unsigned>((planes + warps_per_block - 1) / warps_per_block);
+  gap_forward_kernel<<<blocks, kThreads, 0, stream>>>(planes, HW, inv, x, y);
+  JEM_CUDA_CHECK_LAUNCH();
+}
+
+void global_avg_pool_backward(int N, int C, int HW, const float* dy, float* dx,
+                              cudaStream_t stream) {
+  const std::int64_t n = std::int64_t(N) * C * HW;
+  if (n <= 0) return;
+  const float inv = 1.0f / static_cast<float>(HW);
+  gap_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, HW, inv, dy, dx);
+  JEM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace jem::kernels
