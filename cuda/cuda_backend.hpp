@@ -97,6 +97,8 @@ class CudaBackend final : public Backend {
   void scale_impl(std::int64_t n, float* x, float alpha) override;
 
  private:
+  // Frees what the constructor created (the destructor, and a constructor that failed halfway).
+  void release() noexcept;
   // Makes this backend's device current on the calling thread (cheap when it already is).
   void bind() const;
   // Waits for the stream, then throws if a kernel recorded a device-side error.

@@ -18,6 +18,9 @@ namespace jem {
 namespace cuda {
 std::vector<CudaDeviceInfo> query_devices(std::string* why_none);
 std::vector<std::string> library_versions();
+// cuda/cuda_backend.hpp: the CUDA backend on device `device` (math mode from JEM_CUDA_MATH, else
+// TF32 on sm_80+ and FP32 before).
+std::unique_ptr<Backend> make_cuda_backend(int device);
 }  // namespace cuda
 bool built_with_cuda() { return true; }
 std::vector<CudaDeviceInfo> cuda_devices(std::string* why_none) {
@@ -89,12 +92,32 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads
     }
     JEM_FAIL("--device ", device, ": no usable CUDA device (", why, ")");
   }
-  // The CUDA backend lands with issue #4; until then a GPU request cannot be served.
+#ifdef JEM_HAVE_CUDA
+  // "auto" takes the first GPU; if it cannot be initialised, the CPU (with a notice).
   if (is_auto) {
-    std::fprintf(stderr, "jem: CUDA device found but the CUDA backend is not built yet; running on the CPU\n");
-    return make_cpu_backend(cpu_threads);
+    try {
+      return cuda::make_cuda_backend(0);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "jem: cuda:0 is unusable (%s); running on the CPU\n", e.what());
+      return make_cpu_backend(cpu_threads);
+    }
   }
-  JEM_FAIL("--device ", device, ": the CUDA backend is not implemented in this build yet");
+  // "cuda" is cuda:0; "cuda:N" needs N to be a device index in range.
+  int index = 0;
+  if (device != "cuda") {
+    const std::string digits = device.substr(5);
+    const bool numeric = !digits.empty() && digits.size() <= 6 &&
+                         digits.find_first_not_of("0123456789") == std::string::npos;
+    JEM_CHECK(numeric, "--device '", device, "': expected cuda:N with N a device index");
+    index = std::stoi(digits);
+  }
+  const int count = static_cast<int>(devices.size());
+  JEM_CHECK(index < count, "--device ", device, ": no such CUDA device (", count, " found: cuda:0",
+            count > 1 ? " to cuda:" + std::to_string(count - 1) : std::string(), ")");
+  return cuda::make_cuda_backend(index);
+#else
+  JEM_FAIL("--device ", device, ": this jem was built without CUDA");
+#endif
 }
 
 }  // namespace jem

@@ -1,0 +1,343 @@
+// The CUDA backend: construction, memory, synchronisation, device-side error reports, and the
+// ops that are one kernel launch each. Convolutions: cudnn_conv.cpp; linear: cuda_linear.cpp.
+#include "cuda_backend.hpp"
+
+#include <cublas_v2.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "cuda_check.hpp"
+#include "cudnn_conv.hpp"
+#include "kernels.hpp"
+
+namespace jem::cuda {
+
+MathMode default_math_mode(int device) {
+  int major = 0;
+  JEM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8 ? MathMode::TF32 : MathMode::FP32;
+}
+
+CudaBackend::CudaBackend(int device, MathMode math) : device_(device), math_(math) {
+  int count = 0;
+  JEM_CUDA_CHECK(cudaGetDeviceCount(&count));
+  JEM_CHECK(device >= 0 && device < count, "cuda:", device, " does not exist (", count,
+            " CUDA device", count == 1 ? "" : "s", " found)");
+  JEM_CUDA_CHECK(cudaSetDevice(device_));
+  cudaDeviceProp prop{};
+  JEM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+  device_name_ = prop.name;
+  cc_major_ = prop.major;
+  cc_minor_ = prop.minor;
+  sms_ = prop.multiProcessorCount;
+  JEM_CHECK(math_ == MathMode::FP32 || cc_major_ >= 8, "cuda:", device_, " (", device_name_,
+            ", sm_", cc_major_, cc_minor_, ") has no TF32 tensor cores: use FP32 math");
+
+  // A constructor that throws runs no destructor: the catch below releases what was created.
+  try {
+    JEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    cublasHandle_t h = nullptr;
+    JEM_CUBLAS_CHECK(cublasCreate(&h));
+    cublas_ = h;
+    JEM_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    JEM_CUBLAS_CHECK(cublasSetMathMode(
+        cublas_, math_ == MathMode::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    conv_ = std::make_unique<ConvEngine>(stream_, math_);
+    JEM_CUDA_CHECK(cudaMalloc(&error_dev_, kernels::kErrorWords * sizeof(int)));
+    JEM_CUDA_CHECK(cudaMemsetAsync(error_dev_, 0, kernels::kErrorWords * sizeof(int), stream_));
+    JEM_CUDA_CHECK(cudaMallocHost(&error_host_, kernels::kErrorWords * sizeof(int)));
+    JEM_CUDA_CHECK(cudaMallocHost(&reduce_host_, sizeof(double)));
+    JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+CudaBackend::~CudaBackend() { release(); }
+
+void CudaBackend::release() noexcept {
+  // Errors are ignored: a destructor must not throw, and at exit the context may be gone.
+  if (stream_) (void)cudaStreamSynchronize(stream_);
+  conv_.reset();
+  if (cublas_) cublasDestroy(cublas_);
+  cublas_ = nullptr;
+  if (error_dev_) (void)cudaFree(error_dev_);
+  error_dev_ = nullptr;
+  if (error_host_) (void)cudaFreeHost(error_host_);
+  error_host_ = nullptr;
+  if (reduce_host_) (void)cudaFreeHost(reduce_host_);
+  reduce_host_ = nullptr;
+  if (stream_) (void)cudaStreamDestroy(stream_);
+  stream_ = nullptr;
+  (void)cudaGetLastError();
+}
+
+std::string CudaBackend::name() const {
+  std::ostringstream os;
+  os << "cuda:" << device_ << " (" << device_name_ << ", sm_" << cc_major_ << cc_minor_ << ", "
+     << sms_ << " SMs, " << to_string(math_) << " math)";
+  return os.str();
+}
+
+void CudaBackend::bind() const {
+  int current = -1;
+  JEM_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != device_) JEM_CUDA_CHECK(cudaSetDevice(device_));
+}
+
+void CudaBackend::check_on_device(const Tensor& t, const char* op) const {
+  JEM_CHECK(t.defined() && t.device() == Device::CUDA, op, ": tensor must live on cuda");
+}
+
+void CudaBackend::sync_and_check() {
+  JEM_CUDA_CHECK(cudaMemcpyAsync(error_host_, error_dev_, kernels::kErrorWords * sizeof(int),
+                                 cudaMemcpyDeviceToHost, stream_));
+  JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (error_host_[0] == kernels::kNoError) return;
+  const int code = error_host_[0], row = error_host_[1], value = error_host_[2];
+  // Clear the record so that the backend stays usable after the error is handled.
+  JEM_CUDA_CHECK(cudaMemsetAsync(error_dev_, 0, kernels::kErrorWords * sizeof(int), stream_));
+  JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  switch (code) {
+    case kernels::kCrossEntropyLabel:
+      JEM_FAIL("cross_entropy (cuda): label ", value, " of row ", row, " outside [0, classes)");
+    case kernels::kClassEnergyLabel:
+      JEM_FAIL("class_energy (cuda): label ", value, " of row ", row, " outside [0, classes)");
+    case kernels::kGatherSlot:
+      JEM_FAIL("buffer_gather (cuda): index[", row, "] = ", value, " outside the buffer");
+    case kernels::kScatterSlot:
+      JEM_FAIL("buffer_scatter (cuda): index[", row, "] = ", value, " outside the buffer");
+    default:
+      JEM_FAIL("cuda: unknown device-side error code ", code);
+  }
+}
+
+std::int64_t CudaBackend::slots_in(const float* buffer, std::int64_t per) const {
+  const std::size_t bytes = bytes_to_allocation_end(buffer);
+  // Not from this backend's allocator (cannot happen through Tensor): leave it unbounded.
+  if (bytes == 0) return std::numeric_limits<std::int32_t>::max();
+  return per <= 0 ? 0 : std::int64_t(bytes / (std::size_t(per) * sizeof(float)));
+}
+
+// ---- memory --------------------------------------------------------------------------------------
+
+Tensor CudaBackend::empty(Shape shape, DType dtype) {
+  bind();
+  const std::size_t bytes = std::size_t(shape.numel()) * dtype_size(dtype);
+  void* p = device_alloc(bytes);
+  auto storage = std::make_shared<Storage>(p, bytes, Device::CUDA, &device_free);
+  // Zero-filled, as Backend::empty promises; stream-ordered before any op on the tensor.
+  if (bytes > 0) JEM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+  return Tensor(std::move(storage), 0, shape, dtype);
+}
+
+void CudaBackend::upload(const float* src, const Tensor& dst) {
+  check_on_device(dst, "upload");
+  bind();
+  if (dst.bytes() == 0) return;
+  // From pageable memory the copy is staged before the call returns: src may be reused at once.
+  JEM_CUDA_CHECK(cudaMemcpyAsync(dst.data<float>(), src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::upload_i32(const std::int32_t* src, const Tensor& dst) {
+  check_on_device(dst, "upload_i32");
+  bind();
+  if (dst.bytes() == 0) return;
+  JEM_CUDA_CHECK(cudaMemcpyAsync(dst.data<std::int32_t>(), src, dst.bytes(), cudaMemcpyHostToDevice,
+                                 stream_));
+}
+
+void CudaBackend::download(const Tensor& src, float* dst) {
+  check_on_device(src, "download");
+  bind();
+  if (src.bytes() > 0)
+    JEM_CUDA_CHECK(cudaMemcpyAsync(dst, src.data<float>(), src.bytes(), cudaMemcpyDeviceToHost,
+                                   stream_));
+  sync_and_check();
+}
+
+void CudaBackend::synchronize() {
+  bind();
+  sync_and_check();
+}
+
+// ---- elementwise ---------------------------------------------------------------------------------
+
+void CudaBackend::fill_impl(const Tensor& t, float value) {
+  bind();
+  if (t.dtype() == DType::I32)
+    kernels::fill_i32(t.data<std::int32_t>(), t.numel(), static_cast<std::int32_t>(value), stream_);
+  else
+    kernels::fill_f32(t.data<float>(), t.numel(), value, stream_);
+}
+
+void CudaBackend::copy_impl(const Tensor& src, const Tensor& dst) {
+  bind();
+  kernels::copy_f32(src.data<float>(), dst.data<float>(), src.numel(), stream_);
+}
+
+void CudaBackend::axpy_impl(float alpha, const Tensor& x, const Tensor& y) {
+  bind();
+  kernels::axpy(alpha, x.data<float>(), y.data<float>(), x.numel(), stream_);
+}
+
+void CudaBackend::add_impl(const Tensor& a, const Tensor& b, const Tensor& y) {
+  bind();
+  kernels::add(a.data<float>(), b.data<float>(), y.data<float>(), a.numel(), stream_);
+}
+
+void CudaBackend::scale_impl(std::int64_t n, float* x, float alpha) {
+  bind();
+  kernels::scale(x, n, alpha, stream_);
+}
+
+void CudaBackend::leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) {
+  bind();
+  kernels::leaky_relu_forward(x, y, n, slope, stream_);
+}
+
+void CudaBackend::leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy,
+                                           float* dx, float slope) {
+  bind();
+  kernels::leaky_relu_backward(x, dy, dx, n, slope, stream_);
+}
+
+// ---- convolution (cuDNN) -------------------------------------------------------------------------
+
+void CudaBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
+                                      const float* b, float* y) {
+  bind();
+  conv_->forward(g, x, w, b, y);
+}
+
+void CudaBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
+                                            float* dx) {
+  bind();
+  conv_->backward_data(g, dy, w, dx);
+}
+
+void CudaBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy,
+                                              float* dw, float* db) {
+  bind();
+  conv_->backward_filter(g, x, dy, dw, db);
+}
+
+// ---- pooling -------------------------------------------------------------------------------------
+
+void CudaBackend::global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) {
+  bind();
+  kernels::global_avg_pool_forward(N, C, HW, x, y, stream_);
+}
+
+void CudaBackend::global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) {
+  bind();
+  kernels::global_avg_pool_backward(N, C, HW, dy, dx, stream_);
+}
+
+// ---- losses --------------------------------------------------------------------------------------
+
+void CudaBackend::energy_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                              float grad_scale) {
+  bind();
+  kernels::energy_forward_backward(N, K, logits, energy, dlogits, grad_scale, 0.0f, false, stream_);
+}
+
+void CudaBackend::energy_sq_impl(int N, int K, const float* logits, float* energy, float* dlogits,
+                                 float grad_scale, float sq_scale) {
+  // K == 0 has no logsumexp; the CPU would read row[0] of an empty row.
+  JEM_CHECK(K > 0 || N == 0, "energy_sq: logits have no classes");
+  bind();
+  kernels::energy_forward_backward(N, K, logits, energy, dlogits, grad_scale, sq_scale, true,
+                                   stream_);
+}
+
+void CudaBackend::cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                                     float* loss, float* dlogits, float grad_scale) {
+  bind();
+  kernels::cross_entropy_forward_backward(N, K, logits, labels, loss, dlogits, grad_scale,
+                                          error_dev_, stream_);
+}
+
+void CudaBackend::class_energy_impl(int N, int K, const float* logits, const std::int32_t* labels,
+                                    float* energy, float* dlogits, float grad_scale) {
+  // Every label is out of range when there are no classes (the CPU throws for row 0).
+  JEM_CHECK(K > 0 || N == 0, "class_energy: logits have no classes");
+  bind();
+  kernels::class_energy_forward_backward(N, K, logits, labels, energy, dlogits, grad_scale,
+                                         error_dev_, stream_);
+}
+
+// ---- replay buffer and SGLD ----------------------------------------------------------------------
+
+void CudaBackend::buffer_gather_impl(int B, std::int64_t per, const float* buffer,
+                                     const std::int32_t* index, const std::int32_t* reinit,
+                                     float* out, const NoiseKey& key) {
+  bind();
+  kernels::buffer_gather(B, per, buffer, slots_in(buffer, per), index, reinit, out, key, error_dev_,
+                         stream_);
+}
+
+void CudaBackend::buffer_scatter_impl(int B, std::int64_t per, const float* x,
+                                      const std::int32_t* index, float* buffer) {
+  bind();
+  kernels::buffer_scatter(B, per, x, index, buffer, slots_in(buffer, per), error_dev_, stream_);
+}
+
+void CudaBackend::sgld_step_impl(int B, std::int64_t per, float* x, const float* grad,
+                                 float step_size, float noise_std, bool clamp,
+                                 const NoiseKey& key) {
+  bind();
+  kernels::sgld_step(B, per, x, grad, step_size, noise_std, clamp, key, stream_);
+}
+
+// ---- optimizers ----------------------------------------------------------------------------------
+
+void CudaBackend::adam_step_impl(std::int64_t n, float* p, const float* g, float* m, float* v,
+                                 const AdamStep& step) {
+  bind();
+  kernels::adam_step(n, p, g, m, v, step, stream_);
+}
+
+void CudaBackend::sgd_step_impl(std::int64_t n, float* p, const float* g, float* buf, float lr,
+                                float momentum, float weight_decay) {
+  bind();
+  kernels::sgd_step(n, p, g, buf, lr, momentum, weight_decay, stream_);
+}
+
+double CudaBackend::sum_squares_impl(std::int64_t n, const float* x) {
+  bind();
+  // One double per chunk plus the result; grown once per size, like the CPU's scratch.
+  const std::int64_t partials = kernels::sum_squares_partials(n);
+  auto* scratch = static_cast<double*>(reduce_.ensure(std::size_t(partials + 1) * sizeof(double), stream_));
+  kernels::sum_squares(n, x, scratch, scratch + partials, stream_);
+  JEM_CUDA_CHECK(cudaMemcpyAsync(reduce_host_, scratch + partials, sizeof(double),
+                                 cudaMemcpyDeviceToHost, stream_));
+  sync_and_check();
+  return *reduce_host_;
+}
+
+// ---- factory -------------------------------------------------------------------------------------
+
+std::unique_ptr<Backend> make_cuda_backend(int device, MathMode math) {
+  return std::make_unique<CudaBackend>(device, math);
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  int count = 0;
+  JEM_CUDA_CHECK(cudaGetDeviceCount(&count));
+  JEM_CHECK(device >= 0 && device < count, "cuda:", device, " does not exist (", count,
+            " CUDA device", count == 1 ? "" : "s", " found)");
+  const char* env = std::getenv("JEM_CUDA_MATH");
+  if (!env || !*env) return make_cuda_backend(device, default_math_mode(device));
+  const std::string m(env);
+  if (m == "fp32" || m == "FP32") return make_cuda_backend(device, MathMode::FP32);
+  if (m == "tf32" || m == "TF32") return make_cuda_backend(device, MathMode::TF32);
+  JEM_FAIL("JEM_CUDA_MATH='", m, "': expected fp32 or tf32");
+}
+
+}  // namespace jem::cuda

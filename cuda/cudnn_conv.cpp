@@ -1,0 +1,271 @@
+// cuDNN convolutions; see cudnn_conv.hpp.
+//
+// cuDNN 9 marks its whole legacy convolution API deprecated (in favour of the graph API) but
+// still ships it in libcudnn_cnn. The deprecation warnings are silenced for this file only: the
+// legacy calls are the deliberate choice here (one call per op, benchmarked algorithm search).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+#include "cudnn_conv.hpp"
+
+#include <cudnn.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "cuda_check.hpp"
+
+namespace jem::cuda {
+namespace {
+
+// RAII owners of the descriptors.
+struct TensorDesc {
+  cudnnTensorDescriptor_t d = nullptr;
+  TensorDesc(int n, int c, int h, int w) {
+    JEM_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d));
+    JEM_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w));
+  }
+  ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
+  TensorDesc(const TensorDesc&) = delete;
+  TensorDesc& operator=(const TensorDesc&) = delete;
+};
+
+struct FilterDesc {
+  cudnnFilterDescriptor_t d = nullptr;
+  FilterDesc(int k, int c, int r) {
+    JEM_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d));
+    JEM_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, k, c, r, r));
+  }
+  ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
+  FilterDesc(const FilterDesc&) = delete;
+  FilterDesc& operator=(const FilterDesc&) = delete;
+};
+
+struct ConvDesc {
+  cudnnConvolutionDescriptor_t d = nullptr;
+  ConvDesc(int pad, int stride) {
+    JEM_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d));
+    // Cross-correlation (no kernel flip): what PyTorch and the CPU backend compute.
+    JEM_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, pad, pad, stride, stride, 1, 1,
+                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  }
+  ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
+  ConvDesc(const ConvDesc&) = delete;
+  ConvDesc& operator=(const ConvDesc&) = delete;
+};
+
+const char* op_name(int op) {
+  return op == 0 ? "conv2d_forward" : op == 1 ? "conv2d_backward_data" : "conv2d_backward_filter";
+}
+
+std::string describe(const ConvGeom& g) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "x[%d, %d, %d, %d] * w[%d, %d, %d, %d] stride %d pad %d", g.N, g.C,
+                g.H, g.W, g.K, g.C, g.R, g.R, g.stride, g.pad);
+  return buf;
+}
+
+bool uses_tensor_cores(cudnnMathType_t m) {
+  return m == CUDNN_TENSOR_OP_MATH || m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+}
+
+// The fastest acceptable result of a search (cuDNN sorts them by time). FP32 mode accepts no
+// tensor-core algorithm and, for the backward ops, prefers deterministic ones: their summation
+// order is fixed, so one shape gives the same bits on every call and run (BWD_FILTER_ALGO_0 /
+// ALGO_3 and BWD_DATA_ALGO_0 accumulate with atomics). Only when no deterministic algorithm
+// works does it fall back to the fastest non-deterministic one.
+template <typename Perf>
+const Perf* pick(const std::vector<Perf>& perf, int returned, bool fp32, bool want_deterministic) {
+  for (int pass = want_deterministic ? 0 : 1; pass < 2; ++pass)
+    for (int i = 0; i < returned; ++i) {
+      const Perf& p = perf[std::size_t(i)];
+      if (p.status != CUDNN_STATUS_SUCCESS || p.memory > ConvEngine::kMaxWorkspace) continue;
+      if (fp32 && uses_tensor_cores(p.mathType)) continue;
+      if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC) continue;
+      return &p;
+    }
+  return nullptr;
+}
+
+int alignment_bits(const void* a, const void* b, const void* c) {
+  auto aligned = [](const void* p) { return int(reinterpret_cast<std::uintptr_t>(p) % 16 == 0); };
+  return aligned(a) | aligned(b) << 1 | aligned(c) << 2;
+}
+
+// A temporary device buffer for the search: as much of kMaxWorkspace as a quarter of the free
+// memory allows, or none (then only algorithms without workspace are tried).
+struct SearchBuffer {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+  SearchBuffer() {
+    std::size_t free_b = 0, total_b = 0;
+    JEM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    bytes = std::min(ConvEngine::kMaxWorkspace, free_b / 4);
+    if (bytes > 0 && cudaMalloc(&ptr, bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      ptr = nullptr;
+      bytes = 0;
+    }
+  }
+  ~SearchBuffer() {
+    if (ptr) cudaFree(ptr);
+  }
+};
+
+}  // namespace
+
+struct ConvEngine::Plan {
+  TensorDesc x, y, bias;
+  FilterDesc w;
+  ConvDesc conv;
+  int algo = 0;                // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t of the op
+  std::size_t workspace = 0;   // bytes the chosen algorithm needs
+  explicit Plan(const ConvGeom& g)
+      : x(g.N, g.C, g.H, g.W), y(g.N, g.K, g.P(), g.Q()), bias(1, g.K, 1, 1), w(g.K, g.C, g.R),
+        conv(g.pad, g.stride) {}
+};
+
+ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), math_(math) {
+  cudnnHandle_t h = nullptr;
+  JEM_CUDNN_CHECK(cudnnCreate(&h));
+  handle_ = h;
+  JEM_CUDNN_CHECK(cudnnSetStream(handle_, stream_));
+  const char* v = std::getenv("JEM_CUDNN_VERBOSE");
+  verbose_ = v && *v && std::string(v) != "0";
+}
+
+ConvEngine::~ConvEngine() {
+  plans_.clear();  // descriptors before the handle
+  if (handle_) cudnnDestroy(handle_);
+}
+
+ConvEngine::Plan& ConvEngine::plan(Op op, const ConvGeom& g, const float* a, const float* b,
+                                   float* out) {
+  const Key key{int(op), g.N, g.C, g.H, g.W, g.K, g.R, g.stride, g.pad, alignment_bits(a, b, out)};
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+  auto p = std::make_unique<Plan>(g);
+  search(op, g, *p, a, b, out);
+  workspace_.ensure(p->workspace, stream_);
+  return *plans_.emplace(key, std::move(p)).first->second;
+}
+
+void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const float* b,
+                        float* out) {
+  const bool fp32 = math_ == MathMode::FP32;
+  // FMA math restricts the search to float FMA kernels; tensor-op math lets TF32 kernels in.
+  JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+  // The search runs (and times) the algorithms synchronously; queued work must not be timed.
+  JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  SearchBuffer ws;
+  int count = 0, returned = 0;
+  cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+  const char* chosen_determinism = "";
+  float ms = 0.0f;
+
+  if (op == Op::Forward) {
+    JEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle_, &count));
+    std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
+    JEM_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(handle_, p.x.d, a, p.w.d, b, p.conv.d,
+                                                           p.y.d, out, count, &returned,
+                                                           perf.data(), ws.ptr, ws.bytes));
+    const auto* best = pick(perf, returned, fp32, false);
+    JEM_CHECK(best, "conv2d_forward: cuDNN found no usable algorithm for ", describe(g));
+    p.algo = int(best->algo);
+    math = best->mathType;
+    ms = best->time;
+    chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+  } else if (op == Op::BackwardData) {
+    JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle_, &count));
+    std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
+    // a = dy, b = w, out = dx (which the op overwrites anyway).
+    JEM_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(handle_, p.w.d, b, p.y.d, a,
+                                                                p.conv.d, p.x.d, out, count,
+                                                                &returned, perf.data(), ws.ptr,
+                                                                ws.bytes));
+    const auto* best = pick(perf, returned, fp32, fp32);
+    JEM_CHECK(best, "conv2d_backward_data: cuDNN found no usable algorithm for ", describe(g));
+    p.algo = int(best->algo);
+    math = best->mathType;
+    ms = best->time;
+    chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+  } else {
+    JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(handle_, &count));
+    std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
+    // The search writes its output, and dw must keep the gradients it accumulates: search into
+    // a scratch filter at the same alignment (mod 256, cudaMalloc's alignment) as dw.
+    const std::size_t dw_bytes = std::size_t(g.K) * g.C * g.R * g.R * sizeof(float);
+    const std::size_t shift = reinterpret_cast<std::uintptr_t>(out) % 256;
+    void* scratch = nullptr;
+    JEM_CUDA_CHECK(cudaMalloc(&scratch, dw_bytes + shift));
+    const cudnnStatus_t st = cudnnFindConvolutionBackwardFilterAlgorithmEx(
+        handle_, p.x.d, a, p.y.d, b, p.conv.d, p.w.d, static_cast<char*>(scratch) + shift, count,
+        &returned, perf.data(), ws.ptr, ws.bytes);
+    cudaFree(scratch);
+    JEM_CUDNN_CHECK(st);
+    const auto* best = pick(perf, returned, fp32, fp32);
+    JEM_CHECK(best, "conv2d_backward_filter: cuDNN found no usable algorithm for ", describe(g));
+    p.algo = int(best->algo);
+    math = best->mathType;
+    ms = best->time;
+    chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+  }
+
+  // Run with the math type the algorithm was timed with; in FP32 mode FMA math, always.
+  JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, fp32 ? CUDNN_FMA_MATH : math));
+  std::size_t need = 0;
+  if (op == Op::Forward)
+    JEM_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(
+        handle_, p.x.d, p.w.d, p.conv.d, p.y.d, cudnnConvolutionFwdAlgo_t(p.algo), &need));
+  else if (op == Op::BackwardData)
+    JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+        handle_, p.w.d, p.y.d, p.conv.d, p.x.d, cudnnConvolutionBwdDataAlgo_t(p.algo), &need));
+  else
+    JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+        handle_, p.x.d, p.y.d, p.conv.d, p.w.d, cudnnConvolutionBwdFilterAlgo_t(p.algo), &need));
+  p.workspace = need;
+  if (verbose_)
+    std::fprintf(stderr, "jem: cuDNN %s %s: algo %d (%s, %s math, %.3f ms, %zu KiB workspace)\n",
+                 op_name(int(op)), describe(g).c_str(), p.algo, chosen_determinism,
+                 uses_tensor_cores(math) && !fp32 ? "tensor-op" : "FMA", double(ms), need >> 10);
+}
+
+void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, const float* b,
+                         float* y) {
+  Plan& p = plan(Op::Forward, g, x, w, y);
+  const float one = 1.0f, zero = 0.0f;
+  JEM_CUDNN_CHECK(cudnnConvolutionForward(handle_, &one, p.x.d, x, p.w.d, w, p.conv.d,
+                                          cudnnConvolutionFwdAlgo_t(p.algo), workspace_.get(),
+                                          workspace_.bytes(), &zero, p.y.d, y));
+  // y += b, broadcast over N, P, Q.
+  JEM_CUDNN_CHECK(cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y));
+}
+
+void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
+  Plan& p = plan(Op::BackwardData, g, dy, w, dx);
+  const float one = 1.0f, zero = 0.0f;
+  JEM_CUDNN_CHECK(cudnnConvolutionBackwardData(handle_, &one, p.w.d, w, p.y.d, dy, p.conv.d,
+                                               cudnnConvolutionBwdDataAlgo_t(p.algo),
+                                               workspace_.get(), workspace_.bytes(), &zero, p.x.d,
+                                               dx));
+}
+
+void ConvEngine::backward_filter(const ConvGeom& g, const float* x, const float* dy, float* dw,
+                                 float* db) {
+  Plan& p = plan(Op::BackwardFilter, g, x, dy, dw);
+  // beta = 1: parameter gradients accumulate (backend.hpp).
+  const float one = 1.0f;
+  JEM_CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle_, &one, p.x.d, x, p.y.d, dy, p.conv.d,
+                                                 cudnnConvolutionBwdFilterAlgo_t(p.algo),
+                                                 workspace_.get(), workspace_.bytes(), &one,
+                                                 p.w.d, dw));
+  if (db) JEM_CUDNN_CHECK(cudnnConvolutionBackwardBias(handle_, &one, p.y.d, dy, &one, p.bias.d, db));
+}
+
+}  // namespace jem::cuda
+
+#pragma GCC diagnostic pop
