@@ -6,7 +6,10 @@
 //   backward-filter  dw[K, CRR]  += dy_n[K, PQ] * col_n^T[PQ, CRR]
 // A 1x1, stride-1, unpadded convolution needs no lowering: col_n is x_n itself.
 // Weight gradients go to per-thread partial buffers first, then are added to dw in thread order,
-// so the sum is the same for the same thread count.
+// so the sum is the same for the same thread count (static schedule). Forward and backward-data
+// compute each image on its own, so they take images dynamically: a thread slowed down by
+// another process on its core does not hold the other back at the barrier, and the result is
+// the same whichever thread computes an image.
 #include <cblas.h>
 #include <omp.h>
 
@@ -98,7 +101,7 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
   const int CRR = g.C * g.R * g.R;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
   for (int n = 0; n < g.N; ++n) {
     const float* xn = x + n * x_stride;
     float* yn = y + n * y_stride;
@@ -144,7 +147,7 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
     tg.W = g.Q();
     tg.pad = g.R - 1 - g.pad;
   }
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
   for (int n = 0; n < g.N; ++n) {
     const float* dyn = dy + n * y_stride;
     float* dxn = dx + n * x_stride;

@@ -1,0 +1,885 @@
+// The CUDA backend against the CPU backend (the reference), op by op, on the same random inputs
+// (odd sizes, stride 2, 1x1 kernels and images, 1 and 3 channels, odd batches), with the
+// tolerances of cuda_test_support.hpp; the Wide-ResNet against PyTorch's reference vectors; and
+// device selection. Every test that needs a GPU skips, with the reason, when none is usable:
+// only the device-selection tests without a GPU run on a machine that has none.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <tuple>
+
+#include "cuda_test_support.hpp"
+#include "jem/philox.hpp"
+#include "jem/safetensors.hpp"
+#include "jem/wide_resnet.hpp"
+
+namespace jem::test {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// A CPU reference and a GPU backend (FP32 math unless a test asks otherwise).
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    JEM_SKIP_WITHOUT_CUDA();
+    cpu = make_cpu_backend(2);
+    gpu = cuda::make_cuda_backend(0, MathMode::FP32);
+  }
+  // The same values on both backends.
+  std::pair<Tensor, Tensor> both(const Vec& v, const Shape& s) {
+    return {cpu->from_vector(v, s), gpu->from_vector(v, s)};
+  }
+  std::unique_ptr<Backend> cpu, gpu;
+};
+
+// ================================================================================================
+// Memory
+// ================================================================================================
+
+TEST_F(CudaOps, EmptyIsZeroFilledAndOnTheDevice) {
+  const Tensor t = gpu->empty(Shape{3, 5, 7, 9});
+  EXPECT_EQ(t.device(), Device::CUDA);
+  for (float v : gpu->to_vector(t)) ASSERT_EQ(v, 0.0f);
+  // A recycled allocation must be zeroed too: dirty one, free it, allocate the same size.
+  {
+    Tensor dirty = gpu->empty(Shape{3, 5, 7, 9});
+    gpu->fill(dirty, 7.0f);
+    gpu->synchronize();
+  }
+  for (float v : gpu->to_vector(gpu->empty(Shape{3, 5, 7, 9}))) ASSERT_EQ(v, 0.0f);
+  EXPECT_EQ(gpu->to_vector(gpu->empty(Shape{0})).size(), 0u);
+}
+
+TEST_F(CudaOps, UploadDownloadRoundTripsViews) {
+  const Vec v = random_vector(3 * 5 * 7, 1);
+  const Tensor t = gpu->from_vector(v, Shape{3, 5, 7});
+  expect_bit_equal(gpu->to_vector(t), v, "round trip");
+  // A view at an offset downloads its own elements.
+  const Vec row1 = gpu->to_vector(t.slice(1, 2));
+  expect_bit_equal(row1, Vec(v.begin() + 35, v.begin() + 70), "slice");
+  // Upload into a view leaves the rest alone.
+  const Vec ones(35, 1.0f);
+  gpu->upload(ones.data(), t.slice(2, 3));
+  Vec want = v;
+  std::fill(want.begin() + 70, want.end(), 1.0f);
+  expect_bit_equal(gpu->to_vector(t), want, "upload into a view");
+}
+
+TEST_F(CudaOps, NameAndMathMode) {
+  const std::string n = gpu->name();
+  EXPECT_NE(n.find("cuda:0"), std::string::npos) << n;
+  EXPECT_NE(n.find("FP32"), std::string::npos) << n;
+  auto tf32 = cuda::make_cuda_backend(0, MathMode::TF32);
+  EXPECT_NE(tf32->name().find("TF32"), std::string::npos) << tf32->name();
+}
+
+TEST_F(CudaOps, RejectsHostTensors) {
+  const Tensor host = cpu->empty(Shape{4});
+  const Tensor dev = gpu->empty(Shape{4});
+  EXPECT_THROW(gpu->add(host, dev, dev), Error);
+  EXPECT_THROW(gpu->copy(host, dev), Error);
+  EXPECT_THROW(gpu->to_vector(host), Error);
+}
+
+// ================================================================================================
+// Elementwise: one rounding (or none) per element, so bit-identical to the CPU, except axpy,
+// which nvcc contracts into an FMA (one rounding instead of the CPU's two).
+// ================================================================================================
+
+TEST_F(CudaOps, FillF32AndI32) {
+  const Tensor t = gpu->empty(Shape{3, 5, 7});
+  gpu->fill(t, -2.5f);
+  for (float v : gpu->to_vector(t)) ASSERT_EQ(v, -2.5f);
+  gpu->fill(t, 0.0f);
+  for (float v : gpu->to_vector(t)) ASSERT_EQ(std::bit_cast<std::uint32_t>(v), 0u);
+  gpu->fill(t, -0.0f);  // not all-zero bits: must not take the memset path
+  for (float v : gpu->to_vector(t)) ASSERT_EQ(std::bit_cast<std::uint32_t>(v), 0x80000000u);
+  // I32: fill an index tensor with 2 and gather with it: every row is slot 2.
+  const Vec buf = random_vector(4 * 6, 2);
+  const Tensor idx = gpu->empty(Shape{5}, DType::I32);
+  gpu->fill(idx, 2.0f);
+  const Tensor out = gpu->empty(Shape{5, 6});
+  gpu->buffer_gather(gpu->from_vector(buf, Shape{4, 6}), idx, gpu->empty(Shape{5}, DType::I32), out,
+                     NoiseKey{});
+  const Vec got = gpu->to_vector(out);
+  for (int b = 0; b < 5; ++b)
+    for (int e = 0; e < 6; ++e) ASSERT_EQ(got[b * 6 + e], buf[2 * 6 + e]);
+}
+
+TEST_F(CudaOps, CopyIncludingOverlappingViews) {
+  const Vec src = random_vector(105, 3);
+  const Tensor dst = gpu->empty(Shape{105});
+  gpu->copy(gpu->from_vector(src, Shape{3, 5, 7}), dst);
+  expect_bit_equal(gpu->to_vector(dst), src, "copy");
+  // Overlapping views of one buffer: memmove semantics, as the CPU's copy.
+  const Vec v = random_vector(100, 4);
+  auto [c, g] = both(v, Shape{100});
+  for (Backend* be : {cpu.get(), gpu.get()}) {
+    const Tensor& t = be == cpu.get() ? c : g;
+    be->copy(t.view(0, Shape{60}), t.view(20, Shape{60}));  // forward overlap
+    be->copy(t.view(30, Shape{50}), t.view(10, Shape{50}));  // backward overlap
+  }
+  expect_bit_equal(gpu->to_vector(g), cpu->to_vector(c), "overlapping copies");
+}
+
+TEST_F(CudaOps, AddScaleAndAliasing) {
+  const Shape s{5, 3, 7, 7};
+  const Vec a = random_vector(s.numel(), 5), b = random_vector(s.numel(), 6);
+  auto [ca, ga] = both(a, s);
+  auto [cb, gb] = both(b, s);
+  const Tensor cy = cpu->empty(s), gy = nan_tensor(*gpu, s);
+  cpu->add(ca, cb, cy);
+  gpu->add(ga, gb, gy);
+  expect_bit_equal(gpu->to_vector(gy), cpu->to_vector(cy), "add");
+  gpu->add(ga, gb, ga);  // y == a
+  expect_bit_equal(gpu->to_vector(ga), cpu->to_vector(cy), "add y == a");
+  gpu->scale(ga, -0.37f);
+  cpu->scale(cy, -0.37f);
+  expect_bit_equal(gpu->to_vector(ga), cpu->to_vector(cy), "scale");
+}
+
+TEST_F(CudaOps, AxpyWithinOneRounding) {
+  for (std::int64_t n : {1, 77, 70001}) {
+    const Vec x = random_vector(std::size_t(n), 7), y0 = random_vector(std::size_t(n), 8);
+    const float alpha = -0.37f;
+    auto [cx, gx] = both(x, Shape{n});
+    auto [cy, gy] = both(y0, Shape{n});
+    cpu->axpy(alpha, cx, cy);
+    gpu->axpy(alpha, gx, gy);
+    const Vec got = gpu->to_vector(gy), want = cpu->to_vector(cy);
+    // CPU: round(y + round(alpha x)), error <= u (2 |alpha x| + |y|); GPU: round(y + alpha x),
+    // error <= u (|y| + |alpha x|). They differ by at most 3 u (|y| + |alpha x|).
+    for (std::size_t i = 0; i < got.size(); ++i)
+      ASSERT_LE(std::fabs(double(got[i]) - want[i]),
+                3 * kU * (std::fabs(y0[i]) + std::fabs(alpha * x[i])))
+          << "n " << n << " element " << i;
+  }
+}
+
+TEST_F(CudaOps, LeakyReluForwardBackwardInPlace) {
+  constexpr float slope = 0.2f;
+  for (const Shape& s : {Shape{3, 5, 7, 7}, Shape{5, 10, 37, 37}}) {
+    Vec x = random_vector(s.numel(), 9);
+    for (std::size_t i = 0; i < x.size(); i += 7) x[i] = 0.0f;  // x == 0: the slope side
+    const Vec dy = random_vector(s.numel(), 10);
+    auto [cx, gx] = both(x, s);
+    const Tensor cy = cpu->empty(s), gy = nan_tensor(*gpu, s);
+    cpu->leaky_relu_forward(cx, cy, slope);
+    gpu->leaky_relu_forward(gx, gy, slope);
+    expect_bit_equal(gpu->to_vector(gy), cpu->to_vector(cy), "forward " + s.str());
+    auto [cd, gd] = both(dy, s);
+    cpu->leaky_relu_backward(cx, cd, cd, slope);  // dx == dy
+    gpu->leaky_relu_backward(gx, gd, gd, slope);
+    expect_bit_equal(gpu->to_vector(gd), cpu->to_vector(cd), "backward in place " + s.str());
+    gpu->leaky_relu_forward(gx, gx, slope);  // y == x
+    expect_bit_equal(gpu->to_vector(gx), cpu->to_vector(cy), "forward in place " + s.str());
+  }
+}
+
+// ================================================================================================
+// Convolution (cuDNN), in both math modes
+// ================================================================================================
+
+struct ConvCase {
+  int N, C, HW, K, R, stride, pad;
+};
+
+std::string conv_tag(const ConvCase& c) {
+  return "n" + std::to_string(c.N) + "_c" + std::to_string(c.C) + "_hw" + std::to_string(c.HW) +
+         "_k" + std::to_string(c.K) + "_r" + std::to_string(c.R) + "_s" +
+         std::to_string(c.stride) + "_p" + std::to_string(c.pad);
+}
+void PrintTo(const ConvCase& c, std::ostream* os) { *os << conv_tag(c); }
+
+struct ConvShapes {
+  Shape x, w, b, y;
+  int P, Q;
+  explicit ConvShapes(const ConvCase& c)
+      : P((c.HW + 2 * c.pad - c.R) / c.stride + 1), Q(P) {
+    x = Shape{c.N, c.C, c.HW, c.HW};
+    w = Shape{c.K, c.C, c.R, c.R};
+    b = Shape{c.K};
+    y = Shape{c.N, c.K, P, Q};
+  }
+};
+
+class CudaConv : public ::testing::TestWithParam<std::tuple<ConvCase, MathMode>> {
+ protected:
+  void SetUp() override {
+    JEM_SKIP_WITHOUT_CUDA();
+    cpu = make_cpu_backend(2);
+    gpu = cuda::make_cuda_backend(0, math);
+  }
+  const ConvCase c = std::get<0>(GetParam());
+  const MathMode math = std::get<1>(GetParam());
+  const ConvShapes s{c};
+  const Vec x = random_vector(s.x.numel(), 11), w = random_vector(s.w.numel(), 12);
+  const Vec b = random_vector(s.b.numel(), 13), dy = random_vector(s.y.numel(), 14);
+  std::unique_ptr<Backend> cpu, gpu;
+
+  Vec forward(Backend& be) {
+    const Tensor y = nan_tensor(be, s.y);  // must be overwritten
+    be.conv2d_forward(be.from_vector(x, s.x), be.from_vector(w, s.w), be.from_vector(b, s.b), y,
+                      c.stride, c.pad);
+    return be.to_vector(y);
+  }
+  Vec backward_data(Backend& be) {
+    const Tensor dx = nan_tensor(be, s.x);
+    be.conv2d_backward_data(be.from_vector(dy, s.y), be.from_vector(w, s.w), dx, c.stride, c.pad);
+    return be.to_vector(dx);
+  }
+  // dw, db start from dw0, db0 (they accumulate); an empty db0 leaves db undefined.
+  std::pair<Vec, Vec> backward_filter(Backend& be, const Vec& dw0, const Vec& db0) {
+    const Tensor dw = be.from_vector(dw0, s.w);
+    const Tensor db = db0.empty() ? Tensor() : be.from_vector(db0, s.b);
+    be.conv2d_backward_filter(be.from_vector(x, s.x), be.from_vector(dy, s.y), dw, db, c.stride,
+                              c.pad);
+    return {be.to_vector(dw), db0.empty() ? Vec{} : be.to_vector(db)};
+  }
+};
+
+TEST_P(CudaConv, ForwardMatchesCpu) {
+  expect_close(forward(*gpu), forward(*cpu), sum_tol(math, c.C * c.R * c.R + 1), "conv forward");
+}
+
+TEST_P(CudaConv, BackwardDataMatchesCpu) {
+  expect_close(backward_data(*gpu), backward_data(*cpu), sum_tol(math, c.K * c.R * c.R),
+               "conv backward data");
+}
+
+TEST_P(CudaConv, BackwardFilterAccumulatesLikeCpu) {
+  const Vec dw0 = random_vector(s.w.numel(), 15), db0 = random_vector(s.b.numel(), 16);
+  const auto [gdw, gdb] = backward_filter(*gpu, dw0, db0);
+  const auto [cdw, cdb] = backward_filter(*cpu, dw0, db0);
+  const int k = c.N * s.P * s.Q + 1;  // + the prior contents
+  expect_close(gdw, cdw, sum_tol(math, k), "conv dw");
+  // The bias gradient is a plain float reduction in both modes.
+  expect_close(gdb, cdb, sum_tol(MathMode::FP32, k), "conv db");
+}
+
+TEST_P(CudaConv, BackwardFilterWithoutBiasAndRepeatable) {
+  const Vec zero_w(std::size_t(s.w.numel()), 0.0f), zero_b(std::size_t(s.b.numel()), 0.0f);
+  const Vec with_db = backward_filter(*gpu, zero_w, zero_b).first;
+  const Vec without = backward_filter(*gpu, zero_w, Vec{}).first;
+  if (math == MathMode::FP32) {
+    // FP32 mode picks deterministic algorithms: the same call gives the same bits.
+    expect_bit_equal(without, with_db, "dw without db");
+    expect_bit_equal(backward_data(*gpu), backward_data(*gpu), "dx twice");
+  } else {
+    expect_close(without, with_db, kTf32Tol, "dw without db");
+  }
+}
+
+const ConvCase kConvCases[] = {
+    {1, 3, 7, 5, 3, 1, 1},     // RGB stem at batch 1
+    {3, 1, 7, 6, 3, 1, 1},     // grayscale stem
+    {5, 3, 7, 6, 3, 2, 1},     // 3x3 stride 2, odd image
+    {3, 6, 8, 10, 3, 2, 1},    // 3x3 stride 2, even image
+    {5, 5, 7, 7, 3, 1, 1},     // odd channels
+    {3, 6, 7, 10, 1, 1, 0},    // 1x1 stride 1
+    {5, 6, 7, 10, 1, 2, 0},    // 1x1 stride 2 shortcut, odd image
+    {3, 5, 8, 12, 1, 2, 0},    // 1x1 stride 2 shortcut, even image
+    {1, 3, 5, 3, 3, 1, 0},     // unpadded 3x3
+    {3, 2, 4, 3, 3, 2, 0},     // last row/column never read
+    {3, 3, 1, 5, 3, 1, 1},     // 1x1 image: all but one tap is padding
+    {7, 16, 16, 32, 3, 1, 1},  // Wide-ResNet-sized: tensor-core and Winograd algorithms apply
+    {5, 32, 16, 64, 3, 2, 1},  // its stride-2 stage transition
+};
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaConv,
+    ::testing::Combine(::testing::ValuesIn(kConvCases),
+                       ::testing::Values(MathMode::FP32, MathMode::TF32)),
+    [](const ::testing::TestParamInfo<std::tuple<ConvCase, MathMode>>& info) {
+      return conv_tag(std::get<0>(info.param)) + "_" + cuda::to_string(std::get<1>(info.param));
+    });
+
+// The shared workspace grows for a big shape; a small shape run before and after it must give
+// the same bits (its cached plan is reused, and the regrown workspace does not disturb it). The
+// comparison stays within one backend: another backend's search may time another algorithm
+// fastest.
+TEST_F(CudaOps, ConvPlansAndWorkspaceAcrossShapes) {
+  const ConvCase big{7, 16, 16, 32, 3, 1, 1}, small{3, 2, 5, 3, 3, 2, 1};
+  auto run = [](Backend& be, const ConvCase& c) {
+    const ConvShapes s(c);
+    const Tensor x = be.from_vector(random_vector(s.x.numel(), 21), s.x);
+    const Tensor w = be.from_vector(random_vector(s.w.numel(), 22), s.w);
+    const Tensor dy = be.from_vector(random_vector(s.y.numel(), 23), s.y);
+    const Tensor y = be.empty(s.y), dx = be.empty(s.x), dw = be.empty(s.w), db = be.empty(s.b);
+    be.conv2d_forward(x, w, be.from_vector(random_vector(s.b.numel(), 24), s.b), y, c.stride, c.pad);
+    be.conv2d_backward_data(dy, w, dx, c.stride, c.pad);
+    be.conv2d_backward_filter(x, dy, dw, db, c.stride, c.pad);
+    Vec all = be.to_vector(y);
+    for (const Tensor* t : {&dx, &dw, &db}) {
+      const Vec v = be.to_vector(*t);
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    return all;
+  };
+  const Vec before = run(*gpu, small);
+  run(*gpu, big);
+  expect_bit_equal(run(*gpu, small), before, "small after big");
+}
+
+// ================================================================================================
+// Pooling and linear
+// ================================================================================================
+
+TEST_F(CudaOps, GlobalAvgPool) {
+  struct Case {
+    int N, C, HW;
+  };
+  for (const Case& k : {Case{1, 3, 7}, Case{3, 10, 8}, Case{5, 7, 1}, Case{5, 6, 5}, Case{2, 3, 33}}) {
+    const Shape xs{k.N, k.C, k.HW, k.HW}, ys{k.N, k.C};
+    auto [cx, gx] = both(random_vector(xs.numel(), 31), xs);
+    const Tensor cy = cpu->empty(ys), gy = nan_tensor(*gpu, ys);
+    cpu->global_avg_pool_forward(cx, cy);
+    gpu->global_avg_pool_forward(gx, gy);
+    // A float sum of HW terms in another order (a warp's butterfly), then the same scaling.
+    expect_close(gpu->to_vector(gy), cpu->to_vector(cy), sum_tol(MathMode::FP32, k.HW * k.HW),
+                 "pool forward " + xs.str());
+    auto [cdy, gdy] = both(random_vector(ys.numel(), 32), ys);
+    const Tensor cdx = cpu->empty(xs), gdx = nan_tensor(*gpu, xs);
+    cpu->global_avg_pool_backward(cdy, cdx);
+    gpu->global_avg_pool_backward(gdy, gdx);
+    expect_bit_equal(gpu->to_vector(gdx), cpu->to_vector(cdx), "pool backward " + xs.str());
+  }
+}
+
+class CudaLinear : public ::testing::TestWithParam<MathMode> {
+ protected:
+  void SetUp() override {
+    JEM_SKIP_WITHOUT_CUDA();
+    cpu = make_cpu_backend(2);
+    gpu = cuda::make_cuda_backend(0, GetParam());
+  }
+  std::unique_ptr<Backend> cpu, gpu;
+};
+
+TEST_P(CudaLinear, ForwardAndBackwardMatchCpu) {
+  const MathMode math = GetParam();
+  struct Case {
+    int N, I, O;
+  };
+  for (const Case& k : {Case{1, 1, 1}, Case{5, 37, 10}, Case{7, 640, 10}, Case{64, 128, 33}}) {
+    const std::string tag = std::to_string(k.N) + "x" + std::to_string(k.I) + "->" + std::to_string(k.O);
+    const Vec x = random_vector(std::size_t(k.N) * k.I, 41), w = random_vector(std::size_t(k.O) * k.I, 42);
+    const Vec b = random_vector(std::size_t(k.O), 43), dy = random_vector(std::size_t(k.N) * k.O, 44);
+    const Vec dw0 = random_vector(w.size(), 45), db0 = random_vector(b.size(), 46);
+    Vec y[2], dx[2], dw[2], db[2];
+    for (int i = 0; i < 2; ++i) {
+      Backend& be = i == 0 ? *cpu : *gpu;
+      const Tensor tx = be.from_vector(x, Shape{k.N, k.I}), tw = be.from_vector(w, Shape{k.O, k.I});
+      const Tensor ty = nan_tensor(be, Shape{k.N, k.O}), tdx = nan_tensor(be, Shape{k.N, k.I});
+      const Tensor tdw = be.from_vector(dw0, Shape{k.O, k.I}), tdb = be.from_vector(db0, Shape{k.O});
+      be.linear_forward(tx, tw, be.from_vector(b, Shape{k.O}), ty);
+      be.linear_backward(tx, tw, be.from_vector(dy, Shape{k.N, k.O}), tdx, tdw, tdb);
+      y[i] = be.to_vector(ty);
+      dx[i] = be.to_vector(tdx);
+      dw[i] = be.to_vector(tdw);
+      db[i] = be.to_vector(tdb);
+    }
+    expect_close(y[1], y[0], sum_tol(math, k.I + 1), "linear y " + tag);
+    expect_close(dx[1], dx[0], sum_tol(math, k.O), "linear dx " + tag);
+    expect_close(dw[1], dw[0], sum_tol(math, k.N + 1), "linear dw " + tag);
+    // db: the same float additions in the same order as the CPU loop.
+    expect_bit_equal(db[1], db[0], "linear db " + tag);
+  }
+}
+
+// Undefined dx / dw / db skip their work and leave everything else as with all three.
+TEST_P(CudaLinear, OptionalGradients) {
+  const int N = 5, I = 37, O = 10;
+  const Tensor x = gpu->from_vector(random_vector(N * I, 47), Shape{N, I});
+  const Tensor w = gpu->from_vector(random_vector(O * I, 48), Shape{O, I});
+  const Tensor dy = gpu->from_vector(random_vector(N * O, 49), Shape{N, O});
+  const Tensor dx_all = gpu->empty(Shape{N, I}), dw_all = gpu->empty(Shape{O, I}),
+               db_all = gpu->empty(Shape{O});
+  gpu->linear_backward(x, w, dy, dx_all, dw_all, db_all);
+  const Tensor dx_only = gpu->empty(Shape{N, I});
+  gpu->linear_backward(x, w, dy, dx_only, Tensor(), Tensor());
+  expect_bit_equal(gpu->to_vector(dx_only), gpu->to_vector(dx_all), "dx alone");
+  const Tensor dw_only = gpu->empty(Shape{O, I}), db_only = gpu->empty(Shape{O});
+  gpu->linear_backward(x, w, dy, Tensor(), dw_only, db_only);
+  expect_bit_equal(gpu->to_vector(dw_only), gpu->to_vector(dw_all), "dw without dx");
+  expect_bit_equal(gpu->to_vector(db_only), gpu->to_vector(db_all), "db without dx");
+}
+
+INSTANTIATE_TEST_SUITE_P(Math, CudaLinear, ::testing::Values(MathMode::FP32, MathMode::TF32),
+                         [](const ::testing::TestParamInfo<MathMode>& info) {
+                           return std::string(cuda::to_string(info.param));
+                         });
+
+// ================================================================================================
+// Losses
+// ================================================================================================
+
+// Logit rows of several regimes: random, a large common offset (logsumexp relative to the
+// maximum), one dominant logit per row (log_sum << 1, softmax_y - 1 ~ -1e-13), ties.
+struct Logits {
+  std::string what;
+  int N, K;
+  Vec v;
+};
+
+std::vector<Logits> logit_cases() {
+  std::vector<Logits> out;
+  out.push_back({"random K=10", 7, 10, random_vector(70, 51, -5.0f, 5.0f)});
+  out.push_back({"K=1", 3, 1, random_vector(3, 52, -5.0f, 5.0f)});
+  out.push_back({"K=37 (more than a warp)", 5, 37, random_vector(185, 53, -5.0f, 5.0f)});
+  out.push_back({"K=100", 3, 100, random_vector(300, 54, -5.0f, 5.0f)});
+  Vec offset = random_vector(70, 55, -3.0f, 3.0f);
+  for (float& x : offset) x += 1e4f;
+  out.push_back({"offset 1e4", 7, 10, offset});
+  Vec dominant = random_vector(50, 56, -1.0f, 1.0f);
+  for (int n = 0; n < 5; ++n) dominant[n * 10 + (n * 3) % 10] = 30.0f;
+  out.push_back({"dominant", 5, 10, dominant});
+  Vec ties(40, 1.5f);
+  for (int n = 0; n < 4; ++n) ties[n * 10 + n] = -2.0f;
+  out.push_back({"ties", 4, 10, ties});
+  return out;
+}
+
+// Labels: for "dominant" rows the dominant class (the accurate softmax_y - 1 path), else mixed.
+IVec labels_for(const Logits& l) {
+  IVec y(std::size_t(l.N));
+  for (int n = 0; n < l.N; ++n)
+    y[n] = l.what == "dominant" ? (n * 3) % l.K : (n * 7 + 3) % l.K;
+  return y;
+}
+
+TEST_F(CudaOps, EnergyAndSquaredEnergy) {
+  for (const Logits& l : logit_cases()) {
+    const Shape s{l.N, l.K};
+    auto [cl, gl] = both(l.v, s);
+    for (int squared = 0; squared < 2; ++squared) {
+      const Tensor ce = cpu->empty(Shape{l.N}), cd = cpu->empty(s);
+      const Tensor ge = nan_tensor(*gpu, Shape{l.N}), gd = nan_tensor(*gpu, s);
+      if (squared) {
+        cpu->energy_sq_forward_backward(cl, ce, cd, 0.7f, 0.1f);
+        gpu->energy_sq_forward_backward(gl, ge, gd, 0.7f, 0.1f);
+      } else {
+        cpu->energy_forward_backward(cl, ce, cd, -0.37f);
+        gpu->energy_forward_backward(gl, ge, gd, -0.37f);
+      }
+      const std::string tag = l.what + (squared ? " squared" : "");
+      expect_close(gpu->to_vector(ge), cpu->to_vector(ce), kLossTol, "energy " + tag);
+      expect_close(gpu->to_vector(gd), cpu->to_vector(cd), kLossTol, "dlogits " + tag);
+    }
+  }
+}
+
+TEST_F(CudaOps, CrossEntropy) {
+  for (const Logits& l : logit_cases()) {
+    const Shape s{l.N, l.K};
+    const IVec y = labels_for(l);
+    auto [cl, gl] = both(l.v, s);
+    const Tensor closs = cpu->empty(Shape{l.N}), cd = cpu->empty(s);
+    const Tensor gloss = nan_tensor(*gpu, Shape{l.N}), gd = nan_tensor(*gpu, s);
+    cpu->cross_entropy_forward_backward(cl, i32_tensor(*cpu, y), closs, cd, 0.25f);
+    gpu->cross_entropy_forward_backward(gl, i32_tensor(*gpu, y), gloss, gd, 0.25f);
+    // For "dominant" the losses are ~1e-12 and the label entries of dlogits ~-1e-13: relative
+    // accuracy there needs log1p and the -others/sum form (no cancellation against 1).
+    expect_close(gpu->to_vector(gloss), cpu->to_vector(closs), kLossTol, "loss " + l.what);
+    expect_close(gpu->to_vector(gd), cpu->to_vector(cd), kLossTol, "dlogits " + l.what);
+  }
+}
+
+TEST_F(CudaOps, ClassEnergyIsExact) {
+  const int N = 6, K = 10;
+  const Vec logits = random_vector(N * K, 57, -5.0f, 5.0f);
+  const IVec y{3, 0, 9, 9, 4, 1};
+  auto [cl, gl] = both(logits, Shape{N, K});
+  const Tensor ce = cpu->empty(Shape{N}), cd = cpu->empty(Shape{N, K});
+  const Tensor ge = nan_tensor(*gpu, Shape{N}), gd = nan_tensor(*gpu, Shape{N, K});
+  cpu->class_energy_forward_backward(cl, i32_tensor(*cpu, y), ce, cd, 0.7f);
+  gpu->class_energy_forward_backward(gl, i32_tensor(*gpu, y), ge, gd, 0.7f);
+  expect_bit_equal(gpu->to_vector(ge), cpu->to_vector(ce), "class energy");
+  expect_bit_equal(gpu->to_vector(gd), cpu->to_vector(cd), "class energy dlogits");
+}
+
+// A label out of range is known only on the device: the next synchronisation point throws,
+// naming the op, the row and the label, and the backend stays usable afterwards.
+TEST_F(CudaOps, BadLabelsThrowAtTheNextSync) {
+  const int N = 4, K = 10;
+  const Tensor logits = gpu->from_vector(random_vector(N * K, 58), Shape{N, K});
+  const Tensor loss = gpu->empty(Shape{N}), d = gpu->empty(Shape{N, K});
+  gpu->cross_entropy_forward_backward(logits, i32_tensor(*gpu, {1, 2, 10, 3}), loss, d, 1.0f);
+  try {
+    gpu->synchronize();
+    FAIL() << "label 10 of 10 classes must be reported";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("cross_entropy"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("label 10 of row 2"), std::string::npos) << msg;
+  }
+  gpu->class_energy_forward_backward(logits, i32_tensor(*gpu, {-1, 0, 0, 0}), loss, d, 1.0f);
+  EXPECT_THROW(gpu->to_vector(loss), Error);
+  // Usable again: a good call goes through.
+  gpu->cross_entropy_forward_backward(logits, i32_tensor(*gpu, {1, 2, 9, 3}), loss, d, 1.0f);
+  for (float v : gpu->to_vector(loss)) EXPECT_TRUE(std::isfinite(v));
+}
+
+// ================================================================================================
+// Replay buffer and SGLD (Philox noise)
+// ================================================================================================
+
+constexpr std::uint64_t kSeed = 0x1234'5678'9ABC'DEF0ull;
+const NoiseKey kKey{kSeed, 7, 3, 100};
+
+TEST_F(CudaOps, BufferGatherBitIdenticalIncludingReinitNoise) {
+  struct Case {
+    int S, B;
+    Shape sample;  // per-sample shape (rank 3)
+  };
+  // 9 elements per sample: the last Philox block is partial; 48: several blocks; odd batches.
+  for (const Case& k : {Case{10, 7, Shape{1, 3, 3}}, Case{9, 33, Shape{3, 4, 4}}}) {
+    const Shape bs{k.S, k.sample[0], k.sample[1], k.sample[2]};
+    const Shape os{k.B, k.sample[0], k.sample[1], k.sample[2]};
+    const Vec buf = random_vector(bs.numel(), 61);
+    IVec index(std::size_t(k.B)), reinit(std::size_t(k.B));
+    for (int b = 0; b < k.B; ++b) {
+      index[b] = (b * 5 + 2) % k.S;
+      reinit[b] = b % 3 == 1;
+    }
+    Vec out[2];
+    for (int i = 0; i < 2; ++i) {
+      Backend& be = i == 0 ? *cpu : *gpu;
+      const Tensor o = nan_tensor(be, os);
+      be.buffer_gather(be.from_vector(buf, bs), i32_tensor(be, index), i32_tensor(be, reinit), o, kKey);
+      out[i] = be.to_vector(o);
+    }
+    expect_bit_equal(out[1], out[0], "gather " + os.str());
+  }
+}
+
+TEST_F(CudaOps, BufferScatterBitIdentical) {
+  const Shape bs{12, 2, 3, 3}, xs{4, 2, 3, 3};
+  const Vec buf0 = random_vector(bs.numel(), 62, 2.0f, 3.0f), x = random_vector(xs.numel(), 63);
+  const IVec index{5, 0, 11, 7};
+  Vec out[2];
+  for (int i = 0; i < 2; ++i) {
+    Backend& be = i == 0 ? *cpu : *gpu;
+    const Tensor tb = be.from_vector(buf0, bs);
+    be.buffer_scatter(be.from_vector(x, xs), i32_tensor(be, index), tb);
+    out[i] = be.to_vector(tb);
+  }
+  expect_bit_equal(out[1], out[0], "scatter");
+}
+
+// Device-side slots are checked against the buffer's allocation: an out-of-range slot neither
+// reads nor writes outside it, and the next sync reports it.
+TEST_F(CudaOps, BufferSlotsOutOfRangeThrowAtTheNextSync) {
+  const Tensor buf = gpu->empty(Shape{5, 2, 2});
+  const Tensor out = gpu->empty(Shape{3, 2, 2});
+  gpu->buffer_gather(buf, i32_tensor(*gpu, {0, 5, 1}), i32_tensor(*gpu, {0, 0, 0}), out, kKey);
+  EXPECT_THROW(gpu->synchronize(), Error);
+  gpu->buffer_scatter(out, i32_tensor(*gpu, {0, 1, 99}), buf);
+  EXPECT_THROW(gpu->synchronize(), Error);
+  // A reinitialised row does not read its slot: no error.
+  gpu->buffer_gather(buf, i32_tensor(*gpu, {0, 99, 1}), i32_tensor(*gpu, {0, 1, 0}), out, kKey);
+  EXPECT_NO_THROW(gpu->synchronize());
+}
+
+// The noise alone (x = 0, step 0, std 1 leaves exactly z on both backends, FMA or not).
+TEST_F(CudaOps, SgldNoiseWithinFewUlpOfCpu) {
+  for (const Shape& s : {Shape{4, 1, 3, 3}, Shape{5, 1}, Shape{3, 1, 1, 13}, Shape{7, 3, 32, 32}}) {
+    const Vec zero(std::size_t(s.numel()), 0.0f), g = random_vector(s.numel(), 64);
+    Vec z[2];
+    for (int i = 0; i < 2; ++i) {
+      Backend& be = i == 0 ? *cpu : *gpu;
+      const Tensor x = be.from_vector(zero, s);
+      be.sgld_step(x, be.from_vector(g, s), 0.0f, 1.0f, false, kKey);
+      z[i] = be.to_vector(x);
+    }
+    std::int64_t worst = 0;
+    for (std::size_t e = 0; e < z[0].size(); ++e) worst = std::max(worst, ulp_distance(z[1][e], z[0][e]));
+    EXPECT_LE(worst, kNormalUlps) << s.str();
+  }
+}
+
+// A whole step: x - a g + s z (clamped or not). The CPU rounds four times (two products, two
+// sums: <= 3 u of |x| + |a g| + |s z|), the GPU, with nvcc's FMA contraction, twice (<= 2 u);
+// the normals differ by kNormalUlps. Per element: 6 u of the terms plus s |z| kNormalUlps u.
+// Clamping is 1-Lipschitz, so the bound holds for clamped steps too.
+TEST_F(CudaOps, SgldStepMatchesCpu) {
+  for (const bool clamp : {false, true})
+    for (const Shape& s : {Shape{5, 3, 7, 7}, Shape{3, 2}, Shape{7, 1, 28, 28}}) {
+      const int B = int(s[0]);
+      const std::size_t per = std::size_t(s.numel()) / B;
+      const Vec x = random_vector(s.numel(), 65, -1.0f, 1.0f), g = random_vector(s.numel(), 66, -3.0f, 3.0f);
+      const float a = 0.05f, sd = 0.3f;
+      Vec out[2];
+      for (int i = 0; i < 2; ++i) {
+        Backend& be = i == 0 ? *cpu : *gpu;
+        const Tensor t = be.from_vector(x, s);
+        be.sgld_step(t, be.from_vector(g, s), a, sd, clamp, kKey);
+        out[i] = be.to_vector(t);
+      }
+      for (std::size_t e = 0; e < x.size(); ++e) {
+        const float z = philox_normal(kSeed, RngStream::SgldNoise, kKey.iteration, kKey.step,
+                                      kKey.sample_base + std::uint32_t(e / per), std::uint32_t(e % per));
+        const double terms = std::fabs(x[e]) + std::fabs(a * g[e]) + std::fabs(sd * z);
+        ASSERT_LE(std::fabs(double(out[1][e]) - out[0][e]), 6 * kU * terms + sd * std::fabs(z) * kNormalUlps * kU)
+            << s.str() << (clamp ? " clamped" : "") << " element " << e;
+        if (clamp) {
+          ASSERT_TRUE(out[1][e] >= -1.0f && out[1][e] <= 1.0f) << e;
+        }
+      }
+    }
+}
+
+// Sample b draws with sample_base + b: a batch stepped whole equals it stepped in two parts.
+TEST_F(CudaOps, SgldNoiseIndependentOfBatchSplit) {
+  const Shape s{5, 1, 3, 3};
+  const Vec x = random_vector(s.numel(), 67, -0.5f, 0.5f), g = random_vector(s.numel(), 68);
+  const Tensor whole = gpu->from_vector(x, s), split = gpu->from_vector(x, s), tg = gpu->from_vector(g, s);
+  gpu->sgld_step(whole, tg, 0.01f, 0.2f, true, NoiseKey{kSeed, 7, 3, 0});
+  gpu->sgld_step(split.slice(0, 2), tg.slice(0, 2), 0.01f, 0.2f, true, NoiseKey{kSeed, 7, 3, 0});
+  gpu->sgld_step(split.slice(2, 5), tg.slice(2, 5), 0.01f, 0.2f, true, NoiseKey{kSeed, 7, 3, 2});
+  expect_bit_equal(gpu->to_vector(split), gpu->to_vector(whole), "split batch");
+}
+
+// ================================================================================================
+// Optimizers
+// ================================================================================================
+
+// Three steps of Adam, AdamW and SGD on both backends. Per element the update is the shared
+// function; nvcc contracts its multiply-adds into FMAs, so each of p, m, v (buf) differs from the
+// CPU by a few roundings: 16 u in norm.
+TEST_F(CudaOps, AdamAdamWAndSgdMatchCpu) {
+  const std::int64_t n = 100003;  // not a multiple of the block size
+  const Vec p0 = random_vector(std::size_t(n), 71), g0 = random_vector(std::size_t(n), 72, -0.1f, 0.1f);
+  for (int kind = 0; kind < 3; ++kind) {
+    const std::string what = kind == 0 ? "adam" : kind == 1 ? "adamw" : "sgd";
+    Tensor p[2], g[2], m[2], v[2];
+    for (int i = 0; i < 2; ++i) {
+      Backend& be = i == 0 ? *cpu : *gpu;
+      p[i] = be.from_vector(p0, Shape{n});
+      g[i] = be.from_vector(g0, Shape{n});
+      m[i] = be.empty(Shape{n});
+      v[i] = be.empty(Shape{n});
+    }
+    for (int t = 1; t <= 3; ++t) {
+      AdamStep st;
+      st.lr = 1e-3f;
+      st.weight_decay = kind == 0 ? 1e-4f : 1e-2f;
+      st.decoupled = kind == 1;
+      st.bias1 = 1.0f - std::pow(st.beta1, float(t));
+      st.bias2 = 1.0f - std::pow(st.beta2, float(t));
+      for (int i = 0; i < 2; ++i) {
+        Backend& be = i == 0 ? *cpu : *gpu;
+        if (kind < 2) be.adam_step(p[i], g[i], m[i], v[i], st);
+        else be.sgd_step(p[i], g[i], m[i], 0.1f, 0.9f, 5e-4f);
+        be.scale(g[i], 1.1f);  // a different gradient next step
+      }
+      const std::string tag = what + " step " + std::to_string(t);
+      expect_close(gpu->to_vector(p[1]), cpu->to_vector(p[0]), 16 * kU, tag + " params");
+      expect_close(gpu->to_vector(m[1]), cpu->to_vector(m[0]), 16 * kU, tag + " m / momentum");
+      if (kind < 2) expect_close(gpu->to_vector(v[1]), cpu->to_vector(v[0]), 16 * kU, tag + " v");
+    }
+  }
+}
+
+TEST_F(CudaOps, SumSquaresDeterministicAndAccurate) {
+  for (std::int64_t n : {1, 4095, 4096, 4097, 1000003}) {
+    const Vec x = random_vector(std::size_t(n), 73);
+    auto [cx, gx] = both(x, Shape{n});
+    const double want = cpu->sum_squares(cx);
+    const double got = gpu->sum_squares(gx);
+    // Two double sums of the same float squares in different orders: ~n * 1e-16 relative at worst.
+    EXPECT_NEAR(got, want, 1e-12 * want) << "n " << n;
+    EXPECT_EQ(std::bit_cast<std::uint64_t>(gpu->sum_squares(gx)), std::bit_cast<std::uint64_t>(got))
+        << "n " << n << ": not repeatable";
+  }
+  // A view at an offset.
+  const Vec x = random_vector(10000, 74);
+  auto [cx, gx] = both(x, Shape{10000});
+  EXPECT_NEAR(gpu->sum_squares(gx.slice(3, 9000)), cpu->sum_squares(cx.slice(3, 9000)),
+              1e-12 * cpu->sum_squares(cx.slice(3, 9000)));
+}
+
+// ================================================================================================
+// The Wide-ResNet against PyTorch's reference vectors, FP32 math (as tests/test_wide_resnet.cpp
+// does for the CPU, with its tolerance: PyTorch float32 stays under 5e-5 on these files).
+// ================================================================================================
+
+constexpr double kRefTol = 2e-4;
+
+WrnConfig config_from(const safetensors::File& f) {
+  const auto& m = f.metadata();
+  WrnConfig c;
+  c.depth = std::stoi(m.at("depth"));
+  c.width = std::stoi(m.at("width"));
+  c.in_channels = std::stoi(m.at("channels"));
+  c.image_size = std::stoi(m.at("image_size"));
+  c.n_classes = std::stoi(m.at("n_classes"));
+  return c;
+}
+
+class CudaWideResNet : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    JEM_SKIP_WITHOUT_CUDA();
+    file = std::make_unique<safetensors::File>(safetensors::File::read(data_path(GetParam())));
+    cfg = config_from(*file);
+    B = std::stoi(file->metadata().at("batch"));
+  }
+  std::unique_ptr<WideResNet> model(Backend& be) {
+    auto m = std::make_unique<WideResNet>(cfg, be, B);
+    m->load(*file);
+    return m;
+  }
+  Tensor input(Backend& be, const std::string& name) {
+    return be.from_vector(file->f32(name), Shape{B, cfg.in_channels, cfg.image_size, cfg.image_size});
+  }
+  std::unique_ptr<safetensors::File> file;
+  WrnConfig cfg;
+  int B = 0;
+};
+
+TEST_P(CudaWideResNet, LogitsEnergyAndInputGradientFp32) {
+  auto gpu = cuda::make_cuda_backend(0, MathMode::FP32);
+  auto m = model(*gpu);
+  const Tensor x = input(*gpu, "input.x");
+  const Tensor logits = m->forward(x);
+  EXPECT_LE(rel_error(gpu->to_vector(logits), file->f32("output.logits")), kRefTol);
+  const Tensor energy = gpu->empty(Shape{B}), dlogits = gpu->empty(logits.shape());
+  gpu->energy_forward_backward(logits, energy, dlogits, 1.0f);
+  EXPECT_LE(rel_error(gpu->to_vector(energy), file->f32("output.energy")), kRefTol);
+  const Tensor dx = gpu->empty(x.shape());
+  gpu->fill(m->grad_buffer(), 0.0f);
+  m->backward(dlogits, dx);
+  EXPECT_LE(rel_error(gpu->to_vector(dx), file->f32("output.dE_dx")), kRefTol);
+  // The input-only backward runs the same deterministic algorithms: the same bits, and no
+  // parameter gradient touched.
+  const Tensor dx_only = gpu->empty(x.shape());
+  gpu->fill(m->grad_buffer(), 0.0f);
+  m->backward_input(dlogits, dx_only);
+  expect_bit_equal(gpu->to_vector(dx_only), gpu->to_vector(dx), "backward_input");
+  for (float v : gpu->to_vector(m->grad_buffer())) ASSERT_EQ(v, 0.0f);
+}
+
+TEST_P(CudaWideResNet, LossAndEveryParameterGradientFp32) {
+  auto gpu = cuda::make_cuda_backend(0, MathMode::FP32);
+  auto m = model(*gpu);
+  const float inv_b = 1.0f / float(B);
+  const Tensor dlogits = gpu->empty(Shape{B, cfg.n_classes}), per_row = gpu->empty(Shape{B});
+  auto mean = [&](const Tensor& t) {
+    double s = 0;
+    for (float v : gpu->to_vector(t)) s += v;
+    return s / B;
+  };
+  IVec y;
+  for (auto v : file->i64("input.y")) y.push_back(static_cast<std::int32_t>(v));
+  auto run = [&]() {  // CE(x, y) + mean E(x_data) - mean E(x_q), as the CPU test
+    gpu->fill(m->grad_buffer(), 0.0f);
+    gpu->cross_entropy_forward_backward(m->forward(input(*gpu, "input.x")), i32_tensor(*gpu, y),
+                                        per_row, dlogits, inv_b);
+    const double ce = mean(per_row);
+    m->backward(dlogits, Tensor());
+    gpu->energy_forward_backward(m->forward(input(*gpu, "input.x_data")), per_row, dlogits, inv_b);
+    const double e_data = mean(per_row);
+    m->backward(dlogits, Tensor());
+    gpu->energy_forward_backward(m->forward(input(*gpu, "input.x_q")), per_row, dlogits, -inv_b);
+    const double e_q = mean(per_row);
+    m->backward(dlogits, Tensor());
+    return std::tuple{ce, e_data, e_q};
+  };
+  const auto [ce, e_data, e_q] = run();
+  const float ref_ce = file->f32("output.ce")[0], ref_loss = file->f32("output.loss")[0];
+  EXPECT_NEAR(ce, ref_ce, 2e-4 * std::fabs(ref_ce));
+  EXPECT_NEAR(ce + e_data - e_q, ref_loss, 2e-4 * std::max(1.0f, std::fabs(ref_loss)));
+  for (const ParamSpec& s : m->params())
+    EXPECT_LE(rel_error(gpu->to_vector(m->grad(s.name)), file->f32("grad." + s.name)), kRefTol) << s.name;
+  // FP32 mode is deterministic: the whole pass again gives the same gradient bits.
+  const Vec first = gpu->to_vector(m->grad_buffer());
+  run();
+  expect_bit_equal(gpu->to_vector(m->grad_buffer()), first, "gradients of a repeated pass");
+}
+
+// TF32 on the same network: a sanity bound, not an accuracy claim. Each of the ~10 convolutions
+// adds ~1e-3 relative error (see kTf32Tol); through the depth that compounds to a few 1e-3.
+TEST_P(CudaWideResNet, LogitsTf32WithinTf32Accuracy) {
+  auto gpu = cuda::make_cuda_backend(0, MathMode::TF32);
+  auto m = model(*gpu);
+  EXPECT_LE(rel_error(gpu->to_vector(m->forward(input(*gpu, "input.x"))), file->f32("output.logits")),
+            2e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Reference, CudaWideResNet,
+                         ::testing::Values("wrn10x2_rgb32.safetensors", "wrn10x1_gray28.safetensors"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           std::string n = info.param;
+                           return n.substr(0, n.find('.'));
+                         });
+
+// ================================================================================================
+// Device selection (make_backend). The no-GPU half runs on machines without a GPU.
+// ================================================================================================
+
+TEST(CudaDeviceSelection, CudaRequestWithoutGpuThrowsClearError) {
+  if (no_cuda_reason().empty()) GTEST_SKIP() << "a CUDA device is present (see ...WithGpu)";
+  for (const char* dev : {"cuda", "cuda:0", "cuda:1"}) {
+    try {
+      (void)make_backend(dev);
+      FAIL() << dev << " must not succeed without a GPU";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("no usable CUDA device"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(dev), std::string::npos) << msg;
+    }
+  }
+  // The backend's own factory fails cleanly too (no crash, a jem::Error naming the CUDA call).
+  try {
+    (void)cuda::make_cuda_backend(0, MathMode::FP32);
+    FAIL() << "make_cuda_backend must not succeed without a GPU";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA error"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaDeviceSelection, AutoPicksGpuOrFallsBackToCpu) {
+  const bool have_gpu = no_cuda_reason().empty();
+  auto be = make_backend("auto", 1);
+  EXPECT_EQ(be->device(), have_gpu ? Device::CUDA : Device::CPU) << be->name();
+  EXPECT_EQ(make_backend("cpu", 1)->device(), Device::CPU);
+}
+
+TEST(CudaDeviceSelection, IndicesWithGpu) {
+  JEM_SKIP_WITHOUT_CUDA();
+  const int count = int(cuda_devices().size());
+  auto be = make_backend("cuda:0");
+  EXPECT_EQ(be->device(), Device::CUDA);
+  EXPECT_NE(be->name().find("cuda:0"), std::string::npos) << be->name();
+  EXPECT_EQ(make_backend("cuda")->device(), Device::CUDA);
+  for (const std::string& bad : {"cuda:" + std::to_string(count), std::string("cuda:99")}) {
+    try {
+      (void)make_backend(bad);
+      FAIL() << bad << " is out of range";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no such CUDA device"), std::string::npos) << e.what();
+    }
+  }
+  for (const char* bad : {"cuda:", "cuda:x", "cuda:-1", "cuda:0x"})
+    EXPECT_THROW((void)make_backend(bad), Error) << bad;
+}
+
+TEST(CudaDeviceSelection, MathModeFromEnvironmentWithGpu) {
+  JEM_SKIP_WITHOUT_CUDA();
+  ::setenv("JEM_CUDA_MATH", "fp32", 1);
+  EXPECT_NE(cuda::make_cuda_backend(0)->name().find("FP32"), std::string::npos);
+  ::setenv("JEM_CUDA_MATH", "fast", 1);
+  EXPECT_THROW((void)cuda::make_cuda_backend(0), Error);
+  ::unsetenv("JEM_CUDA_MATH");
+}
+
+}  // namespace
+}  // namespace jem::test
