@@ -62,6 +62,7 @@ CudaBackend::~CudaBackend() { release(); }
 
 void CudaBackend::release() noexcept {
   // Errors are ignored: a destructor must not throw, and at exit the context may be gone.
+  (void)cudaSetDevice(device_);  // the handles are destroyed on the device that made them
   if (stream_) (void)cudaStreamSynchronize(stream_);
   conv_.reset();
   if (cublas_) cublasDestroy(cublas_);

@@ -69,6 +69,16 @@ std::string describe(const ConvGeom& g) {
   return buf;
 }
 
+const char* math_name(cudnnMathType_t m) {
+  switch (m) {
+    case CUDNN_DEFAULT_MATH: return "default";
+    case CUDNN_TENSOR_OP_MATH: return "tensor-op";
+    case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: return "tensor-op-conversion";
+    case CUDNN_FMA_MATH: return "FMA";
+  }
+  return "?";
+}
+
 bool uses_tensor_cores(cudnnMathType_t m) {
   return m == CUDNN_TENSOR_OP_MATH || m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
 }
@@ -231,7 +241,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   if (verbose_)
     std::fprintf(stderr, "jem: cuDNN %s %s: algo %d (%s, %s math, %.3f ms, %zu KiB workspace)\n",
                  op_name(int(op)), describe(g).c_str(), p.algo, chosen_determinism,
-                 uses_tensor_cores(math) && !fp32 ? "tensor-op" : "FMA", double(ms), need >> 10);
+                 fp32 ? "FMA" : math_name(math), double(ms), need >> 10);
 }
 
 void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, const float* b,

@@ -245,12 +245,14 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
   auto prefetch = std::make_unique<Prefetcher>(
       std::vector<const BatchStream*>{r.data_stream.get(), r.lab_stream.get()}, std::uint64_t(r.state.iteration));
   bool nan_injected = false;
+  bool interrupted = false;  // by a signal: save and leave, no final evaluation
   double grad_norm = 0;
 
   while (r.state.iteration < r.total_iters) {
     if (options.stop_flag && *options.stop_flag) {
       r.log->info("stop requested: saving a checkpoint at iteration " + std::to_string(r.state.iteration));
       res.stopped_early = true;
+      interrupted = true;
       break;
     }
     if (cfg.max_minutes > 0 &&
@@ -346,7 +348,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
   save(r);
   res.iterations = r.state.iteration;
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (!res.stopped_early) {
+  if (!interrupted) {
     log_eval(r, int(r.state.iteration / r.bpe), res, true);
     if (r.objective->uses_px()) write_samples(r, r.objective->x_q(), "x_q_final.png");
   }

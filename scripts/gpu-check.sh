@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The GPU check: configure a Release build with the CUDA backend for sm_90 (build-gpu), build
+# everything, run every test (the CUDA ones included), log the cuDNN algorithms the Wide-ResNet
+# tests choose, run the benchmarks, and write OUT_DIR/summary.json.
+#
+#   scripts/gpu-check.sh OUT_DIR
+#
+# Writes into OUT_DIR: summary.json (step exit codes and timings, ctest counts and failed tests,
+# benchmark files, nvidia-smi output), logs/<step>.log, ctest-junit.xml, bench_<name>.json,
+# nvidia-smi.txt, jem-info.txt. Designed to finish within 8 minutes on one H200: every step runs
+# under a time limit cut to what is left of a 7.5-minute budget, and a step that fails or times
+# out does not stop the others (its exit code lands in the summary; 124 = timed out). Exits 0
+# when every step succeeded, 1 otherwise (after writing the summary).
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+  echo "usage: $0 OUT_DIR" >&2
+  exit 2
+fi
+mkdir -p "$1/logs"
+out=$(cd "$1" && pwd)
+cd "$(dirname "$0")/.."
+build="build-gpu"
+jobs=$(nproc)
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+start=$(now)
+budget_s=450  # 7.5 minutes for the steps; the summary takes a second
+left_s() { awk -v s="$start" -v n="$(now)" -v b="$budget_s" 'BEGIN { printf "%d", b - (n - s) }'; }
+
+steps=()
+declare -A step_rc step_s
+
+# run_step NAME LIMIT_S COMMAND...: runs COMMAND with its output in logs/NAME.log, under
+# min(LIMIT_S, time left); records the exit code and the wall time, never stops the script.
+run_step() {
+  local name=$1 limit=$2
+  shift 2
+  local left
+  left=$(left_s)
+  ((left < limit)) && limit=$left
+  steps+=("$name")
+  if ((limit < 5)); then
+    echo "not run: the time budget is spent" >"$out/logs/$name.log"
+    step_rc[$name]=124
+    step_s[$name]=0.0
+    return 0
+  fi
+  local t0 rc=0
+  t0=$(now)
+  timeout --kill-after=10 "$limit" "$@" >"$out/logs/$name.log" 2>&1 || rc=$?
+  step_rc[$name]=$rc
+  step_s[$name]=$(elapsed "$t0" "$(now)")
+  echo "gpu-check: $name: exit $rc in ${step_s[$name]} s" >&2
+}
+
+# ---- the machine -----------------------------------------------------------------------------
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+else
+  echo "nvidia-smi not found" >"$out/nvidia-smi.txt"
+fi
+
+# ---- configure and build ---------------------------------------------------------------------
+# The benchmarks need Google Benchmark; without it, configure again without them.
+run_step configure 60 bash -c '
+  cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 ||
+  { echo "gpu-check: configuring again without the benchmarks";
+    cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+          -DJEM_BUILD_BENCH=OFF; }' configure "$build"
+run_step build 270 cmake --build "$build" -j"$jobs"
+
+# ---- tests -----------------------------------------------------------------------------------
+run_step info 20 "$build/jem" info
+cp "$out/logs/info.log" "$out/jem-info.txt" 2>/dev/null || true
+run_step ctest 150 ctest --test-dir "$build" --output-on-failure -j"$jobs" --timeout 120 \
+  --output-junit "$out/ctest-junit.xml"
+# Which algorithm cuDNN picked per convolution shape (FP32 and TF32), for the record.
+run_step cudnn_algorithms 40 env JEM_CUDNN_VERBOSE=1 "$build/tests/test_cuda_backend" \
+  --gtest_filter='Reference/CudaWideResNet.*'
+
+# ---- benchmarks ------------------------------------------------------------------------------
+bench_files=()
+if [[ -d "$build/bench" ]]; then
+  while IFS= read -r exe; do
+    name=$(basename "$exe")
+    run_step "$name" 120 sh -c '"$1" --benchmark_format=json >"$2"' sh "$exe" "$out/$name.json"
+    bench_files+=("$name.json")
+  done < <(find "$build/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
+fi
+
+# ---- summary.json ----------------------------------------------------------------------------
+json_string() {  # stdin -> a JSON string literal
+  awk 'BEGIN { ORS = ""; printf "\"" }
+       { gsub(/\\/, "\\\\&"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/\r/, "");
+         gsub(/[\001-\037]/, ""); if (NR > 1) printf "\\n"; printf "%s", $0 }
+       END { printf "\"" }'
+}
+
+ctest_log="$out/logs/ctest.log"
+total=0 failed=0 skipped=0
+if [[ -f "$ctest_log" ]]; then
+  total=$(grep -oE 'tests failed out of [0-9]+' "$ctest_log" | grep -oE '[0-9]+$' | tail -1 || true)
+  failed=$(grep -oE '[0-9]+ tests failed out of' "$ctest_log" | grep -oE '^[0-9]+' | tail -1 || true)
+  skipped=$(grep -c '\*\*\*Skipped' "$ctest_log" || true)
+fi
+total=${total:-0}
+failed=${failed:-0}
+skipped=${skipped:-0}
+passed=$((total - failed - skipped))
+((passed < 0)) && passed=0
+# The lines "  12 - Suite.Test (Failed)" under "The following tests FAILED:".
+failed_names=$(awk '/The following tests FAILED:/ { on = 1; next }
+                    on && /^[ \t]+[0-9]+ - / { sub(/^[ \t]+[0-9]+ - /, ""); print; next }
+                    { on = 0 }' "$ctest_log" 2>/dev/null || true)
+
+all_ok=true
+{
+  echo "{"
+  echo "  \"total_seconds\": $(elapsed "$start" "$(now)"),"
+  echo "  \"steps\": ["
+  for i in "${!steps[@]}"; do
+    s=${steps[$i]}
+    [[ ${step_rc[$s]} -ne 0 ]] && all_ok=false
+    sep=","
+    ((i == ${#steps[@]} - 1)) && sep=""
+    echo "    {\"name\": \"$s\", \"exit_code\": ${step_rc[$s]}, \"seconds\": ${step_s[$s]}, \"log\": \"logs/$s.log\"}$sep"
+  done
+  echo "  ],"
+  echo "  \"ctest\": {\"total\": $total, \"passed\": $passed, \"failed\": $failed, \"skipped\": $skipped,"
+  printf '            "failed_tests": ['
+  first=true
+  while IFS= read -r t; do
+    [[ -z $t ]] && continue
+    $first || printf ', '
+    first=false
+    printf '%s' "$(printf '%s' "$t" | json_string)"
+  done <<<"$failed_names"
+  echo "]},"
+  printf '  "benchmarks": ['
+  for i in "${!bench_files[@]}"; do
+    ((i > 0)) && printf ', '
+    printf '"%s"' "${bench_files[$i]}"
+  done
+  echo "],"
+  echo "  \"all_ok\": $all_ok,"
+  printf '  "nvidia_smi": %s\n' "$(json_string <"$out/nvidia-smi.txt")"
+  echo "}"
+} >"$out/summary.json"
+echo "gpu-check: wrote $out/summary.json (all_ok: $all_ok)" >&2
+$all_ok
