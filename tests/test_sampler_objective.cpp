@@ -119,19 +119,22 @@ TEST_F(Sampler, NoiselessStepsLowerTheEnergy) {
 // The objective's parameter gradient (all four terms on) against central finite differences of
 // the loss it reports, on the largest gradient coordinates (see test_wide_resnet.cpp for why:
 // LeakyReLU kinks and float32 rounding), with the same h / h/2 agreement filter.
-TEST(Objective, ParameterGradientMatchesFiniteDifferences) {
+// Parameterised by the p(x) batch: equal to the labelled batch (3) and smaller (2).
+class Objective : public ::testing::TestWithParam<int> {};
+
+TEST_P(Objective, ParameterGradientMatchesFiniteDifferences) {
   auto be = make_cpu_backend(1);
-  const int B = 3;
+  const int B = 3, Bp = GetParam();
   ObjectiveConfig oc{1.0f, 0.5f, 0.1f};
-  WideResNet m(WrnConfig{10, 1, 1, 8, 4}, *be, JemObjective::rows_needed(oc, B));
+  WideResNet m(WrnConfig{10, 1, 1, 8, 4}, *be, JemObjective::rows_needed(oc, B, Bp));
   m.init(2);
-  JemObjective obj(*be, m, oc, B);
-  EXPECT_EQ(JemObjective::rows_needed(oc, B), 4 * B);
+  JemObjective obj(*be, m, oc, B, Bp);
+  EXPECT_EQ(JemObjective::rows_needed(oc, B, Bp), 2 * B + 2 * Bp);
   const std::vector<std::int32_t> y{0, 2, 3};
   obj.set_labels(y.data());
   be->upload(jem::test::random_vector(std::size_t(B) * 64, 1).data(), obj.x_lab());
-  be->upload(jem::test::random_vector(std::size_t(B) * 64, 2).data(), obj.x_data());
-  be->upload(jem::test::random_vector(std::size_t(B) * 64, 3).data(), obj.x_q());
+  be->upload(jem::test::random_vector(std::size_t(Bp) * 64, 2).data(), obj.x_data());
+  be->upload(jem::test::random_vector(std::size_t(Bp) * 64, 3).data(), obj.x_q());
   be->upload(jem::test::random_vector(std::size_t(B) * 64, 4).data(), obj.x_q_y());
   obj.compute();
   const auto g = be->to_vector(m.grad_buffer());
@@ -158,5 +161,7 @@ TEST(Objective, ParameterGradientMatchesFiniteDifferences) {
   }
   EXPECT_GE(qualified, 8);
 }
+
+INSTANTIATE_TEST_SUITE_P(PxBatch, Objective, ::testing::Values(3, 2));
 
 }  // namespace

@@ -6,8 +6,9 @@
 //
 // with E(x) = -logsumexp(logits(x)) and E(x, y) = -logits(x)[y]. The samples x_q (and x_q|y)
 // are constants for the parameter gradient. All rows go through the network as one batch,
-//   rows [0, B) x_lab | [B, 2B) x_data | [2B, 3B) x_q | [3B, 4B) x_q|y,
-// the terms that are switched off (weight 0) drop their rows.
+//   rows [0, B) x_lab | then Bp rows x_data | Bp rows x_q | B rows x_q|y,
+// (B the labelled batch, Bp the p(x) batch); the terms that are switched off (weight 0) drop
+// their rows.
 #pragma once
 
 #include <cstdint>
@@ -32,19 +33,23 @@ struct StepStats {
 
 class JemObjective {
  public:
-  JemObjective(Backend& backend, WideResNet& model, const ObjectiveConfig& config, int batch);
+  // `px_batch` = 0: the p(x) batch is as large as the labelled one.
+  JemObjective(Backend& backend, WideResNet& model, const ObjectiveConfig& config, int batch,
+               int px_batch = 0);
 
   // Rows of the combined batch this objective needs: the model's max_batch must be >= this.
-  static int rows_needed(const ObjectiveConfig& config, int batch);
+  static int rows_needed(const ObjectiveConfig& config, int batch, int px_batch = 0);
+  int batch() const { return B_; }
+  int px_batch() const { return Bp_; }
   bool uses_px() const { return config_.w_px != 0.0f || config_.w_l2 != 0.0f; }
   bool uses_pxy() const { return config_.w_pxy != 0.0f; }
 
   // The device slices the caller fills before compute(): x_lab [B, C, S, S], labels I32 [B],
   // x_data, and (from the sampler) x_q and x_q|y.
-  Tensor x_lab() const { return rows(0); }
-  Tensor x_data() const { return rows(1); }
-  Tensor x_q() const { return rows(2); }
-  Tensor x_q_y() const { return rows(uses_px() ? 3 : 1); }
+  Tensor x_lab() const { return input_.slice(0, B_); }
+  Tensor x_data() const { return input_.slice(B_, B_ + Bp_); }
+  Tensor x_q() const { return input_.slice(B_ + Bp_, B_ + 2 * Bp_); }
+  Tensor x_q_y() const { return input_.slice(qy_begin(), qy_begin() + B_); }
   const Tensor& labels() const { return labels_; }
   void set_labels(const std::int32_t* host_labels);
 
@@ -52,18 +57,18 @@ class JemObjective {
   StepStats compute();
 
  private:
-  Tensor rows(int block) const;
+  int qy_begin() const { return uses_px() ? B_ + 2 * Bp_ : B_; }
 
   Backend& backend_;
   WideResNet& model_;
   ObjectiveConfig config_;
-  int B_;
-  int blocks_;
-  Tensor input_;    // [blocks * B, C, S, S]
+  int B_, Bp_;
+  int rows_;
+  Tensor input_;    // [rows, C, S, S]
   Tensor labels_;   // I32 [B]
-  Tensor dlogits_;  // [blocks * B, K]
+  Tensor dlogits_;  // [rows, K]
   Tensor tmp_;      // [B, K]
-  Tensor per_row_;  // [blocks * B]
+  Tensor per_row_;  // [rows]
   Tensor extra_;    // [B] class energies of the x_lab rows
   std::vector<float> host_logits_, host_rows_, host_extra_;
   std::vector<std::int32_t> host_labels_;

@@ -28,6 +28,7 @@ struct TrainConfig {
   bool flip = true;                 // random horizontal flip (when augmenting)
   double sigma = 0.03;              // std of the Gaussian noise added to every image
   int batch_size = 64;              // per batch (the p(x) and the labelled batch each)
+  int px_batch_size = 0;            // p(x) batch and SGLD chains per iteration; 0 = batch_size
 
   // model: Wide-ResNet-depth-width, LeakyReLU(slope)
   int depth = 28;  // 6n + 4

@@ -37,6 +37,8 @@ void visit_keys(C& c, F&& f) {
   f("data", "flip", c.flip, "Random horizontal flip when augmenting (true|false)");
   f("data", "sigma", c.sigma, "Std of the Gaussian noise added to every image");
   f("data", "batch_size", c.batch_size, "Batch size (of the p(x) batch and of the labelled batch)");
+  f("data", "px_batch_size", c.px_batch_size,
+    "Size of the p(x) batch and number of SGLD chains per iteration, if not batch_size (0 = batch_size)");
 
   f("model", "depth", c.depth, "Wide-ResNet depth (6n+4)");
   f("model", "width", c.width, "Wide-ResNet width multiplier");
@@ -232,12 +234,14 @@ void validate(const TrainConfig& cfg, int n_classes) {
   JEM_CONFIG_CHECK(cfg.n_valid >= 0, n_valid, "must be >= 0");
   JEM_CONFIG_CHECK(cfg.sigma >= 0, sigma, "must be >= 0");
   JEM_CONFIG_CHECK(cfg.batch_size >= 1, batch_size, "must be >= 1");
+  JEM_CONFIG_CHECK(cfg.px_batch_size >= 0, px_batch_size, "must be >= 0 (0 = batch_size)");
 
   JEM_CONFIG_CHECK(cfg.depth >= 10 && (cfg.depth - 4) % 6 == 0, depth, "must be 6n+4 (10, 16, 22, 28, ...)");
   JEM_CONFIG_CHECK(cfg.width >= 1, width, "must be >= 1");
   JEM_CONFIG_CHECK(cfg.slope >= 0 && cfg.slope <= 1, slope, "must be in [0, 1]");
 
   JEM_CONFIG_CHECK(cfg.buffer_size >= cfg.batch_size, buffer_size, "must be >= batch_size (", cfg.batch_size, ")");
+  JEM_CONFIG_CHECK(cfg.buffer_size >= cfg.px_batch_size, buffer_size, "must be >= px_batch_size (", cfg.px_batch_size, ")");
   JEM_CONFIG_CHECK(cfg.reinit_freq >= 0 && cfg.reinit_freq <= 1, reinit_freq, "must be in [0, 1]");
   JEM_CONFIG_CHECK(cfg.sgld_steps >= 0, sgld_steps, "must be >= 0");
   JEM_CONFIG_CHECK(cfg.sgld_lr >= 0, sgld_lr, "must be >= 0");

@@ -5,33 +5,32 @@
 
 namespace jem {
 
-int JemObjective::rows_needed(const ObjectiveConfig& c, int batch) {
+int JemObjective::rows_needed(const ObjectiveConfig& c, int batch, int px_batch) {
+  const int bp = px_batch > 0 ? px_batch : batch;
   const bool px = c.w_px != 0.0f || c.w_l2 != 0.0f;
   const bool pxy = c.w_pxy != 0.0f;
-  return batch * (1 + (px ? 2 : 0) + (pxy ? 1 : 0));
+  return batch + (px ? 2 * bp : 0) + (pxy ? batch : 0);
 }
 
 JemObjective::JemObjective(Backend& backend, WideResNet& model, const ObjectiveConfig& config,
-                           int batch)
-    : backend_(backend), model_(model), config_(config), B_(batch) {
-  blocks_ = rows_needed(config, batch) / batch;
-  JEM_CHECK(model.max_batch() >= blocks_ * batch, "objective needs ", blocks_ * batch,
-            " rows, the model was planned for ", model.max_batch());
+                           int batch, int px_batch)
+    : backend_(backend), model_(model), config_(config), B_(batch), Bp_(px_batch > 0 ? px_batch : batch) {
+  JEM_CHECK(batch >= 1, "objective: batch ", batch, " must be >= 1");
+  rows_ = rows_needed(config, batch, Bp_);
+  JEM_CHECK(model.max_batch() >= rows_, "objective needs ", rows_, " rows, the model was planned for ",
+            model.max_batch());
   const auto& m = model.config();
-  const std::int64_t R = std::int64_t(blocks_) * batch;
-  input_ = backend_.empty(Shape{R, m.in_channels, m.image_size, m.image_size});
+  input_ = backend_.empty(Shape{rows_, m.in_channels, m.image_size, m.image_size});
   labels_ = backend_.empty(Shape{batch}, DType::I32);
-  dlogits_ = backend_.empty(Shape{R, m.n_classes});
+  dlogits_ = backend_.empty(Shape{rows_, m.n_classes});
   tmp_ = backend_.empty(Shape{batch, m.n_classes});
-  per_row_ = backend_.empty(Shape{R});
+  per_row_ = backend_.empty(Shape{rows_});
   extra_ = backend_.empty(Shape{batch});
-  host_logits_.resize(std::size_t(batch) * std::size_t(m.n_classes));
-  host_rows_.resize(std::size_t(R));
-  host_extra_.resize(std::size_t(batch));
-  host_labels_.resize(std::size_t(batch));
+  host_logits_.resize(static_cast<std::size_t>(batch) * static_cast<std::size_t>(m.n_classes));
+  host_rows_.resize(static_cast<std::size_t>(rows_));
+  host_extra_.resize(static_cast<std::size_t>(batch));
+  host_labels_.resize(static_cast<std::size_t>(batch));
 }
-
-Tensor JemObjective::rows(int block) const { return input_.slice(std::int64_t(block) * B_, std::int64_t(block + 1) * B_); }
 
 void JemObjective::set_labels(const std::int32_t* host_labels) {
   std::copy(host_labels, host_labels + B_, host_labels_.begin());
@@ -39,65 +38,66 @@ void JemObjective::set_labels(const std::int32_t* host_labels) {
 }
 
 StepStats JemObjective::compute() {
-  const int B = B_;
-  const float inv_b = 1.0f / float(B);
+  const int B = B_, Bp = Bp_;
+  const float inv_b = 1.0f / float(B), inv_bp = 1.0f / float(Bp);
   backend_.fill(model_.grad_buffer(), 0.0f);
-  const Tensor logits = model_.forward(input_);  // [blocks * B, K]
-  auto block = [&](const Tensor& t, int i) { return t.slice(std::int64_t(i) * B, std::int64_t(i + 1) * B); };
+  const Tensor logits = model_.forward(input_);  // [rows, K]
+  auto rows = [](const Tensor& t, int begin, int count) { return t.slice(begin, begin + count); };
 
-  // Block 0: cross-entropy (mean), plus the p(x, y) data term on the same rows.
-  backend_.cross_entropy_forward_backward(block(logits, 0), labels_, block(per_row_, 0),
-                                          block(dlogits_, 0), inv_b);
+  // x_lab rows: cross-entropy (mean), plus the p(x, y) data term on the same rows.
+  backend_.cross_entropy_forward_backward(rows(logits, 0, B), labels_, rows(per_row_, 0, B),
+                                          rows(dlogits_, 0, B), inv_b);
   if (uses_pxy()) {
-    backend_.class_energy_forward_backward(block(logits, 0), labels_, extra_, tmp_, config_.w_pxy * inv_b);
-    backend_.axpy(1.0f, tmp_, block(dlogits_, 0));
+    backend_.class_energy_forward_backward(rows(logits, 0, B), labels_, extra_, tmp_, config_.w_pxy * inv_b);
+    backend_.axpy(1.0f, tmp_, rows(dlogits_, 0, B));
   }
-  int next = 1;
   if (uses_px()) {
     // E(x_data) pulled down, E(x_q) pushed up; the L2 term pulls both towards 0.
-    backend_.energy_sq_forward_backward(block(logits, 1), block(per_row_, 1), block(dlogits_, 1),
-                                        config_.w_px * inv_b, config_.w_l2 * inv_b);
-    backend_.energy_sq_forward_backward(block(logits, 2), block(per_row_, 2), block(dlogits_, 2),
-                                        -config_.w_px * inv_b, config_.w_l2 * inv_b);
-    next = 3;
+    backend_.energy_sq_forward_backward(rows(logits, B, Bp), rows(per_row_, B, Bp), rows(dlogits_, B, Bp),
+                                        config_.w_px * inv_bp, config_.w_l2 * inv_bp);
+    backend_.energy_sq_forward_backward(rows(logits, B + Bp, Bp), rows(per_row_, B + Bp, Bp),
+                                        rows(dlogits_, B + Bp, Bp), -config_.w_px * inv_bp,
+                                        config_.w_l2 * inv_bp);
   }
+  const int qy = qy_begin();
   if (uses_pxy())
-    backend_.class_energy_forward_backward(block(logits, next), labels_, block(per_row_, next),
-                                           block(dlogits_, next), -config_.w_pxy * inv_b);
+    backend_.class_energy_forward_backward(rows(logits, qy, B), labels_, rows(per_row_, qy, B),
+                                           rows(dlogits_, qy, B), -config_.w_pxy * inv_b);
   model_.backward(dlogits_, Tensor());
 
   // Statistics: a few hundred floats read back.
   backend_.download(per_row_, host_rows_.data());
-  backend_.download(block(logits, 0), host_logits_.data());
+  backend_.download(rows(logits, 0, B), host_logits_.data());
   StepStats s;
   const int K = model_.config().n_classes;
-  auto mean = [&](int i) {
+  auto mean = [&](int begin, int count) {
     double sum = 0;
-    for (int b = 0; b < B; ++b) sum += host_rows_[std::size_t(i * B + b)];
-    return sum / B;
+    for (int b = begin; b < begin + count; ++b) sum += host_rows_[static_cast<std::size_t>(b)];
+    return sum / count;
   };
   for (float v : host_rows_) s.max_abs_energy = std::max(s.max_abs_energy, double(std::fabs(v)));
-  s.ce = mean(0);
+  s.ce = mean(0, B);
   int correct = 0;
   for (int b = 0; b < B; ++b) {
-    const float* row = host_logits_.data() + std::size_t(b) * std::size_t(K);
-    if (int(std::max_element(row, row + K) - row) == host_labels_[std::size_t(b)]) ++correct;
+    const float* row = host_logits_.data() + static_cast<std::size_t>(b) * static_cast<std::size_t>(K);
+    if (int(std::max_element(row, row + K) - row) == host_labels_[static_cast<std::size_t>(b)]) ++correct;
   }
   s.acc = double(correct) / B;
   s.loss = s.ce;
   if (uses_px()) {
-    s.e_data = mean(1);
-    s.e_q = mean(2);
+    s.e_data = mean(B, Bp);
+    s.e_q = mean(B + Bp, Bp);
     double sq = 0;
-    for (int b = B; b < 3 * B; ++b) sq += double(host_rows_[std::size_t(b)]) * host_rows_[std::size_t(b)];
-    s.loss += config_.w_px * (s.e_data - s.e_q) + config_.w_l2 * sq / B;
+    for (int b = B; b < B + 2 * Bp; ++b)
+      sq += double(host_rows_[static_cast<std::size_t>(b)]) * host_rows_[static_cast<std::size_t>(b)];
+    s.loss += config_.w_px * (s.e_data - s.e_q) + config_.w_l2 * sq / Bp;
   }
   if (uses_pxy()) {
     backend_.download(extra_, host_extra_.data());
     double lab = 0;
     for (float v : host_extra_) lab += v;
     s.e_lab_y = lab / B;
-    s.e_q_y = mean(next);
+    s.e_q_y = mean(qy, B);
     s.loss += config_.w_pxy * (s.e_lab_y - s.e_q_y);
   }
   return s;

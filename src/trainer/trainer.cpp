@@ -112,9 +112,10 @@ void setup(Run& r) {
   w.slope = float(c.slope);
   r.objcfg = ObjectiveConfig{float(c.w_px), float(c.w_pxy), float(c.w_l2)};
   const int B = c.batch_size;
-  const int max_batch = std::max(JemObjective::rows_needed(r.objcfg, B), std::min(c.eval_batch, 1024));
+  const int Bp = c.px_batch_size > 0 ? c.px_batch_size : B;
+  const int max_batch = std::max(JemObjective::rows_needed(r.objcfg, B, Bp), std::min(c.eval_batch, 1024));
   r.model = std::make_unique<WideResNet>(w, *r.backend, max_batch);
-  r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, B);
+  r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, B, Bp);
   SamplerConfig sc;
   sc.buffer_size = c.buffer_size;
   sc.reinit_freq = float(c.reinit_freq);
@@ -123,7 +124,7 @@ void setup(Run& r) {
   sc.noise_std = float(c.sgld_std);
   sc.clamp = c.clamp;
   sc.n_classes = K;
-  r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, B);
+  r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, std::max(B, Bp));
   const bool segmented = c.class_cond_buffer || c.w_pxy != 0.0;
   r.buffer = std::make_unique<ReplayBuffer>(*r.backend, c.buffer_size, w.in_channels, w.image_size,
                                             segmented ? K : 1);
@@ -139,12 +140,12 @@ void setup(Run& r) {
   r.ocfg.decay_rate = float(c.decay_rate);
   r.optimizer = std::make_unique<Optimizer>(*r.backend, r.ocfg, r.model->num_params());
   const AugmentSpec aug{c.augment, c.flip, 4, float(c.sigma)};
-  r.data_stream = std::make_unique<BatchStream>(r.data.train, B, aug, c.seed, kDataStream);
+  r.data_stream = std::make_unique<BatchStream>(r.data.train, Bp, aug, c.seed, kDataStream);
   r.lab_stream = std::make_unique<BatchStream>(r.data.train, B, aug, c.seed, kLabStream);
   r.bpe = r.lab_stream->batches_per_epoch();
   r.total_iters = std::int64_t(c.epochs) * r.bpe;
   if (c.max_iters > 0) r.total_iters = std::min<std::int64_t>(r.total_iters, c.max_iters);
-  r.sample_host.resize(std::size_t(B) * r.data_stream->image_size());
+  r.sample_host.resize(std::size_t(std::max(B, Bp)) * r.data_stream->image_size());
 
   // 2. The run directory.
   std::error_code ec;
@@ -270,13 +271,13 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     const auto iter = std::uint32_t(it);
     if (r.objective->uses_px()) {
       r.backend->upload(batch.x[kDataStream].data(), r.objective->x_data());
-      const Tensor xq = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter, 0, B, nullptr);
+      const Tensor xq = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter, 0, r.objective->px_batch(), nullptr);
       r.backend->copy(xq, r.objective->x_q());
     }
     if (r.objective->uses_pxy()) {
       // Class-conditional chains for y_lab; sample indices after the unconditional ones.
-      const Tensor xqy = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter, std::uint32_t(B), B,
-                                           batch.y[kLabStream].data());
+      const Tensor xqy = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter,
+                                           std::uint32_t(r.objective->px_batch()), B, batch.y[kLabStream].data());
       r.backend->copy(xqy, r.objective->x_q_y());
     }
     StepStats s = r.objective->compute();
