@@ -148,5 +148,9 @@ all_ok=true
   printf '  "nvidia_smi": %s\n' "$(json_string <"$out/nvidia-smi.txt")"
   echo "}"
 } >"$out/summary.json"
-echo "gpu-check: wrote $out/summary.json (all_ok: $all_ok)" >&2
+# The device tool brings back at most 8 files: bundle everything but the summary into one
+# archive (the summary names the logs by their path inside it).
+(cd "$out" && tar czf results.tar.gz --exclude=summary.json --exclude=results.tar.gz . &&
+  find . -mindepth 1 -maxdepth 1 ! -name summary.json ! -name results.tar.gz -exec rm -rf {} +)
+echo "gpu-check: wrote $out/summary.json and $out/results.tar.gz (all_ok: $all_ok)" >&2
 $all_ok
