@@ -10,6 +10,7 @@
 
 #include "jem/safetensors.hpp"
 #include "jem/wide_resnet.hpp"
+#include "reference_model.hpp"
 #include "test_support.hpp"
 
 using namespace jem;
@@ -22,16 +23,7 @@ namespace {
 // order in the im2col GEMMs.
 constexpr double kRefTol = 2e-4;
 
-WrnConfig config_from(const safetensors::File& f) {
-  const auto& m = f.metadata();
-  WrnConfig c;
-  c.depth = std::stoi(m.at("depth"));
-  c.width = std::stoi(m.at("width"));
-  c.in_channels = std::stoi(m.at("channels"));
-  c.image_size = std::stoi(m.at("image_size"));
-  c.n_classes = std::stoi(m.at("n_classes"));
-  return c;
-}
+using jem::test::reference_config;
 
 std::vector<std::int32_t> labels_of(const safetensors::File& f) {
   std::vector<std::int32_t> out;
@@ -48,7 +40,7 @@ struct Reference {
 
   explicit Reference(const std::string& name)
       : file(safetensors::File::read(jem::test::data_path(name))),
-        cfg(config_from(file)),
+        cfg(reference_config(file)),
         B(std::stoi(file.metadata().at("batch"))),
         be(make_cpu_backend(2)) {
     model = std::make_unique<WideResNet>(cfg, *be, B);
@@ -158,7 +150,7 @@ TEST(WideResNet, LayoutMatchesOfficialNamesAndCounts) {
   EXPECT_NEAR(double(big.num_params()), 36.5e6, 0.05e6);
   // Every parameter in the reference file is one of ours and vice versa.
   const auto file = safetensors::File::read(jem::test::data_path("wrn10x2_rgb32.safetensors"));
-  WideResNet small(config_from(file), *be, 1);
+  WideResNet small(reference_config(file), *be, 1);
   std::size_t expected = 0;
   for (const auto& n : file.names()) {
     if (n.rfind("f.", 0) == 0 && n.rfind("f.linear.", 0) != 0) ++expected;

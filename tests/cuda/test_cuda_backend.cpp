@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "cuda_test_support.hpp"
+#include "reference_model.hpp"
 #include "jem/philox.hpp"
 #include "jem/safetensors.hpp"
 #include "jem/wide_resnet.hpp"
@@ -739,23 +740,14 @@ TEST_F(CudaOps, SumSquaresDeterministicAndAccurate) {
 
 constexpr double kRefTol = 2e-4;
 
-WrnConfig config_from(const safetensors::File& f) {
-  const auto& m = f.metadata();
-  WrnConfig c;
-  c.depth = std::stoi(m.at("depth"));
-  c.width = std::stoi(m.at("width"));
-  c.in_channels = std::stoi(m.at("channels"));
-  c.image_size = std::stoi(m.at("image_size"));
-  c.n_classes = std::stoi(m.at("n_classes"));
-  return c;
-}
+using jem::test::reference_config;
 
 class CudaWideResNet : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
     JEM_SKIP_WITHOUT_CUDA();
     file = std::make_unique<safetensors::File>(safetensors::File::read(data_path(GetParam())));
-    cfg = config_from(*file);
+    cfg = reference_config(*file);
     B = std::stoi(file->metadata().at("batch"));
   }
   std::unique_ptr<WideResNet> model(Backend& be) {
