@@ -18,6 +18,7 @@
 
 #include "jem/backend.hpp"
 #include "naive_ops.hpp"
+#include "conv_case.hpp"
 #include "test_support.hpp"
 
 namespace jem::test {
@@ -169,18 +170,6 @@ Vec away_from_zero(std::size_t n, std::uint64_t seed) {
 }
 
 // ---- convolution through the backend ------------------------------------------------------------------
-struct ConvCase {
-  int N, C, HW, K, R, stride, pad;
-};
-
-std::string conv_tag(const ConvCase& c) {
-  return "n" + std::to_string(c.N) + "_c" + std::to_string(c.C) + "_hw" + std::to_string(c.HW) +
-         "_k" + std::to_string(c.K) + "_r" + std::to_string(c.R) + "_s" +
-         std::to_string(c.stride) + "_p" + std::to_string(c.pad);
-}
-
-// Readable test names in gtest and ctest output (instead of the raw bytes of the struct).
-void PrintTo(const ConvCase& c, std::ostream* os) { *os << conv_tag(c); }
 
 ConvGeom geom(const ConvCase& c) {
   ConvGeom g;

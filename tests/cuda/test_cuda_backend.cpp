@@ -14,6 +14,7 @@
 #include <string>
 #include <tuple>
 
+#include "conv_case.hpp"
 #include "cuda_test_support.hpp"
 #include "reference_model.hpp"
 #include "jem/philox.hpp"
@@ -188,16 +189,6 @@ TEST_F(CudaOps, LeakyReluForwardBackwardInPlace) {
 // Convolution (cuDNN), in both math modes
 // ================================================================================================
 
-struct ConvCase {
-  int N, C, HW, K, R, stride, pad;
-};
-
-std::string conv_tag(const ConvCase& c) {
-  return "n" + std::to_string(c.N) + "_c" + std::to_string(c.C) + "_hw" + std::to_string(c.HW) +
-         "_k" + std::to_string(c.K) + "_r" + std::to_string(c.R) + "_s" +
-         std::to_string(c.stride) + "_p" + std::to_string(c.pad);
-}
-void PrintTo(const ConvCase& c, std::ostream* os) { *os << conv_tag(c); }
 
 struct ConvShapes {
   Shape x, w, b, y;
