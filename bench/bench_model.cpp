@@ -13,8 +13,9 @@ namespace {
 
 enum class Pass { Forward, ForwardBackward, ForwardInputBackward };
 
-void run_b(benchmark::State& state, jem::WrnConfig cfg, Pass pass, int B) {
-  auto be = jem::make_cpu_backend(0);
+void run_k(benchmark::State& state, jem::WrnConfig cfg, Pass pass, int B,
+           jem::CpuConvKernels kernels) {
+  auto be = jem::make_cpu_backend(0, kernels);
   jem::WideResNet model(cfg, *be, B);
   model.init(1);
   const jem::Tensor x = be->empty(jem::Shape{B, cfg.in_channels, cfg.image_size, cfg.image_size});
@@ -35,6 +36,9 @@ void run_b(benchmark::State& state, jem::WrnConfig cfg, Pass pass, int B) {
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void run_b(benchmark::State& state, jem::WrnConfig cfg, Pass pass, int B) {
+  run_k(state, cfg, pass, B, jem::CpuConvKernels::kBest);
+}
 void run(benchmark::State& state, jem::WrnConfig cfg, Pass pass) { run_b(state, cfg, pass, 64); }
 
 const jem::WrnConfig kWrn28x2{28, 2, 3, 32, 10};
@@ -54,5 +58,10 @@ BENCHMARK_CAPTURE(run, wrn10x2_forward_input_backward, kWrn10x2, Pass::ForwardIn
 // The quickstart model: an SGLD step (batch 64) and the training step (3 x 64 rows).
 BENCHMARK_CAPTURE(run, wrn10x1_sgld_step, kWrn10x1, Pass::ForwardInputBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(run_b, wrn10x1_train_step_192, kWrn10x1, Pass::ForwardBackward, 192)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The same steps with every convolution on im2col + sgemm: what the direct 3x3 kernel gains.
+BENCHMARK_CAPTURE(run_k, wrn10x1_sgld_step_im2col, kWrn10x1, Pass::ForwardInputBackward, 64, jem::CpuConvKernels::kIm2col)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(run_k, wrn10x1_train_step_192_im2col, kWrn10x1, Pass::ForwardBackward, 192, jem::CpuConvKernels::kIm2col)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(run_k, wrn28x2_forward_input_backward_im2col, kWrn28x2, Pass::ForwardInputBackward, 64, jem::CpuConvKernels::kIm2col)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -242,10 +242,12 @@ int backward_filter_terms(const ConvGeom& g) {
          naive::conv_out_size(g.W, g.R, g.stride, g.pad);
 }
 
-class CpuOpsConv : public ::testing::TestWithParam<ConvCase> {
+// Every case runs on both convolution paths of the CPU backend: the direct 3x3 kernel (where it
+// applies: 3x3, stride 1, pad 1, on an AVX2 CPU) and im2col + sgemm.
+class CpuOpsConv : public ::testing::TestWithParam<std::tuple<ConvCase, CpuConvKernels>> {
  protected:
-  std::unique_ptr<Backend> be = make_cpu_backend(2);
-  ConvGeom g = geom(GetParam());
+  std::unique_ptr<Backend> be = make_cpu_backend(2, std::get<1>(GetParam()));
+  ConvGeom g = geom(std::get<0>(GetParam()));
   ConvData d{g};
   Vec zero_dw = Vec(numel(w_shape(g)), 0.0f);
   Vec zero_db = Vec(static_cast<std::size_t>(g.K), 0.0f);
@@ -326,6 +328,7 @@ TEST_P(CpuOpsConv, BackwardFilterMatchesFiniteDifferences) {
 // windows that do not tile the image, a 1x1 image.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CpuOpsConv,
+    ::testing::Combine(
     ::testing::Values(ConvCase{1, 3, 7, 5, 3, 1, 1},    // RGB stem at batch 1
                       ConvCase{3, 1, 7, 6, 3, 1, 1},    // grayscale stem
                       ConvCase{5, 3, 7, 6, 3, 2, 1},    // 3x3 stride 2, odd image
@@ -336,8 +339,19 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{3, 5, 8, 12, 1, 2, 0},   // 1x1 stride 2 shortcut, even image
                       ConvCase{1, 3, 5, 3, 3, 1, 0},    // unpadded 3x3
                       ConvCase{3, 2, 4, 3, 3, 2, 0},    // last row/column never read
-                      ConvCase{3, 3, 1, 5, 3, 1, 1}),   // 1x1 image: all but one tap is padding
-    [](const ::testing::TestParamInfo<ConvCase>& info) { return conv_tag(info.param); });
+                      ConvCase{3, 3, 1, 5, 3, 1, 1},    // 1x1 image: all but one tap is padding
+                      // The direct 3x3 kernel's edges: rows of 8-pixel vectors with a partial
+                      // last one (W = 9, 14, 28), blocks of 4 output channels with a partial
+                      // last one (K = 1, 9), a 3-vector tile block that wraps across rows.
+                      ConvCase{1, 8, 28, 8, 3, 1, 1},    // the quickstart's first image size
+                      ConvCase{2, 5, 9, 9, 3, 1, 1},
+                      ConvCase{3, 4, 14, 1, 3, 1, 1},    // K = 1: the image gradient's shape
+                      ConvCase{1, 2, 16, 8, 3, 1, 1}),   // W a multiple of 8
+    ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col)),
+    [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
+      return conv_tag(std::get<0>(info.param)) +
+             (std::get<1>(info.param) == CpuConvKernels::kBest ? "_best" : "_im2col");
+    });
 
 // Scratch buffers are reused between calls: a big convolution followed by a small one (and the
 // other way round) must give the same small result as a fresh backend.

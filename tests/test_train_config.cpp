@@ -262,6 +262,7 @@ TEST(TrainConfig, ValidateNamesKeyAndValue) {
       {[](TrainConfig& c) { c.guard_lr_factor = 0.0; }, "config: guard_lr_factor = 0.0 must be in (0, 1)"},
       {[](TrainConfig& c) { c.dataset = "imagenet"; }, "config: dataset = \"imagenet\" is not one of"},
       {[](TrainConfig& c) { c.optimizer = "lamb"; }, "config: optimizer = \"lamb\" is not one of adam, adamw, sgd"},
+      {[](TrainConfig& c) { c.lr_schedule = "linear"; }, "config: lr_schedule = \"linear\" is not one of step, cosine"},
       {[](TrainConfig& c) { c.device = "gpu"; }, "config: device = \"gpu\" must be auto, cpu, cuda or cuda:N"},
       {[](TrainConfig& c) { c.device = "cuda:"; }, "config: device = \"cuda:\" must be"},
       {[](TrainConfig& c) { c.device = "cuda:x"; }, "config: device = \"cuda:x\" must be"},

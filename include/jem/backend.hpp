@@ -200,6 +200,11 @@ class Backend {
 };
 
 // The CPU backend: the reference. `threads` <= 0 means OpenMP's default.
-std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+// Which convolution kernels the CPU backend may use: kBest takes the direct 3x3 kernel
+// (src/cpu/conv3x3_direct.hpp) where it applies; kIm2col forces im2col + sgemm everywhere, so
+// that tests and benchmarks can hold the two paths side by side.
+enum class CpuConvKernels { kBest, kIm2col };
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0,
+                                          CpuConvKernels kernels = CpuConvKernels::kBest);
 
 }  // namespace jem

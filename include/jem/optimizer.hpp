@@ -21,6 +21,11 @@ struct OptimizerConfig {
   int warmup_iters = 1000;            // linear warm-up from lr/warmup to lr
   std::vector<int> decay_epochs;      // lr *= decay_rate at each of these epochs
   float decay_rate = 0.3f;
+  // cosine: after warm-up, lr * (1 + cos(pi * (i - warmup) / (total_iters - warmup))) / 2, which
+  // reaches 0 at iteration total_iters; decay_epochs are then ignored. Short runs gain most from
+  // it: the last stretch at a small lr is where a time-limited run's accuracy is made.
+  bool cosine = false;
+  std::int64_t total_iters = 0;  // the run's length, for cosine
 };
 
 // lr at `iteration` (0-based) in `epoch` (0-based), times `factor` (the divergence guard's cut).

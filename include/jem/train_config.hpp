@@ -60,6 +60,7 @@ struct TrainConfig {
   int warmup_iters = 1000;                  // linear warmup
   std::vector<int> decay_epochs{160, 180};  // lr *= decay_rate at each of these epochs
   double decay_rate = 0.3;
+  std::string lr_schedule = "step";         // step (decay_epochs) | cosine (to 0 at the last iteration)
 
   // schedule (every *_every and keep_ckpts is >= 1 after validate)
   int epochs = 200;

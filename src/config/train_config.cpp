@@ -66,6 +66,8 @@ void visit_keys(C& c, F&& f) {
   f("optimizer", "warmup_iters", c.warmup_iters, "Iterations of linear lr warmup");
   f("optimizer", "decay_epochs", c.decay_epochs, "Epochs at which lr is multiplied by decay_rate");
   f("optimizer", "decay_rate", c.decay_rate, "lr factor at each of decay_epochs");
+  f("optimizer", "lr_schedule", c.lr_schedule,
+    "step (x decay_rate at decay_epochs) or cosine (after warmup, from lr to 0 at the last iteration)");
 
   f("schedule", "epochs", c.epochs, "Training epochs");
   f("schedule", "max_iters", c.max_iters, "Stop after this many iterations (0 = run all epochs)");
@@ -221,6 +223,7 @@ void validate(const TrainConfig& cfg, int n_classes) {
   static constexpr std::array<std::string_view, 5> kDatasets{"fashion-mnist", "mnist", "cifar10", "cifar100",
                                                              "svhn"};
   static constexpr std::array<std::string_view, 3> kOptimizers{"adam", "adamw", "sgd"};
+  static constexpr std::array<std::string_view, 2> kSchedules{"step", "cosine"};
   JEM_CHECK(n_classes >= 1, "validate: n_classes = ", n_classes, " must be >= 1");
 
   JEM_CONFIG_CHECK(!cfg.out.empty(), out, "must not be empty");
@@ -252,6 +255,7 @@ void validate(const TrainConfig& cfg, int n_classes) {
   JEM_CONFIG_CHECK(cfg.w_l2 >= 0, w_l2, "must be >= 0");
 
   JEM_CONFIG_CHECK(one_of(cfg.optimizer, kOptimizers), optimizer, "is not one of adam, adamw, sgd");
+  JEM_CONFIG_CHECK(one_of(cfg.lr_schedule, kSchedules), lr_schedule, "is not one of step, cosine");
   JEM_CONFIG_CHECK(cfg.lr > 0, lr, "must be > 0");
   JEM_CONFIG_CHECK(cfg.beta1 >= 0 && cfg.beta1 < 1, beta1, "must be in [0, 1)");
   JEM_CONFIG_CHECK(cfg.beta2 >= 0 && cfg.beta2 < 1, beta2, "must be in [0, 1)");

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu/conv3x3_direct.hpp"
 #include "cpu/cpu_backend.hpp"
 
 namespace jem::cpu {
@@ -93,7 +94,16 @@ void col2im(const ConvGeom& g, const float* col, float* dx) {
   }
 }
 
+// Scratch slots (per thread): 0 im2col columns or the padded image of the direct kernel,
+// 1 partial weight gradients, 2 the flipped kernel of backward-data, 3 direct-kernel weights.
+// Slots 2 and 3 are filled by thread 0's entry before a parallel loop and only read inside it.
+constexpr int kSlotCol = 0, kSlotPartial = 1, kSlotFlipped = 2, kSlotPacked = 3;
+
 }  // namespace
+
+bool CpuBackend::use_direct3x3(const ConvGeom& g) const {
+  return kernels_ == CpuConvKernels::kBest && direct3x3_applies(g);
+}
 
 void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
                                      const float* b, float* y) {
@@ -101,13 +111,23 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
   const int CRR = g.C * g.R * g.R;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
+  if (use_direct3x3(g)) {
+    float* wp = scratch(0, kSlotPacked, direct3x3_packed_weight_size(g));
+    direct3x3_pack_weights(g, w, wp);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int n = 0; n < g.N; ++n)
+      direct3x3_image(g, x + n * x_stride, wp, b,
+                      scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(g)),
+                      y + n * y_stride);
+    return;
+  }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
   for (int n = 0; n < g.N; ++n) {
     const float* xn = x + n * x_stride;
     float* yn = y + n * y_stride;
     const float* col = xn;
     if (!is_pointwise(g)) {
-      float* buf = scratch(omp_get_thread_num(), 0, static_cast<std::size_t>(CRR) * PQ);
+      float* buf = scratch(omp_get_thread_num(), kSlotCol, static_cast<std::size_t>(CRR) * PQ);
       im2col(g, xn, buf);
       col = buf;
     }
@@ -133,7 +153,7 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
   float* wt = nullptr;
   ConvGeom tg;
   if (as_forward) {
-    wt = scratch(0, 2, static_cast<std::size_t>(g.K) * CRR);  // shared, filled before the loop
+    wt = scratch(0, kSlotFlipped, static_cast<std::size_t>(g.K) * CRR);
     for (int k = 0; k < g.K; ++k)
       for (int c = 0; c < g.C; ++c)
         for (int r = 0; r < g.R; ++r)
@@ -147,6 +167,11 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
     tg.W = g.Q();
     tg.pad = g.R - 1 - g.pad;
   }
+  float* wp = nullptr;
+  if (as_forward && use_direct3x3(tg)) {
+    wp = scratch(0, kSlotPacked, direct3x3_packed_weight_size(tg));
+    direct3x3_pack_weights(tg, wt, wp);
+  }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
   for (int n = 0; n < g.N; ++n) {
     const float* dyn = dy + n * y_stride;
@@ -156,15 +181,20 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
                   0.0f, dxn, PQ);
       continue;
     }
+    if (wp != nullptr) {
+      direct3x3_image(tg, dyn, wp, nullptr,
+                      scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(tg)), dxn);
+      continue;
+    }
     if (as_forward) {
       const int KRR = g.K * g.R * g.R, HW = g.H * g.W;
-      float* col = scratch(omp_get_thread_num(), 0, static_cast<std::size_t>(KRR) * HW);
+      float* col = scratch(omp_get_thread_num(), kSlotCol, static_cast<std::size_t>(KRR) * HW);
       im2col(tg, dyn, col);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.C, HW, KRR, 1.0f, wt, KRR, col, HW,
                   0.0f, dxn, HW);
       continue;
     }
-    float* dcol = scratch(omp_get_thread_num(), 0, static_cast<std::size_t>(CRR) * PQ);
+    float* dcol = scratch(omp_get_thread_num(), kSlotCol, static_cast<std::size_t>(CRR) * PQ);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRR, PQ, g.K, 1.0f, w, CRR, dyn, PQ, 0.0f,
                 dcol, PQ);
     col2im(g, dcol, dxn);
@@ -189,7 +219,7 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
 #pragma omp single
     granted = omp_get_num_threads();
     // Slot 1: partial dw, then K entries of partial db.
-    float* part = scratch(t, 1, wsize + static_cast<std::size_t>(g.K));
+    float* part = scratch(t, kSlotPartial, wsize + static_cast<std::size_t>(g.K));
     std::fill_n(part, wsize + static_cast<std::size_t>(g.K), 0.0f);
     partial[static_cast<std::size_t>(t)] = part;
 #pragma omp for schedule(static)
@@ -198,7 +228,7 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
       const float* dyn = dy + n * y_stride;
       const float* col = xn;
       if (!is_pointwise(g)) {
-        float* buf = scratch(t, 0, static_cast<std::size_t>(CRR) * PQ);
+        float* buf = scratch(t, kSlotCol, static_cast<std::size_t>(CRR) * PQ);
         im2col(g, xn, buf);
         col = buf;
       }

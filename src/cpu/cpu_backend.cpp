@@ -15,7 +15,8 @@
 
 namespace jem::cpu {
 
-CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_max_threads()) {
+CpuBackend::CpuBackend(int threads, CpuConvKernels kernels)
+    : threads_(threads > 0 ? threads : omp_get_max_threads()), kernels_(kernels) {
   // OpenBLAS runs inside our OpenMP threads: one BLAS thread each (see the header).
   openblas_set_num_threads(1);
   scratch_.resize(static_cast<std::size_t>(threads_));
@@ -187,7 +188,7 @@ void CpuBackend::cross_entropy_impl(int N, int K, const float* logits, const std
 }  // namespace jem::cpu
 
 namespace jem {
-std::unique_ptr<Backend> make_cpu_backend(int threads) {
-  return std::make_unique<cpu::CpuBackend>(threads);
+std::unique_ptr<Backend> make_cpu_backend(int threads, CpuConvKernels kernels) {
+  return std::make_unique<cpu::CpuBackend>(threads, kernels);
 }
 }  // namespace jem

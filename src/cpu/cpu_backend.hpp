@@ -12,7 +12,7 @@ namespace jem::cpu {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads);
+  explicit CpuBackend(int threads, CpuConvKernels kernels = CpuConvKernels::kBest);
 
   Device device() const override { return Device::CPU; }
   std::string name() const override;
@@ -71,7 +71,10 @@ class CpuBackend final : public Backend {
   // shape and then reused: after the first iteration the training loop allocates nothing.
   float* scratch(int thread, int slot, std::size_t n);
 
+  bool use_direct3x3(const ConvGeom& g) const;
+
   int threads_;
+  CpuConvKernels kernels_;
   std::vector<std::vector<std::vector<float>>> scratch_;  // [thread][slot]
   std::vector<double> reduce_scratch_;                    // sum_squares' chunk sums
 };

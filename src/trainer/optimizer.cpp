@@ -1,15 +1,26 @@
 #include "jem/optimizer.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "jem/safetensors.hpp"
 
 namespace jem {
 
+namespace {
+constexpr double kPi = 3.14159265358979323846;
+}  // namespace
+
 float scheduled_lr(const OptimizerConfig& c, std::int64_t iteration, int epoch, float factor) {
   float lr = c.lr * factor;
-  for (int e : c.decay_epochs)
-    if (epoch >= e) lr *= c.decay_rate;
+  if (c.cosine) {
+    const double span = double(std::max<std::int64_t>(1, c.total_iters - c.warmup_iters));
+    const double t = std::clamp(double(iteration - c.warmup_iters) / span, 0.0, 1.0);
+    lr = float(lr * 0.5 * (1.0 + std::cos(kPi * t)));
+  } else {
+    for (int e : c.decay_epochs)
+      if (epoch >= e) lr *= c.decay_rate;
+  }
   if (c.warmup_iters > 0 && iteration < c.warmup_iters)
     lr *= float(iteration + 1) / float(c.warmup_iters);
   return lr;

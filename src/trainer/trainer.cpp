@@ -138,13 +138,15 @@ void setup(Run& r) {
   r.ocfg.warmup_iters = c.warmup_iters;
   r.ocfg.decay_epochs = c.decay_epochs;
   r.ocfg.decay_rate = float(c.decay_rate);
-  r.optimizer = std::make_unique<Optimizer>(*r.backend, r.ocfg, r.model->num_params());
+  r.ocfg.cosine = c.lr_schedule == "cosine";
   const AugmentSpec aug{c.augment, c.flip, 4, float(c.sigma)};
   r.data_stream = std::make_unique<BatchStream>(r.data.train, Bp, aug, c.seed, kDataStream);
   r.lab_stream = std::make_unique<BatchStream>(r.data.train, B, aug, c.seed, kLabStream);
   r.bpe = r.lab_stream->batches_per_epoch();
   r.total_iters = std::int64_t(c.epochs) * r.bpe;
   if (c.max_iters > 0) r.total_iters = std::min<std::int64_t>(r.total_iters, c.max_iters);
+  r.ocfg.total_iters = r.total_iters;
+  r.optimizer = std::make_unique<Optimizer>(*r.backend, r.ocfg, r.model->num_params());
   r.sample_host.resize(std::size_t(std::max(B, Bp)) * r.data_stream->image_size());
 
   // 2. The run directory.

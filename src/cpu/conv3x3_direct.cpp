@@ -1,0 +1,188 @@
+// The direct 3x3 convolution of conv3x3_direct.hpp. Only the functions marked
+// target("avx2,fma") use AVX2; direct3x3_applies checks the CPU at run time, so the rest of the
+// program still runs on any x86-64 (and on other architectures this file compiles to "never").
+#include "cpu/conv3x3_direct.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "jem/error.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define JEM_DIRECT3X3 1
+#include <immintrin.h>
+#else
+#define JEM_DIRECT3X3 0
+#endif
+
+namespace jem::cpu {
+namespace {
+
+constexpr int kKB = 4;  // output channels per register block
+constexpr int kV = 8;   // floats per AVX register: one output vector is 8 adjacent pixels
+// Output vectors per register block. 2 x 4 = 8 accumulators + 2 input vectors + 1 weight: with
+// 3 vectors (12 accumulators) GCC runs out of the 16 AVX registers and spills on every tap.
+constexpr int kTB = 2;
+
+// Layout of the padded input of one image: [C][Hp][Wp], Hp = H + 2, Wp = 8*ceil(W/8) + 2.
+// Padded pixel (i, j) is input pixel (i - 1, j - 1); everything outside the image is zero, and
+// the right margin is wide enough for the last (partial) output vector's 8 + 2 reads.
+struct PaddedGeom {
+  int Hp, Wp, nq;  // nq: output vectors per row
+  explicit PaddedGeom(const ConvGeom& g)
+      : Hp(g.H + 2), Wp((g.W + kV - 1) / kV * kV + 2), nq((g.W + kV - 1) / kV) {}
+  std::int64_t channel() const { return static_cast<std::int64_t>(Hp) * Wp; }
+};
+
+}  // namespace
+
+std::size_t direct3x3_packed_weight_size(const ConvGeom& g) {
+  return static_cast<std::size_t>((g.K + kKB - 1) / kKB) * g.C * 9 * kKB;
+}
+
+void direct3x3_pack_weights(const ConvGeom& g, const float* w, float* wp) {
+  const int KB = (g.K + kKB - 1) / kKB;
+  for (int kb = 0; kb < KB; ++kb)
+    for (int c = 0; c < g.C; ++c)
+      for (int t = 0; t < 9; ++t)
+        for (int j = 0; j < kKB; ++j) {
+          const int k = kb * kKB + j;
+          wp[((static_cast<std::int64_t>(kb) * g.C + c) * 9 + t) * kKB + j] =
+              k < g.K ? w[(static_cast<std::int64_t>(k) * g.C + c) * 9 + t] : 0.0f;
+        }
+}
+
+std::size_t direct3x3_scratch_size(const ConvGeom& g) {
+  const PaddedGeom pg(g);
+  return static_cast<std::size_t>(g.C) * static_cast<std::size_t>(pg.channel());
+}
+
+#if JEM_DIRECT3X3
+
+namespace {
+
+// One register block: 4 output channels x TB output vectors.
+//   xoff[t]: offset in the padded image of output vector t's top-left tap
+//   yoff[t]: offset of output vector t in one output channel; qn[t]: its valid pixels (1..8)
+template <int TB>
+[[gnu::target("avx2,fma"), gnu::always_inline]] inline void block(
+    const float* xpad, std::int64_t xc_stride, int Wp, int C, const float* wk, const float* bias,
+    int kvalid, float* y, std::int64_t yk_stride, const std::int64_t* xoff,
+    const std::int64_t* yoff, const int* qn) {
+  __m256 acc[TB][kKB];
+#pragma GCC unroll 4
+  for (int j = 0; j < kKB; ++j) {
+    const __m256 b0 = _mm256_set1_ps(bias != nullptr && j < kvalid ? bias[j] : 0.0f);
+#pragma GCC unroll 3
+    for (int t = 0; t < TB; ++t) acc[t][j] = b0;
+  }
+  for (int c = 0; c < C; ++c) {
+    const float* xc = xpad + c * xc_stride;
+    const float* wc = wk + static_cast<std::int64_t>(c) * 9 * kKB;
+#pragma GCC unroll 3
+    for (int r = 0; r < 3; ++r) {
+#pragma GCC unroll 3
+      for (int s = 0; s < 3; ++s) {
+        const float* wt = wc + (r * 3 + s) * kKB;
+        __m256 xv[TB];
+#pragma GCC unroll 3
+        for (int t = 0; t < TB; ++t) xv[t] = _mm256_loadu_ps(xc + xoff[t] + r * Wp + s);
+#pragma GCC unroll 4
+        for (int j = 0; j < kKB; ++j) {
+          const __m256 wv = _mm256_broadcast_ss(wt + j);
+#pragma GCC unroll 3
+          for (int t = 0; t < TB; ++t) acc[t][j] = _mm256_fmadd_ps(wv, xv[t], acc[t][j]);
+        }
+      }
+    }
+  }
+  alignas(32) static constexpr std::int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                         0,  0,  0,  0,  0,  0,  0,  0};
+  // A fixed trip count (fully unrolled) keeps acc in registers: indexing it with a run-time
+  // bound would make GCC keep the whole array in memory and spill on every input channel.
+#pragma GCC unroll 4
+  for (int j = 0; j < kKB; ++j) {
+    if (j >= kvalid) break;
+    float* yk = y + j * yk_stride;
+#pragma GCC unroll 3
+    for (int t = 0; t < TB; ++t) {
+      if (qn[t] == kV) {
+        _mm256_storeu_ps(yk + yoff[t], acc[t][j]);
+      } else {
+        const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - qn[t]));
+        _mm256_maskstore_ps(yk + yoff[t], m, acc[t][j]);
+      }
+    }
+  }
+}
+
+[[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
+                                                      const float* wp, const float* b,
+                                                      float* xpad, float* y) {
+  const PaddedGeom pg(g);
+  const std::int64_t xc_stride = pg.channel();
+  // Zero-padded copy of the image: one pass over C*Hp*Wp floats, against 9*K multiply-adds
+  // per input pixel in the convolution.
+  std::fill_n(xpad, static_cast<std::size_t>(g.C) * static_cast<std::size_t>(xc_stride), 0.0f);
+  for (int c = 0; c < g.C; ++c)
+    for (int h = 0; h < g.H; ++h)
+      std::memcpy(xpad + c * xc_stride + static_cast<std::int64_t>(h + 1) * pg.Wp + 1,
+                  x + (static_cast<std::int64_t>(c) * g.H + h) * g.W,
+                  sizeof(float) * static_cast<std::size_t>(g.W));
+
+  // Output vectors in row-major order, taken kTB at a time (the last block may hold fewer).
+  const int P = g.H, Q = g.W;
+  const int tiles = P * pg.nq;
+  const std::int64_t yk_stride = static_cast<std::int64_t>(P) * Q;
+  const int KB = (g.K + kKB - 1) / kKB;
+  for (int t0 = 0; t0 < tiles; t0 += kTB) {
+    const int tb = std::min(kTB, tiles - t0);
+    std::int64_t xoff[kTB] = {}, yoff[kTB] = {};
+    int qn[kTB] = {};
+    for (int t = 0; t < tb; ++t) {
+      const int p = (t0 + t) / pg.nq, q = (t0 + t) % pg.nq * kV;
+      xoff[t] = static_cast<std::int64_t>(p) * pg.Wp + q;
+      yoff[t] = static_cast<std::int64_t>(p) * Q + q;
+      qn[t] = std::min(kV, Q - q);
+    }
+    for (int kb = 0; kb < KB; ++kb) {
+      const int k0 = kb * kKB;
+      const int kvalid = std::min(kKB, g.K - k0);
+      const float* wk = wp + static_cast<std::int64_t>(kb) * g.C * 9 * kKB;
+      const float* bk = b != nullptr ? b + k0 : nullptr;
+      float* yk = y + k0 * yk_stride;
+      if (tb == kTB)
+        block<kTB>(xpad, xc_stride, pg.Wp, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+      else
+        block<1>(xpad, xc_stride, pg.Wp, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+    }
+  }
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+}  // namespace
+
+bool direct3x3_applies(const ConvGeom& g) {
+  return g.R == 3 && g.stride == 1 && g.pad == 1 && cpu_has_avx2_fma();
+}
+
+void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,
+                     float* scratch, float* y) {
+  direct3x3_image_avx2(g, x, wp, b, scratch, y);
+}
+
+#else  // no AVX2 build: the im2col path handles every convolution
+
+bool direct3x3_applies(const ConvGeom&) { return false; }
+void direct3x3_image(const ConvGeom&, const float*, const float*, const float*, float*, float*) {
+  JEM_FAIL("direct3x3_image: not built for this architecture (direct3x3_applies is false)");
+}
+
+#endif
+
+}  // namespace jem::cpu
