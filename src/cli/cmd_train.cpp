@@ -78,7 +78,9 @@ void register_train(CLI::App& app) {
         threads = std::max(1, int(std::thread::hardware_concurrency()) / host->local_world());
       auto backend = make_backend(device, threads);
       const auto nccl = make_device_communicator(*host, *backend, args->comm, args->comm_timeout);
-      opt.comm = nccl ? nccl.get() : host.get();
+      // A plain one-process run keeps the single-process path; --comm mpi|nccl forces collectives.
+      if (nccl) opt.comm = nccl.get();
+      else if (host->world() > 1 || args->comm == "mpi") opt.comm = host.get();
       const TrainResult r = train(*backend, cfg, opt);
       if (host->rank() != 0) return;
       std::printf("trained %lld iterations in %.1f s (%.2f it/s)%s\n", static_cast<long long>(r.iterations),

@@ -66,6 +66,9 @@ struct Run {
   Communicator* comm = nullptr;
   std::unique_ptr<Communicator> own_comm;
   int world = 1, rank = 0;
+  // A communicator was given: every collective goes through it, even with one rank (the NCCL
+  // path at world size 1). Without one, the single-process code path, as before.
+  bool distributed = false;
   RowRange lab_rows, px_rows;  // this rank's rows of the global labelled and p(x) batches
   BufferShard shard;           // this rank's slots of the global replay buffer
   // Checkpoints of a multi-rank run: this rank's shard (padded to the largest), all shards
@@ -172,7 +175,7 @@ void setup(Run& r) {
   r.total_iters = std::int64_t(c.epochs) * r.bpe;
   if (c.max_iters > 0) r.total_iters = std::min<std::int64_t>(r.total_iters, c.max_iters);
   r.sample_host.resize(std::size_t(std::max(Bl, Bpl)) * r.data_stream->image_size());
-  if (r.world > 1) {
+  if (r.distributed) {
     const std::size_t row = r.data_stream->image_size();
     const int most = make_buffer_shard(c.buffer_size, r.shard.segments, r.world, 0).local_size();  // rank 0's
     r.shard_host.assign(std::size_t(most) * row, 0.0f);
@@ -214,7 +217,7 @@ void restore_latest(Run& r) {
       }
     }
   }
-  if (r.world > 1) {
+  if (r.distributed) {
     chosen = broadcast_string(*r.comm, chosen, 0);
     if (!r.lead() && !chosen.empty()) r.state = load_checkpoint(chosen, *r.model, *r.optimizer, *r.buffer, r.shard);
   }
@@ -224,7 +227,7 @@ void restore_latest(Run& r) {
 // Every rank must hold the same parameters: compare a checksum (the sum of squares, in the
 // backend's fixed order, so equal parameters give equal bits).
 void check_replicas(Run& r, const char* when) {
-  if (r.world == 1) return;
+  if (!r.distributed) return;
   const double x = r.backend->sum_squares(r.model->param_buffer());
   double v[2] = {x, -x};
   r.comm->all_reduce_host(v, 2, ReduceOp::Max);
@@ -236,7 +239,7 @@ void check_replicas(Run& r, const char* when) {
 // and writes the one checkpoint file; the barrier makes it complete before any rank reads it.
 void save(Run& r) {
   const std::string path = r.ckpt_dir + "/" + checkpoint_name(r.state.iteration);
-  if (r.world == 1) {
+  if (!r.distributed) {
     save_checkpoint(path, *r.model, *r.optimizer, *r.buffer, r.state, r.config_toml);
   } else {
     r.backend->download(r.buffer->data(), r.shard_host.data());  // the rest of shard_host is padding
@@ -259,7 +262,7 @@ void save(Run& r) {
     const std::size_t keep = std::size_t(std::max(1, r.cfg.keep_ckpts));
     for (std::size_t i = 0; i + keep < list.size(); ++i) fs::remove(list[i]);
   }
-  if (r.world > 1) r.comm->barrier();
+  if (r.distributed) r.comm->barrier();
 }
 
 // Rank 0's chains only (its share of the p(x) batch).
@@ -272,7 +275,7 @@ void write_samples(Run& r, const Tensor& x_q, const std::string& name) {
 
 // Each rank evaluates its share of the images; the sums are added across ranks.
 EvalResult eval_split(Run& r, const Dataset& d) {
-  if (r.world == 1) return evaluate(*r.model, d, float(r.cfg.sigma), r.cfg.seed);
+  if (!r.distributed) return evaluate(*r.model, d, float(r.cfg.sigma), r.cfg.seed);
   const RowRange part = split_rows(d.count, r.world, r.rank);
   const EvalResult e = evaluate_range(*r.model, d, part.begin, part.size(), float(r.cfg.sigma), r.cfg.seed);
   const double n = double(e.count);
@@ -337,6 +340,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
   r.opt = options;
   if (options.comm) {
     r.comm = options.comm;
+    r.distributed = true;
   } else {
     r.own_comm = make_single_communicator();
     r.comm = r.own_comm.get();
@@ -355,11 +359,11 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     r.state.sampler_seed = cfg.seed;
   }
   // Every rank starts from rank 0's parameters (equal already: same seed or same checkpoint).
-  if (r.world > 1) r.comm->broadcast(r.model->param_buffer(), 0);
+  if (r.distributed) r.comm->broadcast(r.model->param_buffer(), 0);
   check_replicas(r, "at the start");
   if (!options.resume) save(r);  // iteration 0: the divergence guard always has a checkpoint to return to
   std::string parallel;
-  if (r.world > 1)
+  if (r.distributed)
     parallel = ", data parallel over " + r.comm->name() + " (" + std::to_string(r.shard.local_size()) +
                " buffer slots per rank)";
   r.log->info("jem train: " + r.model->config().str() + ", " + std::to_string(r.model->num_params()) +
@@ -382,7 +386,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
                               std::chrono::duration<double>(Clock::now() - t0).count() > cfg.max_minutes * 60.0
                           ? 1.0
                           : 0.0};
-    if (r.world > 1) r.comm->all_reduce_host(stop, 2, ReduceOp::Max);
+    if (r.distributed) r.comm->all_reduce_host(stop, 2, ReduceOp::Max);
     if (stop[0] > 0) {
       r.log->info("stop requested: saving a checkpoint at iteration " + std::to_string(r.state.iteration));
       res.stopped_early = true;
@@ -416,7 +420,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
       r.backend->copy(xqy, r.objective->x_q_y());
     }
     StepStats s = r.objective->compute();
-    if (r.world > 1) {
+    if (r.distributed) {
       // The global statistics and gradient: each rank's are sums over its rows divided by the
       // global batch, so adding them over the ranks gives those of the global batch.
       StepSums sums = r.objective->last_sums();

@@ -101,7 +101,7 @@ int train_cmd(const std::string& data, const std::string& out, int iters, double
     TrainOptions o;
     o.quiet = true;
     o.resume = resume;
-    o.comm = &comm;
+    o.comm = host->world() > 1 ? &comm : nullptr;  // one process: the plain single-process path
     auto backend = make_cpu_backend(1);
     const TrainResult r = train(*backend, c, o);
     if (host->rank() == 0) std::printf("trained %lld iterations on %d ranks\n", (long long)r.iterations, host->world());
