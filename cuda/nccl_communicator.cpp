@@ -31,9 +31,12 @@ using Clock = std::chrono::steady_clock;
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return ncclSum;
-    case ReduceOp::Max: return ncclMax;
-    case ReduceOp::Min: return ncclMin;
+    case ReduceOp::Sum:
+      return ncclSum;
+    case ReduceOp::Max:
+      return ncclMax;
+    case ReduceOp::Min:
+      return ncclMin;
   }
   return ncclSum;
 }
@@ -61,8 +64,10 @@ class NcclCommunicator final : public Communicator {
   ~NcclCommunicator() override {
     if (comm_) {
       // Unwinding from an error: peers may be blocked in a collective with this rank.
-      if (failed_ || std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
-      else ncclCommDestroy(comm_);
+      if (failed_ || std::uncaught_exceptions() > 0)
+        ncclCommAbort(comm_);
+      else
+        ncclCommDestroy(comm_);
     }
     if (done_) cudaEventDestroy(done_);
     if (ready_) cudaEventDestroy(ready_);
@@ -74,8 +79,8 @@ class NcclCommunicator final : public Communicator {
   int local_rank() const override { return host_.local_rank(); }
   int local_world() const override { return host_.local_world(); }
   std::string name() const override {
-    return "NCCL " + version_ + " on cuda:" + std::to_string(backend_.device_index()) + ", " +
-           std::to_string(world()) + " ranks";
+    return "NCCL " + version_ + " on cuda:" + std::to_string(backend_.device_index()) + ", " + std::to_string(world()) +
+           " ranks";
   }
 
   void all_reduce(const Tensor& t, ReduceOp op) override {
@@ -132,8 +137,10 @@ class NcclCommunicator final : public Communicator {
   }
   // A non-blocking communicator may answer ncclInProgress while it enqueues.
   void launched(ncclResult_t rc, const char* what) {
-    if (rc == ncclInProgress) wait_for_comm(what);
-    else check(rc, what);
+    if (rc == ncclInProgress)
+      wait_for_comm(what);
+    else
+      check(rc, what);
   }
   // The compute stream continues after the collective; the host waits for it, watching for
   // asynchronous errors (a peer that died) and the timeout.

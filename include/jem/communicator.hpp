@@ -42,8 +42,8 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int world() const = 0;
-  virtual int local_rank() const = 0;  // rank among the processes of this node
-  virtual int local_world() const = 0; // processes on this node
+  virtual int local_rank() const = 0;    // rank among the processes of this node
+  virtual int local_world() const = 0;   // processes on this node
   virtual std::string name() const = 0;  // "MPI, 4 ranks", "NCCL 2.27.3, 8 ranks"
 
   // ---- device collectives, in place on backend tensors -----------------------------------------

@@ -100,8 +100,8 @@ std::unique_ptr<Communicator> make_host_communicator(const std::string& kind, do
             "': expected auto, none, mpi or nccl");
   const LaunchInfo l = launch_from_environment();
   if (kind == "none") {
-    JEM_CHECK(l.world == 1, "--comm none, but ", l.launcher, " started ", l.world,
-              " processes: they would train ", l.world, " independent copies into one run directory");
+    JEM_CHECK(l.world == 1, "--comm none, but ", l.launcher, " started ", l.world, " processes: they would train ",
+              l.world, " independent copies into one run directory");
     return make_single_communicator();
   }
   if (kind == "auto" && l.world == 1) return make_single_communicator();

@@ -37,9 +37,12 @@ void mpi_check(int rc, const char* what, int rank) {
 
 MPI_Op mpi_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return MPI_SUM;
-    case ReduceOp::Max: return MPI_MAX;
-    case ReduceOp::Min: return MPI_MIN;
+    case ReduceOp::Sum:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
   }
   return MPI_SUM;
 }
@@ -50,7 +53,9 @@ class Watchdog {
  public:
   Watchdog(double timeout_s, int rank, bool can_abort)
       : timeout_(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s))),
-        timeout_s_(timeout_s), rank_(rank), can_abort_(can_abort) {
+        timeout_s_(timeout_s),
+        rank_(rank),
+        can_abort_(can_abort) {
     if (timeout_s > 0) thread_ = std::thread(&Watchdog::run, this);
   }
   ~Watchdog() {
@@ -180,7 +185,8 @@ class MpiCommunicator final : public Communicator {
     float* p = t.data<float>();
     for (std::int64_t done = 0, n = t.numel(); done < n;) {
       const int c = int(std::min<std::int64_t>(n - done, INT_MAX));
-      mpi_check(MPI_Allreduce(MPI_IN_PLACE, p + done, c, MPI_FLOAT, mpi_op(op), MPI_COMM_WORLD), "MPI_Allreduce", rank_);
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, p + done, c, MPI_FLOAT, mpi_op(op), MPI_COMM_WORLD), "MPI_Allreduce",
+                rank_);
       done += c;
     }
   }
@@ -204,14 +210,14 @@ class MpiCommunicator final : public Communicator {
   void all_gather_host(const float* send, std::size_t count, float* recv) override {
     JEM_CHECK(count <= std::size_t(INT_MAX), "rank ", rank_, ": all_gather of ", count, " floats per rank");
     Armed a(*watchdog_, "all_gather");
-    mpi_check(MPI_Allgather(send, int(count), MPI_FLOAT, recv, int(count), MPI_FLOAT, MPI_COMM_WORLD),
-              "MPI_Allgather", rank_);
+    mpi_check(MPI_Allgather(send, int(count), MPI_FLOAT, recv, int(count), MPI_FLOAT, MPI_COMM_WORLD), "MPI_Allgather",
+              rank_);
   }
   void gather_host(const float* send, std::size_t count, float* recv, int root) override {
     JEM_CHECK(count <= std::size_t(INT_MAX), "rank ", rank_, ": gather of ", count, " floats per rank");
     Armed a(*watchdog_, "gather");
-    mpi_check(MPI_Gather(send, int(count), MPI_FLOAT, recv, int(count), MPI_FLOAT, root, MPI_COMM_WORLD),
-              "MPI_Gather", rank_);
+    mpi_check(MPI_Gather(send, int(count), MPI_FLOAT, recv, int(count), MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Gather",
+              rank_);
   }
   void barrier() override {
     Armed a(*watchdog_, "barrier");

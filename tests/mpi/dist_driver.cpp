@@ -9,7 +9,6 @@
 //                                             two checkpoints' tensors: relative error <= T
 //   dist_driver shards                        under MPI: buffer shards partition every slot
 #include <CLI/CLI.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <future>
@@ -90,8 +89,8 @@ TrainConfig tiny_config(const std::string& data, const std::string& out) {
   return c;
 }
 
-int train_cmd(const std::string& data, const std::string& out, int iters, double reinit, bool resume,
-              int fail_rank, int fail_at, const std::string& mode, double timeout) {
+int train_cmd(const std::string& data, const std::string& out, int iters, double reinit, bool resume, int fail_rank,
+              int fail_at, const std::string& mode, double timeout) {
   const auto host = make_host_communicator("auto", timeout);
   try {
     FaultyCommunicator comm(*host, fail_rank, fail_at, mode);
