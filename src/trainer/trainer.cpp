@@ -150,11 +150,12 @@ void setup(Run& r) {
   r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, std::max(Bl, Bpl));
   const bool segmented = c.class_cond_buffer || c.w_pxy != 0.0;
   r.shard = make_buffer_shard(c.buffer_size, segmented ? K : 1, r.world, r.rank);
-  // Each rank draws its chains from its own slots: enough of them for one iteration's draws.
-  const int need = std::max(r.objective->uses_px() ? (segmented ? 0 : Bpl) : 0, r.objective->uses_pxy() || segmented ? Bl : 0);
-  JEM_CHECK(r.shard.segment_rows() >= need && r.shard.local_size() >= Bpl, "config: buffer_size ", c.buffer_size,
-            " over ", r.world, " ranks leaves ", r.shard.local_size(), " slots (", r.shard.segment_rows(),
-            " per segment) on rank ", r.rank, ", fewer than the chains it draws per iteration");
+  // Each rank draws distinct slots of its own shard every iteration: its p(x) chains from the
+  // whole shard, its class-conditional chains from one class segment.
+  JEM_CHECK(r.shard.local_size() >= Bpl && (!r.objective->uses_pxy() || r.shard.segment_rows() >= Bl),
+            "config: buffer_size ", c.buffer_size, " over ", r.world, " ranks leaves ", r.shard.local_size(),
+            " slots (", r.shard.segment_rows(), " per segment) on rank ", r.rank,
+            ", fewer than the chains it draws per iteration");
   r.buffer = std::make_unique<ReplayBuffer>(*r.backend, r.shard.local_size(), w.in_channels, w.image_size,
                                             r.shard.segments);
   r.ocfg.kind = c.optimizer;
@@ -200,8 +201,7 @@ void setup(Run& r) {
 }
 
 // Newest readable checkpoint; unreadable ones (a crash mid-write leaves none, but a damaged
-// disk might) are reported and skipped.
-// With several ranks, rank 0 chooses the checkpoint and the others load the same file (the
+// disk might) are reported and skipped. With several ranks, rank 0 chooses the checkpoint and the others load the same file (the
 // run directory must be on a file system every rank sees), each its own shard of the buffer.
 void restore_latest(Run& r) {
   std::string chosen;
@@ -381,11 +381,9 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
 
   while (r.state.iteration < r.total_iters) {
     // Every rank stops at the same iteration: a signal or the clock on any rank stops them all.
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
     double stop[2] = {options.stop_flag && *options.stop_flag ? 1.0 : 0.0,
-                      cfg.max_minutes > 0 &&
-                              std::chrono::duration<double>(Clock::now() - t0).count() > cfg.max_minutes * 60.0
-                          ? 1.0
-                          : 0.0};
+                      cfg.max_minutes > 0 && elapsed > cfg.max_minutes * 60.0 ? 1.0 : 0.0};
     if (r.distributed) r.comm->all_reduce_host(stop, 2, ReduceOp::Max);
     if (stop[0] > 0) {
       r.log->info("stop requested: saving a checkpoint at iteration " + std::to_string(r.state.iteration));
@@ -413,7 +411,8 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
       r.backend->copy(xq, r.objective->x_q());
     }
     if (r.objective->uses_pxy()) {
-      // Class-conditional chains for y_lab; sample indices after the global p(x) batch's.
+      // Class-conditional chains for y_lab; sample indices after the global p(x) batch's
+      // (data_stream->batch() is the global p(x) batch size).
       const Tensor xqy = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter,
                                            std::uint32_t(r.data_stream->batch() + r.lab_rows.begin),
                                            r.objective->batch(), batch.y[kLabStream].data());
