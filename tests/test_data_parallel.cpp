@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "jem/checkpoint.hpp"
@@ -192,6 +194,88 @@ TEST(DataParallel, CheckpointBufferIsResplitOverAnotherWorldSize) {
     }
     EXPECT_EQ(int(loaded.size()), S);
   }
+  std::filesystem::remove_all(dir);
+}
+
+// Sets environment variables for one scope and restores them after.
+class ScopedEnv {
+ public:
+  ScopedEnv(std::initializer_list<std::pair<std::string, std::string>> vars) : vars_(vars) {
+    for (auto& [k, v] : vars_) {
+      const char* old = std::getenv(k.c_str());
+      saved_.push_back(old ? std::optional<std::string>(old) : std::nullopt);
+      setenv(k.c_str(), v.c_str(), 1);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  ~ScopedEnv() {
+    for (std::size_t i = 0; i < vars_.size(); ++i) {
+      if (saved_[i])
+        setenv(vars_[i].first.c_str(), saved_[i]->c_str(), 1);
+      else
+        unsetenv(vars_[i].first.c_str());
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> vars_;
+  std::vector<std::optional<std::string>> saved_;
+};
+
+TEST(DataParallel, LaunchIsReadFromTheLaunchersEnvironment) {
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("SLURM_STEP_ID"))
+    GTEST_SKIP() << "this test runs under a launcher";
+  EXPECT_EQ(launch_from_environment().world, 1);
+  EXPECT_EQ(launch_from_environment().launcher, "");
+  {
+    ScopedEnv env({{"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}});
+    const LaunchInfo l = launch_from_environment();
+    EXPECT_EQ(l.world, 4);
+    EXPECT_EQ(l.rank, 3);
+    EXPECT_EQ(l.local_rank, 1);
+    EXPECT_EQ(l.launcher, "Open MPI");
+    // Two processes that each think they are alone would train two copies into one directory.
+    EXPECT_THROW(make_host_communicator("none", 10), Error);
+    EXPECT_THROW(make_host_communicator("gloo", 10), Error);
+  }
+  {
+    ScopedEnv env(
+        {{"SLURM_STEP_ID", "0"}, {"SLURM_STEP_NUM_TASKS", "16"}, {"SLURM_PROCID", "9"}, {"SLURM_LOCALID", "1"}});
+    const LaunchInfo l = launch_from_environment();
+    EXPECT_EQ(l.world, 16);
+    EXPECT_EQ(l.rank, 9);
+    EXPECT_EQ(l.launcher, "Slurm");
+  }
+  {
+    // sbatch's own shell (no job step): one process, whatever SLURM_NTASKS says.
+    ScopedEnv env({{"SLURM_NTASKS", "16"}, {"SLURM_PROCID", "0"}});
+    EXPECT_EQ(launch_from_environment().world, 1);
+  }
+  {
+    ScopedEnv env({{"PMI_SIZE", "two"}});
+    try {
+      launch_from_environment();
+      FAIL() << "a malformed PMI_SIZE must be an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("PMI_SIZE"), std::string::npos) << e.what();
+    }
+  }
+  // Started alone: the single-process communicator, no MPI.
+  const auto c = make_host_communicator("auto", 10);
+  EXPECT_EQ(c->world(), 1);
+  EXPECT_EQ(c->name(), "single process");
+}
+
+TEST(DataParallel, NcclOnTheCpuBackendIsAClearError) {
+  const std::string dir = test::temp_dir("dp_cli");
+  std::string out;
+  const int rc = test::run_command(test::jem_binary() + " train --device cpu --comm nccl --dataset mnist --data_dir " +
+                                       dir + "/nowhere --out " + dir + "/run",
+                                   &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--comm nccl needs the CUDA backend"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/run"));
   std::filesystem::remove_all(dir);
 }
 
