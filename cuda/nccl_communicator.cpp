@@ -63,8 +63,10 @@ class NcclCommunicator final : public Communicator {
   }
   ~NcclCommunicator() override {
     if (comm_) {
-      // Unwinding from an error: peers may be blocked in a collective with this rank.
-      if (failed_ || std::uncaught_exceptions() > 0)
+      // Unwinding from an error: peers may be blocked in a collective with this rank. Else the
+      // graceful end of a non-blocking communicator: finalize (polled, within the timeout), then
+      // destroy; a finalize that fails or does not finish is an abort.
+      if (failed_ || std::uncaught_exceptions() > 0 || !finalized())
         ncclCommAbort(comm_);
       else
         ncclCommDestroy(comm_);
@@ -154,6 +156,17 @@ class NcclCommunicator final : public Communicator {
       if (q != cudaErrorNotReady) JEM_CUDA_CHECK(q);
       poll(what, start);
     }
+  }
+  // ncclCommFinalize, waited for without throwing (for the destructor).
+  bool finalized() {
+    ncclResult_t st = ncclCommFinalize(comm_);
+    const auto start = Clock::now();
+    while (st == ncclInProgress) {
+      if (ncclCommGetAsyncError(comm_, &st) != ncclSuccess) return false;
+      if (timeout_s_ > 0 && std::chrono::duration<double>(Clock::now() - start).count() > timeout_s_) return false;
+      std::this_thread::yield();
+    }
+    return st == ncclSuccess;
   }
   void wait_for_comm(const char* what) {
     const auto start = Clock::now();
