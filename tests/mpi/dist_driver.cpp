@@ -2,7 +2,7 @@
 // which ctest calls. Each subcommand exits 0 on success and non-zero with a message otherwise.
 //
 //   dist_driver data DIR                      synthetic 8x8 digits (the trainer tests' data)
-//   dist_driver train --data DIR --out RUN [--iters N] [--reinit F] [--resume]
+//   dist_driver train --data DIR --out RUN [--iters N] [--reinit F] [--resume] [--pxy]
 //               [--fail-rank R --fail-at I --fail-mode throw|hang|exit] [--timeout S]
 //                                             a tiny JEM on every rank of the job
 //   dist_driver compare A B [--tol T] [--what params|buffer|all]
@@ -89,14 +89,18 @@ TrainConfig tiny_config(const std::string& data, const std::string& out) {
   return c;
 }
 
-int train_cmd(const std::string& data, const std::string& out, int iters, double reinit, bool resume, int fail_rank,
-              int fail_at, const std::string& mode, double timeout) {
+int train_cmd(const std::string& data, const std::string& out, int iters, double reinit, bool resume, bool pxy,
+              int fail_rank, int fail_at, const std::string& mode, double timeout) {
   const auto host = make_host_communicator("auto", timeout);
   try {
     FaultyCommunicator comm(*host, fail_rank, fail_at, mode);
     TrainConfig c = tiny_config(data, out);
     c.max_iters = iters;
     c.reinit_freq = reinit;
+    if (pxy) {  // the p(x, y) term: class-conditional chains on a buffer in one segment per class
+      c.w_pxy = 0.5;
+      c.class_cond_buffer = true;
+    }
     TrainOptions o;
     o.quiet = true;
     o.resume = resume;
@@ -186,7 +190,7 @@ int main(int argc, char** argv) {
   std::string dir, data, out, a, b, what = "params", mode = "throw";
   int iters = 5, fail_rank = -1, fail_at = -1;
   double reinit = 1.0, tol = 1e-5, timeout = 60;
-  bool resume = false;
+  bool resume = false, pxy = false;
   auto* d = app.add_subcommand("data");
   d->add_option("dir", dir)->required();
   auto* t = app.add_subcommand("train");
@@ -195,6 +199,7 @@ int main(int argc, char** argv) {
   t->add_option("--iters", iters);
   t->add_option("--reinit", reinit);
   t->add_flag("--resume", resume);
+  t->add_flag("--pxy", pxy);
   t->add_option("--fail-rank", fail_rank);
   t->add_option("--fail-at", fail_at);
   t->add_option("--fail-mode", mode)->check(CLI::IsMember({"throw", "hang", "exit"}));
@@ -211,7 +216,7 @@ int main(int argc, char** argv) {
       jem::test::write_synthetic_mnist(dir, 240, 80, 8, 10);
       return 0;
     }
-    if (t->parsed()) return train_cmd(data, out, iters, reinit, resume, fail_rank, fail_at, mode, timeout);
+    if (t->parsed()) return train_cmd(data, out, iters, reinit, resume, pxy, fail_rank, fail_at, mode, timeout);
     if (c->parsed()) return compare_cmd(a, b, tol, what);
     if (s->parsed()) return shards_cmd();
   } catch (const std::exception& e) {

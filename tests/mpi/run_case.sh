@@ -51,6 +51,12 @@ case "$case_name" in
     cp -r "$work/b1" "$work/b1to2"
     mpirun_np 2 "$driver" train --data "$work/data" --out "$work/b1to2" --iters 6 --reinit 0.05 --resume
     "$driver" compare "$(ck "$work/b1to2" 6)" "$(ck "$work/b1" 6)" --tol 0 --what all
+    # The same with the buffer in class segments (p(x, y) term): each rank owns part of every
+    # segment, and the class-conditional chains stay in theirs.
+    mpirun_np 2 "$driver" train --data "$work/data" --out "$work/c2" --iters 6 --reinit 0.05 --pxy
+    cp -r "$work/c2" "$work/c2to1"
+    "$driver" train --data "$work/data" --out "$work/c2to1" --iters 6 --reinit 0.05 --pxy --resume
+    "$driver" compare "$(ck "$work/c2to1" 6)" "$(ck "$work/c2" 6)" --tol 0 --what all
     # The buffer really moved (the SGLD chains were written back into it) ...
     if "$driver" compare "$(ck "$work/b2" 6)" "$(ck "$work/b2" 0)" --tol 0 --what buffer; then
       fail "the replay buffer did not change in 6 iterations"
