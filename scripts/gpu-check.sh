@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: configure a Release build with the CUDA backend for sm_90 (build-gpu), build
 # everything, run every test (the CUDA ones included), log the cuDNN algorithms the Wide-ResNet
-# tests choose, run the benchmarks, and write OUT_DIR/summary.json.
+# tests choose, run the NCCL checks (scripts/nccl-check.sh), run the benchmarks, and write
+# OUT_DIR/summary.json.
 #
 #   scripts/gpu-check.sh OUT_DIR
 #
@@ -79,6 +80,9 @@ run_step ctest 150 ctest --test-dir "$build" --output-on-failure -j"$jobs" --tim
 # Which algorithm cuDNN picked per convolution shape (FP32 and TF32), for the record.
 run_step cudnn_algorithms 40 env JEM_CUDNN_VERBOSE=1 "$build/tests/test_cuda_backend" \
   --gtest_filter='Reference/CudaWideResNet.*'
+
+# NCCL: a 1-GPU job through the NCCL path, and a 2-GPU job where the machine has several GPUs.
+run_step nccl 60 scripts/nccl-check.sh "$build" "$out/nccl"
 
 # ---- benchmarks ------------------------------------------------------------------------------
 bench_files=()

@@ -14,6 +14,7 @@ packages=(
   libmatio-dev               # SVHN .mat files
   libgtest-dev libgmock-dev  # tests
   libbenchmark-dev           # bench/
+  libopenmpi-dev openmpi-bin # multi-process training (mpirun) and its tests
   dataset-fashion-mnist      # the quickstart's data
 )
 if [[ "${1:-}" == "--bench" ]]; then

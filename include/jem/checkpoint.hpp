@@ -3,7 +3,7 @@
 //
 //   parameters      under the official JEM names (f.conv1.weight, ..., class_output.bias)
 //   optim.m/v/steps optimizer state
-//   replay_buffer   [S, C, H, W] (the official checkpoints' name)
+//   replay_buffer   [S, C, H, W] (the official checkpoints' name): every rank's shard
 //   metadata        format, iteration, lr_factor, retries, sampler_seed, the resolved config
 //
 // Random state: every random number of a run is Philox keyed by (seed, iteration, ...), so the
@@ -20,6 +20,7 @@ namespace jem {
 
 class Optimizer;
 class ReplayBuffer;
+struct BufferShard;
 
 struct TrainState {
   std::int64_t iteration = 0;     // iterations completed
@@ -33,10 +34,21 @@ inline constexpr const char* kCheckpointFormat = "jem-checkpoint-1";
 void save_checkpoint(const std::string& path, const WideResNet& model, const Optimizer& optimizer,
                      const ReplayBuffer& buffer, const TrainState& state, const std::string& config_toml);
 
+// The same with the whole replay buffer given as host data [buffer_shape] (a data-parallel run
+// gathers the ranks' shards into it on rank 0).
+void save_checkpoint(const std::string& path, const WideResNet& model, const Optimizer& optimizer,
+                     const float* buffer_host, const Shape& buffer_shape, const TrainState& state,
+                     const std::string& config_toml);
+
 // Restores model, optimizer and buffer in place; throws naming the file and the tensor when the
 // checkpoint belongs to another model or is damaged.
 TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
                            ReplayBuffer& buffer);
+// The same into one rank's shard of the buffer: the checkpoint holds the whole buffer
+// [shard.global_size, C, H, W] whatever the world size that wrote it, so a run resumed on another
+// number of ranks re-splits it.
+TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer, const BufferShard& shard);
 
 // The architecture stored in a checkpoint's metadata (depth, width, channels, image_size,
 // n_classes, slope): enough to build the model without the data set.

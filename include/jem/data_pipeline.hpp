@@ -73,6 +73,9 @@ class BatchStream {
   // Batch `iteration` into x [batch, C, H, W] and y [batch]. A pure function of
   // (seed, stream_id, iteration); thread-safe.
   void make_batch(std::uint64_t iteration, float* x, std::int32_t* y) const;
+  // Rows [first_row, first_row + count) of that batch into x [count, C, H, W] and y [count]:
+  // one rank's share under data parallelism, equal to the same rows of make_batch.
+  void make_rows(std::uint64_t iteration, int first_row, int count, float* x, std::int32_t* y) const;
 
   // The order of the data set in `epoch` (the cached permutation when it is the current one).
   std::shared_ptr<const std::vector<std::int32_t>> epoch_order(std::uint64_t epoch) const;

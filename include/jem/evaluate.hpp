@@ -20,4 +20,11 @@ struct EvalResult {
 EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::uint64_t seed,
                     const std::function<void(std::int64_t, std::int64_t)>& progress = nullptr);
 
+// The same over images [first, first + count) only: one rank's share of a distributed
+// evaluation (the noise is keyed by the image index, so the shares add up to evaluate()).
+// count, accuracy and the means refer to that range.
+EvalResult evaluate_range(WideResNet& model, const Dataset& data, std::int64_t first, std::int64_t count,
+                          float sigma, std::uint64_t seed,
+                          const std::function<void(std::int64_t, std::int64_t)>& progress = nullptr);
+
 }  // namespace jem

@@ -9,6 +9,11 @@
 //   rows [0, B) x_lab | then Bp rows x_data | Bp rows x_q | B rows x_q|y,
 // (B the labelled batch, Bp the p(x) batch); the terms that are switched off (weight 0) drop
 // their rows.
+//
+// Data parallelism: each rank holds its share of the rows of the GLOBAL batch (B_total labelled,
+// Bp_total p(x)), and every mean divides by the global count, so the gradients of the ranks SUM
+// (one all-reduce) to the gradient of the global batch, whatever the split. The statistics are
+// likewise sums over this rank's rows (StepSums), added across ranks, then turned into means.
 #pragma once
 
 #include <cstdint>
@@ -31,11 +36,20 @@ struct StepStats {
   double max_abs_energy = 0;      // over every row: what the divergence guard watches
 };
 
+// Sums over one rank's rows; add them across ranks (max_abs_energy: the maximum).
+struct StepSums {
+  static constexpr int kSums = 7;
+  // ce, correct, e_data, e_q, e_data^2 + e_q^2, e_lab_y, e_q_y
+  double sum[kSums] = {};
+  double max_abs_energy = 0;
+};
+
 class JemObjective {
  public:
-  // `px_batch` = 0: the p(x) batch is as large as the labelled one.
+  // `px_batch` = 0: the p(x) batch is as large as the labelled one. `batch_total` and
+  // `px_batch_total` (0 = this rank's counts): the global batch that the means divide by.
   JemObjective(Backend& backend, WideResNet& model, const ObjectiveConfig& config, int batch,
-               int px_batch = 0);
+               int px_batch = 0, int batch_total = 0, int px_batch_total = 0);
 
   // Rows of the combined batch this objective needs: the model's max_batch must be >= this.
   static int rows_needed(const ObjectiveConfig& config, int batch, int px_batch = 0);
@@ -53,8 +67,13 @@ class JemObjective {
   const Tensor& labels() const { return labels_; }
   void set_labels(const std::int32_t* host_labels);
 
-  // Zeroes the model's gradient buffer, runs forward and backward, returns the statistics.
+  // Zeroes the model's gradient buffer, runs forward and backward, returns the statistics
+  // (over this rank's rows, as if they were the global batch: with several ranks, reduce
+  // last_sums() and call stats() instead).
   StepStats compute();
+  const StepSums& last_sums() const { return sums_; }
+  // Means over the global batch from sums over all of its rows.
+  StepStats stats(const StepSums& sums) const;
 
  private:
   int qy_begin() const { return uses_px() ? B_ + 2 * Bp_ : B_; }
@@ -63,7 +82,9 @@ class JemObjective {
   WideResNet& model_;
   ObjectiveConfig config_;
   int B_, Bp_;
+  int B_total_, Bp_total_;
   int rows_;
+  StepSums sums_;
   Tensor input_;    // [rows, C, S, S]
   Tensor labels_;   // I32 [B]
   Tensor dlogits_;  // [rows, K]

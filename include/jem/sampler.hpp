@@ -26,6 +26,23 @@ struct SamplerConfig {
   int n_classes = 10;  // the buffer is split into this many equal segments for conditional draws
 };
 
+// Which slots of the GLOBAL replay buffer [S, C, H, W] one rank owns under data parallelism.
+// The buffer is `segments` equal class segments (1 when unsegmented); every segment is split
+// evenly (split_rows) over the ranks, and a rank's local buffer is its part of segment 0, then of
+// segment 1, ...: again `segments` equal segments, so conditional draws work on the shard as on
+// the whole buffer. Every global slot belongs to exactly one rank. World 1: local = global.
+struct BufferShard {
+  int global_size = 0;  // S, a multiple of segments
+  int segments = 1;
+  int world = 1, rank = 0;
+
+  int segment_rows() const;  // rows of each segment owned here
+  int local_size() const { return segments * segment_rows(); }
+  int global_row(int local_row) const;
+};
+// Checks S % segments == 0 and the ranges (a one-line error naming the values).
+BufferShard make_buffer_shard(int global_size, int segments, int world, int rank);
+
 class ReplayBuffer {
  public:
   // `size` slots of [channels, image_size, image_size] on the backend.
@@ -33,6 +50,9 @@ class ReplayBuffer {
 
   // Every slot U[-1, 1) from Philox (stream BufferReinit, iteration 0xFFFFFF reserved for this).
   void init_uniform(std::uint64_t seed);
+  // The same for a shard: local slot i gets the noise of global slot shard.global_row(i), so the
+  // global buffer starts out the same whatever the world size.
+  void init_uniform(std::uint64_t seed, const BufferShard& shard);
   const Tensor& data() const { return data_; }  // [size, C, H, W]
   int size() const { return size_; }
   int n_classes() const { return n_classes_; }
@@ -40,6 +60,9 @@ class ReplayBuffer {
   int segment_size() const { return size_ / n_classes_; }
 
  private:
+  // Local slots [first, first + count) from the noise of global slots [global_first, ...).
+  void init_range(std::uint64_t seed, int first, int count, int global_first);
+
   Backend& backend_;
   int size_, n_classes_;
   Tensor data_;

@@ -8,6 +8,7 @@
 //   samples/*.png          grids of x_q every sample_every iterations, and at the end
 //   checkpoints/*.safetensors  the last keep_ckpts checkpoints (see checkpoint.hpp)
 //   summary.json           the final accuracies and timings
+// With several ranks, rank 0 writes all of them; a checkpoint holds every rank's buffer shard.
 #pragma once
 
 #include <csignal>
@@ -19,7 +20,13 @@
 
 namespace jem {
 
+class Communicator;
+
 struct TrainOptions {
+  // Data parallelism (see communicator.hpp): every rank calls train() with the same config; each
+  // computes its rows of every global batch and runs SGLD on its shard of the replay buffer,
+  // the gradient is all-reduced, rank 0 alone writes the run directory. nullptr: one process.
+  Communicator* comm = nullptr;
   bool resume = false;  // continue the run in cfg.out from its newest readable checkpoint
   bool quiet = false;   // no stderr output (tests)
   // Set asynchronously (SIGINT/SIGTERM): the loop saves a checkpoint and returns.

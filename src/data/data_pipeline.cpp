@@ -90,13 +90,19 @@ std::shared_ptr<const std::vector<std::int32_t>> BatchStream::epoch_order(std::u
 }
 
 void BatchStream::make_batch(std::uint64_t iteration, float* x, std::int32_t* y) const {
+  make_rows(iteration, 0, batch_, x, y);
+}
+
+void BatchStream::make_rows(std::uint64_t iteration, int first_row, int count, float* x, std::int32_t* y) const {
+  JEM_CHECK(first_row >= 0 && count >= 0 && first_row + count <= batch_, data_->name, ": rows [", first_row, ", ",
+            first_row + count, ") of a batch of ", batch_);
   const std::uint64_t epoch = iteration / std::uint64_t(batches_per_epoch_);
   const std::size_t first = std::size_t(iteration % std::uint64_t(batches_per_epoch_)) * std::size_t(batch_);
   const std::shared_ptr<const std::vector<std::int32_t>> order = epoch_order(epoch);
   const Dataset& d = *data_;
   const std::size_t image = image_size();
   const std::uint32_t it = static_cast<std::uint32_t>(iteration);  // Philox keeps 24 bits
-  for (int b = 0; b < batch_; ++b) {
+  for (int b = first_row; b < first_row + count; ++b) {
     const std::size_t idx = std::size_t((*order)[first + std::size_t(b)]);
     int pad = 0, oy = 0, ox = 0;
     bool flip = false;
@@ -109,11 +115,11 @@ void BatchStream::make_batch(std::uint64_t iteration, float* x, std::int32_t* y)
       ox = static_cast<int>(w.v[1] % span);
       flip = spec_.flip && (w.v[2] & 1u);
     }
-    float* out = x + std::size_t(b) * image;
+    float* out = x + std::size_t(b - first_row) * image;
     place_image(d.images.data() + idx * image, d.channels, d.height, d.width, pad, oy, ox, flip, out);
     if (spec_.sigma != 0.0f)
       add_noise(out, image, spec_.sigma, seed_, RngStream::DataNoise, it, stream_id_, std::uint32_t(b));
-    y[b] = d.labels[idx];
+    y[b - first_row] = d.labels[idx];
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "jem/communicator.hpp"
 #include "jem/philox.hpp"
 
 namespace jem {
@@ -19,22 +20,55 @@ ReplayBuffer::ReplayBuffer(Backend& backend, int size, int channels, int image_s
   data_ = backend_.empty(Shape{size, channels, image_size, image_size});
 }
 
-void ReplayBuffer::init_uniform(std::uint64_t seed) {
+void ReplayBuffer::init_uniform(std::uint64_t seed) { init_range(seed, 0, size_, 0); }
+
+void ReplayBuffer::init_uniform(std::uint64_t seed, const BufferShard& shard) {
+  JEM_CHECK(shard.local_size() == size_ && shard.segments == n_classes_, "replay buffer of ", size_, " slots in ",
+            n_classes_, " segments does not match its shard (", shard.local_size(), " slots in ", shard.segments,
+            " segments)");
+  const int n = shard.segment_rows();
+  for (int y = 0; y < shard.segments; ++y)
+    if (n > 0) init_range(seed, y * n, n, shard.global_row(y * n));
+}
+
+void ReplayBuffer::init_range(std::uint64_t seed, int first_slot, int count, int global_first) {
   // All slots marked for reinit: the gather op fills them from Philox. Done in chunks so the
   // index tensors stay small.
-  const int chunk = std::min(size_, 1024);
+  const int chunk = std::min(count, 1024);
   const Tensor idx = backend_.empty(Shape{chunk}, DType::I32);
   const Tensor re = backend_.empty(Shape{chunk}, DType::I32);
   std::vector<std::int32_t> host_idx(std::size_t(chunk), 0), ones(std::size_t(chunk), 1);
-  for (int first = 0; first < size_; first += chunk) {
-    const int n = std::min(chunk, size_ - first);
-    const Tensor out = data_.slice(first, first + n);
+  for (int done = 0; done < count; done += chunk) {
+    const int n = std::min(chunk, count - done);
+    const Tensor out = data_.slice(first_slot + done, first_slot + done + n);
     const Tensor idx_n = idx.slice(0, n), re_n = re.slice(0, n);
     backend_.upload_i32(host_idx.data(), idx_n);
     backend_.upload_i32(ones.data(), re_n);
     backend_.buffer_gather(data_, idx_n, re_n, out,
-                           NoiseKey{seed, kInitIteration, 0, std::uint32_t(first)});
+                           NoiseKey{seed, kInitIteration, 0, std::uint32_t(global_first + done)});
   }
+}
+
+int BufferShard::segment_rows() const { return split_rows(global_size / segments, world, rank).size(); }
+
+int BufferShard::global_row(int local_row) const {
+  const int n = segment_rows();
+  JEM_CHECK(local_row >= 0 && local_row < segments * n, "buffer shard: local slot ", local_row, " outside [0, ",
+            segments * n, ")");
+  const int seg = global_size / segments;
+  return (local_row / n) * seg + split_rows(seg, world, rank).begin + local_row % n;
+}
+
+BufferShard make_buffer_shard(int global_size, int segments, int world, int rank) {
+  JEM_CHECK(segments >= 1 && global_size >= segments && global_size % segments == 0, "replay buffer of ",
+            global_size, " slots cannot be split into ", segments, " equal segments");
+  JEM_CHECK(world >= 1 && rank >= 0 && rank < world, "buffer shard: rank ", rank, " of ", world);
+  BufferShard s;
+  s.global_size = global_size;
+  s.segments = segments;
+  s.world = world;
+  s.rank = rank;
+  return s;
 }
 
 void draw_slots(const ReplayBuffer& buffer, float reinit_freq, std::uint64_t seed,

@@ -16,12 +16,19 @@ namespace fs = std::filesystem;
 void save_checkpoint(const std::string& path, const WideResNet& model, const Optimizer& optimizer,
                      const ReplayBuffer& buffer, const TrainState& state,
                      const std::string& config_toml) {
+  const Tensor& buf = buffer.data();
+  const auto host = model.backend().to_vector(buf);
+  save_checkpoint(path, model, optimizer, host.data(), buf.shape(), state, config_toml);
+}
+
+void save_checkpoint(const std::string& path, const WideResNet& model, const Optimizer& optimizer,
+                     const float* buffer_host, const Shape& bs, const TrainState& state,
+                     const std::string& config_toml) {
+  JEM_CHECK(bs.rank() == 4, path, ": replay buffer shape ", bs.str(), " is not [S, C, H, W]");
   safetensors::Writer w;
   model.save(w);
   optimizer.save(w);
-  const Tensor& buf = buffer.data();
-  const auto host = model.backend().to_vector(buf);
-  w.add_f32("replay_buffer", {buf.dim(0), buf.dim(1), buf.dim(2), buf.dim(3)}, host.data());
+  w.add_f32("replay_buffer", {bs[0], bs[1], bs[2], bs[3]}, buffer_host);
   w.set_metadata("format", kCheckpointFormat);
   const WrnConfig& mc = model.config();
   w.set_metadata("model", mc.str());
@@ -51,13 +58,27 @@ static std::string meta(const safetensors::File& f, const std::string& key) {
 
 TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
                            ReplayBuffer& buffer) {
+  return load_checkpoint(path, model, optimizer, buffer, make_buffer_shard(buffer.size(), 1, 1, 0));
+}
+
+TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer, const BufferShard& shard) {
   const auto f = safetensors::File::read(path);
   JEM_CHECK(meta(f, "format") == kCheckpointFormat, path, ": checkpoint format '",
             meta(f, "format"), "', expected ", kCheckpointFormat);
+  const Tensor& buf = buffer.data();
+  JEM_CHECK(shard.local_size() == buf.dim(0), path, ": internal: a shard of ", shard.local_size(),
+            " slots for a local buffer of ", buf.dim(0));
   model.load(f);
   optimizer.load(f);
-  const Tensor& buf = buffer.data();
-  const auto data = f.f32_checked("replay_buffer", {buf.dim(0), buf.dim(1), buf.dim(2), buf.dim(3)});
+  auto data = f.f32_checked("replay_buffer", {shard.global_size, buf.dim(1), buf.dim(2), buf.dim(3)});
+  if (shard.world > 1) {
+    // This rank's slots, in local order, moved to the front (each row moves forward or stays).
+    const std::size_t row = std::size_t(buf.dim(1) * buf.dim(2) * buf.dim(3));
+    for (int i = 0; i < shard.local_size(); ++i)
+      std::copy_n(data.begin() + std::ptrdiff_t(std::size_t(shard.global_row(i)) * row), row,
+                  data.begin() + std::ptrdiff_t(std::size_t(i) * row));
+  }
   model.backend().upload(data.data(), buf);
   TrainState s;
   try {

@@ -9,6 +9,14 @@ namespace jem {
 
 EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::uint64_t seed,
                     const std::function<void(std::int64_t, std::int64_t)>& progress) {
+  return evaluate_range(model, data, 0, data.count, sigma, seed, progress);
+}
+
+EvalResult evaluate_range(WideResNet& model, const Dataset& data, std::int64_t begin, std::int64_t total,
+                          float sigma, std::uint64_t seed,
+                          const std::function<void(std::int64_t, std::int64_t)>& progress) {
+  JEM_CHECK(begin >= 0 && total >= 0 && begin + total <= data.count, "evaluate: images [", begin, ", ",
+            begin + total, ") outside ", data.name, " [0, ", data.count, ")");
   Backend& be = model.backend();
   const auto& cfg = model.config();
   JEM_CHECK(data.channels == cfg.in_channels && data.height == cfg.image_size &&
@@ -29,8 +37,8 @@ EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::ui
   EvalResult r;
   double ce = 0, e = 0;
   std::int64_t correct = 0;
-  for (std::int64_t first = 0; first < data.count; first += M) {
-    const int n = int(std::min<std::int64_t>(M, data.count - first));
+  for (std::int64_t first = begin; first < begin + total; first += M) {
+    const int n = int(std::min<std::int64_t>(M, begin + total - first));
     make_eval_batch(data, first, n, sigma, seed, x.data(), y.data());
     const Tensor xn = xd.slice(0, n), yn = yd.slice(0, n);
     be.upload(x.data(), xn);
@@ -47,9 +55,9 @@ EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::ui
       const float* row = logits.data() + std::size_t(i) * std::size_t(K);
       if (int(std::max_element(row, row + K) - row) == y[std::size_t(i)]) ++correct;
     }
-    if (progress) progress(first + n, data.count);
+    if (progress) progress(first + n - begin, total);
   }
-  r.count = data.count;
+  r.count = total;
   if (r.count > 0) {
     r.accuracy = double(correct) / double(r.count);
     r.mean_ce = ce / double(r.count);

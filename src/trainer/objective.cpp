@@ -13,9 +13,12 @@ int JemObjective::rows_needed(const ObjectiveConfig& c, int batch, int px_batch)
 }
 
 JemObjective::JemObjective(Backend& backend, WideResNet& model, const ObjectiveConfig& config,
-                           int batch, int px_batch)
-    : backend_(backend), model_(model), config_(config), B_(batch), Bp_(px_batch > 0 ? px_batch : batch) {
+                           int batch, int px_batch, int batch_total, int px_batch_total)
+    : backend_(backend), model_(model), config_(config), B_(batch), Bp_(px_batch > 0 ? px_batch : batch),
+      B_total_(batch_total > 0 ? batch_total : batch), Bp_total_(px_batch_total > 0 ? px_batch_total : Bp_) {
   JEM_CHECK(batch >= 1, "objective: batch ", batch, " must be >= 1");
+  JEM_CHECK(B_total_ >= B_ && Bp_total_ >= Bp_, "objective: this rank's batch ", B_, " / ", Bp_,
+            " exceeds the global batch ", B_total_, " / ", Bp_total_);
   rows_ = rows_needed(config, batch, Bp_);
   JEM_CHECK(model.max_batch() >= rows_, "objective needs ", rows_, " rows, the model was planned for ",
             model.max_batch());
@@ -39,7 +42,8 @@ void JemObjective::set_labels(const std::int32_t* host_labels) {
 
 StepStats JemObjective::compute() {
   const int B = B_, Bp = Bp_;
-  const float inv_b = 1.0f / float(B), inv_bp = 1.0f / float(Bp);
+  // Means over the GLOBAL batch: the ranks' gradients add up to the global one.
+  const float inv_b = 1.0f / float(B_total_), inv_bp = 1.0f / float(Bp_total_);
   backend_.fill(model_.grad_buffer(), 0.0f);
   const Tensor logits = model_.forward(input_);  // [rows, K]
   auto rows = [](const Tensor& t, int begin, int count) { return t.slice(begin, begin + count); };
@@ -68,36 +72,52 @@ StepStats JemObjective::compute() {
   // Statistics: a few hundred floats read back.
   backend_.download(per_row_, host_rows_.data());
   backend_.download(rows(logits, 0, B), host_logits_.data());
-  StepStats s;
+  // Sums over this rank's rows, then means over the global batch.
+  StepSums& u = sums_;
+  u = StepSums{};
   const int K = model_.config().n_classes;
-  auto mean = [&](int begin, int count) {
-    double sum = 0;
-    for (int b = begin; b < begin + count; ++b) sum += host_rows_[static_cast<std::size_t>(b)];
-    return sum / count;
+  auto sum = [&](int begin, int count) {
+    double acc = 0;
+    for (int b = begin; b < begin + count; ++b) acc += host_rows_[static_cast<std::size_t>(b)];
+    return acc;
   };
-  for (float v : host_rows_) s.max_abs_energy = std::max(s.max_abs_energy, double(std::fabs(v)));
-  s.ce = mean(0, B);
+  for (float v : host_rows_) u.max_abs_energy = std::max(u.max_abs_energy, double(std::fabs(v)));
+  u.sum[0] = sum(0, B);
   int correct = 0;
   for (int b = 0; b < B; ++b) {
     const float* row = host_logits_.data() + static_cast<std::size_t>(b) * static_cast<std::size_t>(K);
     if (int(std::max_element(row, row + K) - row) == host_labels_[static_cast<std::size_t>(b)]) ++correct;
   }
-  s.acc = double(correct) / B;
-  s.loss = s.ce;
+  u.sum[1] = correct;
   if (uses_px()) {
-    s.e_data = mean(B, Bp);
-    s.e_q = mean(B + Bp, Bp);
-    double sq = 0;
+    u.sum[2] = sum(B, Bp);
+    u.sum[3] = sum(B + Bp, Bp);
     for (int b = B; b < B + 2 * Bp; ++b)
-      sq += double(host_rows_[static_cast<std::size_t>(b)]) * host_rows_[static_cast<std::size_t>(b)];
-    s.loss += config_.w_px * (s.e_data - s.e_q) + config_.w_l2 * sq / Bp;
+      u.sum[4] += double(host_rows_[static_cast<std::size_t>(b)]) * host_rows_[static_cast<std::size_t>(b)];
   }
   if (uses_pxy()) {
     backend_.download(extra_, host_extra_.data());
-    double lab = 0;
-    for (float v : host_extra_) lab += v;
-    s.e_lab_y = lab / B;
-    s.e_q_y = mean(qy, B);
+    for (float v : host_extra_) u.sum[5] += v;
+    u.sum[6] = sum(qy, B);
+  }
+  return stats(u);
+}
+
+StepStats JemObjective::stats(const StepSums& u) const {
+  const double B = B_total_, Bp = Bp_total_;
+  StepStats s;
+  s.max_abs_energy = u.max_abs_energy;
+  s.ce = u.sum[0] / B;
+  s.acc = u.sum[1] / B;
+  s.loss = s.ce;
+  if (uses_px()) {
+    s.e_data = u.sum[2] / Bp;
+    s.e_q = u.sum[3] / Bp;
+    s.loss += config_.w_px * (s.e_data - s.e_q) + config_.w_l2 * u.sum[4] / Bp;
+  }
+  if (uses_pxy()) {
+    s.e_lab_y = u.sum[5] / B;
+    s.e_q_y = u.sum[6] / B;
     s.loss += config_.w_pxy * (s.e_lab_y - s.e_q_y);
   }
   return s;

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "jem/checkpoint.hpp"
+#include "jem/communicator.hpp"
 #include "jem/data_pipeline.hpp"
 #include "jem/evaluate.hpp"
 #include "jem/objective.hpp"
@@ -61,6 +62,19 @@ void write_text_atomically(const std::string& path, const std::string& text) {
 struct Run {
   TrainConfig cfg;
   TrainOptions opt;
+  // Data parallelism: never null (the single-process communicator when none was given).
+  Communicator* comm = nullptr;
+  std::unique_ptr<Communicator> own_comm;
+  int world = 1, rank = 0;
+  // A communicator was given: every collective goes through it, even with one rank (the NCCL
+  // path at world size 1). Without one, the single-process code path, as before.
+  bool distributed = false;
+  RowRange lab_rows, px_rows;  // this rank's rows of the global labelled and p(x) batches
+  BufferShard shard;           // this rank's slots of the global replay buffer
+  // Checkpoints of a multi-rank run: this rank's shard (padded to the largest), all shards
+  // (rank 0), the global buffer in slot order (rank 0). Allocated once in setup().
+  std::vector<float> shard_host, gathered_host, buffer_host;
+  bool lead() const { return rank == 0; }
   std::string dir, ckpt_dir, sample_dir;
   DataSplits data;
   Backend* backend = nullptr;
@@ -87,6 +101,8 @@ bool dir_holds_a_run(const std::string& dir) {
 
 void setup(Run& r) {
   const TrainConfig& c = r.cfg;
+  r.world = r.comm->world();
+  r.rank = r.comm->rank();
   // 1. Everything that can fail on bad input, before the run directory is touched.
   r.data = load_splits(c.dataset, effective_data_dir(c), c.n_valid, c.seed);
   const int K = r.data.train.classes;
@@ -95,9 +111,10 @@ void setup(Run& r) {
   r.dir = c.out;
   r.ckpt_dir = r.dir + "/checkpoints";
   r.sample_dir = r.dir + "/samples";
-  if (r.opt.resume) {
+  // Rank 0 owns the run directory (the others may not even see it before it exists).
+  if (r.lead() && r.opt.resume) {
     JEM_CHECK(!list_checkpoints(r.ckpt_dir).empty(), "--resume ", r.dir, ": no checkpoint in ", r.ckpt_dir);
-  } else {
+  } else if (r.lead()) {
     JEM_CHECK(!dir_holds_a_run(r.dir), "run directory ", r.dir,
               " already holds a run: continue it with --resume ", r.dir, " or choose another --out");
   }
@@ -113,9 +130,15 @@ void setup(Run& r) {
   r.objcfg = ObjectiveConfig{float(c.w_px), float(c.w_pxy), float(c.w_l2)};
   const int B = c.batch_size;
   const int Bp = c.px_batch_size > 0 ? c.px_batch_size : B;
-  const int max_batch = std::max(JemObjective::rows_needed(r.objcfg, B, Bp), std::min(c.eval_batch, 1024));
+  // This rank's rows of the global batches (all of them in a 1-process run).
+  JEM_CHECK(B >= r.world && Bp >= r.world, "config: batch_size ", B, " and the p(x) batch ", Bp,
+            " must each be >= the number of ranks (", r.world, "): every rank takes a share of each batch");
+  r.lab_rows = split_rows(B, r.world, r.rank);
+  r.px_rows = split_rows(Bp, r.world, r.rank);
+  const int Bl = r.lab_rows.size(), Bpl = r.px_rows.size();
+  const int max_batch = std::max(JemObjective::rows_needed(r.objcfg, Bl, Bpl), std::min(c.eval_batch, 1024));
   r.model = std::make_unique<WideResNet>(w, *r.backend, max_batch);
-  r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, B, Bp);
+  r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, Bl, Bpl, B, Bp);
   SamplerConfig sc;
   sc.buffer_size = c.buffer_size;
   sc.reinit_freq = float(c.reinit_freq);
@@ -124,10 +147,17 @@ void setup(Run& r) {
   sc.noise_std = float(c.sgld_std);
   sc.clamp = c.clamp;
   sc.n_classes = K;
-  r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, std::max(B, Bp));
+  r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, std::max(Bl, Bpl));
   const bool segmented = c.class_cond_buffer || c.w_pxy != 0.0;
-  r.buffer = std::make_unique<ReplayBuffer>(*r.backend, c.buffer_size, w.in_channels, w.image_size,
-                                            segmented ? K : 1);
+  r.shard = make_buffer_shard(c.buffer_size, segmented ? K : 1, r.world, r.rank);
+  // Each rank draws distinct slots of its own shard every iteration: its p(x) chains from the
+  // whole shard, its class-conditional chains from one class segment.
+  JEM_CHECK(r.shard.local_size() >= Bpl && (!r.objective->uses_pxy() || r.shard.segment_rows() >= Bl),
+            "config: buffer_size ", c.buffer_size, " over ", r.world, " ranks leaves ", r.shard.local_size(),
+            " slots (", r.shard.segment_rows(), " per segment) on rank ", r.rank,
+            ", fewer than the chains it draws per iteration");
+  r.buffer = std::make_unique<ReplayBuffer>(*r.backend, r.shard.local_size(), w.in_channels, w.image_size,
+                                            r.shard.segments);
   r.ocfg.kind = c.optimizer;
   r.ocfg.lr = float(c.lr);
   r.ocfg.beta1 = float(c.beta1);
@@ -147,9 +177,22 @@ void setup(Run& r) {
   if (c.max_iters > 0) r.total_iters = std::min<std::int64_t>(r.total_iters, c.max_iters);
   r.ocfg.total_iters = r.total_iters;
   r.optimizer = std::make_unique<Optimizer>(*r.backend, r.ocfg, r.model->num_params());
-  r.sample_host.resize(std::size_t(std::max(B, Bp)) * r.data_stream->image_size());
+  r.sample_host.resize(std::size_t(std::max(Bl, Bpl)) * r.data_stream->image_size());
+  if (r.distributed) {
+    const std::size_t row = r.data_stream->image_size();
+    const int most = make_buffer_shard(c.buffer_size, r.shard.segments, r.world, 0).local_size();  // rank 0's
+    r.shard_host.assign(std::size_t(most) * row, 0.0f);
+    if (r.lead()) {
+      r.gathered_host.assign(std::size_t(r.world) * r.shard_host.size(), 0.0f);
+      r.buffer_host.assign(std::size_t(c.buffer_size) * row, 0.0f);
+    }
+  }
 
-  // 2. The run directory.
+  // 2. The run directory (rank 0's; the other ranks log nothing).
+  if (!r.lead()) {
+    r.log = std::make_unique<RunLog>("", true);
+    return;
+  }
   std::error_code ec;
   fs::create_directories(r.ckpt_dir, ec);
   JEM_CHECK(!ec, r.ckpt_dir, ": cannot create: ", ec.message());
@@ -160,37 +203,111 @@ void setup(Run& r) {
 }
 
 // Newest readable checkpoint; unreadable ones (a crash mid-write leaves none, but a damaged
-// disk might) are reported and skipped.
+// disk might) are reported and skipped. With several ranks, rank 0 chooses the checkpoint and the others load the same file (the
+// run directory must be on a file system every rank sees), each its own shard of the buffer.
 void restore_latest(Run& r) {
-  auto list = list_checkpoints(r.ckpt_dir);
-  for (auto it = list.rbegin(); it != list.rend(); ++it) {
-    try {
-      r.state = load_checkpoint(*it, *r.model, *r.optimizer, *r.buffer);
-      r.log->info("restored " + *it + " (iteration " + std::to_string(r.state.iteration) + ")");
-      return;
-    } catch (const Error& e) {
-      r.log->info(std::string("skipping unreadable checkpoint: ") + e.what());
+  std::string chosen;
+  if (r.lead()) {
+    auto list = list_checkpoints(r.ckpt_dir);
+    for (auto it = list.rbegin(); it != list.rend() && chosen.empty(); ++it) {
+      try {
+        r.state = load_checkpoint(*it, *r.model, *r.optimizer, *r.buffer, r.shard);
+        chosen = *it;
+        r.log->info("restored " + *it + " (iteration " + std::to_string(r.state.iteration) + ")");
+      } catch (const Error& e) {
+        r.log->info(std::string("skipping unreadable checkpoint: ") + e.what());
+      }
     }
   }
-  JEM_FAIL("no readable checkpoint in ", r.ckpt_dir);
+  if (r.distributed) {
+    chosen = broadcast_string(*r.comm, chosen, 0);
+    if (!r.lead() && !chosen.empty()) r.state = load_checkpoint(chosen, *r.model, *r.optimizer, *r.buffer, r.shard);
+  }
+  JEM_CHECK(!chosen.empty(), "no readable checkpoint in ", r.ckpt_dir);
 }
 
+// Every rank must hold the same parameters: compare a checksum (the sum of squares, in the
+// backend's fixed order, so equal parameters give equal bits).
+void check_replicas(Run& r, const char* when) {
+  if (!r.distributed) return;
+  const double x = r.backend->sum_squares(r.model->param_buffer());
+  double v[2] = {x, -x};
+  r.comm->all_reduce_host(v, 2, ReduceOp::Max);
+  JEM_CHECK(v[0] == -v[1], "rank ", r.rank, ": the parameters differ between ranks ", when,
+            " (checksums from ", fmt("%.17g", -v[1]), " to ", fmt("%.17g", v[0]), ")");
+}
+
+// A collective with several ranks: rank 0 gathers the buffer shards into the global buffer
+// and writes the one checkpoint file; the barrier makes it complete before any rank reads it.
 void save(Run& r) {
   const std::string path = r.ckpt_dir + "/" + checkpoint_name(r.state.iteration);
-  save_checkpoint(path, *r.model, *r.optimizer, *r.buffer, r.state, r.config_toml);
-  auto list = list_checkpoints(r.ckpt_dir);
-  const std::size_t keep = std::size_t(std::max(1, r.cfg.keep_ckpts));
-  for (std::size_t i = 0; i + keep < list.size(); ++i) fs::remove(list[i]);
+  if (!r.distributed) {
+    save_checkpoint(path, *r.model, *r.optimizer, *r.buffer, r.state, r.config_toml);
+  } else {
+    r.backend->download(r.buffer->data(), r.shard_host.data());  // the rest of shard_host is padding
+    r.comm->gather_host(r.shard_host.data(), r.shard_host.size(), r.lead() ? r.gathered_host.data() : nullptr, 0);
+    if (r.lead()) {
+      const Tensor& b = r.buffer->data();
+      const std::size_t row = std::size_t(b.dim(1) * b.dim(2) * b.dim(3));
+      for (int q = 0; q < r.world; ++q) {
+        const BufferShard sq = make_buffer_shard(r.shard.global_size, r.shard.segments, r.world, q);
+        const float* from = r.gathered_host.data() + std::size_t(q) * r.shard_host.size();
+        for (int i = 0; i < sq.local_size(); ++i)
+          std::copy_n(from + std::size_t(i) * row, row, r.buffer_host.data() + std::size_t(sq.global_row(i)) * row);
+      }
+      save_checkpoint(path, *r.model, *r.optimizer, r.buffer_host.data(),
+                      Shape{r.shard.global_size, b.dim(1), b.dim(2), b.dim(3)}, r.state, r.config_toml);
+    }
+  }
+  if (r.lead()) {
+    auto list = list_checkpoints(r.ckpt_dir);
+    const std::size_t keep = std::size_t(std::max(1, r.cfg.keep_ckpts));
+    for (std::size_t i = 0; i + keep < list.size(); ++i) fs::remove(list[i]);
+  }
+  if (r.distributed) r.comm->barrier();
 }
 
+// Rank 0's chains only (its share of the p(x) batch).
 void write_samples(Run& r, const Tensor& x_q, const std::string& name) {
+  if (!r.lead()) return;
   r.backend->download(x_q, r.sample_host.data());
   write_png_grid(r.sample_dir + "/" + name, r.sample_host.data(), int(x_q.dim(0)), int(x_q.dim(1)),
                  int(x_q.dim(2)), int(x_q.dim(3)));
 }
 
+// Each rank evaluates its share of the images; the sums are added across ranks.
 EvalResult eval_split(Run& r, const Dataset& d) {
-  return evaluate(*r.model, d, float(r.cfg.sigma), r.cfg.seed);
+  if (!r.distributed) return evaluate(*r.model, d, float(r.cfg.sigma), r.cfg.seed);
+  const RowRange part = split_rows(d.count, r.world, r.rank);
+  const EvalResult e = evaluate_range(*r.model, d, part.begin, part.size(), float(r.cfg.sigma), r.cfg.seed);
+  const double n = double(e.count);
+  double sums[4] = {std::round(e.accuracy * n), e.mean_ce * n, e.mean_energy * n, n};
+  r.comm->all_reduce_host(sums, 4, ReduceOp::Sum);
+  EvalResult t;
+  t.count = d.count;
+  if (sums[3] > 0) {
+    t.accuracy = sums[0] / sums[3];
+    t.mean_ce = sums[1] / sums[3];
+    t.mean_energy = sums[2] / sums[3];
+  }
+  return t;
+}
+
+// The batches of this rank's rows, from `first_iteration` on.
+std::unique_ptr<Prefetcher> make_prefetcher(const Run& r, std::int64_t first_iteration) {
+  const std::size_t image = r.data_stream->image_size();
+  Prefetcher::Batch proto;
+  proto.x = {std::vector<float>(std::size_t(r.px_rows.size()) * image),
+             std::vector<float>(std::size_t(r.lab_rows.size()) * image)};
+  proto.y = {std::vector<std::int32_t>(std::size_t(r.px_rows.size())),
+             std::vector<std::int32_t>(std::size_t(r.lab_rows.size()))};
+  auto fill = [&r](std::uint64_t iteration, Prefetcher::Batch& out) {
+    r.data_stream->make_rows(iteration, r.px_rows.begin, r.px_rows.size(), out.x[kDataStream].data(),
+                             out.y[kDataStream].data());
+    r.lab_stream->make_rows(iteration, r.lab_rows.begin, r.lab_rows.size(), out.x[kLabStream].data(),
+                            out.y[kLabStream].data());
+  };
+  return std::make_unique<Prefetcher>(fill, proto, std::uint64_t(first_iteration));
 }
 
 void log_eval(Run& r, int epoch, TrainResult& res, bool final_eval) {
@@ -223,6 +340,13 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
   r.backend = &backend;
   r.cfg = cfg;
   r.opt = options;
+  if (options.comm) {
+    r.comm = options.comm;
+    r.distributed = true;
+  } else {
+    r.own_comm = make_single_communicator();
+    r.comm = r.own_comm.get();
+  }
   setup(r);
   TrainResult res;
   const int B = cfg.batch_size;
@@ -231,35 +355,45 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     restore_latest(r);
   } else {
     r.model->init(cfg.seed);
-    r.buffer->init_uniform(cfg.seed);
+    r.buffer->init_uniform(cfg.seed, r.shard);
     r.optimizer->reset();
     r.state = TrainState{};
     r.state.sampler_seed = cfg.seed;
-    save(r);  // iteration 0: the divergence guard always has a checkpoint to return to
   }
+  // Every rank starts from rank 0's parameters (equal already: same seed or same checkpoint).
+  if (r.distributed) r.comm->broadcast(r.model->param_buffer(), 0);
+  check_replicas(r, "at the start");
+  if (!options.resume) save(r);  // iteration 0: the divergence guard always has a checkpoint to return to
+  std::string parallel;
+  if (r.distributed)
+    parallel = ", data parallel over " + r.comm->name() + " (" + std::to_string(r.shard.local_size()) +
+               " buffer slots per rank)";
   r.log->info("jem train: " + r.model->config().str() + ", " + std::to_string(r.model->num_params()) +
-              " parameters, " + r.backend->name() + ", " + std::to_string(r.bpe) + " iterations/epoch, " +
+              " parameters, " + r.backend->name() + parallel + ", " + std::to_string(r.bpe) + " iterations/epoch, " +
               std::to_string(r.total_iters) + " iterations, run dir " + r.dir);
 
   const auto t0 = Clock::now();
   const std::int64_t first_iteration = r.state.iteration;
   auto window_start = t0;
   std::int64_t window_iters = 0;
-  auto prefetch = std::make_unique<Prefetcher>(
-      std::vector<const BatchStream*>{r.data_stream.get(), r.lab_stream.get()}, std::uint64_t(r.state.iteration));
+  auto prefetch = make_prefetcher(r, r.state.iteration);
   bool nan_injected = false;
   bool interrupted = false;  // by a signal: save and leave, no final evaluation
   double grad_norm = 0;
 
   while (r.state.iteration < r.total_iters) {
-    if (options.stop_flag && *options.stop_flag) {
+    // Every rank stops at the same iteration: a signal or the clock on any rank stops them all.
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    double stop[2] = {options.stop_flag && *options.stop_flag ? 1.0 : 0.0,
+                      cfg.max_minutes > 0 && elapsed > cfg.max_minutes * 60.0 ? 1.0 : 0.0};
+    if (r.distributed) r.comm->all_reduce_host(stop, 2, ReduceOp::Max);
+    if (stop[0] > 0) {
       r.log->info("stop requested: saving a checkpoint at iteration " + std::to_string(r.state.iteration));
       res.stopped_early = true;
       interrupted = true;
       break;
     }
-    if (cfg.max_minutes > 0 &&
-        std::chrono::duration<double>(Clock::now() - t0).count() > cfg.max_minutes * 60.0) {
+    if (stop[1] > 0) {
       r.log->info("max_minutes reached at iteration " + std::to_string(r.state.iteration));
       res.stopped_early = true;
       break;
@@ -271,18 +405,31 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     r.backend->upload(batch.x[kLabStream].data(), r.objective->x_lab());
     r.objective->set_labels(batch.y[kLabStream].data());
     const auto iter = std::uint32_t(it);
+    // Chains keyed by GLOBAL sample index (this rank's rows), on this rank's buffer shard.
     if (r.objective->uses_px()) {
       r.backend->upload(batch.x[kDataStream].data(), r.objective->x_data());
-      const Tensor xq = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter, 0, r.objective->px_batch(), nullptr);
+      const Tensor xq = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter, std::uint32_t(r.px_rows.begin),
+                                          r.objective->px_batch(), nullptr);
       r.backend->copy(xq, r.objective->x_q());
     }
     if (r.objective->uses_pxy()) {
-      // Class-conditional chains for y_lab; sample indices after the unconditional ones.
+      // Class-conditional chains for y_lab; sample indices after the global p(x) batch's
+      // (data_stream->batch() is the global p(x) batch size).
       const Tensor xqy = r.sampler->sample(*r.buffer, r.state.sampler_seed, iter,
-                                           std::uint32_t(r.objective->px_batch()), B, batch.y[kLabStream].data());
+                                           std::uint32_t(r.data_stream->batch() + r.lab_rows.begin),
+                                           r.objective->batch(), batch.y[kLabStream].data());
       r.backend->copy(xqy, r.objective->x_q_y());
     }
     StepStats s = r.objective->compute();
+    if (r.distributed) {
+      // The global statistics and gradient: each rank's are sums over its rows divided by the
+      // global batch, so adding them over the ranks gives those of the global batch.
+      StepSums sums = r.objective->last_sums();
+      r.comm->all_reduce_host(sums.sum, StepSums::kSums, ReduceOp::Sum);
+      r.comm->all_reduce_host(&sums.max_abs_energy, 1, ReduceOp::Max);
+      s = r.objective->stats(sums);
+      r.comm->all_reduce(r.model->grad_buffer(), ReduceOp::Sum);
+    }
     if (it == options.inject_nan_at && !nan_injected) {
       s.loss = std::nan("");
       nan_injected = true;
@@ -307,8 +454,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
                   fmt("%.4g", factor) + ", sampler reseeded");
       r.log->metrics("{\"event\":\"rollback\",\"at\":" + std::to_string(it) + ",\"to\":" +
                      std::to_string(r.state.iteration) + ",\"lr_factor\":" + num(factor) + "}");
-      prefetch = std::make_unique<Prefetcher>(
-          std::vector<const BatchStream*>{r.data_stream.get(), r.lab_stream.get()}, std::uint64_t(r.state.iteration));
+      prefetch = make_prefetcher(r, r.state.iteration);
       continue;
     }
 
@@ -320,6 +466,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
 
     const bool last = r.state.iteration == r.total_iters;
     if (r.state.iteration % cfg.log_every == 0 || last) {
+      check_replicas(r, ("at iteration " + std::to_string(r.state.iteration)).c_str());
       const double secs = std::chrono::duration<double>(Clock::now() - window_start).count();
       const double ips = secs > 0 ? double(window_iters) / secs : 0.0;
       std::ostringstream js;
@@ -363,7 +510,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
       << ",\n  \"valid_accuracy\": " << num(res.valid_accuracy) << ",\n  \"test_accuracy\": "
       << num(res.test_accuracy) << ",\n  \"rollbacks\": " << res.rollbacks << ",\n  \"stopped_early\": "
       << (res.stopped_early ? "true" : "false") << "\n}\n";
-  write_text_atomically(r.dir + "/summary.json", sum.str());
+  if (r.lead()) write_text_atomically(r.dir + "/summary.json", sum.str());
   return res;
 }
 
