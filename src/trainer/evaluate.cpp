@@ -1,6 +1,7 @@
 #include "jem/evaluate.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "jem/data_pipeline.hpp"
@@ -8,7 +9,7 @@
 namespace jem {
 
 EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::uint64_t seed,
-                    const std::function<void(std::int64_t, std::int64_t)>& progress) {
+                    const std::function<void(std::int64_t, std::int64_t)>& progress, EvalPredictions* predictions) {
   Backend& be = model.backend();
   const auto& cfg = model.config();
   JEM_CHECK(data.channels == cfg.in_channels && data.height == cfg.image_size &&
@@ -29,6 +30,7 @@ EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::ui
   EvalResult r;
   double ce = 0, e = 0;
   std::int64_t correct = 0;
+  if (predictions) *predictions = EvalPredictions{};
   for (std::int64_t first = 0; first < data.count; first += M) {
     const int n = int(std::min<std::int64_t>(M, data.count - first));
     make_eval_batch(data, first, n, sigma, seed, x.data(), y.data());
@@ -45,7 +47,15 @@ EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::ui
     be.download(lg, logits.data());
     for (int i = 0; i < n; ++i) {
       const float* row = logits.data() + std::size_t(i) * std::size_t(K);
-      if (int(std::max_element(row, row + K) - row) == y[std::size_t(i)]) ++correct;
+      const int k = int(std::max_element(row, row + K) - row);
+      if (k == y[std::size_t(i)]) ++correct;
+      if (predictions) {
+        double z = 0;  // max softmax = 1 / sum_j exp(l_j - l_max)
+        for (int j = 0; j < K; ++j) z += std::exp(double(row[j]) - double(row[k]));
+        predictions->predicted.push_back(k);
+        predictions->confidence.push_back(float(1.0 / z));
+        predictions->correct.push_back(k == y[std::size_t(i)] ? 1 : 0);
+      }
     }
     if (progress) progress(first + n, data.count);
   }
