@@ -124,9 +124,12 @@ void run_eval_modes(EvalArgs& a, const std::vector<std::string>& modes, SuiteRes
               mc.image_size, " images");
     buffer = file.f32("replay_buffer");
   }
-  const DataSplits splits = load_splits(cfg.dataset, effective_data_dir(cfg), cfg.n_valid, cfg.seed);
+  // The validation split matters only when it (or train) is evaluated; a converted or foreign
+  // checkpoint's n_valid may not fit another data set's training set.
+  const int n_valid = a.split == "test" ? 0 : cfg.n_valid;
+  const DataSplits splits = load_splits(cfg.dataset, effective_data_dir(cfg), n_valid, cfg.seed);
   const Dataset& d = a.split == "test" ? splits.test : a.split == "valid" ? splits.valid : splits.train;
-  JEM_CHECK(d.count > 0, "split '", a.split, "' of ", cfg.dataset, " is empty (n_valid = ", cfg.n_valid, ")");
+  JEM_CHECK(d.count > 0, "split '", a.split, "' of ", cfg.dataset, " is empty (n_valid = ", n_valid, ")");
   if (a.out.empty()) {
     fs::path p(a.checkpoint);
     a.out = (p.parent_path() / (p.stem().string() + "_eval")).string();

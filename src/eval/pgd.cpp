@@ -40,7 +40,9 @@ double pgd_attack(WideResNet& model, const Tensor& x, const Tensor& labels, cons
     be.cross_entropy_forward_backward(lg, labels, loss, dl, 1.0f);
     model.backward_input(dl, grad);  // d(sum_b CE_b)/dx: each row its own image's gradient
   };
-  for (int t = 0; t < cfg.steps; ++t) {
+  // A zero budget leaves the clean images: no steps to take.
+  const int steps = eps > 0 ? cfg.steps : 0;
+  for (int t = 0; t < steps; ++t) {
     loss_and_grad();
     be.download(grad, g.data());
     for (int b = 0; b < B; ++b) {

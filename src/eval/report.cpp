@@ -119,14 +119,14 @@ std::string report_markdown(const SuiteResults& r) {
     m << "\n|---|";
     for (std::size_t i = 0; i < r.ood.size(); ++i) m << "---|";
     m << "\n";
-    const char* labels[3] = {"log p(x) (logsumexp)", "max p(y|x)", "-‖∂ log p(x)/∂x‖"};
+    const char* labels[3] = {"log p(x) (logsumexp)", "max p(y\\|x)", "-‖∂ log p(x)/∂x‖"};
     for (int i = 0; i < 3; ++i) {
       m << "| " << labels[i] << " | ";
       for (const auto& s : r.ood) m << num(s.auroc[i], "%.3f") << " | ";
       m << "\n";
     }
     m << "\nThe paper (JEM trained on CIFAR-10):\n\n| score | SVHN | CIFAR-10 interp | CIFAR-100 | CelebA |\n"
-         "|---|---|---|---|---|\n| log p(x) | .67 | .65 | .67 | .75 |\n| max p(y|x) | .89 | .75 | .87 | .79 |\n\n";
+         "|---|---|---|---|---|\n| log p(x) | .67 | .65 | .67 | .75 |\n| max p(y\\|x) | .89 | .75 | .87 | .79 |\n\n";
     m << "Histograms (in-distribution: black outline; OOD sets in colour:";
     for (std::size_t i = 0; i < r.ood.size(); ++i) {
       char c[16];
