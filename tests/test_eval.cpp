@@ -159,7 +159,8 @@ TEST(OodSets, SyntheticSetsHaveTheirDefiningProperties) {
       for (int b = 0; b < 7 && !found; ++b) {
         bool same = true;
         for (std::int64_t e = 0; e < per && same; ++e)
-          same = std::abs(mix[std::size_t(i * per + e)] - 0.5f * (src[std::size_t(a * per + e)] + src[std::size_t(b * per + e)])) < 1e-6f;
+          same = std::abs(mix[std::size_t(i * per + e)] -
+                          0.5f * (src[std::size_t(a * per + e)] + src[std::size_t(b * per + e)])) < 1e-6f;
         found = same;
       }
     EXPECT_TRUE(found) << "interp image " << i << " is not the mean of two source images";
@@ -174,7 +175,8 @@ TEST(Pgd, StaysInsideTheBallAndRaisesTheLoss) {
   // Labels: the model's own predictions, so that the clean loss is lowish.
   const auto lg = logits_of(t.model, x, B);
   std::vector<std::int32_t> y(B);
-  for (int b = 0; b < B; ++b) y[std::size_t(b)] = int(std::max_element(lg.begin() + b * 10, lg.begin() + (b + 1) * 10) - (lg.begin() + b * 10));
+  for (int b = 0; b < B; ++b)
+    y[std::size_t(b)] = int(std::max_element(lg.begin() + b * 10, lg.begin() + (b + 1) * 10) - (lg.begin() + b * 10));
   const Tensor xd = be.from_vector(x, Shape{B, 1, 8, 8}), adv = be.empty(Shape{B, 1, 8, 8});
   const Tensor yd = be.empty(Shape{B}, DType::I32);
   be.upload_i32(y.data(), yd);
@@ -250,13 +252,16 @@ bool have_numpy() {
 TEST(Npz, NumpyReadsOursAndWeReadNumpys) {
   if (!have_numpy()) GTEST_SKIP() << "/usr/bin/python3 has no numpy: cannot cross-check the .npz format";
   const std::string dir = jem::test::temp_dir("npz_numpy");
-  write_npz(dir + "/ours.npz", {NpyArray::floats("x", {2, 3}, {1, 2, 3, 4, 5, 6.5f}), NpyArray::ints("y", {2}, {4, -9})});
+  write_npz(dir + "/ours.npz",
+            {NpyArray::floats("x", {2, 3}, {1, 2, 3, 4, 5, 6.5f}), NpyArray::ints("y", {2}, {4, -9})});
   std::string out;
   const std::string check =
-      "/usr/bin/python3 -c \"import numpy as np; d = np.load('" + dir + "/ours.npz'); "
+      "/usr/bin/python3 -c \"import numpy as np; d = np.load('" + dir +
+      "/ours.npz'); "
       "assert d['x'].dtype == np.float32 and d['x'].shape == (2, 3) and d['x'][1, 2] == 6.5, d['x']; "
       "assert d['y'].dtype == np.int32 and list(d['y']) == [4, -9], d['y']; "
-      "np.savez('" + dir + "/theirs.npz', a=np.arange(6, dtype=np.float32).reshape(3, 2), b=np.array([3], dtype=np.int32))\"";
+      "np.savez('" +
+      dir + "/theirs.npz', a=np.arange(6, dtype=np.float32).reshape(3, 2), b=np.array([3], dtype=np.int32))\"";
   ASSERT_EQ(jem::test::run_command(check, &out), 0) << out;
   const auto theirs = read_npz(dir + "/theirs.npz");
   ASSERT_EQ(theirs.size(), 2u);

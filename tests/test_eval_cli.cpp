@@ -125,11 +125,14 @@ TEST_F(EvalCli, ReportWritesTablesJsonPlotsAndSamples) {
 
 TEST_F(EvalCli, SingleModesAndFidWithoutInception) {
   std::string out;
-  ASSERT_EQ(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + small() + "--mode calibration --out " + *root_ + "/c"), &out), 0)
+  ASSERT_EQ(
+      run_command(jem_cmd("eval --checkpoint " + *ckpt_ + small() + "--mode calibration --out " + *root_ + "/c"), &out),
+      0)
       << out;
   EXPECT_NE(out.find("calibration: ECE"), std::string::npos) << out;
   EXPECT_TRUE(fs::exists(*root_ + "/c/reliability.png"));
-  ASSERT_EQ(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + small() + "--mode accuracy,ood --ood noise --out " + *root_ + "/o"),
+  ASSERT_EQ(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + small() + "--mode accuracy,ood --ood noise --out " +
+                                *root_ + "/o"),
                         &out),
             0)
       << out;
@@ -148,7 +151,8 @@ TEST_F(EvalCli, BadInputGivesOneLineErrorsNamingIt) {
   EXPECT_NE(run_command(jem_cmd("report --checkpoint " + *root_ + "/none.safetensors --device cpu"), &out), 0);
   EXPECT_NE(out.find("none.safetensors"), std::string::npos) << out;
   EXPECT_TRUE(one_line(out)) << out;
-  EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + " --device cpu --mode ood --ood noise,imagenet"), &out), 0);
+  EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + " --device cpu --mode ood --ood noise,imagenet"), &out),
+            0);
   EXPECT_NE(out.find("'imagenet'"), std::string::npos) << out;
   EXPECT_TRUE(one_line(out)) << out;
   // A data set the checkpoint's model does not fit: 12x12 images for a model of 8x8.
@@ -158,13 +162,27 @@ TEST_F(EvalCli, BadInputGivesOneLineErrorsNamingIt) {
   EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + " --device cpu --data_dir " + big), &out), 0);
   EXPECT_NE(out.find("1x12x12"), std::string::npos) << out;
   EXPECT_TRUE(one_line(out)) << out;
+  // A checkpoint whose tensors belong to another model than its metadata says (width 2).
+  {
+    const auto f = safetensors::File::read(*ckpt_);
+    safetensors::Writer w;
+    for (const std::string& n : f.names())
+      if (f.info(n).dtype == "F32") w.add_f32(n, f.info(n).shape, f.f32(n).data());
+    for (const auto& [k, v] : f.metadata()) w.set_metadata(k, k == "width" ? "2" : v);
+    w.write(*root_ + "/other_model.safetensors");
+  }
+  EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *root_ + "/other_model.safetensors --device cpu"), &out), 0);
+  EXPECT_NE(out.find("other_model.safetensors"), std::string::npos) << out;
+  EXPECT_NE(out.find("f.layer1.0.conv1.weight"), std::string::npos) << out;
+  EXPECT_TRUE(one_line(out)) << out;
   // A file that is not a checkpoint.
   std::ofstream(*root_ + "/junk.safetensors") << "not a checkpoint";
   EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *root_ + "/junk.safetensors --device cpu"), &out), 0);
   EXPECT_NE(out.find("junk.safetensors"), std::string::npos) << out;
   EXPECT_TRUE(one_line(out)) << out;
   // A bad budget names its option.
-  EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + " --device cpu --mode robustness --eps_linf 8/x"), &out), 0);
+  EXPECT_NE(
+      run_command(jem_cmd("eval --checkpoint " + *ckpt_ + " --device cpu --mode robustness --eps_linf 8/x"), &out), 0);
   EXPECT_NE(out.find("--eps_linf"), std::string::npos) << out;
 }
 
@@ -182,8 +200,8 @@ TEST_F(EvalCli, ConvertedOfficialCheckpointGivesPyTorchsLogits) {
   fs::create_directories(dir);
   const std::string tools = jem::test::source_path("tools");
   std::string out;
-  ASSERT_EQ(run_command("/usr/bin/python3 " + tools + "/make_official_test_checkpoint.py " + dir + "/official.pt " + dir +
-                            "/ref.npz --depth 10 --width 2 --channels 1 --image_size 8 --classes 10 --n 12",
+  ASSERT_EQ(run_command("/usr/bin/python3 " + tools + "/make_official_test_checkpoint.py " + dir + "/official.pt " +
+                            dir + "/ref.npz --depth 10 --width 2 --channels 1 --image_size 8 --classes 10 --n 12",
                         &out),
             0)
       << out;
@@ -210,16 +228,19 @@ TEST_F(EvalCli, ConvertedOfficialCheckpointGivesPyTorchsLogits) {
   for (std::size_t i = 1; i < 10; ++i) spread = std::max(spread, std::abs(double(want.f32[i]) - want.f32[0]));
   EXPECT_GT(spread, 1e-2);
   // jem evaluates it like its own checkpoints.
-  ASSERT_EQ(run_command(jem_cmd("eval --checkpoint " + dir + "/converted.safetensors --device cpu --threads 1 --data_dir " +
-                                *data_ + " --limit 16 --mode accuracy,samples --n_samples 2 --per_class 1 --rounds 1 --steps 1 --out " +
-                                dir + "/e"),
-                        &out),
-            0)
+  ASSERT_EQ(
+      run_command(
+          jem_cmd("eval --checkpoint " + dir + "/converted.safetensors --device cpu --threads 1 --data_dir " + *data_ +
+                  " --limit 16 --mode accuracy,samples --n_samples 2 --per_class 1 --rounds 1 --steps 1 --out " + dir +
+                  "/e"),
+          &out),
+      0)
       << out;
   EXPECT_TRUE(fs::exists(dir + "/e/buffer_by_class.png"));
   // The converter's errors: one line naming the file.
   std::ofstream(dir + "/junk.pt") << "junk";
-  EXPECT_NE(run_command("/usr/bin/python3 " + tools + "/convert_official_checkpoint.py " + dir + "/junk.pt " + dir + "/j.safetensors",
+  EXPECT_NE(run_command("/usr/bin/python3 " + tools + "/convert_official_checkpoint.py " + dir + "/junk.pt " + dir +
+                            "/j.safetensors",
                         &out),
             0);
   EXPECT_NE(out.find("junk.pt"), std::string::npos) << out;

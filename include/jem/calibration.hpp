@@ -13,10 +13,10 @@
 namespace jem {
 
 struct CalibrationBin {
-  double lo = 0, hi = 0;           // (lo, hi]
+  double lo = 0, hi = 0;  // (lo, hi]
   std::int64_t count = 0;
-  double mean_confidence = 0;      // 0 when empty
-  double accuracy = 0;             // 0 when empty
+  double mean_confidence = 0;  // 0 when empty
+  double accuracy = 0;         // 0 when empty
 };
 
 struct CalibrationResult {

@@ -17,7 +17,7 @@ struct Canvas {
   std::vector<std::uint8_t> rgb;  // [height, width, 3]
 
   Canvas(int w, int h, std::uint8_t grey = 255);
-  void set(int x, int y, std::uint32_t color);  // 0xRRGGBB; ignores points outside
+  void set(int x, int y, std::uint32_t color);                          // 0xRRGGBB; ignores points outside
   void fill_rect(int x0, int y0, int x1, int y1, std::uint32_t color);  // inclusive corners
   void line(int x0, int y0, int x1, int y1, std::uint32_t color, int thickness = 1);
   // Tiny 3x5 pixel font (digits, '.', '-', upper-case letters), scale `s`.

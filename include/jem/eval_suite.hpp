@@ -22,9 +22,9 @@ namespace jem {
 inline constexpr const char* kEvalModes[] = {"accuracy", "calibration", "ood", "samples", "robustness", "fid"};
 
 struct EvalOptions {
-  std::string out_dir;          // plots, .npz files (created when missing)
-  std::int64_t limit = 0;       // evaluate the first `limit` images of the split; 0 = all
-  std::uint64_t seed = 1;       // eval noise, synthetic OOD sets, chains
+  std::string out_dir;     // plots, .npz files (created when missing)
+  std::int64_t limit = 0;  // evaluate the first `limit` images of the split; 0 = all
+  std::uint64_t seed = 1;  // eval noise, synthetic OOD sets, chains
   int ece_bins = 20;
   // ood: sets by name ("interp", "noise", "constant", or a data set "NAME[:DIR]")
   std::vector<std::string> ood_sets{"interp", "noise", "constant"};
@@ -36,11 +36,11 @@ struct EvalOptions {
   std::vector<float> eps_linf{0.0f, 2.0f / 255, 4.0f / 255, 8.0f / 255, 16.0f / 255};
   std::vector<float> eps_l2{0.0f, 0.25f, 0.5f, 1.0f};
   int pgd_steps = 10;
-  float pgd_step_size = 0.0f;   // 0 = 2.5 eps / steps
+  float pgd_step_size = 0.0f;  // 0 = 2.5 eps / steps
   int purify_steps = 0;
   std::int64_t robust_count = 1000;  // images attacked (of the split, after `limit`)
   // fid
-  std::string inception;        // weights of the Inception network
+  std::string inception;  // weights of the Inception network
   std::int64_t fid_count = 10000;
   int is_splits = 10;
 };

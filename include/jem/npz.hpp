@@ -13,11 +13,11 @@
 namespace jem {
 
 struct NpyArray {
-  std::string name;                  // entry name without ".npy"
-  std::vector<std::int64_t> shape;   // empty for a scalar
-  std::string descr = "<f4";         // "<f4" (f32) or "<i4" (i32)
-  std::vector<float> f32;            // used when descr == "<f4"
-  std::vector<std::int32_t> i32;     // used when descr == "<i4"
+  std::string name;                 // entry name without ".npy"
+  std::vector<std::int64_t> shape;  // empty for a scalar
+  std::string descr = "<f4";        // "<f4" (f32) or "<i4" (i32)
+  std::vector<float> f32;           // used when descr == "<f4"
+  std::vector<std::int32_t> i32;    // used when descr == "<i4"
 
   static NpyArray floats(std::string name, std::vector<std::int64_t> shape, std::vector<float> data);
   static NpyArray ints(std::string name, std::vector<std::int64_t> shape, std::vector<std::int32_t> data);

@@ -32,30 +32,28 @@ struct PgdConfig {
   PgdNorm norm = PgdNorm::Linf;
   float eps = 8.0f / 255.0f;  // [0, 1] pixel scale
   int steps = 10;
-  float step_size = 0.0f;     // [0, 1] pixel scale; 0 = 2.5 * eps / steps (the usual choice)
+  float step_size = 0.0f;  // [0, 1] pixel scale; 0 = 2.5 * eps / steps (the usual choice)
 };
 
 // Attacks one batch on the backend: x[B, C, S, S] clean images, labels I32 [B]; writes the
 // adversarial images into x_adv (same shape; may not alias x). `grad` and `dlogits`/`loss` are
 // scratch of shapes [>=B, C, S, S], [>=B, K], [>=B]. Returns the mean loss of the final x_adv.
-double pgd_attack(WideResNet& model, const Tensor& x, const Tensor& labels, const PgdConfig& cfg,
-                  const Tensor& x_adv);
+double pgd_attack(WideResNet& model, const Tensor& x, const Tensor& labels, const PgdConfig& cfg, const Tensor& x_adv);
 
 struct RobustnessPoint {
   std::string norm;
-  double eps = 0;       // [0, 1] pixel scale
-  double accuracy = 0;  // after the attack (and purification)
-  double mean_loss = 0; // cross-entropy of the attacked images before purification
+  double eps = 0;        // [0, 1] pixel scale
+  double accuracy = 0;   // after the attack (and purification)
+  double mean_loss = 0;  // cross-entropy of the attacked images before purification
 };
 
 // Accuracy of the first `count` images of `data` (eval transform with `sigma`) under PGD of
 // each eps in `eps_list`; `purify_steps` > 0 runs that many SGLD steps (marginal energy, the
 // sampler's step size and noise) on the attacked images before classifying.
-std::vector<RobustnessPoint> robustness_sweep(WideResNet& model, const Dataset& data, std::int64_t count, float sigma,
-                                              std::uint64_t seed, PgdNorm norm, const std::vector<float>& eps_list,
-                                              int steps, float step_size, int purify_steps,
-                                              const SamplerConfig& sampler,
-                                              const std::function<void(std::int64_t, std::int64_t)>& progress = nullptr);
+std::vector<RobustnessPoint> robustness_sweep(
+    WideResNet& model, const Dataset& data, std::int64_t count, float sigma, std::uint64_t seed, PgdNorm norm,
+    const std::vector<float>& eps_list, int steps, float step_size, int purify_steps, const SamplerConfig& sampler,
+    const std::function<void(std::int64_t, std::int64_t)>& progress = nullptr);
 
 // Accuracy (y, 0..1) against eps (x, 0..max eps of the norm): one panel per norm.
 void write_robustness_png(const std::string& path, const std::vector<RobustnessPoint>& points);

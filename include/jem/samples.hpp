@@ -18,8 +18,7 @@ namespace jem {
 // max_batch). The noise of chain i in round r is keyed by (seed, r, step, i): the result does
 // not depend on `chunk`. `progress(done_chain_rounds, total)` after each chunk and round.
 void run_sgld_chains(Backend& backend, SgldSampler& sampler, const WrnConfig& model, int chunk, std::vector<float>& x,
-                     std::int64_t n,
-                     const std::vector<std::int32_t>& labels, int rounds, int steps, std::uint64_t seed,
+                     std::int64_t n, const std::vector<std::int32_t>& labels, int rounds, int steps, std::uint64_t seed,
                      const std::function<void(std::int64_t, std::int64_t)>& progress = nullptr);
 
 // n starting points U[-1, 1) (the replay buffer's initialisation), deterministic in seed.
@@ -28,6 +27,6 @@ std::vector<float> fresh_noise(Backend& backend, int n, int channels, int image_
 // Classifies every image of `images` (host [m, C, H, W]) with the model and returns, for each
 // class k, the indices of the images predicted as k, most confident first.
 std::vector<std::vector<std::int64_t>> group_by_predicted_class(WideResNet& model, const std::vector<float>& images,
-                                                               std::int64_t m);
+                                                                std::int64_t m);
 
 }  // namespace jem

@@ -11,11 +11,14 @@ namespace jem::cli {
 void register_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   auto mode = std::make_shared<std::string>("accuracy");
-  auto* cmd = app.add_subcommand("eval", "Evaluate a checkpoint: accuracy, calibration, OOD detection, samples, "
-                                         "adversarial robustness, FID");
+  auto* cmd = app.add_subcommand("eval",
+                                 "Evaluate a checkpoint: accuracy, calibration, OOD detection, samples, "
+                                 "adversarial robustness, FID");
   add_eval_options(cmd, *a);
-  cmd->add_option("--mode", *mode, "accuracy, calibration, ood, samples, robustness, fid or all (comma-separated; "
-                                   "all includes fid only with --inception)")->capture_default_str();
+  cmd->add_option("--mode", *mode,
+                  "accuracy, calibration, ood, samples, robustness, fid or all (comma-separated; "
+                  "all includes fid only with --inception)")
+      ->capture_default_str();
   cmd->callback([a, mode] {
     const auto modes = parse_modes(*mode, !a->opt.inception.empty());
     SuiteResults res;

@@ -41,33 +41,49 @@ std::vector<float> parse_eps(const std::vector<std::string>& v, const char* opti
 }  // namespace
 
 void add_eval_options(CLI::App* cmd, EvalArgs& a) {
-  cmd->add_option("--checkpoint", a.checkpoint, "Checkpoint (.safetensors) written by jem train or "
-                                                 "tools/convert_official_checkpoint.py")->required();
-  cmd->add_option("--split", a.split, "test, valid or train")->check(CLI::IsMember({"test", "valid", "train"}))->capture_default_str();
+  cmd->add_option("--checkpoint", a.checkpoint,
+                  "Checkpoint (.safetensors) written by jem train or "
+                  "tools/convert_official_checkpoint.py")
+      ->required();
+  cmd->add_option("--split", a.split, "test, valid or train")
+      ->check(CLI::IsMember({"test", "valid", "train"}))
+      ->capture_default_str();
   cmd->add_option("--dataset", a.dataset, "Evaluate on this data set instead of the checkpoint's (same image shape)");
   cmd->add_option("--data_dir", a.data_dir, "Override the data directory of the checkpoint's config");
   cmd->add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--batch", a.batch, "Images per batch")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--limit", a.opt.limit, "Evaluate only the first N images of the split (0 = all)")->capture_default_str();
-  cmd->add_option("--seed", a.opt.seed, "Seed of the eval noise, the synthetic OOD sets and the chains")->capture_default_str();
+  cmd->add_option("--limit", a.opt.limit, "Evaluate only the first N images of the split (0 = all)")
+      ->capture_default_str();
+  cmd->add_option("--seed", a.opt.seed, "Seed of the eval noise, the synthetic OOD sets and the chains")
+      ->capture_default_str();
   cmd->add_option("--out", a.out, "Folder for plots, .npz files and reports (default: next to the checkpoint)");
   cmd->add_option("--ece_bins", a.opt.ece_bins, "calibration: equal-width confidence bins")->capture_default_str();
-  cmd->add_option("--ood", a.opt.ood_sets, "ood: OOD sets, comma-separated: interp, noise, constant, or a data set "
-                                          "NAME[:DIR] (fashion-mnist, mnist, cifar10, cifar100, svhn)")
-      ->delimiter(',')->capture_default_str();
+  cmd->add_option("--ood", a.opt.ood_sets,
+                  "ood: OOD sets, comma-separated: interp, noise, constant, or a data set "
+                  "NAME[:DIR] (fashion-mnist, mnist, cifar10, cifar100, svhn)")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_option("--n_samples", a.opt.n_samples, "samples: unconditional chains")->capture_default_str();
   cmd->add_option("--per_class", a.opt.per_class, "samples: conditional samples per class")->capture_default_str();
   cmd->add_option("--rounds", a.opt.rounds, "samples/fid: rounds of SGLD steps per chain")->capture_default_str();
-  cmd->add_option("--steps", a.opt.steps, "samples/fid: SGLD steps per round (-1: the run's sgld_steps)")->capture_default_str();
-  cmd->add_option("--eps_linf", a.eps_linf, "robustness: L-inf budgets on the [0, 1] pixel scale, e.g. 0,4/255,8/255 "
-                                           "(default 0,2/255,4/255,8/255,16/255; 'none' skips)")->delimiter(',');
-  cmd->add_option("--eps_l2", a.eps_l2, "robustness: L2 budgets on the [0, 1] pixel scale (default 0,0.25,0.5,1; "
-                                       "'none' skips)")->delimiter(',');
+  cmd->add_option("--steps", a.opt.steps, "samples/fid: SGLD steps per round (-1: the run's sgld_steps)")
+      ->capture_default_str();
+  cmd->add_option("--eps_linf", a.eps_linf,
+                  "robustness: L-inf budgets on the [0, 1] pixel scale, e.g. 0,4/255,8/255 "
+                  "(default 0,2/255,4/255,8/255,16/255; 'none' skips)")
+      ->delimiter(',');
+  cmd->add_option("--eps_l2", a.eps_l2,
+                  "robustness: L2 budgets on the [0, 1] pixel scale (default 0,0.25,0.5,1; "
+                  "'none' skips)")
+      ->delimiter(',');
   cmd->add_option("--pgd_steps", a.opt.pgd_steps, "robustness: PGD steps")->capture_default_str();
-  cmd->add_option("--pgd_step_size", a.opt.pgd_step_size, "robustness: PGD step size (0 = 2.5 eps / steps)")->capture_default_str();
-  cmd->add_option("--purify_steps", a.opt.purify_steps, "robustness: SGLD steps on the attacked images before "
-                                                        "classifying (the paper's defence)")->capture_default_str();
+  cmd->add_option("--pgd_step_size", a.opt.pgd_step_size, "robustness: PGD step size (0 = 2.5 eps / steps)")
+      ->capture_default_str();
+  cmd->add_option("--purify_steps", a.opt.purify_steps,
+                  "robustness: SGLD steps on the attacked images before "
+                  "classifying (the paper's defence)")
+      ->capture_default_str();
   cmd->add_option("--robust_count", a.opt.robust_count, "robustness: images attacked")->capture_default_str();
   cmd->add_option("--inception", a.opt.inception, "fid: Inception-v3 weights file");
   cmd->add_option("--fid_count", a.opt.fid_count, "fid: generated and reference images")->capture_default_str();
@@ -88,7 +104,8 @@ std::vector<std::string> parse_modes(const std::string& spec, bool with_fid) {
     JEM_CHECK(known, "unknown eval mode '", m, "' (known: accuracy, calibration, ood, samples, robustness, fid, all)");
   }
   for (const char* m : kEvalModes) {
-    const bool all = std::find(asked.begin(), asked.end(), "all") != asked.end() && (std::string(m) != "fid" || with_fid);
+    const bool all =
+        std::find(asked.begin(), asked.end(), "all") != asked.end() && (std::string(m) != "fid" || with_fid);
     if (all || std::find(asked.begin(), asked.end(), m) != asked.end()) out.push_back(m);
   }
   return out;
@@ -96,10 +113,12 @@ std::vector<std::string> parse_modes(const std::string& spec, bool with_fid) {
 
 void run_eval_modes(EvalArgs& a, const std::vector<std::string>& modes, SuiteResults& res) {
   namespace fs = std::filesystem;
-  if (!a.eps_linf.empty()) a.opt.eps_linf = a.eps_linf == std::vector<std::string>{"none"} ? std::vector<float>{}
-                                                                                          : parse_eps(a.eps_linf, "--eps_linf");
-  if (!a.eps_l2.empty()) a.opt.eps_l2 = a.eps_l2 == std::vector<std::string>{"none"} ? std::vector<float>{}
-                                                                                    : parse_eps(a.eps_l2, "--eps_l2");
+  if (!a.eps_linf.empty())
+    a.opt.eps_linf =
+        a.eps_linf == std::vector<std::string>{"none"} ? std::vector<float>{} : parse_eps(a.eps_linf, "--eps_linf");
+  if (!a.eps_l2.empty())
+    a.opt.eps_l2 =
+        a.eps_l2 == std::vector<std::string>{"none"} ? std::vector<float>{} : parse_eps(a.eps_l2, "--eps_l2");
   // Everything about the inputs is checked before any work: the modes, the checkpoint, its
   // model, the data set and the OOD set names.
   if (std::find(modes.begin(), modes.end(), "fid") != modes.end())

@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -20,8 +20,8 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp." + std::to_string(getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   JEM_CHECK(f, path, ": cannot write (", std::strerror(errno), ")");
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-                  fsync(fileno(f)) == 0;
+  const bool ok =
+      std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 && fsync(fileno(f)) == 0;
   const int err = errno;
   const bool closed = std::fclose(f) == 0;
   if (!ok || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -31,8 +31,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
-Canvas::Canvas(int w, int h, std::uint8_t grey)
-    : width(w), height(h), rgb(std::size_t(w) * std::size_t(h) * 3, grey) {
+Canvas::Canvas(int w, int h, std::uint8_t grey) : width(w), height(h), rgb(std::size_t(w) * std::size_t(h) * 3, grey) {
   JEM_CHECK(w > 0 && h > 0, "canvas: bad size ", w, "x", h);
 }
 
@@ -82,7 +81,7 @@ constexpr Glyph kFont[] = {
     {'R', {6, 5, 6, 5, 5}}, {'I', {7, 2, 2, 2, 7}}, {'F', {7, 4, 6, 4, 4}}, {'D', {6, 5, 5, 5, 6}},
     {'G', {7, 4, 5, 5, 7}}, {'T', {7, 2, 2, 2, 2}}, {'U', {5, 5, 5, 5, 7}}, {'M', {5, 7, 7, 5, 5}},
     {'K', {5, 5, 6, 5, 5}}, {'B', {6, 5, 6, 5, 6}}, {'H', {5, 5, 7, 5, 5}}, {'V', {5, 5, 5, 5, 2}},
-    {'W', {5, 5, 7, 7, 5}}, {'2', {7, 1, 7, 4, 7}}, {'(', {1, 2, 2, 2, 1}}, {')', {4, 2, 2, 2, 4}},
+    {'W', {5, 5, 7, 7, 5}}, {'(', {1, 2, 2, 2, 1}}, {')', {4, 2, 2, 2, 4}},
     {'=', {0, 7, 0, 7, 0}}, {':', {0, 2, 0, 2, 0}}, {'+', {0, 2, 7, 2, 0}},
 };
 }  // namespace
@@ -108,7 +107,8 @@ void Canvas::write_png(const std::string& path) const {
   const std::size_t plane = std::size_t(width) * std::size_t(height);
   std::vector<float> chw(plane * 3);
   for (std::size_t i = 0; i < plane; ++i)
-    for (int ch = 0; ch < 3; ++ch) chw[std::size_t(ch) * plane + i] = float(rgb[i * 3 + std::size_t(ch)]) / 127.5f - 1.0f;
+    for (int ch = 0; ch < 3; ++ch)
+      chw[std::size_t(ch) * plane + i] = float(rgb[i * 3 + std::size_t(ch)]) / 127.5f - 1.0f;
   write_png_grid(path, chw.data(), 1, 3, height, width, 1, 0);
 }
 
@@ -131,9 +131,9 @@ void ProgressBar::update(std::int64_t done, std::int64_t total) {
   if (tty_) {
     constexpr int kWidth = 30;
     const int fill = int(f * kWidth);
-    std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld %.0fs", label_.c_str(), std::string(std::size_t(fill), '#').c_str(),
-                 std::string(std::size_t(kWidth - fill), '.').c_str(), int(f * 100), static_cast<long long>(done),
-                 static_cast<long long>(total), seconds());
+    std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld %.0fs", label_.c_str(),
+                 std::string(std::size_t(fill), '#').c_str(), std::string(std::size_t(kWidth - fill), '.').c_str(),
+                 int(f * 100), static_cast<long long>(done), static_cast<long long>(total), seconds());
     std::fflush(stderr);
   } else {
     const int decile = int(f * 10);

@@ -61,11 +61,15 @@ bool fid_available() { return false; }
 
 EvalSuite::EvalSuite(WideResNet& model, const TrainConfig& cfg, const Dataset& data, std::vector<float> replay_buffer,
                      EvalOptions options, SuiteResults& results)
-    : model_(model), cfg_(cfg), data_(data), buffer_(std::move(replay_buffer)), opt_(std::move(options)),
+    : model_(model),
+      cfg_(cfg),
+      data_(data),
+      buffer_(std::move(replay_buffer)),
+      opt_(std::move(options)),
       res_(results) {
   const WrnConfig& mc = model.config();
-  JEM_CHECK(data.channels == mc.in_channels && data.height == mc.image_size && data.width == mc.image_size,
-            data.name, " has images ", data.channels, "x", data.height, "x", data.width, ", but the checkpoint's model (",
+  JEM_CHECK(data.channels == mc.in_channels && data.height == mc.image_size && data.width == mc.image_size, data.name,
+            " has images ", data.channels, "x", data.height, "x", data.width, ", but the checkpoint's model (",
             mc.str(), ") expects ", mc.in_channels, "x", mc.image_size, "x", mc.image_size);
   JEM_CHECK(data.classes <= mc.n_classes, data.name, " has ", data.classes, " classes, but the checkpoint's model (",
             mc.str(), ") has ", mc.n_classes);
@@ -106,13 +110,20 @@ std::vector<float> EvalSuite::split_images(std::int64_t n) const {
 
 void EvalSuite::run(const std::string& mode) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (mode == "accuracy") accuracy();
-  else if (mode == "calibration") calibration();
-  else if (mode == "ood") ood();
-  else if (mode == "samples") samples();
-  else if (mode == "robustness") robustness();
-  else if (mode == "fid") fid();
-  else JEM_FAIL("unknown eval mode '", mode, "' (known: accuracy, calibration, ood, samples, robustness, fid, all)");
+  if (mode == "accuracy")
+    accuracy();
+  else if (mode == "calibration")
+    calibration();
+  else if (mode == "ood")
+    ood();
+  else if (mode == "samples")
+    samples();
+  else if (mode == "robustness")
+    robustness();
+  else if (mode == "fid")
+    fid();
+  else
+    JEM_FAIL("unknown eval mode '", mode, "' (known: accuracy, calibration, ood, samples, robustness, fid, all)");
   res_.seconds[mode] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -138,8 +149,9 @@ void EvalSuite::calibration() {
   ProgressBar bar("calibration");
   const Dataset d = first_images(data_, count());
   EvalPredictions p;
-  const EvalResult r = evaluate(model_, d, float(cfg_.sigma), opt_.seed,
-                                [&](std::int64_t done, std::int64_t total) { bar.update(done, total); }, &p);
+  const EvalResult r = evaluate(
+      model_, d, float(cfg_.sigma), opt_.seed, [&](std::int64_t done, std::int64_t total) { bar.update(done, total); },
+      &p);
   bar.finish();
   if (!res_.accuracy) res_.accuracy = r;
   res_.calibration = expected_calibration_error(p.confidence, p.correct, opt_.ece_bins);
@@ -205,7 +217,8 @@ void EvalSuite::samples() {
   const int K = mc.n_classes, C = mc.in_channels, S = mc.image_size;
   const std::int64_t per = std::int64_t(C) * S * S;
   const int steps = opt_.steps >= 0 ? opt_.steps : cfg_.sgld_steps;
-  JEM_CHECK(opt_.n_samples >= 1 && opt_.per_class >= 1 && opt_.rounds >= 1, "samples: --n_samples, --per_class and "
+  JEM_CHECK(opt_.n_samples >= 1 && opt_.per_class >= 1 && opt_.rounds >= 1,
+            "samples: --n_samples, --per_class and "
             "--rounds must be >= 1");
   SgldSampler sampler(be, model_, sampler_config(), model_.max_batch());
   std::vector<NpyArray> arrays;
@@ -260,13 +273,13 @@ void EvalSuite::robustness() {
   res_.robustness.clear();
   res_.purify_steps = opt_.purify_steps;
   const std::pair<PgdNorm, const std::vector<float>*> sweeps[] = {{PgdNorm::Linf, &opt_.eps_linf},
-                                                                   {PgdNorm::L2, &opt_.eps_l2}};
+                                                                  {PgdNorm::L2, &opt_.eps_l2}};
   for (const auto& [norm, eps] : sweeps) {
     if (eps->empty()) continue;
     ProgressBar bar(std::string("robustness: PGD ") + to_string(norm));
-    const auto pts = robustness_sweep(model_, data_, n, float(cfg_.sigma), opt_.seed, norm, *eps, opt_.pgd_steps,
-                                      opt_.pgd_step_size, opt_.purify_steps, sampler_config(),
-                                      [&](auto d, auto t) { bar.update(d, t); });
+    const auto pts =
+        robustness_sweep(model_, data_, n, float(cfg_.sigma), opt_.seed, norm, *eps, opt_.pgd_steps, opt_.pgd_step_size,
+                         opt_.purify_steps, sampler_config(), [&](auto d, auto t) { bar.update(d, t); });
     bar.finish();
     res_.robustness.insert(res_.robustness.end(), pts.begin(), pts.end());
   }

@@ -27,8 +27,10 @@ std::uint32_t get_u32(const std::uint8_t* p) { return get_u16(p) | (get_u16(p + 
 std::string shape_tuple(const std::vector<std::int64_t>& shape) {
   std::string s = "(";
   for (std::size_t i = 0; i < shape.size(); ++i) s += std::to_string(shape[i]) + ", ";
-  if (shape.size() > 1) s.resize(s.size() - 1), s.back() = ')';  // "(2, 3)"
-  else s += ")";                                                  // "()" or "(5, )"
+  if (shape.size() > 1)
+    s.resize(s.size() - 1), s.back() = ')';  // "(2, 3)"
+  else
+    s += ")";  // "()" or "(5, )"
   return s;
 }
 
@@ -158,10 +160,10 @@ void write_npz(const std::string& path, const std::vector<NpyArray>& arrays) {
     put_u16(out, 0);           // mod time
     put_u16(out, 0x21);        // mod date: 1980-01-01
     put_u32(out, crc);
-    put_u32(out, size);        // compressed size
-    put_u32(out, size);        // uncompressed size
+    put_u32(out, size);  // compressed size
+    put_u32(out, size);  // uncompressed size
     put_u16(out, std::uint32_t(name.size()));
-    put_u16(out, 0);           // extra length
+    put_u16(out, 0);  // extra length
     out += name;
     out.append(reinterpret_cast<const char*>(data.data()), data.size());
 

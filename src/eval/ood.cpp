@@ -85,11 +85,12 @@ OodScores compute_ood_scores(WideResNet& model, const std::vector<float>& images
   return s;
 }
 
-std::vector<float> interp_images(const std::vector<float>& source, std::int64_t m, std::int64_t per,
-                                 std::int64_t n, std::uint64_t seed) {
+std::vector<float> interp_images(const std::vector<float>& source, std::int64_t m, std::int64_t per, std::int64_t n,
+                                 std::uint64_t seed) {
   JEM_CHECK(m >= 1 && std::int64_t(source.size()) == m * per, "interp: ", source.size(), " values for ", m,
             " images of ", per);
-  const std::vector<std::int32_t> a = philox_permutation(int(m), seed, 1, 0), b = philox_permutation(int(m), seed, 1, 1);
+  const std::vector<std::int32_t> a = philox_permutation(int(m), seed, 1, 0),
+                                  b = philox_permutation(int(m), seed, 1, 1);
   std::vector<float> out(std::size_t(n * per));
   for (std::int64_t i = 0; i < n; ++i) {
     const float* x = source.data() + std::int64_t(a[std::size_t(i % m)]) * per;

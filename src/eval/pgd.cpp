@@ -20,8 +20,7 @@ PgdNorm parse_pgd_norm(const std::string& s) {
   JEM_FAIL("unknown PGD norm '", s, "' (known: linf, l2)");
 }
 
-double pgd_attack(WideResNet& model, const Tensor& x, const Tensor& labels, const PgdConfig& cfg,
-                  const Tensor& x_adv) {
+double pgd_attack(WideResNet& model, const Tensor& x, const Tensor& labels, const PgdConfig& cfg, const Tensor& x_adv) {
   Backend& be = model.backend();
   JEM_CHECK(cfg.eps >= 0 && cfg.steps >= 0, "pgd: eps ", cfg.eps, " and steps ", cfg.steps, " must be >= 0");
   JEM_CHECK(x.shape() == x_adv.shape(), "pgd: x ", x.shape().str(), " and x_adv ", x_adv.shape().str());

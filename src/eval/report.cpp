@@ -1,10 +1,9 @@
 // report.md / report.json: the paper's tables with its numbers beside ours.
 #include "jem/report.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "jem/eval_io.hpp"
@@ -47,12 +46,17 @@ std::string report_json(const SuiteResults& r) {
   j["model"] = r.model;
   j["images"] = r.images;
   if (r.accuracy)
-    j["accuracy"] = {{"accuracy", r.accuracy->accuracy}, {"mean_ce", r.accuracy->mean_ce},
-                     {"mean_energy", r.accuracy->mean_energy}, {"count", r.accuracy->count}};
+    j["accuracy"] = {{"accuracy", r.accuracy->accuracy},
+                     {"mean_ce", r.accuracy->mean_ce},
+                     {"mean_energy", r.accuracy->mean_energy},
+                     {"count", r.accuracy->count}};
   if (r.calibration) {
     json bins = json::array();
     for (const auto& b : r.calibration->bins)
-      bins.push_back({{"lo", b.lo}, {"hi", b.hi}, {"count", b.count}, {"confidence", b.mean_confidence},
+      bins.push_back({{"lo", b.lo},
+                      {"hi", b.hi},
+                      {"count", b.count},
+                      {"confidence", b.mean_confidence},
                       {"accuracy", b.accuracy}});
     j["calibration"] = {{"ece", r.calibration->ece}, {"bins", bins}, {"count", r.calibration->count}};
   }
@@ -71,7 +75,8 @@ std::string report_json(const SuiteResults& r) {
       pts.push_back({{"norm", p.norm}, {"eps", p.eps}, {"accuracy", p.accuracy}, {"mean_loss", p.mean_loss}});
     j["robustness"] = {{"points", pts}, {"purify_steps", r.purify_steps}};
   }
-  if (r.fid) j["fid"] = {{"fid", r.fid->fid}, {"is_mean", r.fid->is_mean}, {"is_std", r.fid->is_std}, {"count", r.fid->count}};
+  if (r.fid)
+    j["fid"] = {{"fid", r.fid->fid}, {"is_mean", r.fid->is_mean}, {"is_std", r.fid->is_std}, {"count", r.fid->count}};
   j["files"] = r.files;
   j["seconds"] = r.seconds;
   json paper;
@@ -99,8 +104,9 @@ std::string report_markdown(const SuiteResults& r) {
   m << "| this checkpoint (" << r.dataset << ") | " << (r.accuracy ? num(100 * r.accuracy->accuracy, "%.2f") : "-")
     << " | " << (r.fid ? num(r.fid->is_mean, "%.2f") : "-") << " | " << (r.fid ? num(r.fid->fid, "%.1f") : "-")
     << " |\n\n";
-  if (r.accuracy) m << "Mean cross-entropy " << num(r.accuracy->mean_ce, "%.4f") << ", mean energy "
-                    << num(r.accuracy->mean_energy, "%.4f") << ".\n\n";
+  if (r.accuracy)
+    m << "Mean cross-entropy " << num(r.accuracy->mean_ce, "%.4f") << ", mean energy "
+      << num(r.accuracy->mean_energy, "%.4f") << ".\n\n";
   if (!r.fid) m << "IS / FID: not computed (`--inception FILE` and a build with the Inception network).\n\n";
 
   if (r.calibration) {
@@ -142,15 +148,14 @@ std::string report_markdown(const SuiteResults& r) {
   }
 
   if (!r.robustness.empty()) {
-    m << "## Adversarial robustness (PGD" << (r.purify_steps > 0 ? ", then " + std::to_string(r.purify_steps) +
-                                                                        " SGLD purification steps"
-                                                                  : "")
-      << ")\n\n";
+    m << "## Adversarial robustness (PGD"
+      << (r.purify_steps > 0 ? ", then " + std::to_string(r.purify_steps) + " SGLD purification steps" : "") << ")\n\n";
     m << "eps on the [0, 1] pixel scale. The attack differentiates the classifier only.\n\n";
     m << "| norm | eps | accuracy % | mean CE of attacked images |\n|---|---|---|---|\n";
     for (const auto& p : r.robustness)
-      m << "| " << p.norm << " | " << num(p.eps, "%.4g") << (p.norm == "linf" ? " (" + num(p.eps * 255, "%.3g") + "/255)" : "")
-        << " | " << num(100 * p.accuracy, "%.2f") << " | " << num(p.mean_loss, "%.4f") << " |\n";
+      m << "| " << p.norm << " | " << num(p.eps, "%.4g")
+        << (p.norm == "linf" ? " (" + num(p.eps * 255, "%.3g") + "/255)" : "") << " | " << num(100 * p.accuracy, "%.2f")
+        << " | " << num(p.mean_loss, "%.4f") << " |\n";
     m << "\n";
     if (r.files.count("robustness")) m << "![robustness](" << r.files.at("robustness") << ")\n\n";
   }
