@@ -28,6 +28,15 @@ class ConvertError(Exception):
 
 
 def load_official(path):
+    # Cheap checks first (no torch import): torch.save writes a zip archive ("PK"), older
+    # versions a pickle (protocol byte 0x80).
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except OSError as e:
+        raise ConvertError("%s: cannot read (%s)" % (path, e.strerror))
+    if magic != b"PK" and magic[:1] != b"\x80":
+        raise ConvertError("%s: not a torch checkpoint (neither a zip archive nor a pickle)" % path)
     import torch
 
     try:

@@ -4,6 +4,8 @@
     /usr/bin/python3 tools/make_official_test_checkpoint.py OUT.pt OUT_REF.npz \
         --depth 10 --width 1 --channels 1 --image_size 8 --classes 10 [--seed 0] [--n 16]
 
+With --convert OUT.safetensors, also runs tools/convert_official_checkpoint.py on OUT.pt.
+
 OUT.pt: torch.save({"model_state_dict": ..., "replay_buffer": ...}) as the official training
 script writes it. OUT_REF.npz (numpy.savez): ``inputs`` [n, C, S, S] in [-1, 1] and ``logits``
 [n, classes], PyTorch's float64 forward pass of the same model (the reference jem must match).
@@ -32,6 +34,9 @@ def main():
     p.add_argument("--buffer", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=16)
+    p.add_argument("--convert", metavar="OUT.safetensors",
+                   help="also convert OUT.pt with convert_official_checkpoint.py (saves a second torch import)")
+    p.add_argument("--dataset", default="mnist", help="--dataset of the conversion")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     model = JEMModel(a.depth, a.width, a.channels, a.classes)
@@ -47,7 +52,12 @@ def main():
         logits = model.double()(x.double())
     np.savez(a.out_ref, inputs=x.numpy().astype(np.float32), logits=logits.numpy().astype(np.float32))
     print("wrote %s and %s" % (a.out_pt, a.out_ref))
+    if a.convert:
+        import convert_official_checkpoint as conv
+
+        return conv.main([a.out_pt, a.convert, "--dataset", a.dataset])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
