@@ -76,7 +76,7 @@ TEST_F(EvalCli, ReportWritesTablesJsonPlotsAndSamples) {
   std::string out;
   // The test set itself as an OOD "data set": identical images on both sides give AUROC 1/2.
   ASSERT_EQ(run_command(jem_cmd("report --checkpoint " + *ckpt_ + small() + "--out " + out_dir +
-                                " --ood interp,noise,constant,mnist:" + *data_),
+                                " --purify_steps 1 --ood interp,noise,constant,mnist:" + *data_),
                         &out),
             0)
       << out;
@@ -101,6 +101,8 @@ TEST_F(EvalCli, ReportWritesTablesJsonPlotsAndSamples) {
   for (const char* score : {"logsumexp", "max_softmax", "grad_norm"})
     EXPECT_NEAR(double(j["ood"]["mnist"]["auroc"][score]), 0.5, 1e-12) << score;
   ASSERT_EQ(j["robustness"]["points"].size(), 4u);
+  EXPECT_EQ(j["robustness"]["purify_steps"], 1);
+  EXPECT_NE(md.find("1 SGLD purification steps"), std::string::npos) << md;
   // eps = 0 is the clean accuracy of the attacked images; a larger budget cannot help.
   for (const auto& p : j["robustness"]["points"]) {
     const double a = p["accuracy"];
@@ -202,11 +204,12 @@ TEST_F(EvalCli, ConvertedOfficialCheckpointGivesPyTorchsLogits) {
   std::string out;
   // One Python process writes the official checkpoint, the PyTorch logits, and converts it
   // (the torch import dominates the time of this test).
-  ASSERT_EQ(run_command("/usr/bin/python3 " + tools + "/make_official_test_checkpoint.py " + dir + "/official.pt " + dir +
-                            "/ref.npz --depth 10 --width 2 --channels 1 --image_size 8 --classes 10 --n 12 --convert " +
-                            dir + "/converted.safetensors --dataset mnist",
-                        &out),
-            0)
+  ASSERT_EQ(
+      run_command("/usr/bin/python3 " + tools + "/make_official_test_checkpoint.py " + dir + "/official.pt " + dir +
+                      "/ref.npz --depth 10 --width 2 --channels 1 --image_size 8 --classes 10 --n 12 --convert " + dir +
+                      "/converted.safetensors --dataset mnist",
+                  &out),
+      0)
       << out;
   const WrnConfig mc = checkpoint_model_config(dir + "/converted.safetensors");
   EXPECT_EQ(mc.depth, 10);

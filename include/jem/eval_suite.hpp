@@ -89,6 +89,12 @@ class EvalSuite {
   void robustness();
   void fid();
 
+  // What fid() feeds the Inception network, also written as out_dir/fid_samples.npz (array
+  // "samples") and fid_reference.npz ("reference"): `fid_count` fresh chains run rounds x steps
+  // SGLD steps, and as many training images of the checkpoint's data set. Host [N, C, S, S] in
+  // [-1, 1] (the samples are not clamped unless the run clamps).
+  void export_fid_inputs(std::vector<float>* generated, std::vector<float>* reference);
+
   // The reference images for FID: `count` training-set images in [-1, 1] (no noise), first
   // `count` of a seeded permutation. Host [count, C, H, W].
   static std::vector<float> reference_images(const Dataset& train, std::int64_t count, std::uint64_t seed);

@@ -301,11 +301,7 @@ std::vector<float> EvalSuite::reference_images(const Dataset& train, std::int64_
   return x;
 }
 
-void EvalSuite::fid() {
-  // Fail before any work when the score cannot be computed.
-  JEM_CHECK(fid_available(), "FID needs the Inception network (not built in)");
-  JEM_CHECK(!opt_.inception.empty(), "--mode fid needs --inception FILE (the Inception-v3 weights)");
-  JEM_CHECK(fs::exists(opt_.inception), opt_.inception, ": Inception weights not found");
+void EvalSuite::export_fid_inputs(std::vector<float>* generated, std::vector<float>* reference) {
   Backend& be = model_.backend();
   const WrnConfig& mc = model_.config();
   const int C = mc.in_channels, S = mc.image_size;
@@ -329,9 +325,22 @@ void EvalSuite::fid() {
   write_npz(out("fid_reference.npz"), {NpyArray::floats("reference", {m, C, S, S}, ref)});
   res_.files["fid_samples"] = "fid_samples.npz";
   res_.files["fid_reference"] = "fid_reference.npz";
+  *generated = std::move(gen);
+  *reference = std::move(ref);
+}
+
+void EvalSuite::fid() {
+  // Fail before any work when the score cannot be computed.
+  JEM_CHECK(fid_available(), "FID needs the Inception network (not built in)");
+  JEM_CHECK(!opt_.inception.empty(), "--mode fid needs --inception FILE (the Inception-v3 weights)");
+  JEM_CHECK(fs::exists(opt_.inception), opt_.inception, ": Inception weights not found");
+  std::vector<float> gen, ref;
+  export_fid_inputs(&gen, &ref);
   // ==== MERGE POINT (FID): the single call site of the Inception network. ====
+  //   const WrnConfig& mc = model_.config();  n = gen.size() / per, m = ref.size() / per
   //   Tensor g = host tensor [n, C, S, S] of `gen`, r = [m, C, S, S] of `ref` (both in [-1, 1]);
-  //   const FidIsResult f = fid_and_inception_score(be, opt_.inception, g, r, model_.max_batch(), opt_.is_splits);
+  //   const FidIsResult f = fid_and_inception_score(model_.backend(), opt_.inception, g, r,
+  //                                                 model_.max_batch(), opt_.is_splits);
   //   res_.fid = SuiteResults::Fid{f.fid, f.is_mean, f.is_std, n};
   JEM_FAIL("FID needs the Inception network (not built in)");
 }
