@@ -12,6 +12,8 @@
 #include "jem/runtime.hpp"
 #include "jem/safetensors.hpp"
 #include "jem/sampler.hpp"
+#include "jem/samples.hpp"
+#include "jem/eval_io.hpp"
 
 namespace jem::cli {
 
@@ -54,40 +56,27 @@ void register_sample(CLI::App& app) {
     SgldSampler sampler(*backend, model, sc, chunk);
     const int steps = a->steps >= 0 ? a->steps : cfg.sgld_steps;
     const std::int64_t per = std::int64_t(mc.in_channels) * mc.image_size * mc.image_size;
-    std::vector<float> all(std::size_t(a->n * per));
     // Starting points: fresh noise, or n slots spread evenly over the buffer.
-    ReplayBuffer start(*backend, a->n, mc.in_channels, mc.image_size, 1);
+    std::vector<float> all;
     if (a->from == "fresh") {
-      start.init_uniform(a->seed);
+      all = fresh_noise(*backend, a->n, mc.in_channels, mc.image_size, a->seed);
     } else {
       const auto buf = file.f32("replay_buffer");
       const std::int64_t slots = std::int64_t(buf.size()) / per;
       JEM_CHECK(slots >= 1, a->checkpoint, ": empty replay buffer");
-      std::vector<float> pick(std::size_t(a->n * per));
+      all.resize(std::size_t(a->n * per));
       for (int i = 0; i < a->n; ++i) {
         const std::int64_t s = std::int64_t(i) * slots / a->n;
-        std::copy_n(buf.begin() + s * per, per, pick.begin() + i * per);
+        std::copy_n(buf.begin() + s * per, per, all.begin() + i * per);
       }
-      backend->upload(pick.data(), start.data());
     }
-    const Tensor labels = backend->empty(Shape{chunk}, DType::I32);
-    for (int first = 0; first < a->n; first += chunk) {
-      const int n = std::min(chunk, a->n - first);
-      const Tensor x = start.data().slice(first, first + n);
-      Tensor lab;
-      if (a->conditional) {
-        std::vector<std::int32_t> y(static_cast<std::size_t>(n));
-        for (int i = 0; i < n; ++i) y[std::size_t(i)] = (first + i) % mc.n_classes;
-        lab = labels.slice(0, n);
-        backend->upload_i32(y.data(), lab);
-      }
-      for (int round = 0; round < a->rounds; ++round) {
-        sampler.run_chains(x, lab, a->seed, std::uint32_t(round), std::uint32_t(first), steps);
-        std::fprintf(stderr, "\rsample: chains %d-%d, round %d/%d", first, first + n - 1, round + 1, a->rounds);
-      }
-      backend->download(x, all.data() + first * per);
-    }
-    std::fprintf(stderr, "\n");
+    std::vector<std::int32_t> y;
+    if (a->conditional)
+      for (int i = 0; i < a->n; ++i) y.push_back(i % mc.n_classes);
+    ProgressBar bar("sample");
+    run_sgld_chains(*backend, sampler, mc, chunk, all, a->n, y, a->rounds, steps, a->seed,
+                    [&](std::int64_t done, std::int64_t total) { bar.update(done, total); });
+    bar.finish();
     const int columns = a->conditional ? mc.n_classes : 0;
     write_png_grid(a->out, all.data(), a->n, mc.in_channels, mc.image_size, mc.image_size, columns);
     std::printf("wrote %d samples to %s\n", a->n, a->out.c_str());

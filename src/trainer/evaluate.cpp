@@ -1,6 +1,7 @@
 #include "jem/evaluate.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "jem/data_pipeline.hpp"
@@ -8,13 +9,14 @@
 namespace jem {
 
 EvalResult evaluate(WideResNet& model, const Dataset& data, float sigma, std::uint64_t seed,
-                    const std::function<void(std::int64_t, std::int64_t)>& progress) {
-  return evaluate_range(model, data, 0, data.count, sigma, seed, progress);
+                    const std::function<void(std::int64_t, std::int64_t)>& progress, EvalPredictions* predictions) {
+  return evaluate_range(model, data, 0, data.count, sigma, seed, progress, predictions);
 }
 
 EvalResult evaluate_range(WideResNet& model, const Dataset& data, std::int64_t begin, std::int64_t total,
                           float sigma, std::uint64_t seed,
-                          const std::function<void(std::int64_t, std::int64_t)>& progress) {
+                          const std::function<void(std::int64_t, std::int64_t)>& progress,
+                          EvalPredictions* predictions) {
   JEM_CHECK(begin >= 0 && total >= 0 && begin + total <= data.count, "evaluate: images [", begin, ", ",
             begin + total, ") outside ", data.name, " [0, ", data.count, ")");
   Backend& be = model.backend();
@@ -37,6 +39,7 @@ EvalResult evaluate_range(WideResNet& model, const Dataset& data, std::int64_t b
   EvalResult r;
   double ce = 0, e = 0;
   std::int64_t correct = 0;
+  if (predictions) *predictions = EvalPredictions{};
   for (std::int64_t first = begin; first < begin + total; first += M) {
     const int n = int(std::min<std::int64_t>(M, begin + total - first));
     make_eval_batch(data, first, n, sigma, seed, x.data(), y.data());
@@ -53,7 +56,15 @@ EvalResult evaluate_range(WideResNet& model, const Dataset& data, std::int64_t b
     be.download(lg, logits.data());
     for (int i = 0; i < n; ++i) {
       const float* row = logits.data() + std::size_t(i) * std::size_t(K);
-      if (int(std::max_element(row, row + K) - row) == y[std::size_t(i)]) ++correct;
+      const int k = int(std::max_element(row, row + K) - row);
+      if (k == y[std::size_t(i)]) ++correct;
+      if (predictions) {
+        double z = 0;  // max softmax = 1 / sum_j exp(l_j - l_max)
+        for (int j = 0; j < K; ++j) z += std::exp(double(row[j]) - double(row[k]));
+        predictions->predicted.push_back(k);
+        predictions->confidence.push_back(float(1.0 / z));
+        predictions->correct.push_back(k == y[std::size_t(i)] ? 1 : 0);
+      }
     }
     if (progress) progress(first + n - begin, total);
   }
