@@ -38,41 +38,33 @@ constexpr double kTolerance = 1e-4;
 TEST(InceptionReference, MatchesPyTorchOnRandomWeights) {
   const std::string dir = temp_dir("inception_reference");
   std::string output;
-  const int rc = run_command(
-      "/usr/bin/python3 " + source_path("tools/inception_reference.py") +
-          " --out " + dir + " --image-size " + std::to_string(kImageSize),
-      &output);
-  if (rc == 77 ||
-      (rc != 0 && output.find("No module named") != std::string::npos))
-    GTEST_SKIP()
-        << "no PyTorch for /usr/bin/python3 (apt-get install python3-torch): "
-        << output;
+  const int rc = run_command("/usr/bin/python3 " + source_path("tools/inception_reference.py") +
+                                 " --out " + dir + " --image-size " + std::to_string(kImageSize),
+                             &output);
+  if (rc == 77 || (rc != 0 && output.find("No module named") != std::string::npos))
+    GTEST_SKIP() << "no PyTorch for /usr/bin/python3 (apt-get install python3-torch): " << output;
   ASSERT_EQ(rc, 0) << output;
 
-  const safetensors::File ref =
-      safetensors::File::read(dir + "/inception_reference.safetensors");
+  const safetensors::File ref = safetensors::File::read(dir + "/inception_reference.safetensors");
   auto be = make_cpu_backend(2);
   InceptionV3 net(*be, dir + "/inception_random.safetensors", kImageSize);
-  for (const char *tag : {"rgb", "gray"}) {
+  for (const char* tag : {"rgb", "gray"}) {
     const std::string t(tag);
-    const auto &info = ref.info(t + ".images");
-    const Tensor images = Tensor::host(
-        Shape{info.shape[0], info.shape[1], info.shape[2], info.shape[3]});
+    const auto& info = ref.info(t + ".images");
+    const Tensor images =
+        Tensor::host(Shape{info.shape[0], info.shape[1], info.shape[2], info.shape[3]});
     const std::vector<float> pixels = ref.f32(t + ".images");
     std::copy(pixels.begin(), pixels.end(), images.data<float>());
     std::vector<float> features, logits;
     net.features_and_logits(images, 2, &features, &logits);
-    const double ef = rel_error(
-        features, ref.f32_checked(t + ".features", {info.shape[0], 2048}));
-    const double el = rel_error(
-        logits, ref.f32_checked(t + ".logits", {info.shape[0], 1008}));
-    std::printf("%s: features rel_error %.3g, logits rel_error %.3g\n", tag, ef,
-                el);
+    const double ef = rel_error(features, ref.f32_checked(t + ".features", {info.shape[0], 2048}));
+    const double el = rel_error(logits, ref.f32_checked(t + ".logits", {info.shape[0], 1008}));
+    std::printf("%s: features rel_error %.3g, logits rel_error %.3g\n", tag, ef, el);
     EXPECT_LE(ef, kTolerance) << tag << " features";
     EXPECT_LE(el, kTolerance) << tag << " logits";
   }
   std::filesystem::remove_all(dir);
 }
 
-} // namespace
-} // namespace jem::test
+}  // namespace
+}  // namespace jem::test

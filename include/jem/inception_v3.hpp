@@ -45,15 +45,15 @@ namespace jem {
 
 // One tensor the weights file must hold: pytorch-fid's name and shape.
 struct InceptionTensorSpec {
-  std::string name; // "Mixed_6b.branch7x7_2.conv.weight", "fc.bias", ...
+  std::string name;  // "Mixed_6b.branch7x7_2.conv.weight", "fc.bias", ...
   std::vector<std::int64_t> shape;
 };
 
 class InceptionV3 {
-public:
-  static constexpr int kFeatureDim = 2048; // pool3
-  static constexpr int kLogitDim = 1008;   // fc
-  static constexpr int kImageSize = 299;   // what pytorch-fid resizes to
+ public:
+  static constexpr int kFeatureDim = 2048;  // pool3
+  static constexpr int kLogitDim = 1008;    // fc
+  static constexpr int kImageSize = 299;    // what pytorch-fid resizes to
   static constexpr double kBnEps = 1e-3;
 
   // Every tensor the network reads, in network order (BatchNorm's
@@ -64,8 +64,7 @@ public:
   // jem::Error naming the file and the tensor. `image_size` is what inputs are
   // resized to: 299 for FID / IS; anything >= 75 runs (the tests use small
   // sizes to stay fast).
-  InceptionV3(Backend &backend, const std::string &weights_path,
-              int image_size = kImageSize);
+  InceptionV3(Backend& backend, const std::string& weights_path, int image_size = kImageSize);
 
   int image_size() const { return image_size_; }
   std::int64_t parameter_count() const { return params_.numel(); }
@@ -74,36 +73,34 @@ public:
   // Writes features [N, 2048] and logits [N, 1008] (both on the device,
   // overwritten). Activations are allocated per call (an evaluation tool, not a
   // training loop).
-  void forward(const Tensor &x, const Tensor &features, const Tensor &logits);
+  void forward(const Tensor& x, const Tensor& features, const Tensor& logits);
 
   // Convenience: host images [N, C, H, W] in [-1, 1] -> host features [N, 2048]
   // and logits [N, 1008], `batch_size` images at a time.
-  void features_and_logits(const Tensor &host_images, std::int64_t batch_size,
-                           std::vector<float> *features,
-                           std::vector<float> *logits);
+  void features_and_logits(const Tensor& host_images, std::int64_t batch_size,
+                           std::vector<float>* features, std::vector<float>* logits);
 
   struct Conv {
     int cin = 0, cout = 0, kh = 1, kw = 1, stride = 1, ph = 0, pw = 0;
-    Tensor w, b; // folded: [cout, cin, kh, kw], [cout]
+    Tensor w, b;  // folded: [cout, cin, kh, kw], [cout]
   };
 
-private:
-  Tensor conv(const std::string &name,
-              const Tensor &x); // conv + folded BN + ReLU
-  Tensor pool(const Tensor &x, bool is_max, int kernel, int stride, int pad);
-  Tensor block_a(const std::string &p, const Tensor &x);
-  Tensor block_b(const std::string &p, const Tensor &x);
-  Tensor block_c(const std::string &p, const Tensor &x);
-  Tensor block_d(const std::string &p, const Tensor &x);
-  Tensor block_e(const std::string &p, const Tensor &x, bool max_pool_branch);
-  Tensor concat(const std::vector<Tensor> &parts);
+ private:
+  Tensor conv(const std::string& name,
+              const Tensor& x);  // conv + folded BN + ReLU
+  Tensor pool(const Tensor& x, bool is_max, int kernel, int stride, int pad);
+  Tensor block_a(const std::string& p, const Tensor& x);
+  Tensor block_b(const std::string& p, const Tensor& x);
+  Tensor block_c(const std::string& p, const Tensor& x);
+  Tensor block_d(const std::string& p, const Tensor& x);
+  Tensor block_e(const std::string& p, const Tensor& x, bool max_pool_branch);
+  Tensor concat(const std::vector<Tensor>& parts);
 
-  Backend &be_;
+  Backend& be_;
   int image_size_;
-  Tensor params_; // every folded weight, bias and the fc layer, one flat buffer
-  std::vector<std::pair<std::string, Conv>>
-      convs_;          // by prefix, e.g. "Mixed_5b.branch1x1"
-  Tensor fc_w_, fc_b_; // [1008, 2048], [1008]
+  Tensor params_;  // every folded weight, bias and the fc layer, one flat buffer
+  std::vector<std::pair<std::string, Conv>> convs_;  // by prefix, e.g. "Mixed_5b.branch1x1"
+  Tensor fc_w_, fc_b_;                               // [1008, 2048], [1008]
 };
 
-} // namespace jem
+}  // namespace jem

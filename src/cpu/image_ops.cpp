@@ -11,41 +11,36 @@
 
 namespace jem::cpu {
 
-void CpuBackend::max_pool2d_forward_impl(const PoolGeom &g, const float *x,
-                                         float *y) {
+void CpuBackend::max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) {
   const int P = g.P(), Q = g.Q();
   const std::int64_t planes = std::int64_t(g.N) * g.C;
 #pragma omp parallel for schedule(static) num_threads(threads_)
   for (std::int64_t pl = 0; pl < planes; ++pl) {
-    const float *xp = x + pl * g.H * g.W; // [H, W]
-    float *yp = y + pl * P * Q;           // [P, Q]
+    const float* xp = x + pl * g.H * g.W;  // [H, W]
+    float* yp = y + pl * P * Q;            // [P, Q]
     for (int p = 0; p < P; ++p)
-      for (int q = 0; q < Q; ++q)
-        yp[p * Q + q] = image_ops::max_pool_at(g, xp, p, q);
+      for (int q = 0; q < Q; ++q) yp[p * Q + q] = image_ops::max_pool_at(g, xp, p, q);
   }
 }
 
-void CpuBackend::avg_pool2d_forward_impl(const PoolGeom &g, const float *x,
-                                         float *y) {
+void CpuBackend::avg_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) {
   const int P = g.P(), Q = g.Q();
   const std::int64_t planes = std::int64_t(g.N) * g.C;
 #pragma omp parallel for schedule(static) num_threads(threads_)
   for (std::int64_t pl = 0; pl < planes; ++pl) {
-    const float *xp = x + pl * g.H * g.W; // [H, W]
-    float *yp = y + pl * P * Q;           // [P, Q]
+    const float* xp = x + pl * g.H * g.W;  // [H, W]
+    float* yp = y + pl * P * Q;            // [P, Q]
     for (int p = 0; p < P; ++p)
-      for (int q = 0; q < Q; ++q)
-        yp[p * Q + q] = image_ops::avg_pool_at(g, xp, p, q);
+      for (int q = 0; q < Q; ++q) yp[p * Q + q] = image_ops::avg_pool_at(g, xp, p, q);
   }
 }
 
-void CpuBackend::resize_bilinear_forward_impl(std::int64_t NC, int H, int W,
-                                              int P, int Q, const float *x,
-                                              float *y) {
+void CpuBackend::resize_bilinear_forward_impl(std::int64_t NC, int H, int W, int P, int Q,
+                                              const float* x, float* y) {
 #pragma omp parallel for schedule(static) num_threads(threads_)
   for (std::int64_t pl = 0; pl < NC; ++pl) {
-    const float *xp = x + pl * H * W; // [H, W]
-    float *yp = y + pl * P * Q;       // [P, Q]
+    const float* xp = x + pl * H * W;  // [H, W]
+    float* yp = y + pl * P * Q;        // [P, Q]
     for (int p = 0; p < P; ++p) {
       const image_ops::LerpTap th = image_ops::bilinear_tap(H, P, p);
       for (int q = 0; q < Q; ++q)
@@ -55,8 +50,8 @@ void CpuBackend::resize_bilinear_forward_impl(std::int64_t NC, int H, int W,
   }
 }
 
-void CpuBackend::copy_channels_impl(int N, int Cs, int Cd, std::int64_t HW,
-                                    int offset, const float *src, float *dst) {
+void CpuBackend::copy_channels_impl(int N, int Cs, int Cd, std::int64_t HW, int offset,
+                                    const float* src, float* dst) {
   // Each image's Cs planes are one contiguous run in src and in dst.
   const std::int64_t run = std::int64_t(Cs) * HW;
 #pragma omp parallel for schedule(static) num_threads(threads_)
@@ -65,4 +60,4 @@ void CpuBackend::copy_channels_impl(int N, int Cs, int Cd, std::int64_t HW,
                 static_cast<std::size_t>(run) * sizeof(float));
 }
 
-} // namespace jem::cpu
+}  // namespace jem::cpu

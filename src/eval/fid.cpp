@@ -10,9 +10,8 @@
 
 namespace jem {
 
-GaussianStats gaussian_stats(const float *features, std::int64_t n, int dim) {
-  JEM_CHECK(n >= 2 && dim >= 1,
-            "gaussian_stats: need at least 2 rows of >= 1 feature, got ", n,
+GaussianStats gaussian_stats(const float* features, std::int64_t n, int dim) {
+  JEM_CHECK(n >= 2 && dim >= 1, "gaussian_stats: need at least 2 rows of >= 1 feature, got ", n,
             " x ", dim);
   GaussianStats s;
   s.dim = dim;
@@ -21,19 +20,16 @@ GaussianStats gaussian_stats(const float *features, std::int64_t n, int dim) {
   for (std::int64_t i = 0; i < n; ++i)
     for (int j = 0; j < dim; ++j) {
       const float v = features[i * dim + j];
-      JEM_CHECK(std::isfinite(v), "gaussian_stats: feature ", j, " of row ", i,
-                " is ", v);
+      JEM_CHECK(std::isfinite(v), "gaussian_stats: feature ", j, " of row ", i, " is ", v);
       s.mean[std::size_t(j)] += v;
     }
-  for (double &m : s.mean)
-    m /= double(n);
+  for (double& m : s.mean) m /= double(n);
   // Two passes (mean first, then centred products) in double: no cancellation
   // between E[x x^T] and mu mu^T. Rows go through a centred block of kChunk
   // rows at a time, so memory stays O(kChunk * dim) for any n.
   constexpr std::int64_t kChunk = 512;
   s.cov.assign(std::size_t(dim) * std::size_t(dim), 0.0);
-  std::vector<double> block(std::size_t(kChunk) *
-                            std::size_t(dim)); // [rows, dim], centred
+  std::vector<double> block(std::size_t(kChunk) * std::size_t(dim));  // [rows, dim], centred
   for (std::int64_t begin = 0; begin < n; begin += kChunk) {
     const std::int64_t rows = std::min(kChunk, n - begin);
     for (std::int64_t i = 0; i < rows; ++i)
@@ -41,8 +37,8 @@ GaussianStats gaussian_stats(const float *features, std::int64_t n, int dim) {
         block[std::size_t(i * dim + j)] =
             double(features[(begin + i) * dim + j]) - s.mean[std::size_t(j)];
     // cov (upper triangle) += block^T block
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, dim, int(rows), 1.0,
-                block.data(), dim, 1.0, s.cov.data(), dim);
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, dim, int(rows), 1.0, block.data(), dim, 1.0,
+                s.cov.data(), dim);
   }
   const double inv = 1.0 / double(n - 1);
   for (int r = 0; r < dim; ++r)
@@ -54,16 +50,14 @@ GaussianStats gaussian_stats(const float *features, std::int64_t n, int dim) {
   return s;
 }
 
-double frechet_distance(const std::vector<double> &mean1,
-                        const std::vector<double> &cov1,
-                        const std::vector<double> &mean2,
-                        const std::vector<double> &cov2, int dim) {
+double frechet_distance(const std::vector<double>& mean1, const std::vector<double>& cov1,
+                        const std::vector<double>& mean2, const std::vector<double>& cov2,
+                        int dim) {
   const std::size_t d = std::size_t(dim), dd = d * d;
-  JEM_CHECK(dim >= 1 && mean1.size() == d && mean2.size() == d &&
-                cov1.size() == dd && cov2.size() == dd,
-            "frechet_distance: means of ", mean1.size(), " and ", mean2.size(),
-            " values and covariances of ", cov1.size(), " and ", cov2.size(),
-            " for dimension ", dim);
+  JEM_CHECK(
+      dim >= 1 && mean1.size() == d && mean2.size() == d && cov1.size() == dd && cov2.size() == dd,
+      "frechet_distance: means of ", mean1.size(), " and ", mean2.size(),
+      " values and covariances of ", cov1.size(), " and ", cov2.size(), " for dimension ", dim);
   double diff2 = 0.0, tr1 = 0.0, tr2 = 0.0;
   for (std::size_t i = 0; i < d; ++i) {
     const double e = mean1[i] - mean2[i];
@@ -75,57 +69,47 @@ double frechet_distance(const std::vector<double> &mean1,
   // of a PSD matrix) taken as zero.
   std::vector<double> lambda, V;
   symmetric_eigen(cov1, dim, &lambda, &V);
-  std::vector<double> Vs = V; // [d, d]: column i scaled by sqrt(lambda_i)
+  std::vector<double> Vs = V;  // [d, d]: column i scaled by sqrt(lambda_i)
   for (std::size_t r = 0; r < d; ++r)
-    for (std::size_t i = 0; i < d; ++i)
-      Vs[r * d + i] *= std::sqrt(std::max(lambda[i], 0.0));
+    for (std::size_t i = 0; i < d; ++i) Vs[r * d + i] *= std::sqrt(std::max(lambda[i], 0.0));
   std::vector<double> root1(dd), t(dd), m(dd);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, dim, dim, dim, 1.0,
-              Vs.data(), dim, V.data(), dim, 0.0, root1.data(),
-              dim); // sqrt(S1) = Vs V^T
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, dim, dim, 1.0,
-              root1.data(), dim, cov2.data(), dim, 0.0, t.data(),
-              dim); // sqrt(S1) S2
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, dim, dim, 1.0,
-              t.data(), dim, root1.data(), dim, 0.0, m.data(),
-              dim); // sqrt(S1) S2 sqrt(S1)
-  for (std::size_t r = 0; r < d;
-       ++r) // symmetric in exact arithmetic: remove rounding skew
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, dim, dim, dim, 1.0, Vs.data(), dim, V.data(),
+              dim, 0.0, root1.data(),
+              dim);  // sqrt(S1) = Vs V^T
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, dim, dim, 1.0, root1.data(), dim,
+              cov2.data(), dim, 0.0, t.data(),
+              dim);  // sqrt(S1) S2
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, dim, dim, 1.0, t.data(), dim,
+              root1.data(), dim, 0.0, m.data(),
+              dim);                    // sqrt(S1) S2 sqrt(S1)
+  for (std::size_t r = 0; r < d; ++r)  // symmetric in exact arithmetic: remove rounding skew
     for (std::size_t c = r + 1; c < d; ++c)
       m[r * d + c] = m[c * d + r] = 0.5 * (m[r * d + c] + m[c * d + r]);
   std::vector<double> mu;
   symmetric_eigen(m, dim, &mu, nullptr);
   double tr_sqrt = 0.0;
-  for (double v : mu)
-    tr_sqrt += std::sqrt(std::max(v, 0.0));
+  for (double v : mu) tr_sqrt += std::sqrt(std::max(v, 0.0));
   return diff2 + tr1 + tr2 - 2.0 * tr_sqrt;
 }
 
-double frechet_distance(const GaussianStats &a, const GaussianStats &b) {
-  JEM_CHECK(a.dim == b.dim, "frechet_distance: dimensions ", a.dim, " and ",
-            b.dim, " differ");
+double frechet_distance(const GaussianStats& a, const GaussianStats& b) {
+  JEM_CHECK(a.dim == b.dim, "frechet_distance: dimensions ", a.dim, " and ", b.dim, " differ");
   return frechet_distance(a.mean, a.cov, b.mean, b.cov, a.dim);
 }
 
-InceptionScore inception_score(const float *logits, std::int64_t n, int classes,
-                               int splits) {
-  JEM_CHECK(classes >= 1 && n >= 1, "inception_score: ", n, " rows of ",
-            classes, " classes");
-  JEM_CHECK(splits >= 1 && splits <= n, "inception_score: ", splits,
-            " splits of ", n, " rows");
-  std::vector<double> p(std::size_t(n) *
-                        std::size_t(classes)); // softmax rows, in double
+InceptionScore inception_score(const float* logits, std::int64_t n, int classes, int splits) {
+  JEM_CHECK(classes >= 1 && n >= 1, "inception_score: ", n, " rows of ", classes, " classes");
+  JEM_CHECK(splits >= 1 && splits <= n, "inception_score: ", splits, " splits of ", n, " rows");
+  std::vector<double> p(std::size_t(n) * std::size_t(classes));  // softmax rows, in double
   for (std::int64_t i = 0; i < n; ++i) {
-    const float *row = logits + i * classes;
+    const float* row = logits + i * classes;
     double mx = -INFINITY;
     for (int k = 0; k < classes; ++k) {
-      JEM_CHECK(std::isfinite(row[k]), "inception_score: logit ", k, " of row ",
-                i, " is ", row[k]);
+      JEM_CHECK(std::isfinite(row[k]), "inception_score: logit ", k, " of row ", i, " is ", row[k]);
       mx = std::max(mx, double(row[k]));
     }
     double z = 0.0;
-    for (int k = 0; k < classes; ++k)
-      z += std::exp(double(row[k]) - mx);
+    for (int k = 0; k < classes; ++k) z += std::exp(double(row[k]) - mx);
     for (int k = 0; k < classes; ++k)
       p[std::size_t(i * classes + k)] = std::exp(double(row[k]) - mx) / z;
   }
@@ -135,56 +119,58 @@ InceptionScore inception_score(const float *logits, std::int64_t n, int classes,
     const std::int64_t begin = s * n / splits, end = (s + 1) * n / splits;
     std::fill(py.begin(), py.end(), 0.0);
     for (std::int64_t i = begin; i < end; ++i)
-      for (int k = 0; k < classes; ++k)
-        py[std::size_t(k)] += p[std::size_t(i * classes + k)];
-    for (double &v : py)
-      v /= double(end - begin);
-    double kl = 0.0; // sum over the split of KL(p(y|x) || p(y)); 0 log 0 = 0
+      for (int k = 0; k < classes; ++k) py[std::size_t(k)] += p[std::size_t(i * classes + k)];
+    for (double& v : py) v /= double(end - begin);
+    double kl = 0.0;  // sum over the split of KL(p(y|x) || p(y)); 0 log 0 = 0
     for (std::int64_t i = begin; i < end; ++i)
       for (int k = 0; k < classes; ++k) {
         const double q = p[std::size_t(i * classes + k)];
-        if (q > 0.0)
-          kl += q * (std::log(q) - std::log(py[std::size_t(k)]));
+        if (q > 0.0) kl += q * (std::log(q) - std::log(py[std::size_t(k)]));
       }
     scores.push_back(std::exp(kl / double(end - begin)));
   }
   InceptionScore r;
-  for (double v : scores)
-    r.mean += v;
+  for (double v : scores) r.mean += v;
   r.mean /= double(splits);
-  for (double v : scores)
-    r.std += (v - r.mean) * (v - r.mean);
+  for (double v : scores) r.std += (v - r.mean) * (v - r.mean);
   r.std = std::sqrt(r.std / double(splits));
   return r;
 }
 
-FidIsResult fid_and_inception_score(Backend &backend,
-                                    const std::string &weights_path,
-                                    const Tensor &generated,
-                                    const Tensor &reference,
+namespace {
+// Checked before the weights load, so that bad arguments fail fast.
+void check_image_sets(const Tensor& generated, const Tensor& reference, int is_splits) {
+  for (const Tensor* t : {&generated, &reference})
+    JEM_CHECK(t->defined() && t->shape().rank() == 4 && t->dim(0) >= 2,
+              "fid_and_inception_score: image sets must be [N >= 2, C, H, W], got ",
+              t->defined() ? t->shape().str() : std::string("undefined"));
+  JEM_CHECK(is_splits >= 1 && is_splits <= generated.dim(0), "fid_and_inception_score: ", is_splits,
+            " Inception Score splits of ", generated.dim(0), " generated images");
+}
+}  // namespace
+
+FidIsResult fid_and_inception_score(Backend& backend, const std::string& weights_path,
+                                    const Tensor& generated, const Tensor& reference,
                                     std::int64_t batch_size, int is_splits) {
-  for (const Tensor *t : {&generated, &reference})
-    JEM_CHECK(
-        t->defined() && t->shape().rank() == 4 && t->dim(0) >= 2,
-        "fid_and_inception_score: image sets must be [N >= 2, C, H, W], got ",
-        t->defined() ? t->shape().str() : std::string("undefined"));
-  JEM_CHECK(is_splits >= 1 && is_splits <= generated.dim(0),
-            "fid_and_inception_score: ", is_splits,
-            " Inception Score splits of ", generated.dim(0),
-            " generated images");
+  check_image_sets(generated, reference, is_splits);
   InceptionV3 net(backend, weights_path);
+  return fid_and_inception_score(net, generated, reference, batch_size, is_splits);
+}
+
+FidIsResult fid_and_inception_score(InceptionV3& net, const Tensor& generated,
+                                    const Tensor& reference, std::int64_t batch_size,
+                                    int is_splits) {
+  check_image_sets(generated, reference, is_splits);
+  // Features [N, 2048] and logits [N, 1008] of both sets (the reference logits go unused).
   std::vector<float> gen_features, gen_logits, ref_features, ref_logits;
   net.features_and_logits(generated, batch_size, &gen_features, &gen_logits);
   net.features_and_logits(reference, batch_size, &ref_features, &ref_logits);
   const int D = InceptionV3::kFeatureDim;
-  const GaussianStats g =
-      gaussian_stats(gen_features.data(), generated.dim(0), D);
-  const GaussianStats r =
-      gaussian_stats(ref_features.data(), reference.dim(0), D);
-  const InceptionScore is = inception_score(gen_logits.data(), generated.dim(0),
-                                            InceptionV3::kLogitDim, is_splits);
-  return FidIsResult{frechet_distance(g, r), is.mean, is.std, generated.dim(0),
-                     reference.dim(0)};
+  const GaussianStats g = gaussian_stats(gen_features.data(), generated.dim(0), D);
+  const GaussianStats r = gaussian_stats(ref_features.data(), reference.dim(0), D);
+  const InceptionScore is =
+      inception_score(gen_logits.data(), generated.dim(0), InceptionV3::kLogitDim, is_splits);
+  return FidIsResult{frechet_distance(g, r), is.mean, is.std, generated.dim(0), reference.dim(0)};
 }
 
-} // namespace jem
+}  // namespace jem

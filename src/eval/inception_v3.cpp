@@ -20,8 +20,8 @@ struct ConvSpec {
 // Every BasicConv2d of the network, in network order.
 std::vector<ConvSpec> conv_specs() {
   std::vector<ConvSpec> s;
-  auto add = [&](const std::string &p, int cin, int cout, int kh, int kw,
-                 int stride = 1, int ph = 0, int pw = 0) {
+  auto add = [&](const std::string& p, int cin, int cout, int kh, int kw, int stride = 1,
+                 int ph = 0, int pw = 0) {
     s.push_back({p, cin, cout, kh, kw, stride, ph, pw});
   };
   add("Conv2d_1a_3x3", 3, 32, 3, 3, 2);
@@ -31,11 +31,10 @@ std::vector<ConvSpec> conv_specs() {
   add("Conv2d_4a_3x3", 80, 192, 3, 3);
   // FIDInceptionA: 64 + 64 + 96 + pool_features output channels.
   const struct {
-    const char *name;
+    const char* name;
     int in, pool;
-  } a_blocks[] = {
-      {"Mixed_5b", 192, 32}, {"Mixed_5c", 256, 64}, {"Mixed_5d", 288, 64}};
-  for (const auto &b : a_blocks) {
+  } a_blocks[] = {{"Mixed_5b", 192, 32}, {"Mixed_5c", 256, 64}, {"Mixed_5d", 288, 64}};
+  for (const auto& b : a_blocks) {
     const std::string p = std::string(b.name) + ".";
     add(p + "branch1x1", b.in, 64, 1, 1);
     add(p + "branch5x5_1", b.in, 48, 1, 1);
@@ -53,13 +52,10 @@ std::vector<ConvSpec> conv_specs() {
   // FIDInceptionC: 4 x 192 = 768, with factorised 1x7 / 7x1 convolutions of c7
   // channels.
   const struct {
-    const char *name;
+    const char* name;
     int c7;
-  } c_blocks[] = {{"Mixed_6b", 128},
-                  {"Mixed_6c", 160},
-                  {"Mixed_6d", 160},
-                  {"Mixed_6e", 192}};
-  for (const auto &b : c_blocks) {
+  } c_blocks[] = {{"Mixed_6b", 128}, {"Mixed_6c", 160}, {"Mixed_6d", 160}, {"Mixed_6e", 192}};
+  for (const auto& b : c_blocks) {
     const std::string p = std::string(b.name) + ".";
     const int c7 = b.c7;
     add(p + "branch1x1", 768, 192, 1, 1);
@@ -82,10 +78,10 @@ std::vector<ConvSpec> conv_specs() {
   add("Mixed_7a.branch7x7x3_4", 192, 192, 3, 3, 2);
   // FIDInceptionE_1 / E_2: 320 + 2 x 384 + 2 x 384 + 192 = 2048.
   const struct {
-    const char *name;
+    const char* name;
     int in;
   } e_blocks[] = {{"Mixed_7b", 1280}, {"Mixed_7c", 2048}};
-  for (const auto &b : e_blocks) {
+  for (const auto& b : e_blocks) {
     const std::string p = std::string(b.name) + ".";
     add(p + "branch1x1", b.in, 320, 1, 1);
     add(p + "branch3x3_1", b.in, 384, 1, 1);
@@ -100,70 +96,55 @@ std::vector<ConvSpec> conv_specs() {
   return s;
 }
 
-const char *const kBnParts[] = {"weight", "bias", "running_mean",
-                                "running_var"};
+const char* const kBnParts[] = {"weight", "bias", "running_mean", "running_var"};
 
-} // namespace
+}  // namespace
 
 std::vector<InceptionTensorSpec> InceptionV3::tensor_specs() {
   std::vector<InceptionTensorSpec> out;
-  for (const ConvSpec &c : conv_specs()) {
+  for (const ConvSpec& c : conv_specs()) {
     out.push_back({c.prefix + ".conv.weight", {c.cout, c.cin, c.kh, c.kw}});
-    for (const char *part : kBnParts)
-      out.push_back({c.prefix + ".bn." + part, {c.cout}});
+    for (const char* part : kBnParts) out.push_back({c.prefix + ".bn." + part, {c.cout}});
   }
   out.push_back({"fc.weight", {kLogitDim, kFeatureDim}});
   out.push_back({"fc.bias", {kLogitDim}});
   return out;
 }
 
-InceptionV3::InceptionV3(Backend &backend, const std::string &weights_path,
-                         int image_size)
+InceptionV3::InceptionV3(Backend& backend, const std::string& weights_path, int image_size)
     : be_(backend), image_size_(image_size) {
   // 75 x 75 is the smallest input whose every stride-2 stage still has a pixel
   // left.
-  JEM_CHECK(image_size >= 75, "InceptionV3: image size ", image_size,
-            " is below the minimum 75");
+  JEM_CHECK(image_size >= 75, "InceptionV3: image size ", image_size, " is below the minimum 75");
   const safetensors::File file = safetensors::File::read(weights_path);
-  auto read = [&](const std::string &name,
-                  const std::vector<std::int64_t> &shape) {
+  auto read = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
     JEM_CHECK(file.contains(name), weights_path, ": missing tensor '", name,
               "' (expected pytorch-fid's FID Inception weights converted by "
               "tools/convert_inception_weights.py)");
-    return file.f32_checked(
-        name, shape); // names the tensor on a shape or dtype mismatch
+    return file.f32_checked(name, shape);  // names the tensor on a shape or dtype mismatch
   };
 
   const std::vector<ConvSpec> specs = conv_specs();
   std::int64_t total = std::int64_t(kLogitDim) * kFeatureDim + kLogitDim;
-  for (const ConvSpec &c : specs)
-    total += std::int64_t(c.cout) * c.cin * c.kh * c.kw + c.cout;
-  std::vector<float> host(
-      static_cast<std::size_t>(total)); // the flat buffer, on the host
-  std::vector<std::pair<std::size_t, std::size_t>>
-      offsets; // (weight, bias) of each conv
+  for (const ConvSpec& c : specs) total += std::int64_t(c.cout) * c.cin * c.kh * c.kw + c.cout;
+  std::vector<float> host(static_cast<std::size_t>(total));  // the flat buffer, on the host
+  std::vector<std::pair<std::size_t, std::size_t>> offsets;  // (weight, bias) of each conv
   std::size_t at = 0;
-  for (const ConvSpec &c : specs) {
+  for (const ConvSpec& c : specs) {
     const std::int64_t per_out = std::int64_t(c.cin) * c.kh * c.kw;
-    const std::vector<float> w =
-        read(c.prefix + ".conv.weight", {c.cout, c.cin, c.kh, c.kw});
+    const std::vector<float> w = read(c.prefix + ".conv.weight", {c.cout, c.cin, c.kh, c.kw});
     std::vector<float> bn[4];
-    for (int i = 0; i < 4; ++i)
-      bn[i] = read(c.prefix + ".bn." + kBnParts[i], {c.cout});
-    const std::size_t w_at = at,
-                      b_at = at + static_cast<std::size_t>(c.cout * per_out);
+    for (int i = 0; i < 4; ++i) bn[i] = read(c.prefix + ".bn." + kBnParts[i], {c.cout});
+    const std::size_t w_at = at, b_at = at + static_cast<std::size_t>(c.cout * per_out);
     for (int k = 0; k < c.cout; ++k) {
       const double var = bn[3][std::size_t(k)];
       JEM_CHECK(var + kBnEps > 0.0, weights_path, ": tensor '", c.prefix,
                 ".bn.running_var' has a negative entry ", var, " at ", k);
-      const double scale =
-          double(bn[0][std::size_t(k)]) / std::sqrt(var + kBnEps);
+      const double scale = double(bn[0][std::size_t(k)]) / std::sqrt(var + kBnEps);
       for (std::int64_t i = 0; i < per_out; ++i)
-        host[w_at + std::size_t(k * per_out + i)] =
-            float(w[std::size_t(k * per_out + i)] * scale);
+        host[w_at + std::size_t(k * per_out + i)] = float(w[std::size_t(k * per_out + i)] * scale);
       host[b_at + std::size_t(k)] =
-          float(double(bn[1][std::size_t(k)]) -
-                double(bn[2][std::size_t(k)]) * scale);
+          float(double(bn[1][std::size_t(k)]) - double(bn[2][std::size_t(k)]) * scale);
     }
     offsets.emplace_back(w_at, b_at);
     at = b_at + std::size_t(c.cout);
@@ -172,13 +153,12 @@ InceptionV3::InceptionV3(Backend &backend, const std::string &weights_path,
   const std::vector<float> fc_b = read("fc.bias", {kLogitDim});
   const std::size_t fc_at = at;
   std::copy(fc_w.begin(), fc_w.end(), host.begin() + std::ptrdiff_t(fc_at));
-  std::copy(fc_b.begin(), fc_b.end(),
-            host.begin() + std::ptrdiff_t(fc_at + fc_w.size()));
+  std::copy(fc_b.begin(), fc_b.end(), host.begin() + std::ptrdiff_t(fc_at + fc_w.size()));
 
   params_ = be_.empty(Shape{total});
   be_.upload(host.data(), params_);
   for (std::size_t i = 0; i < specs.size(); ++i) {
-    const ConvSpec &s = specs[i];
+    const ConvSpec& s = specs[i];
     Conv c;
     c.cin = s.cin, c.cout = s.cout, c.kh = s.kh, c.kw = s.kw;
     c.stride = s.stride, c.ph = s.ph, c.pw = s.pw;
@@ -190,25 +170,24 @@ InceptionV3::InceptionV3(Backend &backend, const std::string &weights_path,
   fc_b_ = params_.view(fc_at + fc_w.size(), Shape{kLogitDim});
 }
 
-Tensor InceptionV3::conv(const std::string &name, const Tensor &x) {
+Tensor InceptionV3::conv(const std::string& name, const Tensor& x) {
   // Linear search over ~94 layers: negligible next to one convolution.
-  auto it = std::find_if(convs_.begin(), convs_.end(),
-                         [&](const auto &p) { return p.first == name; });
+  auto it =
+      std::find_if(convs_.begin(), convs_.end(), [&](const auto& p) { return p.first == name; });
   JEM_CHECK(it != convs_.end(), "InceptionV3: no layer '", name, "'");
-  const Conv &c = it->second;
+  const Conv& c = it->second;
   const std::int64_t P = (x.dim(2) + 2 * c.ph - c.kh) / c.stride + 1;
   const std::int64_t Q = (x.dim(3) + 2 * c.pw - c.kw) / c.stride + 1;
-  Tensor y = be_.empty(Shape{x.dim(0), c.cout, P, Q}); // [N, cout, P, Q]
+  Tensor y = be_.empty(Shape{x.dim(0), c.cout, P, Q});  // [N, cout, P, Q]
   be_.conv2d_forward(x, c.w, c.b, y, c.stride, c.ph, c.pw);
-  be_.leaky_relu_forward(y, y, 0.0f); // ReLU
+  be_.leaky_relu_forward(y, y, 0.0f);  // ReLU
   return y;
 }
 
-Tensor InceptionV3::pool(const Tensor &x, bool is_max, int kernel, int stride,
-                         int pad) {
+Tensor InceptionV3::pool(const Tensor& x, bool is_max, int kernel, int stride, int pad) {
   const std::int64_t P = (x.dim(2) + 2 * pad - kernel) / stride + 1;
   const std::int64_t Q = (x.dim(3) + 2 * pad - kernel) / stride + 1;
-  Tensor y = be_.empty(Shape{x.dim(0), x.dim(1), P, Q}); // [N, C, P, Q]
+  Tensor y = be_.empty(Shape{x.dim(0), x.dim(1), P, Q});  // [N, C, P, Q]
   if (is_max)
     be_.max_pool2d_forward(x, y, kernel, stride, pad);
   else
@@ -216,15 +195,13 @@ Tensor InceptionV3::pool(const Tensor &x, bool is_max, int kernel, int stride,
   return y;
 }
 
-Tensor InceptionV3::concat(const std::vector<Tensor> &parts) {
+Tensor InceptionV3::concat(const std::vector<Tensor>& parts) {
   std::int64_t C = 0;
-  for (const Tensor &t : parts)
-    C += t.dim(1);
-  const Tensor &f = parts.front();
-  Tensor y =
-      be_.empty(Shape{f.dim(0), C, f.dim(2), f.dim(3)}); // [N, sum C, H, W]
+  for (const Tensor& t : parts) C += t.dim(1);
+  const Tensor& f = parts.front();
+  Tensor y = be_.empty(Shape{f.dim(0), C, f.dim(2), f.dim(3)});  // [N, sum C, H, W]
   int offset = 0;
-  for (const Tensor &t : parts) {
+  for (const Tensor& t : parts) {
     be_.copy_channels(t, y, offset);
     offset += int(t.dim(1));
   }
@@ -232,51 +209,47 @@ Tensor InceptionV3::concat(const std::vector<Tensor> &parts) {
 }
 
 // FIDInceptionA: the branch pool averages over in-image taps only.
-Tensor InceptionV3::block_a(const std::string &p, const Tensor &x) {
+Tensor InceptionV3::block_a(const std::string& p, const Tensor& x) {
   Tensor b1 = conv(p + ".branch1x1", x);
   Tensor b5 = conv(p + ".branch5x5_2", conv(p + ".branch5x5_1", x));
-  Tensor b3 = conv(p + ".branch3x3dbl_3",
-                   conv(p + ".branch3x3dbl_2", conv(p + ".branch3x3dbl_1", x)));
+  Tensor b3 =
+      conv(p + ".branch3x3dbl_3", conv(p + ".branch3x3dbl_2", conv(p + ".branch3x3dbl_1", x)));
   Tensor bp = conv(p + ".branch_pool", pool(x, false, 3, 1, 1));
   return concat({b1, b5, b3, bp});
 }
 
 // InceptionB: two stride-2 branches and a stride-2 max pool of the input.
-Tensor InceptionV3::block_b(const std::string &p, const Tensor &x) {
+Tensor InceptionV3::block_b(const std::string& p, const Tensor& x) {
   Tensor b3 = conv(p + ".branch3x3", x);
-  Tensor bd = conv(p + ".branch3x3dbl_3",
-                   conv(p + ".branch3x3dbl_2", conv(p + ".branch3x3dbl_1", x)));
+  Tensor bd =
+      conv(p + ".branch3x3dbl_3", conv(p + ".branch3x3dbl_2", conv(p + ".branch3x3dbl_1", x)));
   return concat({b3, bd, pool(x, true, 3, 2, 0)});
 }
 
 // FIDInceptionC: factorised 7x7 branches; the branch pool does not count
 // padding.
-Tensor InceptionV3::block_c(const std::string &p, const Tensor &x) {
+Tensor InceptionV3::block_c(const std::string& p, const Tensor& x) {
   Tensor b1 = conv(p + ".branch1x1", x);
-  Tensor b7 = conv(p + ".branch7x7_3",
-                   conv(p + ".branch7x7_2", conv(p + ".branch7x7_1", x)));
+  Tensor b7 = conv(p + ".branch7x7_3", conv(p + ".branch7x7_2", conv(p + ".branch7x7_1", x)));
   Tensor bd = conv(p + ".branch7x7dbl_1", x);
-  for (const char *s : {".branch7x7dbl_2", ".branch7x7dbl_3", ".branch7x7dbl_4",
-                        ".branch7x7dbl_5"})
+  for (const char* s : {".branch7x7dbl_2", ".branch7x7dbl_3", ".branch7x7dbl_4", ".branch7x7dbl_5"})
     bd = conv(p + s, bd);
   Tensor bp = conv(p + ".branch_pool", pool(x, false, 3, 1, 1));
   return concat({b1, b7, bd, bp});
 }
 
 // InceptionD: stride-2 reduction to 8 x 8 at 299.
-Tensor InceptionV3::block_d(const std::string &p, const Tensor &x) {
+Tensor InceptionV3::block_d(const std::string& p, const Tensor& x) {
   Tensor b3 = conv(p + ".branch3x3_2", conv(p + ".branch3x3_1", x));
   Tensor b7 = conv(p + ".branch7x7x3_1", x);
-  for (const char *s : {".branch7x7x3_2", ".branch7x7x3_3", ".branch7x7x3_4"})
-    b7 = conv(p + s, b7);
+  for (const char* s : {".branch7x7x3_2", ".branch7x7x3_3", ".branch7x7x3_4"}) b7 = conv(p + s, b7);
   return concat({b3, b7, pool(x, true, 3, 2, 0)});
 }
 
 // FIDInceptionE_1 (average pool without padding counted) / E_2 (max pool)
 // branch pools; the 3x3 branches split into a 1x3 and a 3x1 half, concatenated
 // in that order.
-Tensor InceptionV3::block_e(const std::string &p, const Tensor &x,
-                            bool max_pool_branch) {
+Tensor InceptionV3::block_e(const std::string& p, const Tensor& x, bool max_pool_branch) {
   Tensor b1 = conv(p + ".branch1x1", x);
   Tensor t3 = conv(p + ".branch3x3_1", x);
   Tensor b3a = conv(p + ".branch3x3_2a", t3);
@@ -288,10 +261,8 @@ Tensor InceptionV3::block_e(const std::string &p, const Tensor &x,
   return concat({b1, b3a, b3b, bda, bdb, bp});
 }
 
-void InceptionV3::forward(const Tensor &x, const Tensor &features,
-                          const Tensor &logits) {
-  JEM_CHECK(x.defined() && x.shape().rank() == 4 &&
-                (x.dim(1) == 1 || x.dim(1) == 3),
+void InceptionV3::forward(const Tensor& x, const Tensor& features, const Tensor& logits) {
+  JEM_CHECK(x.defined() && x.shape().rank() == 4 && (x.dim(1) == 1 || x.dim(1) == 3),
             "InceptionV3: input must be [N, 1 or 3, H, W], got ",
             x.defined() ? x.shape().str() : std::string("undefined"));
   const std::int64_t N = x.dim(0);
@@ -302,47 +273,40 @@ void InceptionV3::forward(const Tensor &x, const Tensor &features,
   const int S = image_size_;
   Tensor h = x;
   if (x.dim(2) != S || x.dim(3) != S) {
-    h = be_.empty(Shape{N, x.dim(1), S, S}); // [N, C, S, S]
+    h = be_.empty(Shape{N, x.dim(1), S, S});  // [N, C, S, S]
     be_.resize_bilinear_forward(x, h);
   }
-  if (h.dim(1) ==
-      1) { // grey -> RGB by replication (after resizing: a third of the work)
-    Tensor rgb = be_.empty(Shape{N, 3, S, S}); // [N, 3, S, S]
-    for (int c = 0; c < 3; ++c)
-      be_.copy_channels(h, rgb, c);
+  if (h.dim(1) == 1) {  // grey -> RGB by replication (after resizing: a third of the work)
+    Tensor rgb = be_.empty(Shape{N, 3, S, S});  // [N, 3, S, S]
+    for (int c = 0; c < 3; ++c) be_.copy_channels(h, rgb, c);
     h = rgb;
   }
-  h = conv("Conv2d_1a_3x3", h); // [N, 32, 149, 149] at 299
-  h = conv("Conv2d_2a_3x3", h); // [N, 32, 147, 147]
-  h = conv("Conv2d_2b_3x3", h); // [N, 64, 147, 147]
-  h = pool(h, true, 3, 2, 0);   // [N, 64, 73, 73]
-  h = conv("Conv2d_3b_1x1", h); // [N, 80, 73, 73]
-  h = conv("Conv2d_4a_3x3", h); // [N, 192, 71, 71]
-  h = pool(h, true, 3, 2, 0);   // [N, 192, 35, 35]
-  h = block_a("Mixed_5b", h);   // [N, 256, 35, 35]
-  h = block_a("Mixed_5c", h);   // [N, 288, 35, 35]
-  h = block_a("Mixed_5d", h);   // [N, 288, 35, 35]
-  h = block_b("Mixed_6a", h);   // [N, 768, 17, 17]
-  for (const char *b : {"Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"})
-    h = block_c(b, h);
-  h = block_d("Mixed_7a", h);                         // [N, 1280, 8, 8]
-  h = block_e("Mixed_7b", h, false);                  // [N, 2048, 8, 8]
-  h = block_e("Mixed_7c", h, true);                   // [N, 2048, 8, 8]
-  be_.global_avg_pool_forward(h, features);           // [N, 2048]
-  be_.linear_forward(features, fc_w_, fc_b_, logits); // [N, 1008]
+  h = conv("Conv2d_1a_3x3", h);  // [N, 32, 149, 149] at 299
+  h = conv("Conv2d_2a_3x3", h);  // [N, 32, 147, 147]
+  h = conv("Conv2d_2b_3x3", h);  // [N, 64, 147, 147]
+  h = pool(h, true, 3, 2, 0);    // [N, 64, 73, 73]
+  h = conv("Conv2d_3b_1x1", h);  // [N, 80, 73, 73]
+  h = conv("Conv2d_4a_3x3", h);  // [N, 192, 71, 71]
+  h = pool(h, true, 3, 2, 0);    // [N, 192, 35, 35]
+  h = block_a("Mixed_5b", h);    // [N, 256, 35, 35]
+  h = block_a("Mixed_5c", h);    // [N, 288, 35, 35]
+  h = block_a("Mixed_5d", h);    // [N, 288, 35, 35]
+  h = block_b("Mixed_6a", h);    // [N, 768, 17, 17]
+  for (const char* b : {"Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"}) h = block_c(b, h);
+  h = block_d("Mixed_7a", h);                          // [N, 1280, 8, 8]
+  h = block_e("Mixed_7b", h, false);                   // [N, 2048, 8, 8]
+  h = block_e("Mixed_7c", h, true);                    // [N, 2048, 8, 8]
+  be_.global_avg_pool_forward(h, features);            // [N, 2048]
+  be_.linear_forward(features, fc_w_, fc_b_, logits);  // [N, 1008]
 }
 
-void InceptionV3::features_and_logits(const Tensor &host_images,
-                                      std::int64_t batch_size,
-                                      std::vector<float> *features,
-                                      std::vector<float> *logits) {
+void InceptionV3::features_and_logits(const Tensor& host_images, std::int64_t batch_size,
+                                      std::vector<float>* features, std::vector<float>* logits) {
   JEM_CHECK(host_images.defined() && host_images.device() == Device::CPU &&
                 host_images.dtype() == DType::F32,
             "InceptionV3: images must be a float tensor on the host");
-  JEM_CHECK(host_images.shape().rank() == 4 &&
-                (host_images.dim(1) == 1 || host_images.dim(1) == 3),
-            "InceptionV3: images must be [N, 1 or 3, H, W], got ",
-            host_images.shape().str());
+  JEM_CHECK(host_images.shape().rank() == 4 && (host_images.dim(1) == 1 || host_images.dim(1) == 3),
+            "InceptionV3: images must be [N, 1 or 3, H, W], got ", host_images.shape().str());
   JEM_CHECK(batch_size >= 1, "InceptionV3: batch size ", batch_size);
   const std::int64_t N = host_images.dim(0);
   features->assign(static_cast<std::size_t>(N * kFeatureDim), 0.0f);
@@ -350,14 +314,14 @@ void InceptionV3::features_and_logits(const Tensor &host_images,
   for (std::int64_t begin = 0; begin < N; begin += batch_size) {
     const std::int64_t end = std::min(N, begin + batch_size), B = end - begin;
     const Tensor host = host_images.slice(begin, end);
-    Tensor x = be_.empty(host.shape()); // [B, C, H, W]
+    Tensor x = be_.empty(host.shape());  // [B, C, H, W]
     be_.upload(host.data<float>(), x);
-    Tensor f = be_.empty(Shape{B, kFeatureDim}); // [B, 2048]
-    Tensor l = be_.empty(Shape{B, kLogitDim});   // [B, 1008]
+    Tensor f = be_.empty(Shape{B, kFeatureDim});  // [B, 2048]
+    Tensor l = be_.empty(Shape{B, kLogitDim});    // [B, 1008]
     forward(x, f, l);
     be_.download(f, features->data() + begin * kFeatureDim);
     be_.download(l, logits->data() + begin * kLogitDim);
   }
 }
 
-} // namespace jem
+}  // namespace jem
