@@ -8,8 +8,9 @@
 //     double. tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2)): S1 S2 is
 //     similar to the symmetric PSD matrix S1^(1/2) S2 S1^(1/2), so the trace is
 //     the sum of the square roots of that matrix's eigenvalues, computed with
-//     LAPACK's symmetric eigensolver (dsyevd). Eigenvalues that rounding pushes
-//     below zero count as zero.
+//     LAPACK's symmetric eigensolver (dsyevd). Eigenvalues of S1 at rounding
+//     level (below d eps lambda_max) and eigenvalues that rounding pushes below
+//     zero count as zero (src/eval/fid.cpp explains why).
 //   IS = exp(E_x KL(p(y|x) || p(y))) over the 1008-way softmax of the logits,
 //   p(y) the mean of
 //     p(y|x) over the split; reported as mean and (population) standard

@@ -65,30 +65,42 @@ double frechet_distance(const std::vector<double>& mean1, const std::vector<doub
     tr1 += cov1[i * d + i];
     tr2 += cov2[i * d + i];
   }
-  // sqrt(S1) = V diag(sqrt(lambda)) V^T, with eigenvalues below zero (rounding
-  // of a PSD matrix) taken as zero.
+  // S1 = V diag(lambda) V^T. Conjugating sqrt(S1) S2 sqrt(S1) by V gives
+  //   N = diag(sqrt(lambda)) V^T S2 V diag(sqrt(lambda)),
+  // whose rows and columns of zero eigenvalues vanish: its nonzero eigenvalues are those of
+  // the r x r matrix B^T S2 B, B = V_r diag(sqrt(lambda_r)) [d, r], over the r eigenvalues
+  // above tau = d eps lambda_max. A backward-stable eigensolver returns S1's eigenvalues only to
+  // ~d eps ||S1||, so those below tau are rounding noise around 0; keeping them would add their
+  // square roots, ~sqrt(tau ||S2||) each, to the trace. With fewer samples than dimensions
+  // (r < d) this also makes the second eigen-decomposition small.
   std::vector<double> lambda, V;
   symmetric_eigen(cov1, dim, &lambda, &V);
-  std::vector<double> Vs = V;  // [d, d]: column i scaled by sqrt(lambda_i)
-  for (std::size_t r = 0; r < d; ++r)
-    for (std::size_t i = 0; i < d; ++i) Vs[r * d + i] *= std::sqrt(std::max(lambda[i], 0.0));
-  std::vector<double> root1(dd), t(dd), m(dd);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, dim, dim, dim, 1.0, Vs.data(), dim, V.data(),
-              dim, 0.0, root1.data(),
-              dim);  // sqrt(S1) = Vs V^T
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, dim, dim, 1.0, root1.data(), dim,
-              cov2.data(), dim, 0.0, t.data(),
-              dim);  // sqrt(S1) S2
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, dim, dim, 1.0, t.data(), dim,
-              root1.data(), dim, 0.0, m.data(),
-              dim);                    // sqrt(S1) S2 sqrt(S1)
-  for (std::size_t r = 0; r < d; ++r)  // symmetric in exact arithmetic: remove rounding skew
-    for (std::size_t c = r + 1; c < d; ++c)
-      m[r * d + c] = m[c * d + r] = 0.5 * (m[r * d + c] + m[c * d + r]);
-  std::vector<double> mu;
-  symmetric_eigen(m, dim, &mu, nullptr);
+  const double tau = double(dim) * 2.220446049250313e-16 * std::max(lambda.back(), 0.0);
+  std::vector<std::size_t> keep;
+  for (std::size_t i = 0; i < d; ++i)
+    if (lambda[i] > tau) keep.push_back(i);
+  const int r = int(keep.size());
   double tr_sqrt = 0.0;
-  for (double v : mu) tr_sqrt += std::sqrt(std::max(v, 0.0));
+  if (r > 0) {
+    std::vector<double> B(d * std::size_t(r));  // [d, r]
+    for (std::size_t row = 0; row < d; ++row)
+      for (int k = 0; k < r; ++k)
+        B[row * std::size_t(r) + std::size_t(k)] =
+            V[row * d + keep[std::size_t(k)]] * std::sqrt(lambda[keep[std::size_t(k)]]);
+    std::vector<double> s2b(d * std::size_t(r)), m(std::size_t(r) * std::size_t(r));
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, r, dim, 1.0, cov2.data(), dim,
+                B.data(), r, 0.0, s2b.data(), r);  // S2 B [d, r]
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, dim, 1.0, B.data(), r, s2b.data(),
+                r, 0.0, m.data(), r);  // B^T S2 B [r, r]
+    const std::size_t rr = std::size_t(r);
+    for (std::size_t i = 0; i < rr; ++i)  // symmetric in exact arithmetic: remove rounding skew
+      for (std::size_t j = i + 1; j < rr; ++j)
+        m[i * rr + j] = m[j * rr + i] = 0.5 * (m[i * rr + j] + m[j * rr + i]);
+    std::vector<double> mu;
+    symmetric_eigen(m, r, &mu, nullptr);
+    // Eigenvalues of a PSD matrix that rounding pushes below zero count as zero.
+    for (double v : mu) tr_sqrt += std::sqrt(std::max(v, 0.0));
+  }
   return diff2 + tr1 + tr2 - 2.0 * tr_sqrt;
 }
 
