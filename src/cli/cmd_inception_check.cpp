@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <memory>
 #include <random>
 #include <vector>
@@ -69,14 +70,14 @@ void register_inception_check(CLI::App& app) {
     Tensor logits = backend->empty(Shape{a->batch, InceptionV3::kLogitDim});      // [B, 1008]
     for (int r = 0; r < a->repeats; ++r) {
       t0 = std::chrono::steady_clock::now();
+      const std::clock_t c0 = std::clock();  // process CPU time: tells a busy machine apart
       net.forward(x, features, logits);
       backend->synchronize();
-      const double s = seconds_since(t0);
+      const double s = seconds_since(t0), cpu = double(std::clock() - c0) / CLOCKS_PER_SEC;
       std::printf(
-          "forward %d: input %s -> features %s, logits %s in %.3f s "
-          "(%.1f images/s)\n",
+          "forward %d: input %s -> features %s, logits %s in %.3f s (%.1f images/s; %.3f s CPU)\n",
           r + 1, shape.str().c_str(), features.shape().str().c_str(), logits.shape().str().c_str(),
-          s, a->batch / s);
+          s, a->batch / s, cpu);
     }
     const std::vector<float> f = backend->to_vector(features), l = backend->to_vector(logits);
     double fmean = 0.0;
