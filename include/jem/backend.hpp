@@ -2,7 +2,7 @@
 //
 // Conventions (written once, followed by every op on every backend):
 //   * Tensors are dense, row-major, float32 unless stated: images NCHW, matrices [rows, cols],
-//     conv weights OIHW ([K, C, R, R]), linear weights [out, in] (as PyTorch stores them).
+//     conv weights OIHW ([K, C, R, S]), linear weights [out, in] (as PyTorch stores them).
 //   * Parameter gradients ACCUMULATE (dw += ..., db += ...): the trainer zeroes the flat
 //     gradient buffer once per iteration and several passes may add into it.
 //   * Activation gradients OVERWRITE (dx = ...): each is produced by exactly one op.
