@@ -155,7 +155,7 @@ InceptionV3::InceptionV3(Backend& backend, const std::string& weights_path, int 
   std::copy(fc_w.begin(), fc_w.end(), host.begin() + std::ptrdiff_t(fc_at));
   std::copy(fc_b.begin(), fc_b.end(), host.begin() + std::ptrdiff_t(fc_at + fc_w.size()));
 
-  params_ = be_.empty(Shape{total});
+  params_ = be_.empty(Shape{total});  // [total]
   be_.upload(host.data(), params_);
   for (std::size_t i = 0; i < specs.size(); ++i) {
     const ConvSpec& s = specs[i];
@@ -178,7 +178,7 @@ Tensor InceptionV3::conv(const std::string& name, const Tensor& x) {
   const Conv& c = it->second;
   const std::int64_t P = (x.dim(2) + 2 * c.ph - c.kh) / c.stride + 1;
   const std::int64_t Q = (x.dim(3) + 2 * c.pw - c.kw) / c.stride + 1;
-  Tensor y = be_.empty(Shape{x.dim(0), c.cout, P, Q});  // [N, cout, P, Q]
+  Tensor y = act(Shape{x.dim(0), c.cout, P, Q});  // [N, cout, P, Q]
   be_.conv2d_forward(x, c.w, c.b, y, c.stride, c.ph, c.pw);
   be_.leaky_relu_forward(y, y, 0.0f);  // ReLU
   return y;
@@ -187,7 +187,7 @@ Tensor InceptionV3::conv(const std::string& name, const Tensor& x) {
 Tensor InceptionV3::pool(const Tensor& x, bool is_max, int kernel, int stride, int pad) {
   const std::int64_t P = (x.dim(2) + 2 * pad - kernel) / stride + 1;
   const std::int64_t Q = (x.dim(3) + 2 * pad - kernel) / stride + 1;
-  Tensor y = be_.empty(Shape{x.dim(0), x.dim(1), P, Q});  // [N, C, P, Q]
+  Tensor y = act(Shape{x.dim(0), x.dim(1), P, Q});  // [N, C, P, Q]
   if (is_max)
     be_.max_pool2d_forward(x, y, kernel, stride, pad);
   else
@@ -199,7 +199,7 @@ Tensor InceptionV3::concat(const std::vector<Tensor>& parts) {
   std::int64_t C = 0;
   for (const Tensor& t : parts) C += t.dim(1);
   const Tensor& f = parts.front();
-  Tensor y = be_.empty(Shape{f.dim(0), C, f.dim(2), f.dim(3)});  // [N, sum C, H, W]
+  Tensor y = act(Shape{f.dim(0), C, f.dim(2), f.dim(3)});  // [N, sum C, H, W]
   int offset = 0;
   for (const Tensor& t : parts) {
     be_.copy_channels(t, y, offset);
@@ -261,7 +261,17 @@ Tensor InceptionV3::block_e(const std::string& p, const Tensor& x, bool max_pool
   return concat({b1, b3a, b3b, bda, bdb, bp});
 }
 
+Tensor InceptionV3::act(Shape shape) {
+  // The k-th activation of a forward pass has the same shape on every pass with the same input
+  // shape: reuse it, else (first pass, or a new batch size) allocate and keep it.
+  if (next_act_ == acts_.size()) acts_.emplace_back();
+  Tensor& t = acts_[next_act_++];
+  if (!t.defined() || t.shape() != shape) t = be_.empty(shape);
+  return t;
+}
+
 void InceptionV3::forward(const Tensor& x, const Tensor& features, const Tensor& logits) {
+  next_act_ = 0;
   JEM_CHECK(x.defined() && x.shape().rank() == 4 && (x.dim(1) == 1 || x.dim(1) == 3),
             "InceptionV3: input must be [N, 1 or 3, H, W], got ",
             x.defined() ? x.shape().str() : std::string("undefined"));
@@ -273,11 +283,11 @@ void InceptionV3::forward(const Tensor& x, const Tensor& features, const Tensor&
   const int S = image_size_;
   Tensor h = x;
   if (x.dim(2) != S || x.dim(3) != S) {
-    h = be_.empty(Shape{N, x.dim(1), S, S});  // [N, C, S, S]
+    h = act(Shape{N, x.dim(1), S, S});  // [N, C, S, S]
     be_.resize_bilinear_forward(x, h);
   }
   if (h.dim(1) == 1) {  // grey -> RGB by replication (after resizing: a third of the work)
-    Tensor rgb = be_.empty(Shape{N, 3, S, S});  // [N, 3, S, S]
+    Tensor rgb = act(Shape{N, 3, S, S});  // [N, 3, S, S]
     for (int c = 0; c < 3; ++c) be_.copy_channels(h, rgb, c);
     h = rgb;
   }
