@@ -22,8 +22,7 @@ using Vec = std::vector<float>;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr double kU = 0x1p-24;  // float32 unit roundoff
 
-// ---- naive references
-// ---------------------------------------------------------------------------
+// ---- naive references ---------------------------------------------------------------------------
 std::size_t at(int C, int H, int W, int n, int c, int h, int w) {
   return ((std::size_t(n) * C + c) * H + h) * W + w;
 }
@@ -91,8 +90,7 @@ void expect_all_near(const Vec& got, const Vec& want, double tol, const std::str
   EXPECT_EQ(bad, 0) << what;
 }
 
-// ---- rectangular / asymmetrically padded convolution
-// ---------------------------------------------
+// ---- rectangular / asymmetrically padded convolution --------------------------------------------
 struct RectConv {
   int N, C, H, W, K, R, S, stride, pad_h, pad_w;
 };
@@ -181,15 +179,14 @@ INSTANTIATE_TEST_SUITE_P(Rectangular, CpuRectConvBackward,
                                            RectConv{2, 4, 7, 9, 3, 3, 5, 1, 1, 1},
                                            RectConv{1, 4, 6, 6, 3, 1, 1, 1, 0, 0}));  // pointwise
 
-// ---- pooling
-// ----------------------------------------------------------------------------------------
+// ---- pooling ------------------------------------------------------------------------------------
 struct PoolCase {
   int N, C, H, W, k, s, p;
 };
 
 void PrintTo(const PoolCase& c, std::ostream* os) {
-  *os << "n" << c.N << "_c" << c.C << "_" << c.H << "x" << c.W << "_k" << c.k << "_s" << c.s
-      << "_p" << c.p;
+  *os << "n" << c.N << "_c" << c.C << "_" << c.H << "x" << c.W << "_k" << c.k << "_s" << c.s << "_p"
+      << c.p;
 }
 
 class CpuPool : public ::testing::TestWithParam<PoolCase> {};
@@ -252,8 +249,7 @@ TEST(CpuPoolValues, ShapeChecks) {
   EXPECT_THROW(be->avg_pool2d_forward(x, y5, 0, 1, 0), Error);  // empty window
 }
 
-// ---- bilinear resize
-// ---------------------------------------------------------------------------
+// ---- bilinear resize ----------------------------------------------------------------------------
 struct ResizeCase {
   int NC, H, W, P, Q;
 };
@@ -309,8 +305,7 @@ TEST(CpuResizeValues, UpsampleByTwoAndIdentity) {
       Error);
 }
 
-// ---- channel concatenation
-// ---------------------------------------------------------------------
+// ---- channel concatenation ----------------------------------------------------------------------
 TEST(CpuCopyChannels, WritesOnlyItsSlice) {
   auto be = make_cpu_backend(2);
   const int N = 3, Cs = 2, Cd = 5, H = 4, W = 3, off = 2;

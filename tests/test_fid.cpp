@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "inception_weights.hpp"
 #include "jem/fid.hpp"
 #include "jem/inception_v3.hpp"
 #include "jem/safetensors.hpp"
@@ -40,8 +41,7 @@ double trace(const std::vector<double>& a, int d) {
   return t;
 }
 
-// ---- symmetric eigensolver
-// --------------------------------------------------------------------
+// ---- symmetric eigensolver ----------------------------------------------------------------------
 TEST(SymmetricEigen, KnownTwoByTwo) {
   std::vector<double> values, vectors;
   symmetric_eigen({2, 1, 1, 2}, 2, &values, &vectors);
@@ -76,8 +76,7 @@ TEST(SymmetricEigen, ReconstructsRandomMatrix) {
   EXPECT_THROW(symmetric_eigen(a, d + 1, &values, nullptr), Error);
 }
 
-// ---- Gaussian statistics
-// ----------------------------------------------------------------------
+// ---- Gaussian statistics ------------------------------------------------------------------------
 TEST(GaussianStats, MatchesNaive) {
   const int n = 700, d = 6;  // n > 512: more than one centred block
   const std::vector<float> f = random_vector(std::size_t(n) * d, 5, -2.0f, 3.0f);
@@ -99,9 +98,8 @@ TEST(GaussianStats, MatchesNaive) {
   EXPECT_THROW(gaussian_stats(f.data(), 1, d), Error);
 }
 
-// ---- Frechet distance
-// ------------------------------------------------------------------------- A
-// set against itself: exactly 0 in exact arithmetic. With n > d the covariance
+// ---- Frechet distance ---------------------------------------------------------------------------
+// A set against itself: exactly 0 in exact arithmetic. With n > d the covariance
 // is well conditioned (Wishart: eigenvalues within ~(1 +- sqrt(d/n))^2 of each
 // other, condition ~20), so each eigenvalue of sqrt(S) S sqrt(S) = S^2 is found
 // to ~d eps ||S||^2 and its square root to ~d eps cond(S) ||S||: the total
@@ -178,8 +176,7 @@ TEST(FrechetDistance, RejectsMismatchedSizes) {
   EXPECT_THROW(frechet_distance({0, 0}, {1, 0, 0, 1}, {0}, {1}, 2), Error);
 }
 
-// ---- Inception Score
-// --------------------------------------------------------------------------
+// ---- Inception Score ----------------------------------------------------------------------------
 TEST(InceptionScoreTest, UniformPredictionsScoreOne) {
   const std::vector<float> logits(50 * 7, 0.0f);
   const InceptionScore s = inception_score(logits.data(), 50, 7, 5);
@@ -218,48 +215,7 @@ TEST(InceptionScoreTest, HandWorkedValueAndSplits) {
   EXPECT_THROW(inception_score(logits.data(), 2, 2, 3), Error);
 }
 
-// ---- the network on random weights
-// ------------------------------------------------------------ He-normal
-// convolutions and BatchNorm statistics near identity keep activations O(1)
-// through the 94 layers, so the outputs are meaningful numbers rather than 0 or
-// inf. `limit`: write only the first `limit` tensors (a small, truncated file
-// for the error tests).
-std::string write_random_weights(const std::string& dir, const std::string& skip = "",
-                                 const std::string& misshape = "", std::size_t limit = SIZE_MAX) {
-  safetensors::Writer w;
-  std::mt19937_64 gen(2015);
-  std::size_t written = 0;
-  for (const InceptionTensorSpec& t : InceptionV3::tensor_specs()) {
-    if (written++ == limit) break;
-    if (t.name == skip) continue;
-    std::vector<std::int64_t> shape = t.shape;
-    if (t.name == misshape) shape[0] += 1;
-    std::int64_t n = 1, fan_in = 1;
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-      n *= shape[i];
-      if (i > 0) fan_in *= shape[i];
-    }
-    std::vector<float> v(static_cast<std::size_t>(n));
-    const auto ends = [&](const char* s) {
-      const std::string suffix(s);
-      return t.name.size() >= suffix.size() &&
-             t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
-    if (ends(".conv.weight") || t.name == "fc.weight") {
-      std::normal_distribution<float> nd(0.0f, float(std::sqrt(2.0 / double(fan_in))));
-      for (float& x : v) x = nd(gen);
-    } else {
-      const bool around_one = ends(".bn.weight") || ends(".bn.running_var");
-      std::uniform_real_distribution<float> u(around_one ? 0.5f : -0.1f, around_one ? 1.5f : 0.1f);
-      for (float& x : v) x = u(gen);
-    }
-    w.add_f32(t.name, shape, v.data());
-  }
-  const std::string path = dir + "/inception_random.safetensors";
-  w.write(path);
-  return path;
-}
-
+// ---- the network on random weights --------------------------------------------------------------
 // One random-weights file (95 MB) for the tests that run the network.
 class InceptionNetwork : public ::testing::Test {
  protected:
@@ -339,7 +295,8 @@ TEST_F(InceptionNetwork, FidAndInceptionScoreEndToEnd) {
   // FID = |dmu|^2 + (squared Bures distance of the covariances, in [0, tr Sa + tr Sb]): the
   // bounds check the wiring (which features, which statistics) without a second 2048-d solve.
   double dmu2 = 0.0;
-  for (int j = 0; j < D; ++j) dmu2 += std::pow(sa.mean[std::size_t(j)] - sb.mean[std::size_t(j)], 2);
+  for (int j = 0; j < D; ++j)
+    dmu2 += std::pow(sa.mean[std::size_t(j)] - sb.mean[std::size_t(j)], 2);
   const double trs = trace(sa.cov, D) + trace(sb.cov, D);
   EXPECT_GE(r.fid, dmu2 * (1 - 1e-9) - 1e-6 * trs);
   EXPECT_LE(r.fid, dmu2 + trs * (1 + 1e-9));
