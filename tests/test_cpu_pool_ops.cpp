@@ -135,8 +135,10 @@ TEST_P(CpuRectConv, ForwardMatchesNaive) {
   }
 }
 
-// Backward-data of a rectangular kernel (symmetric padding; the public backward
-// ops take one pad) against the naive adjoint, same bound with K*R*S terms.
+// The backward ops with rectangular kernels (symmetric padding: the public backward ops take
+// one pad). Not used by the Inception network (inference only), but ConvGeom's R x S
+// generalisation runs through them. Backward-data against the naive adjoint, same bound with
+// K*R*S terms.
 class CpuRectConvBackward : public ::testing::TestWithParam<RectConv> {};
 
 TEST_P(CpuRectConvBackward, BackwardDataMatchesNaive) {
@@ -157,6 +159,34 @@ TEST_P(CpuRectConvBackward, BackwardDataMatchesNaive) {
   // |dy|, |w| <= 1: each sum's magnitude is at most its K*R*S term count.
   const int k = g.K * g.R * g.S;
   expect_all_near(got, want, 2.0 * k * k * kU, "conv2d_backward_data (rectangular)");
+}
+
+// Backward-filter of a rectangular kernel: dw accumulates onto its prior contents and db is
+// the sum of dy. Each entry sums N*P*Q (+1 for the prior) products of magnitude <= 1, so the
+// same k^2 u bound with k = N*P*Q + 1.
+TEST_P(CpuRectConvBackward, BackwardFilterMatchesNaive) {
+  const RectConv c = GetParam();
+  ASSERT_EQ(c.pad_h, c.pad_w) << "the backward ops take one pad for both axes";
+  ConvGeom g;
+  g.N = c.N, g.C = c.C, g.H = c.H, g.W = c.W, g.K = c.K, g.R = c.R, g.S = c.S;
+  g.stride = c.stride, g.pad_h = c.pad_h, g.pad_w = c.pad_w;
+  auto be = make_cpu_backend(2);
+  const Vec x = random_vector(std::size_t(g.N) * g.C * g.H * g.W, 6);
+  const Vec dy = random_vector(std::size_t(g.N) * g.K * g.P() * g.Q(), 7);
+  const Vec dw0 = random_vector(std::size_t(g.K) * g.C * g.R * g.S, 8);
+  const Vec db0 = random_vector(std::size_t(g.K), 9);
+  Tensor dw = be->from_vector(dw0, Shape{g.K, g.C, g.R, g.S}),
+         db = be->from_vector(db0, Shape{g.K});
+  be->conv2d_backward_filter(be->from_vector(x, Shape{g.N, g.C, g.H, g.W}),
+                             be->from_vector(dy, Shape{g.N, g.K, g.P(), g.Q()}), dw, db, g.stride,
+                             g.pad_h);
+  const naive::ConvFilterGrad fresh = naive::conv2d_backward_filter(g, x, dy);
+  Vec want_dw = fresh.dw, want_db = fresh.db;
+  for (std::size_t i = 0; i < want_dw.size(); ++i) want_dw[i] += dw0[i];
+  for (std::size_t i = 0; i < want_db.size(); ++i) want_db[i] += db0[i];
+  const int k = g.N * g.P() * g.Q() + 1;
+  expect_all_near(be->to_vector(dw), want_dw, 2.0 * k * k * kU, "conv2d dw (rectangular)");
+  expect_all_near(be->to_vector(db), want_db, 2.0 * k * k * kU, "conv2d db (rectangular)");
 }
 
 INSTANTIATE_TEST_SUITE_P(
