@@ -240,6 +240,30 @@ void CudaBackend::global_avg_pool_backward_impl(int N, int C, int HW, const floa
   kernels::global_avg_pool_backward(N, C, HW, dy, dx, stream_);
 }
 
+// ---- inference-only image ops (kernels/image_ops.cu) ---------------------------------------------
+
+void CudaBackend::max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) {
+  bind();
+  kernels::max_pool2d_forward(g, x, y, stream_);
+}
+
+void CudaBackend::avg_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) {
+  bind();
+  kernels::avg_pool2d_forward(g, x, y, stream_);
+}
+
+void CudaBackend::resize_bilinear_forward_impl(std::int64_t NC, int H, int W, int P, int Q,
+                                               const float* x, float* y) {
+  bind();
+  kernels::resize_bilinear_forward(NC, H, W, P, Q, x, y, stream_);
+}
+
+void CudaBackend::copy_channels_impl(int N, int Cs, int Cd, std::int64_t HW, int offset,
+                                     const float* src, float* dst) {
+  bind();
+  kernels::copy_channels(N, Cs, Cd, HW, offset, src, dst, stream_);
+}
+
 // ---- losses --------------------------------------------------------------------------------------
 
 void CudaBackend::energy_impl(int N, int K, const float* logits, float* energy, float* dlogits,

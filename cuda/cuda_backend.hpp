@@ -70,6 +70,12 @@ class CudaBackend final : public Backend {
                                 float slope) override;
   void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;
   void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) override;
+  void max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) override;
+  void avg_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) override;
+  void resize_bilinear_forward_impl(std::int64_t NC, int H, int W, int P, int Q, const float* x,
+                                    float* y) override;
+  void copy_channels_impl(int N, int Cs, int Cd, std::int64_t HW, int offset, const float* src,
+                          float* dst) override;
   // cuda_linear.cpp
   void linear_forward_impl(int N, int I, int O, const float* x, const float* w, const float* b,
                            float* y) override;

@@ -36,9 +36,9 @@ struct TensorDesc {
 
 struct FilterDesc {
   cudnnFilterDescriptor_t d = nullptr;
-  FilterDesc(int k, int c, int r) {
+  FilterDesc(int k, int c, int r, int s) {  // [K, C, R, S]: R rows, S columns
     JEM_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d));
-    JEM_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, k, c, r, r));
+    JEM_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, k, c, r, s));
   }
   ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
   FilterDesc(const FilterDesc&) = delete;
@@ -47,10 +47,10 @@ struct FilterDesc {
 
 struct ConvDesc {
   cudnnConvolutionDescriptor_t d = nullptr;
-  ConvDesc(int pad, int stride) {
+  ConvDesc(int pad_h, int pad_w, int stride) {
     JEM_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d));
     // Cross-correlation (no kernel flip): what PyTorch and the CPU backend compute.
-    JEM_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, pad, pad, stride, stride, 1, 1,
+    JEM_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, pad_h, pad_w, stride, stride, 1, 1,
                                                     CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   }
   ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
@@ -64,8 +64,8 @@ const char* op_name(int op) {
 
 std::string describe(const ConvGeom& g) {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "x[%d, %d, %d, %d] * w[%d, %d, %d, %d] stride %d pad %d", g.N, g.C,
-                g.H, g.W, g.K, g.C, g.R, g.R, g.stride, g.pad);
+  std::snprintf(buf, sizeof buf, "x[%d, %d, %d, %d] * w[%d, %d, %d, %d] stride %d pad %d,%d", g.N,
+                g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride, g.pad_h, g.pad_w);
   return buf;
 }
 
@@ -135,8 +135,8 @@ struct ConvEngine::Plan {
   int algo = 0;                // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t of the op
   std::size_t workspace = 0;   // bytes the chosen algorithm needs
   explicit Plan(const ConvGeom& g)
-      : x(g.N, g.C, g.H, g.W), y(g.N, g.K, g.P(), g.Q()), bias(1, g.K, 1, 1), w(g.K, g.C, g.R),
-        conv(g.pad, g.stride) {}
+      : x(g.N, g.C, g.H, g.W), y(g.N, g.K, g.P(), g.Q()), bias(1, g.K, 1, 1), w(g.K, g.C, g.R, g.S),
+        conv(g.pad_h, g.pad_w, g.stride) {}
 };
 
 ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), math_(math) {
@@ -155,7 +155,8 @@ ConvEngine::~ConvEngine() {
 
 ConvEngine::Plan& ConvEngine::plan(Op op, const ConvGeom& g, const float* a, const float* b,
                                    float* out) {
-  const Key key{int(op), g.N, g.C, g.H, g.W, g.K, g.R, g.stride, g.pad, alignment_bits(a, b, out)};
+  const Key key{int(op), g.N,      g.C,      g.H,      g.W,      g.K,
+                g.R,     g.S,      g.stride, g.pad_h, g.pad_w, alignment_bits(a, b, out)};
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
   auto p = std::make_unique<Plan>(g);
@@ -208,7 +209,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
     // The search writes its output, and dw must keep the gradients it accumulates: search into
     // a scratch filter at the same alignment (mod 256, cudaMalloc's alignment) as dw.
-    const std::size_t dw_bytes = std::size_t(g.K) * g.C * g.R * g.R * sizeof(float);
+    const std::size_t dw_bytes = std::size_t(g.K) * g.C * g.R * g.S * sizeof(float);
     const std::size_t shift = reinterpret_cast<std::uintptr_t>(out) % 256;
     void* scratch = nullptr;
     JEM_CUDA_CHECK(cudaMalloc(&scratch, dw_bytes + shift));

@@ -46,8 +46,8 @@ class ConvEngine {
  private:
   enum class Op { Forward, BackwardData, BackwardFilter };
   struct Plan;
-  // {op, N, C, H, W, K, R, stride, pad, alignment bits of the pointers}
-  using Key = std::array<int, 10>;
+  // {op, N, C, H, W, K, R, S, stride, pad_h, pad_w, alignment bits of the pointers}
+  using Key = std::array<int, 12>;
 
   // The cached plan of (op, g, alignment), searched on first use with the call's pointers.
   Plan& plan(Op op, const ConvGeom& g, const float* a, const float* b, float* out);

@@ -45,6 +45,14 @@ void global_avg_pool_forward(int N, int C, int HW, const float* x, float* y, cud
 void global_avg_pool_backward(int N, int C, int HW, const float* dy, float* dx,
                               cudaStream_t stream);
 
+// ---- image_ops.cu (inference only: the FID Inception network) ---------------------------------
+void max_pool2d_forward(const PoolGeom& g, const float* x, float* y, cudaStream_t stream);
+void avg_pool2d_forward(const PoolGeom& g, const float* x, float* y, cudaStream_t stream);
+void resize_bilinear_forward(std::int64_t NC, int H, int W, int P, int Q, const float* x, float* y,
+                             cudaStream_t stream);
+void copy_channels(int N, int Cs, int Cd, std::int64_t HW, int offset, const float* src, float* dst,
+                   cudaStream_t stream);
+
 // ---- linear.cu (the parts of the linear layer that are not GEMMs) ------------------------------
 // y[n, o] = b[o] for every row n.
 void broadcast_rows(int N, int O, const float* b, float* y, cudaStream_t stream);

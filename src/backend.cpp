@@ -56,11 +56,12 @@ void Backend::add(const Tensor& a, const Tensor& b, const Tensor& y) {
 
 // Derives the geometry from x and w and checks y (or dy) against it.
 static ConvGeom conv_geom(const char* op, const Tensor& x_like, const Tensor& w, const Tensor& y_like,
-                          int stride, int pad) {
+                          int stride, int pad_h, int pad_w) {
   JEM_CHECK(x_like.shape().rank() == 4, op, ": input must be NCHW, got ", x_like.shape().str());
-  JEM_CHECK(w.shape().rank() == 4, op, ": weight must be KCRR, got ", w.shape().str());
+  JEM_CHECK(w.shape().rank() == 4, op, ": weight must be KCRS, got ", w.shape().str());
   JEM_CHECK(y_like.shape().rank() == 4, op, ": output must be NKPQ, got ", y_like.shape().str());
-  JEM_CHECK(stride >= 1 && pad >= 0, op, ": stride ", stride, " pad ", pad);
+  JEM_CHECK(stride >= 1 && pad_h >= 0 && pad_w >= 0, op, ": stride ", stride, " pad ", pad_h, ",",
+            pad_w);
   ConvGeom g;
   g.N = int(x_like.dim(0));
   g.C = int(x_like.dim(1));
@@ -68,15 +69,17 @@ static ConvGeom conv_geom(const char* op, const Tensor& x_like, const Tensor& w,
   g.W = int(x_like.dim(3));
   g.K = int(w.dim(0));
   g.R = int(w.dim(2));
+  g.S = int(w.dim(3));
   g.stride = stride;
-  g.pad = pad;
-  JEM_CHECK(w.dim(1) == g.C && w.dim(3) == g.R && g.R >= 1, op, ": weight ", w.shape().str(),
+  g.pad_h = pad_h;
+  g.pad_w = pad_w;
+  JEM_CHECK(w.dim(1) == g.C && g.R >= 1 && g.S >= 1, op, ": weight ", w.shape().str(),
             " does not fit input ", x_like.shape().str());
   // The window must fit the padded image at least once. (ConvGeom::P() alone cannot tell: C++
   // division truncates toward zero, so (H + 2*pad - R) / stride + 1 is 1, not 0, when the
   // window is up to stride - 1 pixels too large.)
-  JEM_CHECK(g.H + 2 * pad >= g.R && g.W + 2 * pad >= g.R, op, ": ", g.R, "x", g.R,
-            " window does not fit input ", x_like.shape().str(), " padded by ", pad);
+  JEM_CHECK(g.H + 2 * pad_h >= g.R && g.W + 2 * pad_w >= g.S, op, ": ", g.R, "x", g.S,
+            " window does not fit input ", x_like.shape().str(), " padded by ", pad_h, ",", pad_w);
   JEM_CHECK(g.P() > 0 && g.Q() > 0, op, ": empty output for input ", x_like.shape().str());
   const Shape expect{g.N, g.K, g.P(), g.Q()};
   JEM_CHECK(y_like.shape() == expect, op, ": output ", y_like.shape().str(), ", expected ",
@@ -86,11 +89,16 @@ static ConvGeom conv_geom(const char* op, const Tensor& x_like, const Tensor& w,
 
 void Backend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
                              int stride, int pad) {
+  conv2d_forward(x, w, b, y, stride, pad, pad);
+}
+
+void Backend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
+                             int stride, int pad_h, int pad_w) {
   check_tensor(x, "conv2d_forward", "x");
   check_tensor(w, "conv2d_forward", "w");
   check_tensor(b, "conv2d_forward", "b");
   check_tensor(y, "conv2d_forward", "y");
-  const ConvGeom g = conv_geom("conv2d_forward", x, w, y, stride, pad);
+  const ConvGeom g = conv_geom("conv2d_forward", x, w, y, stride, pad_h, pad_w);
   JEM_CHECK(b.numel() == g.K, "conv2d_forward: bias ", b.shape().str(), " for ", g.K, " filters");
   conv2d_forward_impl(g, x.data<float>(), w.data<float>(), b.data<float>(), y.data<float>());
 }
@@ -100,7 +108,7 @@ void Backend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tens
   check_tensor(dy, "conv2d_backward_data", "dy");
   check_tensor(w, "conv2d_backward_data", "w");
   check_tensor(dx, "conv2d_backward_data", "dx");
-  const ConvGeom g = conv_geom("conv2d_backward_data", dx, w, dy, stride, pad);
+  const ConvGeom g = conv_geom("conv2d_backward_data", dx, w, dy, stride, pad, pad);
   conv2d_backward_data_impl(g, dy.data<float>(), w.data<float>(), dx.data<float>());
 }
 
@@ -109,7 +117,7 @@ void Backend::conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Te
   check_tensor(x, "conv2d_backward_filter", "x");
   check_tensor(dy, "conv2d_backward_filter", "dy");
   check_tensor(dw, "conv2d_backward_filter", "dw");
-  const ConvGeom g = conv_geom("conv2d_backward_filter", x, dw, dy, stride, pad);
+  const ConvGeom g = conv_geom("conv2d_backward_filter", x, dw, dy, stride, pad, pad);
   float* db_ptr = nullptr;
   if (db.defined()) {
     check_tensor(db, "conv2d_backward_filter", "db");
@@ -159,6 +167,76 @@ void Backend::global_avg_pool_backward(const Tensor& dy, const Tensor& dx) {
             expect.str());
   global_avg_pool_backward_impl(int(dx.dim(0)), int(dx.dim(1)), int(dx.dim(2) * dx.dim(3)),
                                 dy.data<float>(), dx.data<float>());
+}
+
+// Checks x[N,C,H,W] and y[N,C,P,Q] of a pooling op against its window.
+static PoolGeom pool_geom(const char* op, const Tensor& x, const Tensor& y, int kernel, int stride,
+                          int pad) {
+  JEM_CHECK(x.shape().rank() == 4, op, ": x must be NCHW, got ", x.shape().str());
+  JEM_CHECK(kernel >= 1 && stride >= 1 && pad >= 0, op, ": kernel ", kernel, " stride ", stride,
+            " pad ", pad);
+  // A window made only of padding would have no taps (max of nothing, mean of nothing):
+  // PyTorch forbids it the same way.
+  JEM_CHECK(2 * pad <= kernel, op, ": pad ", pad, " exceeds half the kernel ", kernel);
+  PoolGeom g;
+  g.N = int(x.dim(0));
+  g.C = int(x.dim(1));
+  g.H = int(x.dim(2));
+  g.W = int(x.dim(3));
+  g.kernel = kernel;
+  g.stride = stride;
+  g.pad = pad;
+  JEM_CHECK(g.H + 2 * pad >= kernel && g.W + 2 * pad >= kernel, op, ": ", kernel, "x", kernel,
+            " window does not fit input ", x.shape().str(), " padded by ", pad);
+  const Shape expect{g.N, g.C, g.P(), g.Q()};
+  JEM_CHECK(y.shape() == expect, op, ": y ", y.shape().str(), ", expected ", expect.str());
+  return g;
+}
+
+void Backend::max_pool2d_forward(const Tensor& x, const Tensor& y, int kernel, int stride,
+                                 int pad) {
+  check_tensor(x, "max_pool2d_forward", "x");
+  check_tensor(y, "max_pool2d_forward", "y");
+  const PoolGeom g = pool_geom("max_pool2d_forward", x, y, kernel, stride, pad);
+  max_pool2d_forward_impl(g, x.data<float>(), y.data<float>());
+}
+
+void Backend::avg_pool2d_forward(const Tensor& x, const Tensor& y, int kernel, int stride,
+                                 int pad) {
+  check_tensor(x, "avg_pool2d_forward", "x");
+  check_tensor(y, "avg_pool2d_forward", "y");
+  const PoolGeom g = pool_geom("avg_pool2d_forward", x, y, kernel, stride, pad);
+  avg_pool2d_forward_impl(g, x.data<float>(), y.data<float>());
+}
+
+void Backend::resize_bilinear_forward(const Tensor& x, const Tensor& y) {
+  check_tensor(x, "resize_bilinear_forward", "x");
+  check_tensor(y, "resize_bilinear_forward", "y");
+  JEM_CHECK(x.shape().rank() == 4 && y.shape().rank() == 4,
+            "resize_bilinear_forward: x and y must be NCHW, got ", x.shape().str(), " and ",
+            y.shape().str());
+  JEM_CHECK(x.dim(0) == y.dim(0) && x.dim(1) == y.dim(1), "resize_bilinear_forward: x ",
+            x.shape().str(), " and y ", y.shape().str(), " differ in N or C");
+  JEM_CHECK(x.dim(2) > 0 && x.dim(3) > 0 && y.dim(2) > 0 && y.dim(3) > 0,
+            "resize_bilinear_forward: empty image ", x.shape().str(), " -> ", y.shape().str());
+  resize_bilinear_forward_impl(x.dim(0) * x.dim(1), int(x.dim(2)), int(x.dim(3)), int(y.dim(2)),
+                               int(y.dim(3)), x.data<float>(), y.data<float>());
+}
+
+void Backend::copy_channels(const Tensor& src, const Tensor& dst, int channel_offset) {
+  check_tensor(src, "copy_channels", "src");
+  check_tensor(dst, "copy_channels", "dst");
+  JEM_CHECK(src.shape().rank() == 4 && dst.shape().rank() == 4,
+            "copy_channels: src and dst must be NCHW, got ", src.shape().str(), " and ",
+            dst.shape().str());
+  JEM_CHECK(src.dim(0) == dst.dim(0) && src.dim(2) == dst.dim(2) && src.dim(3) == dst.dim(3),
+            "copy_channels: src ", src.shape().str(), " and dst ", dst.shape().str(),
+            " differ in N, H or W");
+  JEM_CHECK(channel_offset >= 0 && channel_offset + src.dim(1) <= dst.dim(1),
+            "copy_channels: channels [", channel_offset, ", ", channel_offset + src.dim(1),
+            ") do not fit dst ", dst.shape().str());
+  copy_channels_impl(int(src.dim(0)), int(src.dim(1)), int(dst.dim(1)), src.dim(2) * src.dim(3),
+                     channel_offset, src.data<float>(), dst.data<float>());
 }
 
 void Backend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) {

@@ -177,17 +177,17 @@ ConvGeom geom(const ConvCase& c) {
   g.C = c.C;
   g.H = g.W = c.HW;
   g.K = c.K;
-  g.R = c.R;
+  g.R = g.S = c.R;
   g.stride = c.stride;
-  g.pad = c.pad;
+  g.pad_h = g.pad_w = c.pad;
   return g;
 }
 
 Shape x_shape(const ConvGeom& g) { return Shape{g.N, g.C, g.H, g.W}; }
-Shape w_shape(const ConvGeom& g) { return Shape{g.K, g.C, g.R, g.R}; }
+Shape w_shape(const ConvGeom& g) { return Shape{g.K, g.C, g.R, g.S}; }
 Shape y_shape(const ConvGeom& g) {
-  return Shape{g.N, g.K, naive::conv_out_size(g.H, g.R, g.stride, g.pad),
-               naive::conv_out_size(g.W, g.R, g.stride, g.pad)};
+  return Shape{g.N, g.K, naive::conv_out_size(g.H, g.R, g.stride, g.pad_h),
+               naive::conv_out_size(g.W, g.S, g.stride, g.pad_w)};
 }
 std::size_t numel(const Shape& s) { return static_cast<std::size_t>(s.numel()); }
 
@@ -196,7 +196,7 @@ Vec cpu_conv_forward(Backend& be, const ConvGeom& g, const Vec& x, const Vec& w,
   Tensor y = be.empty(y_shape(g));
   be.fill(y, kNaN);
   be.conv2d_forward(be.from_vector(x, x_shape(g)), be.from_vector(w, w_shape(g)),
-                    be.from_vector(b, Shape{g.K}), y, g.stride, g.pad);
+                    be.from_vector(b, Shape{g.K}), y, g.stride, g.pad_h, g.pad_w);
   return be.to_vector(y);
 }
 
@@ -205,7 +205,7 @@ Vec cpu_conv_backward_data(Backend& be, const ConvGeom& g, const Vec& dy, const 
   Tensor dx = be.empty(x_shape(g));
   be.fill(dx, kNaN);
   be.conv2d_backward_data(be.from_vector(dy, y_shape(g)), be.from_vector(w, w_shape(g)), dx,
-                          g.stride, g.pad);
+                          g.stride, g.pad_h);
   return be.to_vector(dx);
 }
 
@@ -220,7 +220,7 @@ FilterGrad cpu_conv_backward_filter(Backend& be, const ConvGeom& g, const Vec& x
   Tensor dw = be.from_vector(dw0, w_shape(g));
   Tensor db = db0.empty() ? Tensor() : be.from_vector(db0, Shape{g.K});
   be.conv2d_backward_filter(be.from_vector(x, x_shape(g)), be.from_vector(dy, y_shape(g)), dw, db,
-                            g.stride, g.pad);
+                            g.stride, g.pad_h);
   return {be.to_vector(dw), db0.empty() ? Vec{} : be.to_vector(db)};
 }
 
@@ -238,8 +238,8 @@ struct ConvData {
 int forward_terms(const ConvGeom& g) { return g.C * g.R * g.R + 1; }  // + the bias
 int backward_data_terms(const ConvGeom& g) { return g.K * g.R * g.R; }
 int backward_filter_terms(const ConvGeom& g) {
-  return g.N * naive::conv_out_size(g.H, g.R, g.stride, g.pad) *
-         naive::conv_out_size(g.W, g.R, g.stride, g.pad);
+  return g.N * naive::conv_out_size(g.H, g.R, g.stride, g.pad_h) *
+         naive::conv_out_size(g.W, g.S, g.stride, g.pad_w);
 }
 
 // Every case runs on both convolution paths of the CPU backend: the direct 3x3 kernel (where it

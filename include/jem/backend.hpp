@@ -2,7 +2,7 @@
 //
 // Conventions (written once, followed by every op on every backend):
 //   * Tensors are dense, row-major, float32 unless stated: images NCHW, matrices [rows, cols],
-//     conv weights OIHW ([K, C, R, R]), linear weights [out, in] (as PyTorch stores them).
+//     conv weights OIHW ([K, C, R, S]), linear weights [out, in] (as PyTorch stores them).
 //   * Parameter gradients ACCUMULATE (dw += ..., db += ...): the trainer zeroes the flat
 //     gradient buffer once per iteration and several passes may add into it.
 //   * Activation gradients OVERWRITE (dx = ...): each is produced by exactly one op.
@@ -29,15 +29,26 @@ struct NoiseKey {
   std::uint32_t sample_base = 0;
 };
 
-// Geometry of one 2-D convolution: x[N, C, H, W] * w[K, C, R, R] -> y[N, K, P, Q].
+// Geometry of one 2-D convolution: x[N, C, H, W] * w[K, C, R, S] -> y[N, K, P, Q].
+// Kernels may be rectangular (R rows by S columns, as Inception-v3's 1x7 and 7x1 filters) and
+// padded differently along H (pad_h rows above and below) and W (pad_w columns left and right).
 struct ConvGeom {
   int N = 0, C = 0, H = 0, W = 0;  // input
-  int K = 0, R = 0;                // output channels, square kernel size
-  int stride = 1, pad = 0;
-  int P() const { return (H + 2 * pad - R) / stride + 1; }
-  int Q() const { return (W + 2 * pad - R) / stride + 1; }
+  int K = 0, R = 0, S = 0;         // output channels, kernel height, kernel width
+  int stride = 1, pad_h = 0, pad_w = 0;
+  int P() const { return (H + 2 * pad_h - R) / stride + 1; }
+  int Q() const { return (W + 2 * pad_w - S) / stride + 1; }
   // Multiply-adds of the forward pass (backward-data and backward-filter cost the same).
-  double macs() const { return double(N) * K * P() * Q() * C * R * R; }
+  double macs() const { return double(N) * K * P() * Q() * C * R * S; }
+};
+
+// Geometry of one 2-D pooling: x[N, C, H, W] -> y[N, C, P, Q], a square `kernel` window moved
+// by `stride` over x padded by `pad` on every side; P = (H + 2 pad - kernel) / stride + 1.
+struct PoolGeom {
+  int N = 0, C = 0, H = 0, W = 0;
+  int kernel = 1, stride = 1, pad = 0;
+  int P() const { return (H + 2 * pad - kernel) / stride + 1; }
+  int Q() const { return (W + 2 * pad - kernel) / stride + 1; }
 };
 
 class Backend {
@@ -69,13 +80,16 @@ class Backend {
   void add(const Tensor& a, const Tensor& b, const Tensor& y);
 
   // ---- convolution --------------------------------------------------------------------------
-  // y[N,K,P,Q] = conv(x[N,C,H,W], w[K,C,R,R]) + b[K]           (overwrite)
+  // y[N,K,P,Q] = conv(x[N,C,H,W], w[K,C,R,S]) + b[K]           (overwrite)
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
                       int stride, int pad);
+  // The same with separate padding along H and W (for 1xS and Rx1 kernels).
+  void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
+                      int stride, int pad_h, int pad_w);
   // dx[N,C,H,W] = conv_transpose(dy[N,K,P,Q], w)                (overwrite)
   void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, int stride,
                             int pad);
-  // dw[K,C,R,R] += x (*) dy ; db[K] += sum_{n,p,q} dy          (accumulate; db may be undefined)
+  // dw[K,C,R,S] += x (*) dy ; db[K] += sum_{n,p,q} dy          (accumulate; db may be undefined)
   void conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Tensor& dw,
                               const Tensor& db, int stride, int pad);
 
@@ -90,6 +104,22 @@ class Backend {
   void global_avg_pool_forward(const Tensor& x, const Tensor& y);
   // dx[N,C,H,W] = dy[N,C] / (H*W)                               (overwrite)
   void global_avg_pool_backward(const Tensor& dy, const Tensor& dx);
+
+  // ---- inference-only image ops (the Inception-v3 feature network of FID / IS) ---------------
+  // These have no backward: nothing trains through them.
+  // y[N,C,P,Q] = max over the kernel x kernel window at (p*stride - pad, q*stride - pad);
+  // padded positions never win (PyTorch's max_pool2d: padding is -inf). P = (H+2pad-k)/stride+1.
+  void max_pool2d_forward(const Tensor& x, const Tensor& y, int kernel, int stride, int pad);
+  // y = the mean of the window's taps that lie inside x: padded positions are not counted
+  // (PyTorch's avg_pool2d with count_include_pad=False). Same geometry as max_pool2d.
+  void avg_pool2d_forward(const Tensor& x, const Tensor& y, int kernel, int stride, int pad);
+  // y[N,C,P,Q] = x[N,C,H,W] resized bilinearly with PyTorch's align_corners=False convention
+  // (no antialiasing): source row of output row p is max(0, (p + 0.5) * H / P - 0.5), its two
+  // neighbours clamped to the image.
+  void resize_bilinear_forward(const Tensor& x, const Tensor& y);
+  // dst[n, channel_offset + c, h, w] = src[n, c, h, w]: writes src into a channel slice of dst
+  // (channel concatenation, one branch at a time). src [N, Cs, H, W], dst [N, Cd, H, W].
+  void copy_channels(const Tensor& src, const Tensor& dst, int channel_offset);
 
   // ---- linear -------------------------------------------------------------------------------
   // y[N,O] = x[N,I] w[O,I]^T + b[O]
@@ -185,6 +215,14 @@ class Backend {
   virtual void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) = 0;
   virtual void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy,
                                              float* dx) = 0;
+  virtual void max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) = 0;
+  virtual void avg_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) = 0;
+  // x[NC, H, W] -> y[NC, P, Q] (NC = N * C planes).
+  virtual void resize_bilinear_forward_impl(std::int64_t NC, int H, int W, int P, int Q,
+                                            const float* x, float* y) = 0;
+  // src [N, Cs, HW] into dst [N, Cd, HW] at channel `offset`.
+  virtual void copy_channels_impl(int N, int Cs, int Cd, std::int64_t HW, int offset,
+                                  const float* src, float* dst) = 0;
   virtual void linear_forward_impl(int N, int I, int O, const float* x, const float* w,
                                    const float* b, float* y) = 0;
   // dx, dw, db may each be null.

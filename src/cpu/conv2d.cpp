@@ -1,6 +1,6 @@
 // CPU convolutions: im2col lowering + OpenBLAS sgemm, one image per OpenMP thread at a time.
 //
-// Per image n, with CRR = C*R*R and PQ = P*Q:
+// Per image n, with CRR = C*R*S (the kernel is R rows by S columns) and PQ = P*Q:
 //   forward          y_n[K, PQ]   = w[K, CRR] * col_n[CRR, PQ] + b
 //   backward-data    dcol[CRR, PQ] = w^T[CRR, K] * dy_n[K, PQ];  dx_n = col2im(dcol)
 //   backward-filter  dw[K, CRR]  += dy_n[K, PQ] * col_n^T[PQ, CRR]
@@ -22,18 +22,20 @@
 namespace jem::cpu {
 namespace {
 
-bool is_pointwise(const ConvGeom& g) { return g.R == 1 && g.stride == 1 && g.pad == 0; }
+bool is_pointwise(const ConvGeom& g) {
+  return g.R == 1 && g.S == 1 && g.stride == 1 && g.pad_h == 0 && g.pad_w == 0;
+}
 
-// col[(c*R + kh)*R + kw, p*Q + q] = x[c, p*stride - pad + kh, q*stride - pad + kw] (0 outside)
+// col[(c*R + kh)*S + kw, p*Q + q] = x[c, p*stride - pad_h + kh, q*stride - pad_w + kw] (0 outside)
 void im2col(const ConvGeom& g, const float* x, float* col) {
   const int P = g.P(), Q = g.Q();
   for (int c = 0; c < g.C; ++c) {
     const float* xc = x + static_cast<std::int64_t>(c) * g.H * g.W;
     for (int kh = 0; kh < g.R; ++kh) {
-      for (int kw = 0; kw < g.R; ++kw) {
-        float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.R + kw) * P * Q;
+      for (int kw = 0; kw < g.S; ++kw) {
+        float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.S + kw) * P * Q;
         for (int p = 0; p < P; ++p) {
-          const int ih = p * g.stride - g.pad + kh;
+          const int ih = p * g.stride - g.pad_h + kh;
           float* out = row + static_cast<std::int64_t>(p) * Q;
           if (ih < 0 || ih >= g.H) {
             std::fill_n(out, Q, 0.0f);
@@ -43,16 +45,16 @@ void im2col(const ConvGeom& g, const float* x, float* col) {
           if (g.stride == 1) {
             // A contiguous run: zeros at the borders, a straight copy in between. Written as
             // plain loops: the runs are short (one image row), too short for memcpy's call.
-            const int q_begin = std::max(0, g.pad - kw);
-            const int q_end = std::max(q_begin, std::min(Q, g.W + g.pad - kw));
-            const int shift = kw - g.pad;  // out[q] = xrow[q + shift]
+            const int q_begin = std::max(0, g.pad_w - kw);
+            const int q_end = std::max(q_begin, std::min(Q, g.W + g.pad_w - kw));
+            const int shift = kw - g.pad_w;  // out[q] = xrow[q + shift]
             for (int q = 0; q < q_begin; ++q) out[q] = 0.0f;
 #pragma omp simd
             for (int q = q_begin; q < q_end; ++q) out[q] = xrow[q + shift];
             for (int q = q_end; q < Q; ++q) out[q] = 0.0f;
           } else {
             for (int q = 0; q < Q; ++q) {
-              const int iw = q * g.stride - g.pad + kw;
+              const int iw = q * g.stride - g.pad_w + kw;
               out[q] = (iw >= 0 && iw < g.W) ? xrow[iw] : 0.0f;
             }
           }
@@ -71,16 +73,16 @@ void col2im(const ConvGeom& g, const float* col, float* dx) {
   for (int c = 0; c < g.C; ++c) {
     float* dxc = dx + static_cast<std::int64_t>(c) * g.H * g.W;
     for (int kh = 0; kh < g.R; ++kh) {
-      for (int kw = 0; kw < g.R; ++kw) {
-        const float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.R + kw) * P * Q;
-        // q such that 0 <= q*stride - pad + kw < W
-        const int q_begin = std::max(0, (g.pad - kw + g.stride - 1) / g.stride);
-        const int q_end = std::min(Q, (g.W - 1 + g.pad - kw) / g.stride + 1);
+      for (int kw = 0; kw < g.S; ++kw) {
+        const float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.S + kw) * P * Q;
+        // q such that 0 <= q*stride - pad_w + kw < W
+        const int q_begin = std::max(0, (g.pad_w - kw + g.stride - 1) / g.stride);
+        const int q_end = std::min(Q, (g.W - 1 + g.pad_w - kw) / g.stride + 1);
         if (q_end <= q_begin) continue;
         for (int p = 0; p < P; ++p) {
-          const int ih = p * g.stride - g.pad + kh;
+          const int ih = p * g.stride - g.pad_h + kh;
           if (ih < 0 || ih >= g.H) continue;
-          float* __restrict dxrow = dxc + static_cast<std::int64_t>(ih) * g.W + (kw - g.pad);
+          float* __restrict dxrow = dxc + static_cast<std::int64_t>(ih) * g.W + (kw - g.pad_w);
           const float* __restrict in = row + static_cast<std::int64_t>(p) * Q;
           if (g.stride == 1) {
 #pragma omp simd
@@ -108,7 +110,7 @@ bool CpuBackend::use_direct3x3(const ConvGeom& g) const {
 void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
                                      const float* b, float* y) {
   const int PQ = g.P() * g.Q();
-  const int CRR = g.C * g.R * g.R;
+  const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
   if (use_direct3x3(g)) {
@@ -140,16 +142,17 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
 void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                            float* dx) {
   const int PQ = g.P() * g.Q();
-  const int CRR = g.C * g.R * g.R;
+  const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
   // A stride-1 convolution's data gradient is itself a stride-1 convolution of dy with the
-  // flipped, channel-transposed kernel and padding R-1-pad:
-  //   dx[c, h, w] = sum_{k, r, s} dy[k, h + pad - r, w + pad - s] * W[k, c, r, s]
-  //              = conv(dy, W'), W'[c, k, r', s'] = W[k, c, R-1-r', R-1-s'].
+  // flipped, channel-transposed kernel and padding (R-1-pad_h, S-1-pad_w):
+  //   dx[c, h, w] = sum_{k, r, s} dy[k, h + pad_h - r, w + pad_w - s] * W[k, c, r, s]
+  //              = conv(dy, W'), W'[c, k, r', s'] = W[k, c, R-1-r', S-1-s'].
   // Lowering it like a forward pass (im2col of dy, one GEMM straight into dx) skips the col2im
   // scatter and the zeroing of a 9x larger column buffer that the adjoint form needs.
-  const bool as_forward = g.stride == 1 && !is_pointwise(g) && 2 * g.pad == g.R - 1;
+  const bool as_forward = g.stride == 1 && !is_pointwise(g) && 2 * g.pad_h == g.R - 1 &&
+                          2 * g.pad_w == g.S - 1;
   float* wt = nullptr;
   ConvGeom tg;
   if (as_forward) {
@@ -157,15 +160,16 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
     for (int k = 0; k < g.K; ++k)
       for (int c = 0; c < g.C; ++c)
         for (int r = 0; r < g.R; ++r)
-          for (int t = 0; t < g.R; ++t)
-            wt[((static_cast<std::int64_t>(c) * g.K + k) * g.R + (g.R - 1 - r)) * g.R + (g.R - 1 - t)] =
-                w[((static_cast<std::int64_t>(k) * g.C + c) * g.R + r) * g.R + t];
+          for (int t = 0; t < g.S; ++t)
+            wt[((static_cast<std::int64_t>(c) * g.K + k) * g.R + (g.R - 1 - r)) * g.S + (g.S - 1 - t)] =
+                w[((static_cast<std::int64_t>(k) * g.C + c) * g.R + r) * g.S + t];
     tg = g;  // input dy [K, P, Q] -> output dx [C, H, W]; P == H and Q == W here
     tg.C = g.K;
     tg.K = g.C;
     tg.H = g.P();
     tg.W = g.Q();
-    tg.pad = g.R - 1 - g.pad;
+    tg.pad_h = g.R - 1 - g.pad_h;
+    tg.pad_w = g.S - 1 - g.pad_w;
   }
   float* wp = nullptr;
   if (as_forward && use_direct3x3(tg)) {
@@ -187,7 +191,7 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
       continue;
     }
     if (as_forward) {
-      const int KRR = g.K * g.R * g.R, HW = g.H * g.W;
+      const int KRR = g.K * g.R * g.S, HW = g.H * g.W;
       float* col = scratch(omp_get_thread_num(), kSlotCol, static_cast<std::size_t>(KRR) * HW);
       im2col(tg, dyn, col);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.C, HW, KRR, 1.0f, wt, KRR, col, HW,
@@ -204,7 +208,7 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
 void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy,
                                              float* dw, float* db) {
   const int PQ = g.P() * g.Q();
-  const int CRR = g.C * g.R * g.R;
+  const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
   const std::size_t wsize = static_cast<std::size_t>(g.K) * CRR;

@@ -168,7 +168,7 @@ bool cpu_has_avx2_fma() {
 }  // namespace
 
 bool direct3x3_applies(const ConvGeom& g) {
-  return g.R == 3 && g.stride == 1 && g.pad == 1 && cpu_has_avx2_fma();
+  return g.R == 3 && g.S == 3 && g.stride == 1 && g.pad_h == 1 && g.pad_w == 1 && cpu_has_avx2_fma();
 }
 
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,

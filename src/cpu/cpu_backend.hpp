@@ -39,6 +39,13 @@ class CpuBackend final : public Backend {
                                 float slope) override;
   void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;
   void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) override;
+  // image_ops.cpp (inference only)
+  void max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) override;
+  void avg_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) override;
+  void resize_bilinear_forward_impl(std::int64_t NC, int H, int W, int P, int Q, const float* x,
+                                    float* y) override;
+  void copy_channels_impl(int N, int Cs, int Cd, std::int64_t HW, int offset, const float* src,
+                          float* dst) override;
   void linear_forward_impl(int N, int I, int O, const float* x, const float* w, const float* b,
                            float* y) override;
   void linear_backward_impl(int N, int I, int O, const float* x, const float* w, const float* dy,

@@ -143,7 +143,8 @@ double WideResNet::forward_macs(int batch) const {
     geo.K = int(c.w->shape[0]);
     geo.R = int(c.w->shape[2]);
     geo.stride = c.stride;
-    geo.pad = c.pad;
+    geo.S = int(c.w->shape[3]);
+    geo.pad_h = geo.pad_w = c.pad;
     return geo.macs();
   };
   double macs = conv_macs(stem_, config_.image_size);

@@ -43,8 +43,8 @@ int conv_out_size(int in, int R, int stride, int pad) {
 }
 
 Vec conv2d_forward(const ConvGeom& g, const Vec& x, const Vec& w, const Vec& b) {
-  const int P = conv_out_size(g.H, g.R, g.stride, g.pad);
-  const int Q = conv_out_size(g.W, g.R, g.stride, g.pad);
+  const int P = conv_out_size(g.H, g.R, g.stride, g.pad_h);
+  const int Q = conv_out_size(g.W, g.S, g.stride, g.pad_w);
   Vec y(static_cast<std::size_t>(g.N) * g.K * P * Q);  // [N, K, P, Q]
   for (int n = 0; n < g.N; ++n)
     for (int k = 0; k < g.K; ++k)
@@ -53,12 +53,12 @@ Vec conv2d_forward(const ConvGeom& g, const Vec& x, const Vec& w, const Vec& b) 
           double s = b[static_cast<std::size_t>(k)];
           for (int c = 0; c < g.C; ++c)
             for (int kh = 0; kh < g.R; ++kh)
-              for (int kw = 0; kw < g.R; ++kw) {
-                const int h = p * g.stride - g.pad + kh;
-                const int v = q * g.stride - g.pad + kw;
+              for (int kw = 0; kw < g.S; ++kw) {
+                const int h = p * g.stride - g.pad_h + kh;
+                const int v = q * g.stride - g.pad_w + kw;
                 if (h < 0 || h >= g.H || v < 0 || v >= g.W) continue;  // zero padding
                 s += double(x[at4(g.C, g.H, g.W, n, c, h, v)]) *
-                     double(w[at4(g.C, g.R, g.R, k, c, kh, kw)]);
+                     double(w[at4(g.C, g.R, g.S, k, c, kh, kw)]);
               }
           y[at4(g.K, P, Q, n, k, p, q)] = static_cast<float>(s);
         }
@@ -66,8 +66,8 @@ Vec conv2d_forward(const ConvGeom& g, const Vec& x, const Vec& w, const Vec& b) 
 }
 
 Vec conv2d_backward_data(const ConvGeom& g, const Vec& dy, const Vec& w) {
-  const int P = conv_out_size(g.H, g.R, g.stride, g.pad);
-  const int Q = conv_out_size(g.W, g.R, g.stride, g.pad);
+  const int P = conv_out_size(g.H, g.R, g.stride, g.pad_h);
+  const int Q = conv_out_size(g.W, g.S, g.stride, g.pad_w);
   Vec dx(static_cast<std::size_t>(g.N) * g.C * g.H * g.W);  // [N, C, H, W]
   for (int n = 0; n < g.N; ++n)
     for (int c = 0; c < g.C; ++c)
@@ -79,11 +79,11 @@ Vec conv2d_backward_data(const ConvGeom& g, const Vec& dy, const Vec& w) {
           for (int k = 0; k < g.K; ++k)
             for (int p = 0; p < P; ++p)
               for (int q = 0; q < Q; ++q) {
-                const int kh = h + g.pad - p * g.stride;
-                const int kw = v + g.pad - q * g.stride;
-                if (kh < 0 || kh >= g.R || kw < 0 || kw >= g.R) continue;
+                const int kh = h + g.pad_h - p * g.stride;
+                const int kw = v + g.pad_w - q * g.stride;
+                if (kh < 0 || kh >= g.R || kw < 0 || kw >= g.S) continue;
                 s += double(dy[at4(g.K, P, Q, n, k, p, q)]) *
-                     double(w[at4(g.C, g.R, g.R, k, c, kh, kw)]);
+                     double(w[at4(g.C, g.R, g.S, k, c, kh, kw)]);
               }
           dx[at4(g.C, g.H, g.W, n, c, h, v)] = static_cast<float>(s);
         }
@@ -91,26 +91,26 @@ Vec conv2d_backward_data(const ConvGeom& g, const Vec& dy, const Vec& w) {
 }
 
 ConvFilterGrad conv2d_backward_filter(const ConvGeom& g, const Vec& x, const Vec& dy) {
-  const int P = conv_out_size(g.H, g.R, g.stride, g.pad);
-  const int Q = conv_out_size(g.W, g.R, g.stride, g.pad);
+  const int P = conv_out_size(g.H, g.R, g.stride, g.pad_h);
+  const int Q = conv_out_size(g.W, g.S, g.stride, g.pad_w);
   ConvFilterGrad out;
-  out.dw.resize(static_cast<std::size_t>(g.K) * g.C * g.R * g.R);  // [K, C, R, R]
+  out.dw.resize(static_cast<std::size_t>(g.K) * g.C * g.R * g.S);  // [K, C, R, S]
   out.db.resize(static_cast<std::size_t>(g.K));                    // [K]
   for (int k = 0; k < g.K; ++k) {
     for (int c = 0; c < g.C; ++c)
       for (int kh = 0; kh < g.R; ++kh)
-        for (int kw = 0; kw < g.R; ++kw) {
+        for (int kw = 0; kw < g.S; ++kw) {
           double s = 0.0;
           for (int n = 0; n < g.N; ++n)
             for (int p = 0; p < P; ++p)
               for (int q = 0; q < Q; ++q) {
-                const int h = p * g.stride - g.pad + kh;
-                const int v = q * g.stride - g.pad + kw;
+                const int h = p * g.stride - g.pad_h + kh;
+                const int v = q * g.stride - g.pad_w + kw;
                 if (h < 0 || h >= g.H || v < 0 || v >= g.W) continue;
                 s += double(dy[at4(g.K, P, Q, n, k, p, q)]) *
                      double(x[at4(g.C, g.H, g.W, n, c, h, v)]);
               }
-          out.dw[at4(g.C, g.R, g.R, k, c, kh, kw)] = static_cast<float>(s);
+          out.dw[at4(g.C, g.R, g.S, k, c, kh, kw)] = static_cast<float>(s);
         }
     double s = 0.0;
     for (int n = 0; n < g.N; ++n)
