@@ -296,7 +296,6 @@ TEST(Fid, ReferenceImagesAreScaledTrainingImages) {
   std::sort(firsts.begin(), firsts.end());
   EXPECT_TRUE(std::adjacent_find(firsts.begin(), firsts.end()) == firsts.end()) << "distinct images";
   for (float v : firsts) EXPECT_NEAR((v + 1.0f) * 127.5f / 50.0f, std::round((v + 1.0f) * 127.5f / 50.0f), 1e-3);
-  EXPECT_FALSE(fid_available()) << "connect the FID call site in eval_suite.cpp and update this test";
 }
 
 // A suite on 8x8 synthetic digits and a random tiny model, for the modes' internals.
@@ -344,12 +343,12 @@ TEST(EvalSuiteModes, FidInputsAreExportedAsNpz) {
   // The samples moved away from their uniform starting noise.
   const auto start = fresh_noise(*s.t.be, 6, 1, 8, o.seed + 2);
   EXPECT_GT(jem::test::max_abs_diff(gen, start), 1e-3);
-  // fid() itself refuses clearly without the Inception network.
+  // fid() itself refuses clearly without the Inception weights.
   try {
     suite.fid();
-    ADD_FAILURE() << "fid() should fail without the Inception network";
+    ADD_FAILURE() << "fid() should fail without --inception";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("FID needs the Inception network (not built in)"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("--mode fid needs --inception FILE"), std::string::npos) << e.what();
   }
 }
 

@@ -11,6 +11,7 @@
 #include "jem/checkpoint.hpp"
 #include "jem/npz.hpp"
 #include "jem/png_grid.hpp"
+#include "inception_weights.hpp"
 #include "jem/safetensors.hpp"
 #include "synthetic_data.hpp"
 #include "test_support.hpp"
@@ -139,10 +140,18 @@ TEST_F(EvalCli, SingleModesAndFidWithoutInception) {
             0)
       << out;
   EXPECT_NE(out.find("ood noise"), std::string::npos) << out;
-  // fid: a clear one-line error until the Inception network is built in, never a number.
+  // fid without weights: a clear one-line error naming the missing file, never a number.
   EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + small() + "--mode fid --inception x.bin"), &out), 0);
-  EXPECT_NE(out.find("FID needs the Inception network (not built in)"), std::string::npos) << out;
+  EXPECT_NE(out.find("x.bin: Inception weights not found"), std::string::npos) << out;
   EXPECT_TRUE(one_line(out)) << out;
+  // fid with (random) Inception weights: the whole path, samples to FID and IS, on 4 images.
+  const std::string weights = jem::test::write_random_weights(*root_);
+  ASSERT_EQ(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + small() + "--mode fid --fid_count 4 --is_splits 2 --inception " +
+                                weights + " --out " + *root_ + "/f"),
+                        &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("FID"), std::string::npos) << out;
 }
 
 TEST_F(EvalCli, BadInputGivesOneLineErrorsNamingIt) {

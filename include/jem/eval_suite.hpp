@@ -68,9 +68,6 @@ struct SuiteResults {
   std::map<std::string, double> seconds;     // mode -> wall time
 };
 
-// Whether this build can compute FID / Inception Score (the Inception network is built in).
-bool fid_available();
-
 class EvalSuite {
  public:
   // `data` is the split to evaluate, `replay_buffer` the checkpoint's ([S, C, H, W], may be

@@ -121,8 +121,10 @@ void run_eval_modes(EvalArgs& a, const std::vector<std::string>& modes, SuiteRes
         a.eps_l2 == std::vector<std::string>{"none"} ? std::vector<float>{} : parse_eps(a.eps_l2, "--eps_l2");
   // Everything about the inputs is checked before any work: the modes, the checkpoint, its
   // model, the data set and the OOD set names.
-  if (std::find(modes.begin(), modes.end(), "fid") != modes.end())
-    JEM_CHECK(fid_available(), "FID needs the Inception network (not built in)");
+  if (std::find(modes.begin(), modes.end(), "fid") != modes.end()) {
+    JEM_CHECK(!a.opt.inception.empty(), "--mode fid needs --inception FILE (the Inception-v3 weights, see docs/fid.md)");
+    JEM_CHECK(fs::exists(a.opt.inception), a.opt.inception, ": Inception weights not found (see docs/fid.md)");
+  }
   TrainConfig cfg = config_from_checkpoint(a.checkpoint);
   if (!a.dataset.empty() && a.dataset != cfg.dataset) {
     cfg.dataset = a.dataset;

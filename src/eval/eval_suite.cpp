@@ -1,5 +1,6 @@
 // The evaluation modes: each writes its files into out_dir and its numbers into SuiteResults.
 #include "jem/eval_suite.hpp"
+#include "jem/fid.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -55,9 +56,6 @@ std::vector<float> eval_images(const Dataset& d, std::int64_t n, float sigma, st
 }
 
 }  // namespace
-
-// ==== MERGE POINT (FID): return true when include/jem/fid.hpp is built in. ====
-bool fid_available() { return false; }
 
 EvalSuite::EvalSuite(WideResNet& model, const TrainConfig& cfg, const Dataset& data, std::vector<float> replay_buffer,
                      EvalOptions options, SuiteResults& results)
@@ -331,18 +329,21 @@ void EvalSuite::export_fid_inputs(std::vector<float>* generated, std::vector<flo
 
 void EvalSuite::fid() {
   // Fail before any work when the score cannot be computed.
-  JEM_CHECK(fid_available(), "FID needs the Inception network (not built in)");
   JEM_CHECK(!opt_.inception.empty(), "--mode fid needs --inception FILE (the Inception-v3 weights)");
   JEM_CHECK(fs::exists(opt_.inception), opt_.inception, ": Inception weights not found");
   std::vector<float> gen, ref;
   export_fid_inputs(&gen, &ref);
-  // ==== MERGE POINT (FID): the single call site of the Inception network. ====
-  //   const WrnConfig& mc = model_.config();  n = gen.size() / per, m = ref.size() / per
-  //   Tensor g = host tensor [n, C, S, S] of `gen`, r = [m, C, S, S] of `ref` (both in [-1, 1]);
-  //   const FidIsResult f = fid_and_inception_score(model_.backend(), opt_.inception, g, r,
-  //                                                 model_.max_batch(), opt_.is_splits);
-  //   res_.fid = SuiteResults::Fid{f.fid, f.is_mean, f.is_std, n};
-  JEM_FAIL("FID needs the Inception network (not built in)");
+  const WrnConfig& mc = model_.config();
+  const std::int64_t per = std::int64_t(mc.in_channels) * mc.image_size * mc.image_size;
+  const std::int64_t n = std::int64_t(gen.size()) / per, m = std::int64_t(ref.size()) / per;
+  // Host tensors over the vectors: the network uploads them batch by batch.
+  Tensor g = Tensor::host(Shape{n, mc.in_channels, mc.image_size, mc.image_size});
+  Tensor r = Tensor::host(Shape{m, mc.in_channels, mc.image_size, mc.image_size});
+  std::copy(gen.begin(), gen.end(), g.data<float>());
+  std::copy(ref.begin(), ref.end(), r.data<float>());
+  const FidIsResult f = fid_and_inception_score(model_.backend(), opt_.inception, g, r,
+                                                model_.max_batch(), std::min<int>(opt_.is_splits, int(n)));
+  res_.fid = SuiteResults::Fid{f.fid, f.is_mean, f.is_std, n};
 }
 
 }  // namespace jem

@@ -107,7 +107,7 @@ std::string report_markdown(const SuiteResults& r) {
   if (r.accuracy)
     m << "Mean cross-entropy " << num(r.accuracy->mean_ce, "%.4f") << ", mean energy "
       << num(r.accuracy->mean_energy, "%.4f") << ".\n\n";
-  if (!r.fid) m << "IS / FID: not computed (`--inception FILE` and a build with the Inception network).\n\n";
+  if (!r.fid) m << "IS / FID: not computed (run with `--inception FILE`, see docs/fid.md).\n\n";
 
   if (r.calibration) {
     m << "## Calibration\n\n";
