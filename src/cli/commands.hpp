@@ -9,4 +9,5 @@ void register_info(CLI::App& app);
 void register_train(CLI::App& app);
 void register_sample(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_bench(CLI::App& app);
 }  // namespace jem::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   jem::cli::register_train(app);
   jem::cli::register_sample(app);
   jem::cli::register_eval(app);
+  jem::cli::register_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
