@@ -85,6 +85,9 @@ def parse_args(argv):
     p.add_argument("--iterations", type=int, default=10, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--check-reference", metavar="FILE", nargs="+",
+                   help="only check the network and objective against reference vectors "
+                        "(tests/data/wrn*.safetensors) and exit")
     p.add_argument("--tf32", choices=["on", "off"], default="on",
                    help="TF32 tensor-core math for convolutions and matmuls on a GPU "
                         "(jem: JEM_CUDA_MATH=tf32|fp32)")
@@ -157,6 +160,77 @@ def energy(logits):
     return -torch.logsumexp(logits, dim=1)
 
 
+def jem_loss(f, cfg, x_lab, y, x_data=None, x_q=None):
+    """The objective of jem's JemObjective (w_pxy = 0): CE(x_lab) + w_px (mean E(x_data) -
+    mean E(x_q)) + w_l2 (mean E(x_data)^2 + mean E(x_q)^2), all rows in one forward pass.
+    Returns (loss, logits[rows, K])."""
+    B = x_lab.shape[0]
+    rows = [x_lab] if x_data is None else [x_lab, x_data, x_q]
+    logits = f(torch.cat(rows))  # [rows, K]
+    loss = F.cross_entropy(logits[:B], y)
+    if x_data is not None:
+        e = energy(logits[B:])
+        e_data, e_q = e[:x_data.shape[0]], e[x_data.shape[0]:]
+        loss = loss + cfg["w_px"] * (e_data.mean() - e_q.mean())
+        loss = loss + cfg["w_l2"] * ((e_data ** 2).mean() + (e_q ** 2).mean())
+    return loss, logits
+
+
+def read_safetensors(path):
+    """{name: tensor} of a safetensors file (F32 and I64 only), and its metadata."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    kinds = {"F32": torch.float32, "I64": torch.int64}
+    out = {}
+    for name, h in header.items():
+        begin, end = h["data_offsets"]
+        data = bytearray(raw[8 + n + begin:8 + n + end])
+        out[name] = torch.frombuffer(data, dtype=kinds[h["dtype"]]).reshape(h["shape"]).clone()
+    return out, meta
+
+
+def check_reference(path):
+    """This script's network and objective against the reference vectors of the official JEM
+    code (tests/data/*.safetensors, the ones jem's own model is tested against): logits, energy,
+    dE/dx, the loss and every parameter gradient. Exits 1 on a mismatch."""
+    t, meta = read_safetensors(path)
+    cfg = dict(DEFAULTS, w_px=1.0, w_l2=0.0)
+    f = WideResNet(int(meta["depth"]), int(meta["width"]), int(meta["channels"]), int(meta["n_classes"]),
+                   float(meta["leak"]))
+    # Official names -> this module's: f.conv1 -> conv1, f.layerS.B -> layers.(S-1)*n+B.
+    n = (int(meta["depth"]) - 4) // 6
+    def official(name):
+        if name.startswith("layers."):
+            _, i, rest = name.split(".", 2)
+            return f"f.layer{int(i) // n + 1}.{int(i) % n}.{rest}"
+        return name if name.startswith("class_output") else "f." + name
+    with torch.no_grad():
+        for name, p in f.named_parameters():
+            p.copy_(t[official(name)])
+    x = t["input.x"].requires_grad_(True)
+    logits = f(x)
+    e = energy(logits)
+    (dE_dx,) = torch.autograd.grad(e.sum(), [x])
+    loss, _ = jem_loss(f, cfg, t["input.x"], t["input.y"], t["input.x_data"], t["input.x_q"])
+    loss.backward()
+    checks = [("logits", logits, t["output.logits"]), ("energy", e, t["output.energy"]),
+              ("dE_dx", dE_dx, t["output.dE_dx"]), ("loss", loss.reshape(1), t["output.loss"])]
+    checks += [("grad " + official(name), p.grad, t["grad." + official(name)]) for name, p in f.named_parameters()]
+    worst = 0.0
+    for what, got, want in checks:
+        # Float32 sums in another order: relative error ~1e-7 x sqrt(terms); 1e-5 is far above
+        # that and far below any real difference (a wrong layer changes everything).
+        err = ((got.detach() - want).norm() / want.norm().clamp_min(1e-30)).item()
+        worst = max(worst, err)
+        if err > 1e-5:
+            print(f"pytorch_jem: {path}: {what} differs from the reference: relative error {err:.3g}")
+            sys.exit(1)
+    print(f"pytorch_jem: {path}: {len(checks)} tensors match the reference (worst relative error {worst:.2g})")
+
+
 def scheduled_lr(cfg, iteration):
     lr = cfg["lr"]
     if cfg["warmup_iters"] > 0 and iteration < cfg["warmup_iters"]:
@@ -195,6 +269,10 @@ def forward_flops(depth, width, in_channels, size, n_classes):
 
 def main(argv):
     args, cfg = parse_args(argv)
+    if args.check_reference:
+        for path in args.check_reference:
+            check_reference(path)
+        return
     device = cfg["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -242,17 +320,9 @@ def main(argv):
     def step(x_q):
         x_lab = x_lab_host.to(device)
         y = y_host.to(device)
-        rows = [x_lab]
-        if uses_px:
-            rows += [x_data_host.to(device), x_q]
+        x_data = x_data_host.to(device) if uses_px else None
         opt.zero_grad()
-        logits = f(torch.cat(rows))  # [rows, K]
-        loss = F.cross_entropy(logits[:B], y)
-        if uses_px:
-            e = energy(logits[B:])
-            e_data, e_q = e[:Bp], e[Bp:]
-            loss = loss + cfg["w_px"] * (e_data.mean() - e_q.mean())
-            loss = loss + cfg["w_l2"] * ((e_data ** 2).mean() + (e_q ** 2).mean())
+        loss, logits = jem_loss(f, cfg, x_lab, y, x_data, x_q)
         loss.backward()
         # The statistics jem's objective reads back: loss, accuracy, max |energy|.
         acc = (logits[:B].argmax(1) == y).float().mean()

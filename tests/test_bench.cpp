@@ -265,3 +265,61 @@ TEST_F(BenchCli, BadFlagsFailWithOneLineNamingThem) {
 }
 
 } // namespace
+
+// bench/pytorch_jem.py, when Debian's PyTorch is installed: its network and
+// objective match the official code's reference vectors (the ones jem's model
+// is tested against), and on the same config it runs the same iteration as `jem
+// bench` (parameters, rows, chains, FLOPs).
+class PyTorchJem : public BenchCli {
+protected:
+  void SetUp() override {
+    BenchCli::SetUp();
+    std::string out;
+    if (jem::test::run_command("/usr/bin/python3 -c 'import torch'", &out) != 0)
+      GTEST_SKIP()
+          << "/usr/bin/python3 has no torch (Debian package python3-torch)";
+  }
+  std::string script() const {
+    return "/usr/bin/python3 " + jem::test::source_path("bench/pytorch_jem.py");
+  }
+};
+
+TEST_F(PyTorchJem, NetworkMatchesTheReferenceVectors) {
+  std::string out;
+  EXPECT_EQ(jem::test::run_command(
+                script() + " --check-reference " +
+                    jem::test::data_path("wrn10x1_gray28.safetensors") + " " +
+                    jem::test::data_path("wrn10x2_rgb32.safetensors"),
+                &out),
+            0)
+      << out;
+  // One line per file.
+  const auto first = out.find("match the reference");
+  ASSERT_NE(first, std::string::npos) << out;
+  EXPECT_NE(out.find("match the reference", first + 1), std::string::npos)
+      << out;
+}
+
+TEST_F(PyTorchJem, RunsTheSameIterationAsJemBench) {
+  std::string out;
+  const std::string flags = " --threads 1 --config " + root_ +
+                            "/tiny.toml --iterations 1 --warmup 0 --json ";
+  ASSERT_EQ(
+      jem::test::run_command(script() + flags + root_ + "/torch.json", &out), 0)
+      << out;
+  ASSERT_EQ(jem::test::run_command(
+                jem(" --iterations 1 --warmup 0 --json " + root_ + "/jem.json"),
+                &out),
+            0)
+      << out;
+  const auto t = nlohmann::json::parse(std::ifstream(root_ + "/torch.json"));
+  const auto j = nlohmann::json::parse(std::ifstream(root_ + "/jem.json"));
+  for (const char *key : {"model", "params", "rows", "sgld_chains",
+                          "sgld_steps", "batch_size", "px_batch_size"})
+    EXPECT_EQ(t[key], j[key]) << key;
+  for (const char *phase : {"sgld", "step", "total"})
+    EXPECT_DOUBLE_EQ(t["flops_per_iteration"][phase].get<double>(),
+                     j["flops_per_iteration"][phase].get<double>())
+        << phase;
+  EXPECT_GT(t["ms_per_iteration"]["total"].get<double>(), 0.0);
+}
