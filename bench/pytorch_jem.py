@@ -221,11 +221,14 @@ def check_reference(path):
     checks += [("grad " + official(name), p.grad, t["grad." + official(name)]) for name, p in f.named_parameters()]
     worst = 0.0
     for what, got, want in checks:
-        # Float32 sums in another order: relative error ~1e-7 x sqrt(terms); 1e-5 is far above
-        # that and far below any real difference (a wrong layer changes everything).
+        # ||got - want|| / ||want||, with jem's tolerance for these files (test_wide_resnet.cpp:
+        # kRefTol): float32 sums in another order (another thread count, another GEMM) stay
+        # under 5e-5 here (the first conv's weight gradient, a sum of 3072 terms per element
+        # with cancellation, is the worst); a real difference, e.g. a LeakyReLU slope of 0.21
+        # instead of 0.2, gives 1.6e-2.
         err = ((got.detach() - want).norm() / want.norm().clamp_min(1e-30)).item()
         worst = max(worst, err)
-        if err > 1e-5:
+        if err > 2e-4:
             print(f"pytorch_jem: {path}: {what} differs from the reference: relative error {err:.3g}")
             sys.exit(1)
     print(f"pytorch_jem: {path}: {len(checks)} tensors match the reference (worst relative error {worst:.2g})")
