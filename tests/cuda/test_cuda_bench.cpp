@@ -1,5 +1,5 @@
-// The CUDA side of `jem bench`: the allocator's peak-memory count, and the iteration timed on a
-// GPU with the device's peak from the table.
+// The CUDA side of `jem bench`: the allocator's peak-memory count, and the
+// iteration timed on a GPU with the device's peak from the table.
 #include "cuda_test_support.hpp"
 #include "jem/bench.hpp"
 
@@ -10,12 +10,14 @@ TEST(CudaBench, PeakMemoryCountsTensorsAndSurvivesTheirRelease) {
   JEM_SKIP_WITHOUT_CUDA();
   auto be = cuda::make_cuda_backend(0, MathMode::FP32);
   const std::int64_t before = be->peak_memory_bytes();
-  const std::int64_t bytes = std::int64_t(64) << 20;  // 64 MiB, far above any earlier peak here
+  const std::int64_t bytes = std::int64_t(64)
+                             << 20; // 64 MiB, far above any earlier peak here
   {
     const Tensor t = be->empty(Shape{bytes / 4});
     EXPECT_GE(be->peak_memory_bytes(), before + bytes);
   }
-  // Freed: the peak stays, and a second tensor of the same size reuses the room.
+  // Freed: the peak stays, and a second tensor of the same size reuses the
+  // room.
   const std::int64_t peak = be->peak_memory_bytes();
   EXPECT_GE(peak, before + bytes);
   {
@@ -44,5 +46,5 @@ TEST(CudaBench, TimesTheIterationOnTheGpu) {
   EXPECT_NE(r.backend.find("FP32"), std::string::npos);
 }
 
-}  // namespace
-}  // namespace jem::test
+} // namespace
+} // namespace jem::test
