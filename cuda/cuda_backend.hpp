@@ -53,6 +53,11 @@ class CudaBackend final : public Backend {
   void download(const Tensor& src, float* dst) override;
   void upload_i32(const std::int32_t* src, const Tensor& dst) override;
   void synchronize() override;
+  // Peak bytes of this device's tensors and scratch buffers (device_memory.hpp), not the
+  // process's host memory.
+  std::int64_t peak_memory_bytes() const override {
+    return static_cast<std::int64_t>(peak_allocated_bytes(device_));
+  }
 
  protected:
   void fill_impl(const Tensor& t, float value) override;

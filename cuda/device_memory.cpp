@@ -1,5 +1,6 @@
 #include "device_memory.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -9,9 +10,19 @@
 namespace jem::cuda {
 namespace {
 
+struct Extent {
+  std::size_t bytes = 0;
+  int device = 0;
+};
+
+struct Usage {
+  std::size_t live = 0, peak = 0;
+};
+
 struct Registry {
   std::mutex mutex;
-  std::map<std::uintptr_t, std::size_t> extents;  // base address -> bytes
+  std::map<std::uintptr_t, Extent> extents;  // base address -> bytes, device
+  std::map<int, Usage> usage;                // per device: bytes held now, and at most
 };
 
 // Never destroyed: tensors freed during static destruction (after this translation unit's
@@ -21,7 +32,31 @@ Registry& registry() {
   return *r;
 }
 
+int current_device() {
+  int device = 0;
+  (void)cudaGetDevice(&device);
+  return device;
+}
+
+// Byte counts; the caller holds r.mutex.
+void count_alloc(Registry& r, int device, std::size_t bytes) {
+  Usage& u = r.usage[device];
+  u.live += bytes;
+  u.peak = std::max(u.peak, u.live);
+}
+void count_free(Registry& r, int device, std::size_t bytes) {
+  Usage& u = r.usage[device];
+  u.live -= std::min(u.live, bytes);
+}
+
 }  // namespace
+
+std::size_t peak_allocated_bytes(int device) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  auto it = r.usage.find(device);
+  return it == r.usage.end() ? 0 : it->second.peak;
+}
 
 void* device_alloc(std::size_t bytes) {
   const std::size_t request = bytes == 0 ? 256 : bytes;
@@ -36,7 +71,9 @@ void* device_alloc(std::size_t bytes) {
   }
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
-  r.extents[reinterpret_cast<std::uintptr_t>(p)] = request;
+  const int device = current_device();
+  r.extents[reinterpret_cast<std::uintptr_t>(p)] = Extent{request, device};
+  count_alloc(r, device, request);
   return p;
 }
 
@@ -45,7 +82,11 @@ void device_free(void* p) noexcept {
   {
     Registry& r = registry();
     std::lock_guard<std::mutex> lock(r.mutex);
-    r.extents.erase(reinterpret_cast<std::uintptr_t>(p));
+    auto it = r.extents.find(reinterpret_cast<std::uintptr_t>(p));
+    if (it != r.extents.end()) {
+      count_free(r, it->second.device, it->second.bytes);
+      r.extents.erase(it);
+    }
   }
   (void)cudaFree(p);
   (void)cudaGetLastError();
@@ -58,12 +99,17 @@ std::size_t bytes_to_allocation_end(const void* p) {
   auto it = r.extents.upper_bound(a);
   if (it == r.extents.begin()) return 0;
   --it;
-  const std::uintptr_t end = it->first + it->second;
+  const std::uintptr_t end = it->first + it->second.bytes;
   return a < end ? std::size_t(end - a) : 0;
 }
 
 DeviceBuffer::~DeviceBuffer() {
   if (ptr_) {
+    {
+      Registry& r = registry();
+      std::lock_guard<std::mutex> lock(r.mutex);
+      count_free(r, device_, bytes_ == 0 ? 256 : bytes_);
+    }
     (void)cudaFree(ptr_);
     (void)cudaGetLastError();
   }
@@ -72,11 +118,19 @@ DeviceBuffer::~DeviceBuffer() {
 void* DeviceBuffer::ensure(std::size_t bytes, cudaStream_t stream) {
   if (bytes <= bytes_ && ptr_) return ptr_;
   JEM_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (ptr_) JEM_CUDA_CHECK(cudaFree(ptr_));
+  Registry& r = registry();
+  if (ptr_) {
+    JEM_CUDA_CHECK(cudaFree(ptr_));
+    std::lock_guard<std::mutex> lock(r.mutex);
+    count_free(r, device_, bytes_ == 0 ? 256 : bytes_);
+  }
   ptr_ = nullptr;
   bytes_ = 0;
   JEM_CUDA_CHECK(cudaMalloc(&ptr_, bytes == 0 ? 256 : bytes));
   bytes_ = bytes;
+  device_ = current_device();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  count_alloc(r, device_, bytes == 0 ? 256 : bytes);
   return ptr_;
 }
 

@@ -19,6 +19,11 @@ void device_free(void* p) noexcept;
 // none (memory this backend did not allocate).
 std::size_t bytes_to_allocation_end(const void* p);
 
+// Peak bytes held at once on CUDA device `device` through device_alloc and DeviceBuffer (the
+// tensors and the backends' scratch buffers) since the process started. Not counted: the CUDA
+// context, cuBLAS's own workspace, and the temporaries of cuDNN's one-time algorithm search.
+std::size_t peak_allocated_bytes(int device);
+
 // A scratch buffer that only grows. Growing waits for `stream` first, so work already queued on
 // the old buffer finishes before it is freed; that is the only synchronisation, and it happens
 // only when a new, larger request arrives (the first call of a new shape), never in a steady
@@ -37,6 +42,7 @@ class DeviceBuffer {
  private:
   void* ptr_ = nullptr;
   std::size_t bytes_ = 0;
+  int device_ = 0;  // where ptr_ was allocated (for the byte counts)
 };
 
 }  // namespace jem::cuda

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: configure a Release build with the CUDA backend for sm_90 (build-gpu), build
 # everything, run every test (the CUDA ones included), log the cuDNN algorithms the Wide-ResNet
-# tests choose, run the NCCL checks (scripts/nccl-check.sh), run the benchmarks, and write
-# OUT_DIR/summary.json.
+# tests choose, run the NCCL checks (scripts/nccl-check.sh), run the benchmarks (jem bench of
+# WRN-28-10 in TF32 and FP32, and bench/compare.sh against PyTorch when python3 has a CUDA
+# PyTorch), and write OUT_DIR/summary.json.
 #
 #   scripts/gpu-check.sh OUT_DIR
 #
@@ -89,9 +90,24 @@ bench_files=()
 if [[ -d "$build/bench" ]]; then
   while IFS= read -r exe; do
     name=$(basename "$exe")
-    run_step "$name" 120 sh -c '"$1" --benchmark_format=json >"$2"' sh "$exe" "$out/$name.json"
+    # bench_ops times every op on the CPU too; here only the GPU's.
+    filter=()
+    [[ $name == bench_ops ]] && filter=(--benchmark_filter=/cuda/)
+    run_step "$name" 120 sh -c '"$@" --benchmark_format=json >"$0"' "$out/$name.json" "$exe" "${filter[@]}"
     bench_files+=("$name.json")
   done < <(find "$build/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
+fi
+# The full JEM iteration of WRN-28-10 (the official recipe), TF32 and FP32, and side by side
+# with PyTorch when this machine's python3 has a CUDA PyTorch (bench/README.md).
+for math in tf32 fp32; do
+  run_step "jem_bench_$math" 60 env JEM_CUDA_MATH=$math "$build/jem" bench --config configs/cifar10.toml \
+    --device cuda --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_$math.json"
+  bench_files+=("jem_bench_wrn28x10_$math.json")
+done
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  run_step compare_pytorch_tf32 150 bench/compare.sh --device cuda --tf32 on --python python3 \
+    --jem "$build/jem" --rounds 3 --outdir "$out/compare_tf32" --config configs/cifar10.toml \
+    --iterations 5 --warmup 2
 fi
 
 # ---- summary.json ----------------------------------------------------------------------------

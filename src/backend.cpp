@@ -1,6 +1,9 @@
 // The shape and device checks of every op, written once for all backends.
 #include "jem/backend.hpp"
 
+#include <fstream>
+#include <sstream>
+
 namespace jem {
 
 void Backend::check_tensor(const Tensor& t, const char* op, const char* what) const {
@@ -9,6 +12,20 @@ void Backend::check_tensor(const Tensor& t, const char* op, const char* what) co
             ", expected F32");
   JEM_CHECK(t.device() == device(), op, ": tensor '", what, "' lives on ", to_string(t.device()),
             ", backend is ", to_string(device()));
+}
+
+std::int64_t Backend::peak_memory_bytes() const {
+  // "VmHWM:    123456 kB"; absent (e.g. not Linux): unknown.
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) != 0) continue;
+    std::istringstream fields(line.substr(6));
+    std::int64_t kib = -1;
+    fields >> kib;
+    return kib >= 0 ? kib * 1024 : -1;
+  }
+  return -1;
 }
 
 std::vector<float> Backend::to_vector(const Tensor& t) {

@@ -67,6 +67,10 @@ class Backend {
   virtual void upload_i32(const std::int32_t* src, const Tensor& dst) = 0;
   // Waits until every op issued so far has finished (no-op on the CPU).
   virtual void synchronize() {}
+  // Peak bytes of memory held for this backend's tensors, or -1 when unknown (`jem bench`).
+  // The default, for backends whose tensors live in host memory, is the process's peak resident
+  // set (VmHWM in /proc/self/status); a device backend reports its allocator's peak instead.
+  virtual std::int64_t peak_memory_bytes() const;
 
   std::vector<float> to_vector(const Tensor& t);
   Tensor from_vector(const std::vector<float>& v, Shape shape);

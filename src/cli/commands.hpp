@@ -11,4 +11,5 @@ void register_sample(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_report(CLI::App& app);
 void register_inception_check(CLI::App& app);
+void register_bench(CLI::App& app);
 }  // namespace jem::cli

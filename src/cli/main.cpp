@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   jem::cli::register_eval(app);
   jem::cli::register_report(app);
   jem::cli::register_inception_check(app);
+  jem::cli::register_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -20,6 +20,7 @@
 #include "jem/png_grid.hpp"
 #include "jem/run_log.hpp"
 #include "jem/sampler.hpp"
+#include "jem/train_components.hpp"
 #include "jem/wide_resnet.hpp"
 
 namespace jem {
@@ -120,16 +121,10 @@ void setup(Run& r) {
   }
   r.config_toml = to_toml(c);
 
-  WrnConfig w;
-  w.depth = c.depth;
-  w.width = c.width;
-  w.in_channels = r.data.train.channels;
-  w.image_size = r.data.train.height;
-  w.n_classes = K;
-  w.slope = float(c.slope);
-  r.objcfg = ObjectiveConfig{float(c.w_px), float(c.w_pxy), float(c.w_l2)};
+  const WrnConfig w = model_config(c, r.data.train.channels, r.data.train.height, K);
+  r.objcfg = objective_config(c);
   const int B = c.batch_size;
-  const int Bp = c.px_batch_size > 0 ? c.px_batch_size : B;
+  const int Bp = px_batch(c);
   // This rank's rows of the global batches (all of them in a 1-process run).
   JEM_CHECK(B >= r.world && Bp >= r.world, "config: batch_size ", B, " and the p(x) batch ", Bp,
             " must each be >= the number of ranks (", r.world, "): every rank takes a share of each batch");
@@ -139,17 +134,9 @@ void setup(Run& r) {
   const int max_batch = std::max(JemObjective::rows_needed(r.objcfg, Bl, Bpl), std::min(c.eval_batch, 1024));
   r.model = std::make_unique<WideResNet>(w, *r.backend, max_batch);
   r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, Bl, Bpl, B, Bp);
-  SamplerConfig sc;
-  sc.buffer_size = c.buffer_size;
-  sc.reinit_freq = float(c.reinit_freq);
-  sc.steps = c.sgld_steps;
-  sc.step_size = float(c.sgld_lr);
-  sc.noise_std = float(c.sgld_std);
-  sc.clamp = c.clamp;
-  sc.n_classes = K;
+  const SamplerConfig sc = sampler_config(c, K);
   r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, std::max(Bl, Bpl));
-  const bool segmented = c.class_cond_buffer || c.w_pxy != 0.0;
-  r.shard = make_buffer_shard(c.buffer_size, segmented ? K : 1, r.world, r.rank);
+  r.shard = make_buffer_shard(c.buffer_size, segmented_buffer(c) ? K : 1, r.world, r.rank);
   // Each rank draws distinct slots of its own shard every iteration: its p(x) chains from the
   // whole shard, its class-conditional chains from one class segment.
   JEM_CHECK(r.shard.local_size() >= Bpl && (!r.objective->uses_pxy() || r.shard.segment_rows() >= Bl),
@@ -158,17 +145,7 @@ void setup(Run& r) {
             ", fewer than the chains it draws per iteration");
   r.buffer = std::make_unique<ReplayBuffer>(*r.backend, r.shard.local_size(), w.in_channels, w.image_size,
                                             r.shard.segments);
-  r.ocfg.kind = c.optimizer;
-  r.ocfg.lr = float(c.lr);
-  r.ocfg.beta1 = float(c.beta1);
-  r.ocfg.beta2 = float(c.beta2);
-  r.ocfg.eps = float(c.eps);
-  r.ocfg.weight_decay = float(c.weight_decay);
-  r.ocfg.momentum = float(c.momentum);
-  r.ocfg.warmup_iters = c.warmup_iters;
-  r.ocfg.decay_epochs = c.decay_epochs;
-  r.ocfg.decay_rate = float(c.decay_rate);
-  r.ocfg.cosine = c.lr_schedule == "cosine";
+  r.ocfg = optimizer_config(c);
   const AugmentSpec aug{c.augment, c.flip, 4, float(c.sigma)};
   r.data_stream = std::make_unique<BatchStream>(r.data.train, Bp, aug, c.seed, kDataStream);
   r.lab_stream = std::make_unique<BatchStream>(r.data.train, B, aug, c.seed, kLabStream);

@@ -1,0 +1,396 @@
+// Every backend op on the shapes of two models, on the CPU and (when one is
+// usable) the GPU:
+//   wrn28x10  WRN-28-10 on 3x32x32 (the JEM paper's model)
+//   wrn10x1   WRN-10-1 on 1x28x28 (the quickstart, configs/fashion-mnist.toml)
+// at batch 64 (one SGLD step's chains; the training step runs 2-3x as many
+// rows).
+//
+//   bench_ops [--benchmark_filter=REGEX]      threads: OMP_NUM_THREADS
+//   (default: all cores) bench_ops --benchmark_filter='conv_fwd/cpu/wrn10x1'
+//   one op family, one device, one model
+//
+// Names: OP/DEVICE/MODEL/SHAPE[/VARIANT]. Convolutions run once per distinct
+// geometry of the model (SHAPE = CxHxW-K-kRsS); counters: FLOP/s (2 per
+// multiply-add), elementwise ops bytes/s. Kernel variants
+// (cpu_conv_variants.hpp) run beside the backend's kernel under the same name
+// with another VARIANT; each is checked against the backend's result before it
+// is timed (a mismatch skips it with an error), so a faster variant is proven
+// before it replaces the kernel. Each timed iteration ends with
+// backend.synchronize(), so GPU times are the ops' own.
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cpu_conv_variants.hpp"
+#include "jem/flops.hpp"
+#include "jem/runtime.hpp"
+#include "jem/wide_resnet.hpp"
+
+namespace {
+
+using jem::Backend;
+using jem::ConvGeom;
+using jem::Shape;
+using jem::Tensor;
+
+constexpr int kBatch = 64;
+constexpr int kBufferSlots = 10000; // the replay buffer of every shipped config
+
+struct Model {
+  const char *tag;
+  jem::WrnConfig cfg;
+};
+const Model kModels[] = {{"wrn28x10", {28, 10, 3, 32, 10}},
+                         {"wrn10x1", {10, 1, 1, 28, 10}}};
+
+struct Device {
+  std::string tag;
+  std::shared_ptr<Backend> be;
+};
+
+std::vector<Device> devices() {
+  std::vector<Device> out{{"cpu", jem::make_cpu_backend(0)}};
+  if (!jem::cuda_devices().empty())
+    out.push_back({"cuda", jem::make_backend("cuda")});
+  return out;
+}
+
+Tensor random_tensor(Backend &be, Shape shape, std::uint32_t seed,
+                     float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(std::size_t(shape.numel()));
+  std::uint32_t s = seed * 2654435761u +
+                    1u; // a small LCG: values only need to be non-trivial
+  for (float &x : v) {
+    s = s * 1664525u + 1013904223u;
+    x = lo + (hi - lo) * float(s >> 8) / float(1u << 24);
+  }
+  return be.from_vector(v, shape);
+}
+
+void reg(const std::string &name, std::function<void(benchmark::State &)> fn) {
+  benchmark::RegisterBenchmark(name.c_str(), std::move(fn))
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+
+// Runs `op` in the timed loop, synchronising after each call.
+template <class Op> void loop(benchmark::State &state, Backend &be, Op op) {
+  op(); // warm-up: cuDNN's algorithm search, first touch
+  be.synchronize();
+  for (auto _ : state) {
+    op();
+    be.synchronize();
+  }
+}
+
+void flop_counter(benchmark::State &state, double flops) {
+  state.counters["FLOP/s"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+std::string geom_tag(const ConvGeom &g) {
+  return std::to_string(g.C) + "x" + std::to_string(g.H) + "x" +
+         std::to_string(g.W) + "-" + std::to_string(g.K) + "-k" +
+         std::to_string(g.R) + "s" + std::to_string(g.stride);
+}
+
+double max_rel_diff(const std::vector<float> &a, const std::vector<float> &b) {
+  double scale = 0, diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, double(std::fabs(b[i])));
+    diff = std::max(diff, double(std::fabs(a[i] - b[i])));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+void register_convs(const Device &d, const Model &m) {
+  std::set<std::string> seen;
+  for (const jem::ConvLayer &layer : jem::wrn_conv_layers(m.cfg)) {
+    ConvGeom g = layer.geom;
+    g.N = kBatch;
+    const std::string tag = geom_tag(g);
+    if (!seen.insert(tag).second)
+      continue;
+    const std::string suffix = "/" + d.tag + "/" + m.tag + "/" + tag;
+    const double flops = 2.0 * g.macs();
+    auto be = d.be;
+    const Shape xs{g.N, g.C, g.H, g.W}, ws{g.K, g.C, g.R, g.R},
+        ys{g.N, g.K, g.P(), g.Q()};
+    reg("conv_fwd" + suffix + "/backend", [=](benchmark::State &st) {
+      const Tensor x = random_tensor(*be, xs, 1),
+                   w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+      const Tensor b = random_tensor(*be, Shape{g.K}, 3), y = be->empty(ys);
+      loop(st, *be, [&] { be->conv2d_forward(x, w, b, y, g.stride, g.pad); });
+      flop_counter(st, flops);
+    });
+    reg("conv_bwd_data" + suffix + "/backend", [=](benchmark::State &st) {
+      const Tensor dy = random_tensor(*be, ys, 4),
+                   w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+      const Tensor dx = be->empty(xs);
+      loop(st, *be,
+           [&] { be->conv2d_backward_data(dy, w, dx, g.stride, g.pad); });
+      flop_counter(st, flops);
+    });
+    reg("conv_bwd_filter" + suffix + "/backend", [=](benchmark::State &st) {
+      const Tensor x = random_tensor(*be, xs, 1),
+                   dy = random_tensor(*be, ys, 4);
+      const Tensor dw = be->empty(ws), db = be->empty(Shape{g.K});
+      loop(st, *be,
+           [&] { be->conv2d_backward_filter(x, dy, dw, db, g.stride, g.pad); });
+      flop_counter(st, flops);
+    });
+    if (d.tag != "cpu")
+      continue;
+    // CPU forward variants, checked against the backend's kernel first.
+    reg("conv_fwd" + suffix + "/batched_gemm", [=](benchmark::State &st) {
+      const Tensor x = random_tensor(*be, xs, 1),
+                   w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+      const Tensor b = random_tensor(*be, Shape{g.K}, 3), y = be->empty(ys),
+                   ref = be->empty(ys);
+      const int threads = omp_get_max_threads();
+      jem::bench::BatchedGemmScratch scratch(g, threads);
+      auto run = [&] {
+        jem::bench::conv2d_forward_batched_gemm(
+            g, x.data<float>(), w.data<float>(), b.data<float>(),
+            y.data<float>(), scratch, threads);
+      };
+      be->conv2d_forward(x, w, b, ref, g.stride, g.pad);
+      run();
+      // Both sum the same products in a different order: float rounding only.
+      const double err = max_rel_diff(be->to_vector(y), be->to_vector(ref));
+      if (err > 1e-5) {
+        st.SkipWithError(("differs from the backend's result: max rel diff " +
+                          std::to_string(err))
+                             .c_str());
+        return;
+      }
+      loop(st, *be, run);
+      flop_counter(st, flops);
+    });
+  }
+}
+
+void register_elementwise(const Device &d, const Model &m) {
+  auto be = d.be;
+  const std::string suffix = "/" + d.tag + "/" + m.tag + "/";
+  const int S = m.cfg.image_size, k = m.cfg.width, K = m.cfg.n_classes;
+  // One activation shape per stage.
+  const std::pair<int, int> stages[] = {
+      {16 * k, S}, {32 * k, S / 2}, {64 * k, S / 4}};
+  for (auto [c, h] : stages) {
+    const Shape s{kBatch, c, h, h};
+    const std::string tag = suffix + std::to_string(c) + "x" +
+                            std::to_string(h) + "x" + std::to_string(h);
+    const double bytes = double(s.numel()) * 4;
+    reg("leaky_relu_fwd" + tag, [=](benchmark::State &st) {
+      const Tensor x = random_tensor(*be, s, 1), y = be->empty(s);
+      loop(st, *be, [&] { be->leaky_relu_forward(x, y, 0.2f); });
+      st.SetBytesProcessed(std::int64_t(st.iterations() * 2 * bytes));
+    });
+    reg("leaky_relu_bwd" + tag, [=](benchmark::State &st) {
+      const Tensor x = random_tensor(*be, s, 1), dy = random_tensor(*be, s, 2),
+                   dx = be->empty(s);
+      loop(st, *be, [&] { be->leaky_relu_backward(x, dy, dx, 0.2f); });
+      st.SetBytesProcessed(std::int64_t(st.iterations() * 3 * bytes));
+    });
+    reg("add" + tag, [=](benchmark::State &st) {
+      const Tensor a = random_tensor(*be, s, 1), b = random_tensor(*be, s, 2),
+                   y = be->empty(s);
+      loop(st, *be, [&] { be->add(a, b, y); });
+      st.SetBytesProcessed(std::int64_t(st.iterations() * 3 * bytes));
+    });
+  }
+  // Head: pool, linear, losses.
+  const int F = m.cfg.feature_dim(), H = S / 4;
+  const Shape fs{kBatch, F, H, H};
+  reg("global_avg_pool_fwd" + suffix + std::to_string(F) + "x" +
+          std::to_string(H),
+      [=](benchmark::State &st) {
+        const Tensor x = random_tensor(*be, fs, 1),
+                     y = be->empty(Shape{kBatch, F});
+        loop(st, *be, [&] { be->global_avg_pool_forward(x, y); });
+        st.SetBytesProcessed(std::int64_t(st.iterations() * fs.numel() * 4));
+      });
+  reg("global_avg_pool_bwd" + suffix + std::to_string(F) + "x" +
+          std::to_string(H),
+      [=](benchmark::State &st) {
+        const Tensor dy = random_tensor(*be, Shape{kBatch, F}, 1),
+                     dx = be->empty(fs);
+        loop(st, *be, [&] { be->global_avg_pool_backward(dy, dx); });
+        st.SetBytesProcessed(std::int64_t(st.iterations() * fs.numel() * 4));
+      });
+  const std::string lin = suffix + std::to_string(F) + "-" + std::to_string(K);
+  reg("linear_fwd" + lin, [=](benchmark::State &st) {
+    const Tensor x = random_tensor(*be, Shape{kBatch, F}, 1),
+                 w = random_tensor(*be, Shape{K, F}, 2);
+    const Tensor b = random_tensor(*be, Shape{K}, 3),
+                 y = be->empty(Shape{kBatch, K});
+    loop(st, *be, [&] { be->linear_forward(x, w, b, y); });
+    flop_counter(st, 2.0 * kBatch * F * K);
+  });
+  reg("linear_bwd" + lin, [=](benchmark::State &st) {
+    const Tensor x = random_tensor(*be, Shape{kBatch, F}, 1),
+                 w = random_tensor(*be, Shape{K, F}, 2);
+    const Tensor dy = random_tensor(*be, Shape{kBatch, K}, 3),
+                 dx = be->empty(Shape{kBatch, F});
+    const Tensor dw = be->empty(Shape{K, F}), db = be->empty(Shape{K});
+    loop(st, *be, [&] { be->linear_backward(x, w, dy, dx, dw, db); });
+    flop_counter(st, 4.0 * kBatch * F * K);
+  });
+  const Shape ls{kBatch, K};
+  const std::string lt =
+      suffix + std::to_string(kBatch) + "x" + std::to_string(K);
+  auto labels_on = [be, K](Backend &b) {
+    std::vector<std::int32_t> y(kBatch);
+    for (int i = 0; i < kBatch; ++i)
+      y[std::size_t(i)] = i % K;
+    const Tensor t = b.empty(Shape{kBatch}, jem::DType::I32);
+    b.upload_i32(y.data(), t);
+    return t;
+  };
+  reg("energy" + lt, [=](benchmark::State &st) {
+    const Tensor l = random_tensor(*be, ls, 1, -5, 5),
+                 e = be->empty(Shape{kBatch}), dl = be->empty(ls);
+    loop(st, *be, [&] { be->energy_forward_backward(l, e, dl, 1.0f); });
+  });
+  reg("energy_sq" + lt, [=](benchmark::State &st) {
+    const Tensor l = random_tensor(*be, ls, 1, -5, 5),
+                 e = be->empty(Shape{kBatch}), dl = be->empty(ls);
+    loop(st, *be,
+         [&] { be->energy_sq_forward_backward(l, e, dl, 1.0f, 0.1f); });
+  });
+  reg("cross_entropy" + lt, [=](benchmark::State &st) {
+    const Tensor l = random_tensor(*be, ls, 1, -5, 5),
+                 loss = be->empty(Shape{kBatch}), dl = be->empty(ls);
+    const Tensor y = labels_on(*be);
+    loop(st, *be, [&] {
+      be->cross_entropy_forward_backward(l, y, loss, dl, 1.0f / kBatch);
+    });
+  });
+  reg("class_energy" + lt, [=](benchmark::State &st) {
+    const Tensor l = random_tensor(*be, ls, 1, -5, 5),
+                 e = be->empty(Shape{kBatch}), dl = be->empty(ls);
+    const Tensor y = labels_on(*be);
+    loop(st, *be,
+         [&] { be->class_energy_forward_backward(l, y, e, dl, 1.0f); });
+  });
+
+  // Replay buffer and SGLD on [64, C, S, S] images.
+  const Shape img{kBatch, m.cfg.in_channels, S, S};
+  const std::string it = suffix + std::to_string(kBatch) + "x" +
+                         std::to_string(m.cfg.in_channels) + "x" +
+                         std::to_string(S) + "x" + std::to_string(S);
+  auto slots_on = [](Backend &b, bool reinit) {
+    std::vector<std::int32_t> v(kBatch);
+    for (int i = 0; i < kBatch; ++i)
+      v[std::size_t(i)] = reinit ? (i % 20 == 0) : i * 151 % kBufferSlots;
+    const Tensor t = b.empty(Shape{kBatch}, jem::DType::I32);
+    b.upload_i32(v.data(), t);
+    return t;
+  };
+  const double img_bytes = double(img.numel()) * 4;
+  reg("buffer_gather" + it, [=](benchmark::State &st) {
+    const Tensor buf = be->empty(Shape{kBufferSlots, m.cfg.in_channels, S, S}),
+                 out = be->empty(img);
+    const Tensor idx = slots_on(*be, false), re = slots_on(*be, true);
+    loop(st, *be, [&] {
+      be->buffer_gather(buf, idx, re, out, jem::NoiseKey{1, 2, 0, 0});
+    });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 2 * img_bytes));
+  });
+  reg("buffer_scatter" + it, [=](benchmark::State &st) {
+    const Tensor buf = be->empty(Shape{kBufferSlots, m.cfg.in_channels, S, S}),
+                 x = random_tensor(*be, img, 1);
+    const Tensor idx = slots_on(*be, false);
+    loop(st, *be, [&] { be->buffer_scatter(x, idx, buf); });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 2 * img_bytes));
+  });
+  reg("sgld_step" + it, [=](benchmark::State &st) {
+    const Tensor x = random_tensor(*be, img, 1),
+                 g = random_tensor(*be, img, 2, -1e-3f, 1e-3f);
+    loop(st, *be, [&] {
+      be->sgld_step(x, g, 1.0f, 0.01f, true, jem::NoiseKey{1, 2, 3, 0});
+    });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 3 * img_bytes));
+  });
+}
+
+// Optimizer and flat-buffer ops over the model's parameter count.
+void register_flat(const Device &d, const Model &m) {
+  auto be = d.be;
+  std::int64_t P = 0;
+  {
+    jem::WideResNet model(m.cfg, *be, 1);
+    P = model.num_params();
+  }
+  const Shape s{P};
+  const std::string tag = "/" + d.tag + "/" + m.tag + "/" + std::to_string(P);
+  const double bytes = double(P) * 4;
+  reg("adam_step" + tag, [=](benchmark::State &st) {
+    const Tensor p = random_tensor(*be, s, 1), g = random_tensor(*be, s, 2),
+                 mm = be->empty(s), v = be->empty(s);
+    jem::AdamStep a;
+    a.lr = 1e-4f;
+    a.bias1 = 0.1f;
+    a.bias2 = 0.001f;
+    loop(st, *be, [&] { be->adam_step(p, g, mm, v, a); });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 7 *
+                                      bytes)); // p, m, v read+write, g read
+  });
+  reg("sgd_step" + tag, [=](benchmark::State &st) {
+    const Tensor p = random_tensor(*be, s, 1), g = random_tensor(*be, s, 2),
+                 buf = be->empty(s);
+    loop(st, *be, [&] { be->sgd_step(p, g, buf, 1e-4f, 0.9f, 0.0f); });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 5 * bytes));
+  });
+  reg("sum_squares" + tag, [=](benchmark::State &st) {
+    const Tensor g = random_tensor(*be, s, 2);
+    double sink = 0;
+    loop(st, *be, [&] { sink += be->sum_squares(g); });
+    benchmark::DoNotOptimize(sink);
+    st.SetBytesProcessed(std::int64_t(st.iterations() * bytes));
+  });
+  reg("fill" + tag, [=](benchmark::State &st) {
+    const Tensor g = be->empty(s);
+    loop(st, *be, [&] { be->fill(g, 0.0f); });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * bytes));
+  });
+  reg("scale" + tag, [=](benchmark::State &st) {
+    const Tensor g = random_tensor(*be, s, 2);
+    loop(st, *be, [&] { be->scale(g, 1.0f); });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 2 * bytes));
+  });
+  reg("copy" + tag, [=](benchmark::State &st) {
+    const Tensor a = random_tensor(*be, s, 1), b = be->empty(s);
+    loop(st, *be, [&] { be->copy(a, b); });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 2 * bytes));
+  });
+  reg("axpy" + tag, [=](benchmark::State &st) {
+    const Tensor a = random_tensor(*be, s, 1), b = be->empty(s);
+    loop(st, *be, [&] { be->axpy(1e-3f, a, b); });
+    st.SetBytesProcessed(std::int64_t(st.iterations() * 3 * bytes));
+  });
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv))
+    return 1;
+  for (const Device &d : devices())
+    for (const Model &m : kModels) {
+      register_convs(d, m);
+      register_elementwise(d, m);
+      register_flat(d, m);
+    }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,73 @@
+// `jem bench`: times the real JEM training iteration of a configuration on
+// synthetic data.
+//
+// The iteration is built from the trainer's own components (WideResNet,
+// ReplayBuffer, SgldSampler, JemObjective, Optimizer, configured by
+// train_components.hpp) and runs the trainer's sequence of calls:
+//   sgld       draw from the replay buffer, sgld_steps x (forward + input-only
+//   backward), write
+//              back, copy x_q into the objective's batch (and the conditional
+//              chains if w_pxy)
+//   step       upload x_lab, labels and x_data, then the objective's forward +
+//   full backward over
+//              all rows and its statistics
+//   optimizer  the gradient norm (the divergence guard's input) and the
+//   optimizer's update
+// with backend.synchronize() at every phase boundary, so each phase's time is
+// its own on a GPU too. The data is synthetic (uniform [-1, 1) images of the
+// dataset's shape, labels b mod K), so no dataset file is needed. Warm-up
+// iterations (cuDNN algorithm search, first touch of memory) are run first and
+// not timed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "jem/backend.hpp"
+#include "jem/train_config.hpp"
+
+namespace jem {
+
+// Images of a dataset: channels, side, classes. Throws for an unknown name.
+struct DatasetShape {
+  int channels = 0, image_size = 0, classes = 0;
+};
+DatasetShape dataset_shape(const std::string &dataset);
+
+struct BenchOptions {
+  int iterations = 10; // timed
+  int warmup = 2;      // untimed, before the timed ones
+};
+
+struct PhaseTimes { // milliseconds, one entry per timed iteration
+  std::vector<double> sgld, step, optimizer, total;
+};
+
+struct BenchResult {
+  std::string model;   // "WRN-10-1, 1x28x28, 10 classes"
+  std::string backend; // Backend::name()
+  std::int64_t params = 0;
+  int batch = 0, px_batch = 0, sgld_chains = 0, sgld_steps = 0, rows = 0;
+  PhaseTimes ms;
+  double flops_sgld = 0, flops_step = 0; // per iteration, see flops.hpp
+  double peak_device_flops = 0;        // 0: unknown (every CPU, unlisted GPUs)
+  std::int64_t peak_memory_bytes = -1; // Backend::peak_memory_bytes()
+};
+
+// Builds the components on `backend` and times `opt.iterations` iterations
+// after `opt.warmup`. Validates `cfg` (a bad key value throws naming it).
+// cfg.out, the data and schedule keys are not used.
+BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
+                      const BenchOptions &opt);
+
+double median(std::vector<double> v);
+double mean(const std::vector<double> &v);
+
+// The result as one JSON object (see README "jem bench" for the fields).
+std::string bench_json(const BenchResult &r, const TrainConfig &cfg,
+                       const BenchOptions &opt);
+// A few human-readable lines.
+std::string bench_report(const BenchResult &r);
+
+} // namespace jem

@@ -1,0 +1,57 @@
+// FLOP counts of the JEM Wide-ResNet and of one JEM training iteration,
+// computed from the architecture alone (no backend, no allocation), and the
+// peak FLOP/s of known GPUs.
+//
+// Convention (the one every benchmark of this project reports):
+//   * a FLOP is one multiply or one add: a multiply-add is 2 FLOPs;
+//   * forward = 2 x the multiply-adds of every convolution and of the linear
+//   head; biases,
+//     activations, pooling, residual adds and the losses are not counted (< 1%
+//     of the total);
+//   * full backward (input and weight gradients) = 2 x forward: backward-data
+//   and
+//     backward-filter each cost one forward's multiply-adds;
+//   * input-only backward (what an SGLD step needs) = 1 x forward;
+//   * one iteration = chains * steps * (forward + input-only backward) [SGLD]
+//                   + rows * (forward + full backward) [training step]
+//     with `chains` the SGLD chains per iteration and `rows` the rows of the
+//     objective's batch.
+// The optimizer's few FLOPs per parameter are not counted.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "jem/backend.hpp"
+#include "jem/wide_resnet.hpp"
+
+namespace jem {
+
+// One convolution of the network, for one image (geom.N = 1).
+struct ConvLayer {
+  std::string name; // official parameter prefix, e.g. "f.layer2.0.conv2"
+  ConvGeom geom;    // N = 1
+};
+
+// Every convolution of the Wide-ResNet in forward order (stem, then per block
+// conv1, conv2, shortcut). Validates the config.
+std::vector<ConvLayer> wrn_conv_layers(const WrnConfig &cfg);
+
+// FLOPs of one forward pass of `batch` images (convolutions + linear head, 2
+// per multiply-add).
+double wrn_forward_flops(const WrnConfig &cfg, int batch);
+
+struct IterationFlops {
+  double sgld = 0; // chains * steps * (forward + input-only backward)
+  double step = 0; // rows * (forward + full backward)
+  double total() const { return sgld + step; }
+};
+IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
+                                   int sgld_steps, int rows);
+
+// Dense peak FLOP/s of a GPU from its CUDA device name (e.g. "NVIDIA H200"),
+// for float32 FMA math or TF32 tensor-core math. 0 when the device is not in
+// the table.
+double gpu_peak_flops(const std::string &device_name, bool tf32);
+
+} // namespace jem

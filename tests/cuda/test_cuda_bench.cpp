@@ -1,0 +1,50 @@
+// The CUDA side of `jem bench`: the allocator's peak-memory count, and the
+// iteration timed on a GPU with the device's peak from the table.
+#include "cuda_test_support.hpp"
+#include "jem/bench.hpp"
+
+namespace jem::test {
+namespace {
+
+TEST(CudaBench, PeakMemoryCountsTensorsAndSurvivesTheirRelease) {
+  JEM_SKIP_WITHOUT_CUDA();
+  auto be = cuda::make_cuda_backend(0, MathMode::FP32);
+  const std::int64_t before = be->peak_memory_bytes();
+  const std::int64_t bytes = std::int64_t(64)
+                             << 20; // 64 MiB, far above any earlier peak here
+  {
+    const Tensor t = be->empty(Shape{bytes / 4});
+    EXPECT_GE(be->peak_memory_bytes(), before + bytes);
+  }
+  // Freed: the peak stays, and a second tensor of the same size reuses the
+  // room.
+  const std::int64_t peak = be->peak_memory_bytes();
+  EXPECT_GE(peak, before + bytes);
+  {
+    const Tensor t = be->empty(Shape{bytes / 4});
+    EXPECT_EQ(be->peak_memory_bytes(), peak);
+  }
+}
+
+TEST(CudaBench, TimesTheIterationOnTheGpu) {
+  JEM_SKIP_WITHOUT_CUDA();
+  auto be = cuda::make_cuda_backend(0, MathMode::FP32);
+  TrainConfig c;
+  c.dataset = "fashion-mnist";
+  c.depth = 10;
+  c.width = 1;
+  c.batch_size = 4;
+  c.px_batch_size = 2;
+  c.sgld_steps = 2;
+  c.buffer_size = 20;
+  c.eval_batch = 8;
+  const BenchResult r = run_bench(*be, c, BenchOptions{2, 1});
+  ASSERT_EQ(r.ms.total.size(), 2u);
+  EXPECT_GT(r.ms.sgld[0], 0.0);
+  // The model's parameters, gradients and activations live on the device.
+  EXPECT_GT(r.peak_memory_bytes, 2 * 4 * r.params);
+  EXPECT_NE(r.backend.find("FP32"), std::string::npos);
+}
+
+} // namespace
+} // namespace jem::test

@@ -1,0 +1,325 @@
+// Benchmarks: the FLOP counter against a hand count and against the model, the
+// device peak table, the timed iteration in-process, and `jem bench` (JSON
+// output, bad flags).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "jem/bench.hpp"
+#include "jem/flops.hpp"
+#include "jem/wide_resnet.hpp"
+#include "test_support.hpp"
+
+using namespace jem;
+namespace fs = std::filesystem;
+
+namespace {
+
+// WRN-10-1 (one block per stage) on 1x4x4 images, 2 classes: small enough to
+// count by hand.
+const WrnConfig kTiny{10, 1, 1, 4, 2};
+
+TEST(Flops, TinyNetworkMatchesAHandCount) {
+  // Multiply-adds per image, layer by layer: K * C * R * R * P * Q.
+  const double stem = 16.0 * 1 * 9 * (4 * 4); // 1 -> 16, 4x4
+  const double l1 =
+      16.0 * 16 * 9 * 16 + 16.0 * 16 * 9 * 16; // 16 -> 16 twice, 4x4, identity
+  const double l2 = 32.0 * 16 * 9 * 16         // conv1 16 -> 32 at 4x4
+                    + 32.0 * 32 * 9 * 4        // conv2 32 -> 32, stride 2: 2x2
+                    + 32.0 * 16 * 1 * 4;       // shortcut 1x1 stride 2: 2x2
+  const double l3 = 64.0 * 32 * 9 * 4          // conv1 32 -> 64 at 2x2
+                    + 64.0 * 64 * 9 * 1        // conv2 stride 2: 1x1
+                    + 64.0 * 32 * 1 * 1;       // shortcut
+  const double head = 64.0 * 2;
+  const double macs = stem + l1 + l2 + l3 + head;
+  ASSERT_DOUBLE_EQ(macs, 301440.0); // the sum written out once more, by hand
+  EXPECT_DOUBLE_EQ(wrn_forward_flops(kTiny, 1), 2 * macs);
+  EXPECT_DOUBLE_EQ(wrn_forward_flops(kTiny, 7), 7 * 2 * macs);
+
+  const auto layers = wrn_conv_layers(kTiny);
+  ASSERT_EQ(layers.size(), 9u); // stem + 3 blocks x 2 convs + 2 shortcuts
+  EXPECT_EQ(layers[0].name, "f.conv1");
+  EXPECT_EQ(layers[5].name, "f.layer2.0.shortcut.0");
+  EXPECT_EQ(layers[5].geom.stride, 2);
+  EXPECT_EQ(layers[5].geom.P(), 2);
+}
+
+TEST(Flops, IterationIsSgldPlusStepByTheConvention) {
+  const double F = wrn_forward_flops(kTiny, 1);
+  // 16 chains x 10 steps of forward + input-only backward (2F); 96 rows of
+  // forward + full backward (3F).
+  const IterationFlops it = jem_iteration_flops(kTiny, 16, 10, 96);
+  EXPECT_DOUBLE_EQ(it.sgld, 16 * 10 * 2 * F);
+  EXPECT_DOUBLE_EQ(it.step, 96 * 3 * F);
+  EXPECT_DOUBLE_EQ(it.total(), it.sgld + it.step);
+  EXPECT_DOUBLE_EQ(jem_iteration_flops(kTiny, 0, 10, 4).sgld, 0.0);
+}
+
+TEST(Flops, AgreesWithTheModelsLayoutAndMacCount) {
+  auto be = make_cpu_backend(1);
+  for (const WrnConfig &cfg :
+       {WrnConfig{10, 1, 1, 28, 10}, WrnConfig{16, 2, 3, 32, 10},
+        WrnConfig{28, 10, 3, 32, 100}}) {
+    WideResNet model(cfg, *be, 1);
+    EXPECT_DOUBLE_EQ(wrn_forward_flops(cfg, 3), 2.0 * model.forward_macs(3))
+        << cfg.str();
+    // Every counted convolution is a weight of the model with the counted
+    // shape, and the counted layers are all of the model's convolutions.
+    int conv_weights = 0;
+    for (const ParamSpec &p : model.params())
+      conv_weights += p.shape.rank() == 4;
+    const auto layers = wrn_conv_layers(cfg);
+    EXPECT_EQ(int(layers.size()), conv_weights) << cfg.str();
+    for (const ConvLayer &l : layers) {
+      const Tensor w = model.param(l.name + ".weight");
+      EXPECT_EQ(w.shape(), (Shape{l.geom.K, l.geom.C, l.geom.R, l.geom.R}))
+          << l.name;
+    }
+  }
+}
+
+TEST(Flops, OfficialRecipeMatchesJemMd) {
+  // /work/shared/JEM.md: one iteration of WRN-28-10 (64 labelled + 64 p(x) rows
+  // + 64 chains of 20 SGLD steps) is about 37 TFLOP, 82% of it in SGLD. (The
+  // JEM block strides in conv2, so its forward pass is 5.95 G multiply-adds,
+  // not the 5.25 G of the original WRN-28-10.)
+  const WrnConfig w{28, 10, 3, 32, 10};
+  EXPECT_NEAR(wrn_forward_flops(w, 1) / 2e9, 5.95, 0.01);
+  const IterationFlops it = jem_iteration_flops(w, 64, 20, 192);
+  EXPECT_NEAR(it.total() / 1e12, 37.0, 0.5);
+  EXPECT_NEAR(it.sgld / it.total(), 0.82, 0.005);
+}
+
+TEST(Flops, GpuPeakTable) {
+  EXPECT_DOUBLE_EQ(gpu_peak_flops("NVIDIA H200", true), 494.7e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_flops("NVIDIA H100 80GB HBM3", false), 66.9e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_flops("NVIDIA H100 PCIe", true),
+                   378e12); // not the SXM figure
+  EXPECT_DOUBLE_EQ(gpu_peak_flops("NVIDIA A100-SXM4-80GB", true), 156e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_flops("Tesla V100-SXM2-16GB", false), 15.7e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_flops("NVIDIA GeForce RTX 3090", true), 0.0);
+}
+
+TEST(Bench, DatasetShapes) {
+  EXPECT_EQ(dataset_shape("fashion-mnist").channels, 1);
+  EXPECT_EQ(dataset_shape("cifar10").image_size, 32);
+  EXPECT_EQ(dataset_shape("cifar100").classes, 100);
+  EXPECT_THROW(dataset_shape("imagenet"), Error);
+}
+
+TrainConfig tiny_config() {
+  TrainConfig c;
+  c.dataset = "fashion-mnist";
+  c.depth = 10;
+  c.width = 1;
+  c.batch_size = 4;
+  c.px_batch_size = 2;
+  c.sgld_steps = 2;
+  c.buffer_size = 20;
+  c.eval_batch = 8;
+  return c;
+}
+
+TEST(Bench, TimesEveryPhaseOfEveryIteration) {
+  auto be = make_cpu_backend(1);
+  const TrainConfig c = tiny_config();
+  const BenchResult r = run_bench(*be, c, BenchOptions{3, 1});
+  ASSERT_EQ(r.ms.total.size(), 3u);
+  ASSERT_EQ(r.ms.sgld.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_GT(r.ms.sgld[i], 0.0);
+    EXPECT_GT(r.ms.step[i], 0.0);
+    EXPECT_GT(r.ms.optimizer[i], 0.0);
+    // The phases tile the iteration: total is measured from the same time
+    // points.
+    EXPECT_NEAR(r.ms.total[i], r.ms.sgld[i] + r.ms.step[i] + r.ms.optimizer[i],
+                1e-6 * r.ms.total[i]);
+  }
+  EXPECT_EQ(r.rows, 4 + 2 * 2);
+  EXPECT_EQ(r.sgld_chains, 2);
+  const WrnConfig w{10, 1, 1, 28, 10};
+  EXPECT_DOUBLE_EQ(r.flops_sgld + r.flops_step,
+                   jem_iteration_flops(w, 2, 2, 8).total());
+  EXPECT_DOUBLE_EQ(r.peak_device_flops, 0.0); // a CPU: unknown
+  EXPECT_GT(r.peak_memory_bytes, 0);          // VmHWM of this process
+}
+
+TEST(Bench, ConditionalChainsAndNoPxTerm) {
+  auto be = make_cpu_backend(1);
+  TrainConfig c = tiny_config();
+  c.batch_size = 2;
+  c.w_pxy = 1.0; // conditional chains for the labelled batch, after the
+                 // unconditional ones
+  BenchResult r = run_bench(*be, c, BenchOptions{1, 0});
+  EXPECT_EQ(r.sgld_chains, 2 + 2);
+  EXPECT_EQ(r.rows, 2 + 2 * 2 + 2);
+  c.w_pxy = 0.0;
+  c.w_px = 0.0; // a plain classifier: no chains at all
+  r = run_bench(*be, c, BenchOptions{1, 0});
+  EXPECT_EQ(r.sgld_chains, 0);
+  EXPECT_EQ(r.flops_sgld, 0.0);
+  EXPECT_EQ(r.rows, 2);
+}
+
+TEST(Bench, RejectsBadOptionsAndConfigs) {
+  auto be = make_cpu_backend(1);
+  EXPECT_THROW(run_bench(*be, tiny_config(), BenchOptions{0, 1}), Error);
+  EXPECT_THROW(run_bench(*be, tiny_config(), BenchOptions{1, -1}), Error);
+  TrainConfig c = tiny_config();
+  c.depth = 11;
+  EXPECT_THROW(run_bench(*be, c, BenchOptions{1, 0}), Error);
+}
+
+class BenchCli : public ::testing::Test {
+protected:
+  void SetUp() override {
+    root_ = jem::test::temp_dir("bench");
+    // A tiny JEM; the flags of each test come on top (a flag overrides the
+    // file).
+    std::ofstream(root_ + "/tiny.toml")
+        << "dataset = \"fashion-mnist\"\ndepth = 10\nwidth = 1\nbatch_size = "
+           "4\n"
+           "px_batch_size = 2\nsgld_steps = 2\nbuffer_size = 20\neval_batch = "
+           "8\n";
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  std::string jem(const std::string &args) const {
+    return jem::test::jem_binary() +
+           " bench --device cpu --threads 1 --config " + root_ + "/tiny.toml " +
+           args;
+  }
+  std::string root_;
+};
+
+TEST_F(BenchCli, WritesJsonWithEveryField) {
+  std::string out;
+  const std::string json_path = root_ + "/b.json";
+  ASSERT_EQ(jem::test::run_command(
+                jem("--iterations 2 --warmup 1 --json " + json_path), &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("ms/iteration"), std::string::npos) << out;
+  std::ifstream in(json_path);
+  ASSERT_TRUE(in.good()) << json_path;
+  const auto j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["iterations"], 2);
+  EXPECT_EQ(j["warmup_iterations"], 1);
+  ASSERT_EQ(j["iteration_ms"].size(), 2u);
+  for (const char *phase : {"sgld", "step", "optimizer", "total"}) {
+    EXPECT_GT(j["ms_per_iteration"][phase].get<double>(), 0.0) << phase;
+    EXPECT_GT(j["ms_per_iteration_mean"][phase].get<double>(), 0.0) << phase;
+  }
+  EXPECT_EQ(j["model"], "WRN-10-1, 1x28x28, 10 classes");
+  EXPECT_EQ(j["rows"], 8);
+  EXPECT_EQ(j["sgld_chains"], 2);
+  EXPECT_EQ(j["batch_size"], 4);
+  const double flops =
+      jem_iteration_flops(WrnConfig{10, 1, 1, 28, 10}, 2, 2, 8).total();
+  EXPECT_DOUBLE_EQ(j["flops_per_iteration"]["total"].get<double>(), flops);
+  // Rates follow from the median iteration time.
+  const double total_s = j["ms_per_iteration"]["total"].get<double>() / 1e3;
+  EXPECT_NEAR(j["images_per_second"].get<double>(), 4 / total_s,
+              1e-9 * 4 / total_s);
+  EXPECT_NEAR(j["achieved_flops_per_second"].get<double>(), flops / total_s,
+              1e-9 * flops / total_s);
+  EXPECT_TRUE(j["device_peak_flops_per_second"].is_null());
+  EXPECT_TRUE(j["fraction_of_peak"].is_null());
+  EXPECT_GT(j["peak_memory_bytes"].get<double>(), 0.0);
+  EXPECT_FALSE(fs::exists(json_path + ".tmp"));
+}
+
+TEST_F(BenchCli, BadFlagsFailWithOneLineNamingThem) {
+  struct Case {
+    std::string args, needle;
+  };
+  const Case cases[] = {
+      {"--iterations 0", "--iterations"},
+      {"--iterations abc", "--iterations"},
+      {"--warmup -1", "--warmup"},
+      {"--bogus 3", "bogus"},
+      {"--depth 11", "depth"},
+      {"--dataset imagenet", "dataset"},
+      {"--json " + root_ + "/no/such/dir/b.json", "no/such/dir"},
+      {"--batch_size 40", "buffer_size"}, // 40 slots needed, the buffer has 20
+  };
+  for (const Case &c : cases) {
+    std::string out;
+    EXPECT_NE(jem::test::run_command(jem(c.args), &out), 0) << c.args;
+    // The first line says what is wrong (CLI11's parse errors add "Run with
+    // --help ...").
+    EXPECT_NE(out.substr(0, out.find('\n')).find(c.needle), std::string::npos)
+        << c.args << ": " << out;
+  }
+  std::string out;
+  EXPECT_NE(jem::test::run_command(jem::test::jem_binary() +
+                                       " bench --config " + root_ +
+                                       "/missing.toml",
+                                   &out),
+            0);
+  EXPECT_NE(out.substr(0, out.find('\n')).find("missing.toml"),
+            std::string::npos)
+      << out;
+  EXPECT_FALSE(fs::exists(root_ + "/no"));
+}
+
+} // namespace
+
+// bench/pytorch_jem.py, when Debian's PyTorch is installed: its network and
+// objective match the official code's reference vectors (the ones jem's model
+// is tested against), and on the same config it runs the same iteration as `jem
+// bench` (parameters, rows, chains, FLOPs).
+class PyTorchJem : public BenchCli {
+protected:
+  void SetUp() override {
+    BenchCli::SetUp();
+    std::string out;
+    if (jem::test::run_command("/usr/bin/python3 -c 'import torch'", &out) != 0)
+      GTEST_SKIP()
+          << "/usr/bin/python3 has no torch (Debian package python3-torch)";
+  }
+  std::string script() const {
+    return "/usr/bin/python3 " + jem::test::source_path("bench/pytorch_jem.py");
+  }
+};
+
+TEST_F(PyTorchJem, NetworkMatchesTheReferenceVectors) {
+  std::string out;
+  EXPECT_EQ(jem::test::run_command(
+                script() + " --check-reference " +
+                    jem::test::data_path("wrn10x1_gray28.safetensors") + " " +
+                    jem::test::data_path("wrn10x2_rgb32.safetensors"),
+                &out),
+            0)
+      << out;
+  // One line per file.
+  const auto first = out.find("match the reference");
+  ASSERT_NE(first, std::string::npos) << out;
+  EXPECT_NE(out.find("match the reference", first + 1), std::string::npos)
+      << out;
+}
+
+TEST_F(PyTorchJem, RunsTheSameIterationAsJemBench) {
+  std::string out;
+  const std::string flags = " --threads 1 --config " + root_ +
+                            "/tiny.toml --iterations 1 --warmup 0 --json ";
+  ASSERT_EQ(
+      jem::test::run_command(script() + flags + root_ + "/torch.json", &out), 0)
+      << out;
+  ASSERT_EQ(jem::test::run_command(
+                jem(" --iterations 1 --warmup 0 --json " + root_ + "/jem.json"),
+                &out),
+            0)
+      << out;
+  const auto t = nlohmann::json::parse(std::ifstream(root_ + "/torch.json"));
+  const auto j = nlohmann::json::parse(std::ifstream(root_ + "/jem.json"));
+  for (const char *key : {"model", "params", "rows", "sgld_chains",
+                          "sgld_steps", "batch_size", "px_batch_size"})
+    EXPECT_EQ(t[key], j[key]) << key;
+  for (const char *phase : {"sgld", "step", "total"})
+    EXPECT_DOUBLE_EQ(t["flops_per_iteration"][phase].get<double>(),
+                     j["flops_per_iteration"][phase].get<double>())
+        << phase;
+  EXPECT_GT(t["ms_per_iteration"]["total"].get<double>(), 0.0);
+}
