@@ -126,7 +126,7 @@ void register_convs(const Device &d, const Model &m) {
       const Tensor x = random_tensor(*be, xs, 1),
                    w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
       const Tensor b = random_tensor(*be, Shape{g.K}, 3), y = be->empty(ys);
-      loop(st, *be, [&] { be->conv2d_forward(x, w, b, y, g.stride, g.pad); });
+      loop(st, *be, [&] { be->conv2d_forward(x, w, b, y, g.stride, g.pad_h); });
       flop_counter(st, flops);
     });
     reg("conv_bwd_data" + suffix + "/backend", [=](benchmark::State &st) {
@@ -134,7 +134,7 @@ void register_convs(const Device &d, const Model &m) {
                    w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
       const Tensor dx = be->empty(xs);
       loop(st, *be,
-           [&] { be->conv2d_backward_data(dy, w, dx, g.stride, g.pad); });
+           [&] { be->conv2d_backward_data(dy, w, dx, g.stride, g.pad_h); });
       flop_counter(st, flops);
     });
     reg("conv_bwd_filter" + suffix + "/backend", [=](benchmark::State &st) {
@@ -142,7 +142,7 @@ void register_convs(const Device &d, const Model &m) {
                    dy = random_tensor(*be, ys, 4);
       const Tensor dw = be->empty(ws), db = be->empty(Shape{g.K});
       loop(st, *be,
-           [&] { be->conv2d_backward_filter(x, dy, dw, db, g.stride, g.pad); });
+           [&] { be->conv2d_backward_filter(x, dy, dw, db, g.stride, g.pad_h); });
       flop_counter(st, flops);
     });
     if (d.tag != "cpu")
@@ -160,7 +160,7 @@ void register_convs(const Device &d, const Model &m) {
             g, x.data<float>(), w.data<float>(), b.data<float>(),
             y.data<float>(), scratch, threads);
       };
-      be->conv2d_forward(x, w, b, ref, g.stride, g.pad);
+      be->conv2d_forward(x, w, b, ref, g.stride, g.pad_h);
       run();
       // Both sum the same products in a different order: float rounding only.
       const double err = max_rel_diff(be->to_vector(y), be->to_vector(ref));

@@ -33,12 +33,12 @@ inline void im2col_strided(const ConvGeom &g, const float *x, float *col,
   const int P = g.P(), Q = g.Q();
   for (int c = 0; c < g.C; ++c)
     for (int kh = 0; kh < g.R; ++kh)
-      for (int kw = 0; kw < g.R; ++kw) {
-        float *row = col + (std::int64_t(c * g.R + kh) * g.R + kw) * ld;
+      for (int kw = 0; kw < g.S; ++kw) {
+        float *row = col + (std::int64_t(c * g.R + kh) * g.S + kw) * ld;
         for (int p = 0; p < P; ++p) {
-          const int ih = p * g.stride - g.pad + kh;
+          const int ih = p * g.stride - g.pad_h + kh;
           for (int q = 0; q < Q; ++q) {
-            const int iw = q * g.stride - g.pad + kw;
+            const int iw = q * g.stride - g.pad_w + kw;
             const bool inside = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
             row[p * Q + q] =
                 inside ? x[(std::int64_t(c) * g.H + ih) * g.W + iw] : 0.0f;

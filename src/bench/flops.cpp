@@ -17,7 +17,8 @@ std::vector<ConvLayer> wrn_conv_layers(const WrnConfig &cfg) {
     g.K = K;
     g.R = R;
     g.stride = stride;
-    g.pad = pad;
+    g.S = R;
+    g.pad_h = g.pad_w = pad;
     out.push_back(ConvLayer{std::move(name), g});
   };
   const int S = cfg.image_size;
