@@ -51,7 +51,12 @@ static std::string meta(const safetensors::File& f, const std::string& key) {
 
 TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
                            ReplayBuffer& buffer) {
-  const auto f = safetensors::File::read(path);
+  return load_checkpoint(safetensors::File::read(path), model, optimizer, buffer);
+}
+
+TrainState load_checkpoint(const safetensors::File& f, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer) {
+  const std::string& path = f.path();
   JEM_CHECK(meta(f, "format") == kCheckpointFormat, path, ": checkpoint format '",
             meta(f, "format"), "', expected ", kCheckpointFormat);
   model.load(f);
@@ -72,7 +77,11 @@ TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer
 }
 
 WrnConfig checkpoint_model_config(const std::string& path) {
-  const auto f = safetensors::File::read(path);
+  return checkpoint_model_config(safetensors::File::read(path));
+}
+
+WrnConfig checkpoint_model_config(const safetensors::File& f) {
+  const std::string& path = f.path();
   WrnConfig c;
   try {
     c.depth = std::stoi(meta(f, "depth"));
