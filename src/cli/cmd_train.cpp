@@ -52,6 +52,9 @@ void register_train(CLI::App& app) {
     opt.stop_flag = &g_stop;
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
+    // A file size limit (ulimit -f) must fail the write with EFBIG, which the checkpoint writer
+    // reports and cleans up after, instead of killing the process mid-write.
+    std::signal(SIGXFSZ, SIG_IGN);
     auto backend = make_backend(cfg.device, cfg.threads);
     const TrainResult r = train(*backend, cfg, opt);
     std::printf("trained %lld iterations in %.1f s (%.2f it/s)%s\n", static_cast<long long>(r.iterations),
