@@ -3,19 +3,20 @@
 # format data, a checkpoint after every iteration so that many kills land inside a write):
 #
 #   1. a reference run, uninterrupted;
-#   2. the same run killed with SIGKILL at random moments KILLS times (default 50), each time
-#      resumed (`jem train --resume`, or started afresh while it has no checkpoint yet). After
-#      every kill: every checkpoint on disk parses (scripts/ckpt_tool.py check), the newest
-#      completed checkpoint never goes backwards, and the resumed run's log never says it
-#      skipped an unreadable checkpoint. At the end the final checkpoint equals the
-#      reference's bit for bit (parameters, optimizer state, replay buffer);
+#   2. the same run killed with SIGKILL at random moments, each time resumed (`jem train
+#      --resume`, or started afresh while it has no checkpoint yet), until it completes; rounds
+#      of this until KILLS kills (default 50) in all. After every kill every checkpoint on disk
+#      parses (scripts/ckpt_tool.py check) and the newest completed checkpoint never goes
+#      backwards; at the end of a round no resume has skipped an unreadable checkpoint, no
+#      temp file is left, and the final checkpoint equals the reference's bit for bit
+#      (parameters, optimizer state, replay buffer);
 #   3. SIGINT and SIGTERM: the run saves a checkpoint, exits 0, and resumes to the same result;
 #   4. disk full while saving (a small tmpfs when `mount` is permitted, and a file size limit,
 #      ulimit -f, always): the run fails with a message naming the checkpoint and the system
 #      error, the previous checkpoints are intact and no temporary file is left.
 #
 # Usage: scripts/crash-test.sh [KILLS]   (JEM=path/to/jem, default build/jem; SEED for the kill
-# times). Exits non-zero on the first violation. Total time ~1-2 min for 50 kills.
+# times). Exits non-zero on the first violation. 50 kills take a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kills_wanted="${1:-50}"
@@ -71,39 +72,48 @@ check_dir() {  # every completed checkpoint of run dir $1 parses
 }
 
 # ---- 2. SIGKILL at random moments ---------------------------------------------------------------
-run="$work/run"
-kills=0 in_write=0 lives=0 best=-1
-while :; do
-  if [ "$(newest "$run")" -ge 0 ]; then cmd=("$jem" train --resume "$run"); else cmd=("$jem" "${args[@]}" --keep_ckpts 2 --out "$run"); fi
-  lives=$((lives + 1))
-  "${cmd[@]}" >>"$work/run.out" 2>&1 &
-  pid=$!
-  if [ "$kills" -lt "$kills_wanted" ]; then
-    # Uniform in [0, ref_ms / 4): kills during start-up, iterations and checkpoint writes.
-    delay_ms=$(( (RANDOM * 32768 + RANDOM) % (ref_ms / 4 + 1) ))
-    sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
-    if kill -KILL "$pid" 2>/dev/null; then
-      wait "$pid" 2>/dev/null || true
-      kills=$((kills + 1))
-      ls "$run/checkpoints" 2>/dev/null | grep -q '\.tmp\.' && in_write=$((in_write + 1))
-      check_dir "$run"
-      n=$(newest "$run")
-      [ "$n" -ge "$best" ] || fail "newest checkpoint went back from $best to $n after kill $kills"
-      best=$n
-      continue
+# Rounds: a run killed and resumed until it completes, then checked against the reference; the
+# next round starts a new run, until KILLS kills in all.
+kills=0 in_write=0 lives=0 rounds=0
+while [ "$rounds" -eq 0 ] || [ "$kills" -lt "$kills_wanted" ]; do
+  rounds=$((rounds + 1))
+  run="$work/run$rounds"
+  best=-1
+  while :; do
+    if [ "$(newest "$run")" -ge 0 ]; then cmd=("$jem" train --resume "$run"); else cmd=("$jem" "${args[@]}" --keep_ckpts 2 --out "$run"); fi
+    lives=$((lives + 1))
+    "${cmd[@]}" >>"$run.out" 2>&1 &
+    pid=$!
+    if [ "$kills" -lt "$kills_wanted" ]; then
+      # Uniform in [0, ref_ms / 6): kills during start-up, iterations and checkpoint writes.
+      delay_ms=$(( (RANDOM * 32768 + RANDOM) % (ref_ms / 6 + 1) ))
+      sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
+      if kill -KILL "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || true
+        kills=$((kills + 1))
+        ls "$run/checkpoints" 2>/dev/null | grep -q '\.tmp\.' && in_write=$((in_write + 1))
+        check_dir "$run"
+        n=$(newest "$run")
+        [ "$n" -ge "$best" ] || fail "newest checkpoint went back from $best to $n after kill $kills"
+        best=$n
+        continue
+      fi
     fi
-  fi
-  rc=0
-  wait "$pid" || rc=$?
-  [ "$rc" -eq 0 ] || { tail -5 "$work/run.out"; fail "the resumed run exited with $rc"; }
-  break
+    rc=0
+    wait "$pid" || rc=$?
+    [ "$rc" -eq 0 ] || { tail -5 "$run.out"; fail "the resumed run exited with $rc"; }
+    break
+  done
+  check_dir "$run"
+  ! ls "$run/checkpoints" | grep -q '\.tmp\.' || fail "temporary files of interrupted writes were not cleaned up"
+  ! grep -q "skipping unreadable checkpoint" "$run/log.txt" || fail "a resume skipped an unreadable checkpoint"
+  "$tool" compare "$work/ref/$final" "$run/$final" >/dev/null ||
+    fail "round $rounds: the killed-and-resumed run differs from the reference"
+  echo "crash-test: round $rounds: $kills kills so far; final checkpoint bit-identical to the uninterrupted run"
+  rm -rf "$run"
 done
-check_dir "$run"
-! ls "$run/checkpoints" | grep -q '\.tmp\.' || fail "temporary files of interrupted writes were not cleaned up"
-! grep -q "skipping unreadable checkpoint" "$run/log.txt" || fail "a resume skipped an unreadable checkpoint"
-"$tool" compare "$work/ref/$final" "$run/$final" || fail "killed-and-resumed run differs from the reference"
-echo "crash-test: $kills SIGKILLs survived ($in_write of them during a checkpoint write, $lives starts);" \
-     "final checkpoint bit-identical to the uninterrupted run"
+echo "crash-test: $kills SIGKILLs survived in $rounds rounds ($in_write of them during a checkpoint write," \
+     "$lives starts); every round's final checkpoint bit-identical to the uninterrupted run"
 
 # ---- 3. SIGINT / SIGTERM: checkpoint and a clean exit -------------------------------------------
 for sig in INT TERM; do
