@@ -1,5 +1,5 @@
-// End-to-end tests of `train`: learning, exact resume, checkpoints, the
-// divergence guard, and what a bad config does to an existing run directory.
+// End-to-end tests of `train`: learning, exact resume, checkpoints, the divergence guard, and
+// what a bad config does to an existing run directory.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // A tiny JEM: WRN-10-1 on 8x8 synthetic digits, batch 8, 3 SGLD steps.
-TrainConfig tiny_config(const std::string &data_dir, const std::string &out) {
+TrainConfig tiny_config(const std::string& data_dir, const std::string& out) {
   TrainConfig c;
   c.out = out;
   c.dataset = "mnist";
@@ -38,7 +38,7 @@ TrainConfig tiny_config(const std::string &data_dir, const std::string &out) {
   c.sgld_std = 0.01;
   c.lr = 1e-3;
   c.warmup_iters = 5;
-  c.decay_epochs = {1000}; // never reached
+  c.decay_epochs = {1000};  // never reached
   c.epochs = 100;
   c.max_iters = 30;
   c.log_every = 5;
@@ -52,7 +52,7 @@ TrainConfig tiny_config(const std::string &data_dir, const std::string &out) {
 }
 
 class Trainer : public ::testing::Test {
-protected:
+ protected:
   void SetUp() override {
     root_ = jem::test::temp_dir("trainer");
     data_ = root_ + "/data";
@@ -64,29 +64,25 @@ protected:
   std::unique_ptr<Backend> be_ = make_cpu_backend(2);
 };
 
-std::vector<std::string> read_lines(const std::string &path) {
+std::vector<std::string> read_lines(const std::string& path) {
   std::ifstream in(path);
   std::vector<std::string> lines;
-  for (std::string l; std::getline(in, l);)
-    lines.push_back(l);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
   return lines;
 }
 
-double json_number(const std::string &line, const std::string &key) {
+double json_number(const std::string& line, const std::string& key) {
   const auto pos = line.find("\"" + key + "\":");
-  if (pos == std::string::npos)
-    return NAN;
+  if (pos == std::string::npos) return NAN;
   return std::stod(line.substr(pos + key.size() + 3));
 }
 
-std::vector<float> params_of(const std::string &ckpt) {
+std::vector<float> params_of(const std::string& ckpt) {
   const auto f = safetensors::File::read(ckpt);
   std::vector<float> all;
-  for (const auto &n : f.names()) {
-    if (n.rfind("f.", 0) == 0 || n.rfind("class_output.", 0) == 0 ||
-        n.rfind("optim.", 0) == 0 || n == "replay_buffer") {
-      if (f.info(n).dtype != "F32")
-        continue;
+  for (const auto& n : f.names()) {
+    if (n.rfind("f.", 0) == 0 || n.rfind("class_output.", 0) == 0 || n.rfind("optim.", 0) == 0 || n == "replay_buffer") {
+      if (f.info(n).dtype != "F32") continue;
       const auto v = f.f32(n);
       all.insert(all.end(), v.begin(), v.end());
     }
@@ -101,19 +97,15 @@ TEST_F(Trainer, LearnsAndWritesTheRunDirectory) {
   const TrainResult r = train(*be_, c, o);
   EXPECT_EQ(r.iterations, 30);
   EXPECT_EQ(r.rollbacks, 0);
-  // Cross-entropy falls: the mean of the last two metric lines vs the first
-  // one.
+  // Cross-entropy falls: the mean of the last two metric lines vs the first one.
   const auto lines = read_lines(c.out + "/metrics.jsonl");
   std::vector<double> ce;
-  for (const auto &l : lines)
-    if (l.find("\"ce\"") != std::string::npos)
-      ce.push_back(json_number(l, "ce"));
+  for (const auto& l : lines)
+    if (l.find("\"ce\"") != std::string::npos) ce.push_back(json_number(l, "ce"));
   ASSERT_GE(ce.size(), 5u);
-  EXPECT_LT(0.5 * (ce[ce.size() - 1] + ce[ce.size() - 2]), ce[0] - 0.3)
-      << "CE did not fall";
-  EXPECT_GT(r.test_accuracy, 0.3); // chance is 0.1
-  for (const char *f : {"config.toml", "log.txt", "summary.json",
-                        "samples/x_q_10.png", "samples/x_q_final.png"})
+  EXPECT_LT(0.5 * (ce[ce.size() - 1] + ce[ce.size() - 2]), ce[0] - 0.3) << "CE did not fall";
+  EXPECT_GT(r.test_accuracy, 0.3);  // chance is 0.1
+  for (const char* f : {"config.toml", "log.txt", "summary.json", "samples/x_q_10.png", "samples/x_q_final.png"})
     EXPECT_TRUE(fs::exists(c.out + "/" + f)) << f;
   // keep_ckpts = 3 of the written 0, 10, 20, 30.
   const auto ck = list_checkpoints(c.out + "/checkpoints");
@@ -121,8 +113,7 @@ TEST_F(Trainer, LearnsAndWritesTheRunDirectory) {
   EXPECT_NE(ck.back().find(checkpoint_name(30)), std::string::npos);
 }
 
-// N + M iterations straight equal N iterations, a checkpoint, a resume and M
-// more, bit for bit.
+// N + M iterations straight equal N iterations, a checkpoint, a resume and M more, bit for bit.
 TEST_F(Trainer, ResumeIsBitExact) {
   TrainConfig straight = tiny_config(data_, root_ + "/straight");
   straight.max_iters = 24;
@@ -131,8 +122,7 @@ TEST_F(Trainer, ResumeIsBitExact) {
   train(*be_, straight, o);
 
   TrainConfig part = tiny_config(data_, root_ + "/parts");
-  part.max_iters = 14; // not a multiple of ckpt_every: the final checkpoint is
-                       // the resume point
+  part.max_iters = 14;  // not a multiple of ckpt_every: the final checkpoint is the resume point
   train(*be_, part, o);
   part.max_iters = 24;
   TrainOptions ro = o;
@@ -140,16 +130,13 @@ TEST_F(Trainer, ResumeIsBitExact) {
   const TrainResult r = train(*be_, part, ro);
   EXPECT_EQ(r.iterations, 24);
 
-  const auto a =
-      params_of(straight.out + "/checkpoints/" + checkpoint_name(24));
+  const auto a = params_of(straight.out + "/checkpoints/" + checkpoint_name(24));
   const auto b = params_of(part.out + "/checkpoints/" + checkpoint_name(24));
   ASSERT_EQ(a.size(), b.size());
   ASSERT_GT(a.size(), 0u);
   std::size_t differing = 0;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    differing += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
-  EXPECT_EQ(differing, 0u)
-      << "parameters, optimizer state and replay buffer must match bit for bit";
+  for (std::size_t i = 0; i < a.size(); ++i) differing += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+  EXPECT_EQ(differing, 0u) << "parameters, optimizer state and replay buffer must match bit for bit";
 }
 
 TEST_F(Trainer, CheckpointRoundTripIsBitExact) {
@@ -184,11 +171,11 @@ TEST_F(Trainer, InjectedNanRollsBackAndFinishes) {
   EXPECT_EQ(r.iterations, 25);
   EXPECT_EQ(r.rollbacks, 1);
   bool logged = false;
-  for (const auto &l : read_lines(c.out + "/metrics.jsonl"))
+  for (const auto& l : read_lines(c.out + "/metrics.jsonl"))
     if (l.find("\"rollback\"") != std::string::npos) {
       logged = true;
       EXPECT_EQ(json_number(l, "at"), 15);
-      EXPECT_EQ(json_number(l, "to"), 10); // the last checkpoint
+      EXPECT_EQ(json_number(l, "to"), 10);  // the last checkpoint
       EXPECT_DOUBLE_EQ(json_number(l, "lr_factor"), c.guard_lr_factor);
     }
   EXPECT_TRUE(logged);
@@ -199,9 +186,8 @@ TEST_F(Trainer, InjectedNanRollsBackAndFinishes) {
   try {
     train(*be_, off, o);
     FAIL() << "a divergence with the guard off must throw";
-  } catch (const Error &e) {
-    EXPECT_NE(std::string(e.what()).find("guard"), std::string::npos)
-        << e.what();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("guard"), std::string::npos) << e.what();
   }
 }
 
@@ -213,13 +199,12 @@ TEST_F(Trainer, BadConfigsLeaveAnExistingRunUntouched) {
   train(*be_, c, o);
   auto snapshot = [&] {
     std::ostringstream s;
-    for (const auto &e : fs::recursive_directory_iterator(c.out))
-      s << e.path() << " "
-        << (e.is_regular_file() ? fs::file_size(e.path()) : 0) << "\n";
+    for (const auto& e : fs::recursive_directory_iterator(c.out))
+      s << e.path() << " " << (e.is_regular_file() ? fs::file_size(e.path()) : 0) << "\n";
     return s.str();
   };
   const std::string before = snapshot();
-  TrainConfig again = c; // the same directory without --resume
+  TrainConfig again = c;  // the same directory without --resume
   EXPECT_THROW(train(*be_, again, o), Error);
   TrainConfig negative = c;
   negative.sgld_steps = -1;
@@ -234,11 +219,10 @@ TEST_F(Trainer, BadConfigsLeaveAnExistingRunUntouched) {
   EXPECT_EQ(snapshot(), before);
 }
 
-// What a crash leaves behind: a run killed before its first checkpoint (log and
-// metrics files, no checkpoint) starts afresh; temp files of interrupted
-// checkpoint writes are removed on resume; a damaged newest checkpoint is
-// skipped for the one before it (scripts/crash-test.sh does the same with real
-// SIGKILLs).
+// What a crash leaves behind: a run killed before its first checkpoint (log and metrics files,
+// no checkpoint) starts afresh; temp files of interrupted checkpoint writes are removed on
+// resume; a damaged newest checkpoint is skipped for the one before it (scripts/crash-test.sh
+// does the same with real SIGKILLs).
 TEST_F(Trainer, CrashLeftoversAreHandled) {
   TrainConfig c = tiny_config(data_, root_ + "/run");
   c.max_iters = 4;
@@ -247,27 +231,24 @@ TEST_F(Trainer, CrashLeftoversAreHandled) {
   TrainOptions o;
   o.quiet = true;
   fs::create_directories(c.out + "/checkpoints");
-  for (const char *f : {"/log.txt", "/metrics.jsonl"})
-    std::ofstream(c.out + f) << "";
-  EXPECT_EQ(train(*be_, c, o).iterations,
-            4); // a directory with no checkpoint holds no run
+  for (const char* f : {"/log.txt", "/metrics.jsonl"}) std::ofstream(c.out + f) << "";
+  EXPECT_EQ(train(*be_, c, o).iterations, 4);  // a directory with no checkpoint holds no run
 
   const std::string ck = c.out + "/checkpoints/";
   const std::string stale = ck + checkpoint_name(5) + ".tmp.12345";
   std::ofstream(stale) << "half a checkpoint";
-  fs::resize_file(ck + checkpoint_name(4),
-                  1000); // damaged newest: resume from iteration 2
+  fs::resize_file(ck + checkpoint_name(4), 1000);  // damaged newest: resume from iteration 2
   c.max_iters = 6;
   TrainOptions ro = o;
   ro.resume = true;
   EXPECT_EQ(train(*be_, c, ro).iterations, 6);
   EXPECT_FALSE(fs::exists(stale));
   bool skipped = false;
-  for (const auto &l : read_lines(c.out + "/log.txt"))
+  for (const auto& l : read_lines(c.out + "/log.txt"))
     skipped |= l.find("skipping unreadable checkpoint") != std::string::npos &&
                l.find(checkpoint_name(4)) != std::string::npos;
   EXPECT_TRUE(skipped) << "the damaged checkpoint is named in the log";
   EXPECT_NO_THROW(safetensors::File::read(ck + checkpoint_name(6)));
 }
 
-} // namespace
+}  // namespace
