@@ -43,16 +43,14 @@ struct Tiny {
     return c;
   }();
   jem::WideResNet model{config, *backend, 2};
-  jem::Optimizer optimizer{*backend, jem::OptimizerConfig{},
-                           model.num_params()};
+  jem::Optimizer optimizer{*backend, jem::OptimizerConfig{}, model.num_params()};
   jem::ReplayBuffer buffer{*backend, 2, 1, 4, 1};
-  std::size_t data_bytes = 0; // size of a real checkpoint's data section
+  std::size_t data_bytes = 0;  // size of a real checkpoint's data section
 };
 
-Tiny *g_tiny =
-    nullptr; // built once: the fuzz loop must not rebuild a model per input
+Tiny *g_tiny = nullptr;  // built once: the fuzz loop must not rebuild a model per input
 
-} // namespace
+}  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
   g_tiny = new Tiny;
@@ -62,14 +60,11 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
   // A real checkpoint of this model: its data size, and (on request) its header
   // as the seed.
   const std::string path = jem::fuzz::scratch_file("real_ckpt", nullptr, 0);
-  jem::save_checkpoint(path, g_tiny->model, g_tiny->optimizer, g_tiny->buffer,
-                       jem::TrainState{}, "seed = 1\n");
+  jem::save_checkpoint(path, g_tiny->model, g_tiny->optimizer, g_tiny->buffer, jem::TrainState{}, "seed = 1\n");
   std::ifstream in(path, std::ios::binary);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                                std::istreambuf_iterator<char>());
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::uint64_t n = 0;
-  for (int i = 0; i < 8; ++i)
-    n |= std::uint64_t(std::uint8_t(bytes[i])) << (8 * i);
+  for (int i = 0; i < 8; ++i) n |= std::uint64_t(std::uint8_t(bytes[i])) << (8 * i);
   g_tiny->data_bytes = bytes.size() - 8 - n;
   if (const char *seed = std::getenv("JEM_FUZZ_WRITE_SEED")) {
     std::ofstream out(seed, std::ios::binary);
@@ -79,24 +74,20 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data,
-                                      std::size_t size) {
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size) {
   std::vector<std::uint8_t> bytes(data, data + size);
   bytes.resize(size + g_tiny->data_bytes, 0);
   try {
-    const auto f = jem::safetensors::File::from_bytes(std::move(bytes),
-                                                      "fuzz.safetensors");
+    const auto f = jem::safetensors::File::from_bytes(std::move(bytes), "fuzz.safetensors");
     try {
       (void)jem::checkpoint_model_config(f);
     } catch (const jem::Error &e) {
       jem::fuzz::rejected(e);
     }
-    const jem::TrainState s = jem::load_checkpoint(
-        f, g_tiny->model, g_tiny->optimizer, g_tiny->buffer);
+    const jem::TrainState s = jem::load_checkpoint(f, g_tiny->model, g_tiny->optimizer, g_tiny->buffer);
     // A state the trainer cannot continue from must be rejected by the reader,
     // not loaded.
-    if (s.iteration < 0 || !(s.lr_factor > 0) || s.retries < 0)
-      __builtin_trap();
+    if (s.iteration < 0 || !(s.lr_factor > 0) || s.retries < 0) __builtin_trap();
   } catch (const jem::Error &e) {
     jem::fuzz::rejected(e);
   }

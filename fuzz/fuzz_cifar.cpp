@@ -8,17 +8,14 @@
 
 namespace {
 void check(const jem::Dataset &d) {
-  if (d.images.size() != std::size_t(d.count) * 3 * 32 * 32 ||
-      d.labels.size() != std::size_t(d.count))
+  if (d.images.size() != std::size_t(d.count) * 3 * 32 * 32 || d.labels.size() != std::size_t(d.count))
     __builtin_trap();
   for (const auto y : d.labels)
-    if (y < 0 || y >= d.classes)
-      __builtin_trap();
+    if (y < 0 || y >= d.classes) __builtin_trap();
 }
-} // namespace
+}  // namespace
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data,
-                                      std::size_t size) {
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size) {
   const std::string path = jem::fuzz::scratch_file("cifar", data, size);
   try {
     check(jem::read_cifar10({path}));

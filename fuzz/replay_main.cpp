@@ -13,10 +13,8 @@
 #include <string>
 #include <vector>
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data,
-                                      std::size_t size);
-extern "C" __attribute__((weak)) int LLVMFuzzerInitialize(int *argc,
-                                                          char ***argv);
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size);
+extern "C" __attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 namespace {
 int run_file(const std::filesystem::path &p) {
@@ -25,18 +23,15 @@ int run_file(const std::filesystem::path &p) {
     std::fprintf(stderr, "cannot read %s\n", p.c_str());
     return 1;
   }
-  const std::vector<char> b((std::istreambuf_iterator<char>(in)),
-                            std::istreambuf_iterator<char>());
+  const std::vector<char> b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::fprintf(stderr, "running %s (%zu bytes)\n", p.c_str(), b.size());
-  LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t *>(b.data()),
-                         b.size());
+  LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t *>(b.data()), b.size());
   return 0;
 }
-} // namespace
+}  // namespace
 
 int main(int argc, char **argv) {
-  if (LLVMFuzzerInitialize)
-    LLVMFuzzerInitialize(&argc, &argv);
+  if (LLVMFuzzerInitialize) LLVMFuzzerInitialize(&argc, &argv);
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
     return 2;
@@ -47,11 +42,9 @@ int main(int argc, char **argv) {
     if (std::filesystem::is_directory(p)) {
       std::vector<std::filesystem::path> files;
       for (const auto &e : std::filesystem::directory_iterator(p))
-        if (e.is_regular_file())
-          files.push_back(e.path());
+        if (e.is_regular_file()) files.push_back(e.path());
       std::sort(files.begin(), files.end());
-      for (const auto &f : files)
-        failures += run_file(f), ++runs;
+      for (const auto &f : files) failures += run_file(f), ++runs;
     } else {
       failures += run_file(p), ++runs;
     }
