@@ -232,6 +232,14 @@ TEST_F(Trainer, CrashLeftoversAreHandled) {
   o.quiet = true;
   fs::create_directories(c.out + "/checkpoints");
   for (const char* f : {"/log.txt", "/metrics.jsonl"}) std::ofstream(c.out + f) << "";
+  TrainOptions ro = o;
+  ro.resume = true;
+  try {
+    train(*be_, c, ro);
+    ADD_FAILURE() << "--resume without a checkpoint must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no checkpoint in " + c.out), std::string::npos) << e.what();
+  }
   EXPECT_EQ(train(*be_, c, o).iterations, 4);  // a directory with no checkpoint holds no run
 
   const std::string ck = c.out + "/checkpoints/";
@@ -239,8 +247,6 @@ TEST_F(Trainer, CrashLeftoversAreHandled) {
   std::ofstream(stale) << "half a checkpoint";
   fs::resize_file(ck + checkpoint_name(4), 1000);  // damaged newest: resume from iteration 2
   c.max_iters = 6;
-  TrainOptions ro = o;
-  ro.resume = true;
   EXPECT_EQ(train(*be_, c, ro).iterations, 6);
   EXPECT_FALSE(fs::exists(stale));
   bool skipped = false;
@@ -249,6 +255,15 @@ TEST_F(Trainer, CrashLeftoversAreHandled) {
                l.find(checkpoint_name(4)) != std::string::npos;
   EXPECT_TRUE(skipped) << "the damaged checkpoint is named in the log";
   EXPECT_NO_THROW(safetensors::File::read(ck + checkpoint_name(6)));
+
+  for (const auto& p : list_checkpoints(ck)) fs::resize_file(p, 7);  // every checkpoint damaged
+  c.max_iters = 8;
+  try {
+    train(*be_, c, ro);
+    ADD_FAILURE() << "resuming with no readable checkpoint must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no readable checkpoint"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
