@@ -1,6 +1,7 @@
 #include "jem/checkpoint.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -73,6 +74,10 @@ TrainState load_checkpoint(const safetensors::File& f, WideResNet& model, Optimi
   } catch (const std::logic_error& e) {  // stoll & co. on a damaged value
     JEM_FAIL(path, ": damaged training state in the metadata (", e.what(), ")");
   }
+  // Parsable but impossible values would otherwise be trained from (found by fuzz_checkpoint).
+  JEM_CHECK(s.iteration >= 0 && std::isfinite(s.lr_factor) && s.lr_factor > 0 && s.retries >= 0, path,
+            ": damaged training state in the metadata (iteration ", s.iteration, ", lr_factor ", s.lr_factor,
+            ", retries ", s.retries, ")");
   return s;
 }
 
