@@ -33,20 +33,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "crash-test: FAIL: $*"; exit 1; }
 
-# Synthetic data in the MNIST file format: a bright bar whose row encodes the class.
-/usr/bin/python3 - "$work/data" <<'PY'
-import os, random, struct, sys
-d = sys.argv[1]; os.makedirs(d)
-rng = random.Random(1)
-for prefix, n in (("train", 160), ("t10k", 32)):
-    img = bytearray(struct.pack(">IIII", 0x803, n, 12, 12)); lab = bytearray(struct.pack(">II", 0x801, n))
-    for i in range(n):
-        y = i % 10; px = [rng.randrange(60) for _ in range(144)]
-        for c in range(1, 11): px[y * 12 + c] = 230
-        img += bytes(px); lab.append(y)
-    open(os.path.join(d, prefix + "-images-idx3-ubyte"), "wb").write(img)
-    open(os.path.join(d, prefix + "-labels-idx1-ubyte"), "wb").write(lab)
-PY
+/usr/bin/python3 scripts/synthetic_mnist.py "$work/data"
 
 iters=60
 args=(train --device cpu --threads 1 --dataset mnist --data_dir "$work/data" --depth 10 --width 1
