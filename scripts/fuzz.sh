@@ -9,7 +9,9 @@
 # leak, timeout or out-of-memory input is written to build-fuzz/artifacts/ and stops that
 # target. Add such an input to fuzz/corpus/<target>/ once the reader is fixed: ctest replays
 # every corpus file (fuzz_replay.<target>). Runs at nice 10 on one core (-jobs=1 equivalent);
-# JEM_FUZZ_TIMEOUT (default 10 s) is the per-input time that counts as a hang;
+# JEM_FUZZ_TIMEOUT (default 10 s) is the per-input time that counts as a hang, JEM_FUZZ_RSS_MB
+# (default 2048) the memory that counts as a leak or runaway allocation, JEM_FUZZ_ASAN_OPTIONS
+# extra ASan options (svhn: allocator_may_return_null=1, see fuzz/known/README.md);
 # set JEM_FUZZ_NICE to change the niceness. Summary lines go to build-fuzz/fuzz-summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,9 +51,9 @@ for t in "${targets[@]}"; do
   set +e
   # halt_on_error etc.: any sanitizer report is a finding. -timeout: an input taking > 10 s is
   # a hang. -rss_limit_mb: a reader allocating > 2 GB for a small file is a finding too.
-  ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1${JEM_FUZZ_ASAN_OPTIONS:+:$JEM_FUZZ_ASAN_OPTIONS}" UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     nice -n "${JEM_FUZZ_NICE:-10}" "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout="${JEM_FUZZ_TIMEOUT:-10}" \
-    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" \
+    -rss_limit_mb="${JEM_FUZZ_RSS_MB:-2048}" -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" \
     "$build/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1
   rc=$?
   set -e
