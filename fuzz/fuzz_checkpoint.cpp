@@ -48,11 +48,11 @@ struct Tiny {
   std::size_t data_bytes = 0;  // size of a real checkpoint's data section
 };
 
-Tiny *g_tiny = nullptr;  // built once: the fuzz loop must not rebuild a model per input
+Tiny* g_tiny = nullptr;  // built once: the fuzz loop must not rebuild a model per input
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int *, char ***) {
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
   g_tiny = new Tiny;
   g_tiny->model.init(1);
   g_tiny->buffer.init_uniform(1);
@@ -66,7 +66,7 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
   std::uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= std::uint64_t(std::uint8_t(bytes[i])) << (8 * i);
   g_tiny->data_bytes = bytes.size() - 8 - n;
-  if (const char *seed = std::getenv("JEM_FUZZ_WRITE_SEED")) {
+  if (const char* seed = std::getenv("JEM_FUZZ_WRITE_SEED")) {
     std::ofstream out(seed, std::ios::binary);
     out.write(bytes.data(), std::streamsize(8 + n));
   }
@@ -74,21 +74,21 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size) {
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::vector<std::uint8_t> bytes(data, data + size);
   bytes.resize(size + g_tiny->data_bytes, 0);
   try {
     const auto f = jem::safetensors::File::from_bytes(std::move(bytes), "fuzz.safetensors");
     try {
       (void)jem::checkpoint_model_config(f);
-    } catch (const jem::Error &e) {
+    } catch (const jem::Error& e) {
       jem::fuzz::rejected(e);
     }
     const jem::TrainState s = jem::load_checkpoint(f, g_tiny->model, g_tiny->optimizer, g_tiny->buffer);
     // A state the trainer cannot continue from must be rejected by the reader,
     // not loaded.
     if (s.iteration < 0 || !(s.lr_factor > 0) || s.retries < 0) __builtin_trap();
-  } catch (const jem::Error &e) {
+  } catch (const jem::Error& e) {
     jem::fuzz::rejected(e);
   }
   return 0;

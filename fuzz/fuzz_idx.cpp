@@ -10,7 +10,7 @@
 #include "jem/datasets.hpp"
 #include "jem/error.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size) {
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
   std::size_t labels_len = std::size_t(data[0]) | (std::size_t(data[1]) << 8);
   data += 2;
@@ -24,7 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     if (!jem::fuzz::product_is(d.images.size(), std::size_t(d.count), std::size_t(d.height), std::size_t(d.width)) ||
         d.labels.size() != std::size_t(d.count))
       __builtin_trap();
-  } catch (const jem::Error &e) {
+  } catch (const jem::Error& e) {
     jem::fuzz::rejected(e);
   }
   return 0;

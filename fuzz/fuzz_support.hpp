@@ -19,10 +19,10 @@ namespace jem::fuzz {
 
 // Writes `size` bytes to <tmp>/jem_fuzz_<pid>_<tag> (replacing it) and returns
 // the path.
-inline std::string scratch_file(const std::string &tag, const std::uint8_t *data, std::size_t size) {
+inline std::string scratch_file(const std::string& tag, const std::uint8_t* data, std::size_t size) {
   const std::string path =
       (std::filesystem::temp_directory_path() / ("jem_fuzz_" + std::to_string(::getpid()) + "_" + tag)).string();
-  std::FILE *f = std::fopen(path.c_str(), "wb");
+  std::FILE* f = std::fopen(path.c_str(), "wb");
   if (!f)
     std::abort();  // the scratch directory itself is broken: not the input's
                    // fault
@@ -40,7 +40,7 @@ inline bool product_is(std::size_t expected, std::size_t a, std::size_t b, std::
 
 // A reader's expected rejection of a bad input. JEM_FUZZ_VERBOSE=1 prints it
 // (to see which seeds a reader accepts and what it says about the others).
-inline void rejected(const jem::Error &e) {
+inline void rejected(const jem::Error& e) {
   if (std::getenv("JEM_FUZZ_VERBOSE")) std::fprintf(stderr, "rejected: %s\n", e.what());
 }
 

@@ -13,11 +13,11 @@
 #include <string>
 #include <vector>
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size);
-extern "C" __attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv);
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
+extern "C" __attribute__((weak)) int LLVMFuzzerInitialize(int* argc, char*** argv);
 
 namespace {
-int run_file(const std::filesystem::path &p) {
+int run_file(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   if (!in) {
     std::fprintf(stderr, "cannot read %s\n", p.c_str());
@@ -25,12 +25,12 @@ int run_file(const std::filesystem::path &p) {
   }
   const std::vector<char> b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::fprintf(stderr, "running %s (%zu bytes)\n", p.c_str(), b.size());
-  LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t *>(b.data()), b.size());
+  LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(b.data()), b.size());
   return 0;
 }
 }  // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (LLVMFuzzerInitialize) LLVMFuzzerInitialize(&argc, &argv);
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
@@ -41,10 +41,10 @@ int main(int argc, char **argv) {
     const std::filesystem::path p(argv[i]);
     if (std::filesystem::is_directory(p)) {
       std::vector<std::filesystem::path> files;
-      for (const auto &e : std::filesystem::directory_iterator(p))
+      for (const auto& e : std::filesystem::directory_iterator(p))
         if (e.is_regular_file()) files.push_back(e.path());
       std::sort(files.begin(), files.end());
-      for (const auto &f : files) failures += run_file(f), ++runs;
+      for (const auto& f : files) failures += run_file(f), ++runs;
     } else {
       failures += run_file(p), ++runs;
     }
