@@ -72,6 +72,8 @@ TEST_F(Cli, BadInputGivesOneLineErrorAndNonZeroExit) {
   EXPECT_FALSE(fs::exists(root_ + "/r")) << "a failed start must not create the run directory";
   EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + root_ + "/none.safetensors"), &out), 0);
   EXPECT_NE(out.find("none.safetensors"), std::string::npos) << out;
+  EXPECT_NE(run_command(jem_cmd("train --resume " + root_ + "/r --config " + jem::test::source_path("configs/fashion-mnist.toml")), &out), 0);
+  EXPECT_NE(out.find("do not pass --config"), std::string::npos) << out;
 }
 
 TEST_F(Cli, DeviceCudaWithoutGpuFailsClearlyAndAutoFallsBack) {

@@ -219,4 +219,51 @@ TEST_F(Trainer, BadConfigsLeaveAnExistingRunUntouched) {
   EXPECT_EQ(snapshot(), before);
 }
 
+// What a crash leaves behind: a run killed before its first checkpoint (log and metrics files,
+// no checkpoint) starts afresh; temp files of interrupted checkpoint writes are removed on
+// resume; a damaged newest checkpoint is skipped for the one before it (scripts/crash-test.sh
+// does the same with real SIGKILLs).
+TEST_F(Trainer, CrashLeftoversAreHandled) {
+  TrainConfig c = tiny_config(data_, root_ + "/run");
+  c.max_iters = 4;
+  c.ckpt_every = 2;
+  c.sgld_steps = 1;
+  TrainOptions o;
+  o.quiet = true;
+  fs::create_directories(c.out + "/checkpoints");
+  for (const char* f : {"/log.txt", "/metrics.jsonl"}) std::ofstream(c.out + f) << "";
+  TrainOptions ro = o;
+  ro.resume = true;
+  try {
+    train(*be_, c, ro);
+    ADD_FAILURE() << "--resume without a checkpoint must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no checkpoint in " + c.out), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(train(*be_, c, o).iterations, 4);  // a directory with no checkpoint holds no run
+
+  const std::string ck = c.out + "/checkpoints/";
+  const std::string stale = ck + checkpoint_name(5) + ".tmp.12345";
+  std::ofstream(stale) << "half a checkpoint";
+  fs::resize_file(ck + checkpoint_name(4), 1000);  // damaged newest: resume from iteration 2
+  c.max_iters = 6;
+  EXPECT_EQ(train(*be_, c, ro).iterations, 6);
+  EXPECT_FALSE(fs::exists(stale));
+  bool skipped = false;
+  for (const auto& l : read_lines(c.out + "/log.txt"))
+    skipped |= l.find("skipping unreadable checkpoint") != std::string::npos &&
+               l.find(checkpoint_name(4)) != std::string::npos;
+  EXPECT_TRUE(skipped) << "the damaged checkpoint is named in the log";
+  EXPECT_NO_THROW(safetensors::File::read(ck + checkpoint_name(6)));
+
+  for (const auto& p : list_checkpoints(ck)) fs::resize_file(p, 7);  // every checkpoint damaged
+  c.max_iters = 8;
+  try {
+    train(*be_, c, ro);
+    ADD_FAILURE() << "resuming with no readable checkpoint must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no readable checkpoint"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace

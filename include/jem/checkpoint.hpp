@@ -21,6 +21,9 @@ namespace jem {
 class Optimizer;
 class ReplayBuffer;
 struct BufferShard;
+namespace safetensors {
+class File;
+}
 
 struct TrainState {
   std::int64_t iteration = 0;     // iterations completed
@@ -49,10 +52,16 @@ TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer
 // number of ranks re-splits it.
 TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
                            ReplayBuffer& buffer, const BufferShard& shard);
+// The same from a file already read (errors name file.path()); the fuzz target uses it.
+TrainState load_checkpoint(const safetensors::File& file, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer);
+TrainState load_checkpoint(const safetensors::File& file, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer, const BufferShard& shard);
 
 // The architecture stored in a checkpoint's metadata (depth, width, channels, image_size,
 // n_classes, slope): enough to build the model without the data set.
 WrnConfig checkpoint_model_config(const std::string& path);
+WrnConfig checkpoint_model_config(const safetensors::File& file);
 
 // The resolved config stored in a checkpoint (for `jem sample` / `jem eval`).
 std::string checkpoint_config(const std::string& path);

@@ -69,6 +69,9 @@ void register_train(CLI::App& app) {
     opt.stop_flag = &g_stop;
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
+    // A file size limit (ulimit -f) must fail the write with EFBIG, which the checkpoint writer
+    // reports and cleans up after, instead of killing the process mid-write.
+    std::signal(SIGXFSZ, SIG_IGN);
     // One process per GPU (mpirun / srun): MPI first, for the rank that picks the device.
     const auto host = make_host_communicator(args->comm, args->comm_timeout);
     try {

@@ -45,14 +45,16 @@ float* CpuBackend::scratch(int thread, int slot, std::size_t n) {
 
 Tensor CpuBackend::empty(Shape shape, DType dtype) { return Tensor::host(shape, dtype); }
 
+// memcpy with a null pointer is undefined even for 0 bytes (UBSan), and an empty
+// std::vector's data() may be null: empty copies are skipped.
 void CpuBackend::upload(const float* src, const Tensor& dst) {
-  std::memcpy(dst.data<float>(), src, dst.bytes());
+  if (dst.bytes() != 0) std::memcpy(dst.data<float>(), src, dst.bytes());
 }
 void CpuBackend::download(const Tensor& src, float* dst) {
-  std::memcpy(dst, src.data<float>(), src.bytes());
+  if (src.bytes() != 0) std::memcpy(dst, src.data<float>(), src.bytes());
 }
 void CpuBackend::upload_i32(const std::int32_t* src, const Tensor& dst) {
-  std::memcpy(dst.data<std::int32_t>(), src, dst.bytes());
+  if (dst.bytes() != 0) std::memcpy(dst.data<std::int32_t>(), src, dst.bytes());
 }
 
 void CpuBackend::fill_impl(const Tensor& t, float value) {

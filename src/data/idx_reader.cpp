@@ -61,7 +61,10 @@ std::vector<std::uint64_t> idx_header(const std::vector<std::uint8_t>& b, const 
   for (int d = 0; d < rank; ++d) {
     dims.push_back(be32(b, 4 + 4 * std::size_t(d)));
     JEM_CHECK(dims.back() > 0 && dims.back() < (1u << 31), path, ": dimension ", d, " is ", dims.back());
-    items *= dims.back();
+    // Three dimensions below 2^31 can multiply past 2^64 and wrap to a small size that the
+    // length checks below would accept (found by fuzz_idx: corpus idx/regress_dims_wrap_to_zero).
+    JEM_CHECK(!__builtin_mul_overflow(items, dims.back(), &items), path, ": truncated: the header's dimensions need more",
+              " than 2^64 bytes of ", what);
   }
   JEM_CHECK(b.size() >= header + items, path, ": truncated: the header says ", items, " bytes of ", what,
             ", the file has ", b.size() - header);

@@ -1,6 +1,7 @@
 #include "jem/checkpoint.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -58,12 +59,22 @@ static std::string meta(const safetensors::File& f, const std::string& key) {
 
 TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
                            ReplayBuffer& buffer) {
-  return load_checkpoint(path, model, optimizer, buffer, make_buffer_shard(buffer.size(), 1, 1, 0));
+  return load_checkpoint(safetensors::File::read(path), model, optimizer, buffer);
 }
 
 TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer& optimizer,
                            ReplayBuffer& buffer, const BufferShard& shard) {
-  const auto f = safetensors::File::read(path);
+  return load_checkpoint(safetensors::File::read(path), model, optimizer, buffer, shard);
+}
+
+TrainState load_checkpoint(const safetensors::File& f, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer) {
+  return load_checkpoint(f, model, optimizer, buffer, make_buffer_shard(buffer.size(), 1, 1, 0));
+}
+
+TrainState load_checkpoint(const safetensors::File& f, WideResNet& model, Optimizer& optimizer,
+                           ReplayBuffer& buffer, const BufferShard& shard) {
+  const std::string& path = f.path();
   JEM_CHECK(meta(f, "format") == kCheckpointFormat, path, ": checkpoint format '",
             meta(f, "format"), "', expected ", kCheckpointFormat);
   const Tensor& buf = buffer.data();
@@ -89,11 +100,19 @@ TrainState load_checkpoint(const std::string& path, WideResNet& model, Optimizer
   } catch (const std::logic_error& e) {  // stoll & co. on a damaged value
     JEM_FAIL(path, ": damaged training state in the metadata (", e.what(), ")");
   }
+  // Parsable but impossible values would otherwise be trained from (found by fuzz_checkpoint).
+  JEM_CHECK(s.iteration >= 0 && std::isfinite(s.lr_factor) && s.lr_factor > 0 && s.retries >= 0, path,
+            ": damaged training state in the metadata (iteration ", s.iteration, ", lr_factor ", s.lr_factor,
+            ", retries ", s.retries, ")");
   return s;
 }
 
 WrnConfig checkpoint_model_config(const std::string& path) {
-  const auto f = safetensors::File::read(path);
+  return checkpoint_model_config(safetensors::File::read(path));
+}
+
+WrnConfig checkpoint_model_config(const safetensors::File& f) {
+  const std::string& path = f.path();
   WrnConfig c;
   try {
     c.depth = std::stoi(meta(f, "depth"));

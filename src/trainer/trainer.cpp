@@ -95,10 +95,10 @@ struct Run {
   std::vector<float> sample_host;
 };
 
-bool dir_holds_a_run(const std::string& dir) {
-  std::error_code ec;
-  return fs::exists(fs::path(dir) / "metrics.jsonl", ec) || !list_checkpoints(dir + "/checkpoints").empty();
-}
+// A run exists once it has a completed checkpoint (every run writes one before its first
+// iteration). A directory with only log.txt / metrics.jsonl / config.toml is a run killed before
+// that checkpoint: nothing to resume, so a fresh start may reuse it.
+bool dir_holds_a_run(const std::string& dir) { return !list_checkpoints(dir + "/checkpoints").empty(); }
 
 void setup(Run& r) {
   const TrainConfig& c = r.cfg;
@@ -177,6 +177,10 @@ void setup(Run& r) {
   JEM_CHECK(!ec, r.sample_dir, ": cannot create: ", ec.message());
   r.log = std::make_unique<RunLog>(r.dir, r.opt.quiet);
   if (!r.opt.resume) write_text_atomically(r.dir + "/config.toml", r.config_toml);
+  // Temp files of checkpoint writes cut short by a crash (safetensors::Writer names them
+  // "<checkpoint>.tmp.<pid>"): never loaded, only taking disk space.
+  for (const auto& e : fs::directory_iterator(r.ckpt_dir, ec))
+    if (e.path().filename().string().find(".safetensors.tmp.") != std::string::npos) fs::remove(e.path(), ec);
 }
 
 // Newest readable checkpoint; unreadable ones (a crash mid-write leaves none, but a damaged
