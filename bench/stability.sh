@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The stability matrix: trains the quickstart model (configs/fashion-mnist.toml) for a fixed
+# number of iterations over a grid of learning rate x SGLD steps x L2 energy term x seed, with the
+# divergence guard on and off, and writes a table: diverged or not, rollbacks used, final test
+# accuracy. The table goes to OUT/stability.md (copy it into docs/stability.md); every run's
+# directory, log and summary stay under OUT.
+#
+#   bench/stability.sh [options]
+#     --iterations N   iterations per run (default 600)
+#     --jobs J         runs at a time, 1 CPU thread each (default: the number of cores)
+#     --seeds "S..."   seeds (default "1 2 3")
+#     --lrs "L..."     learning rates (default "1e-4 3e-4 1e-3")
+#     --steps "K..."   SGLD steps (default "5 10 20")
+#     --l2 "W..."      L2 energy weights (default "0 0.1")
+#     --out DIR        where the runs go (default runs/stability)
+#     --jem PATH       the jem binary (default build/jem)
+#   Runs that already have a result in OUT are not run again, so an interrupted matrix resumes.
+#   The full grid is 3 x 3 x 2 x 3 x 2 = 108 runs: hours on 2 cores; start it in the background.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+iterations=600 jobs=$(nproc) seeds="1 2 3" lrs="1e-4 3e-4 1e-3" steps="5 10 20" l2s="0 0.1"
+out=runs/stability jem=build/jem
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --iterations) iterations="$2"; shift 2 ;;
+    --jobs) jobs="$2"; shift 2 ;;
+    --seeds) seeds="$2"; shift 2 ;;
+    --lrs) lrs="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --l2) l2s="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --jem) jem="$2"; shift 2 ;;
+    *) echo "stability.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[[ -x "$jem" ]] || { echo "stability.sh: $jem is not an executable (build it, or --jem PATH)" >&2; exit 2; }
+mkdir -p "$out"
+
+# One run: its result is OUT/NAME.result, a single line "exit_code" written when the run ends.
+run_one() {
+  local jem="$1" out="$2" iterations="$3" lr="$4" k="$5" l2="$6" seed="$7" guard="$8"
+  local name="lr${lr}_k${k}_l2${l2}_s${seed}_guard${guard}"
+  [[ -f "$out/$name.result" ]] && return 0
+  rm -rf "${out:?}/$name"
+  local rc=0
+  "$jem" train --config configs/fashion-mnist.toml --out "$out/$name" --threads 1 --device cpu \
+    --lr "$lr" --sgld_steps "$k" --w_l2 "$l2" --seed "$seed" --guard "$guard" \
+    --max_iters "$iterations" --max_minutes 0 --eval_every 1000 --log_every 50 \
+    --sample_every 1000000 --ckpt_every 100 > "$out/$name.log" 2>&1 || rc=$?
+  echo "$rc" > "$out/$name.result"
+  echo "stability: $name exit $rc"
+}
+export -f run_one
+
+for lr in $lrs; do for k in $steps; do for l2 in $l2s; do for seed in $seeds; do
+  for guard in true false; do
+    echo "$jem $out $iterations $lr $k $l2 $seed $guard"
+  done
+done; done; done; done | xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _
+
+python3 - "$out" "$iterations" <<'EOF'
+import json, os, re, sys
+from collections import defaultdict
+out, iterations = sys.argv[1], sys.argv[2]
+cells = defaultdict(list)
+for f in sorted(os.listdir(out)):
+    m = re.match(r"lr(.+)_k(\d+)_l2(.+)_s(\d+)_guard(true|false)\.result$", f)
+    if not m:
+        continue
+    lr, k, l2, seed, guard = m.groups()
+    rc = int(open(os.path.join(out, f)).read().strip() or 1)
+    summary = os.path.join(out, f[: -len(".result")], "summary.json")
+    s = json.load(open(summary)) if rc == 0 and os.path.exists(summary) else {}
+    cells[(float(lr), int(k), float(l2), guard)].append(
+        dict(seed=int(seed), diverged=rc != 0, rollbacks=s.get("rollbacks", 0), acc=s.get("test_accuracy")))
+lines = [f"# Stability matrix: quickstart model, {iterations} iterations per run", "",
+         "Diverged: runs that ended with an error (guard off: the first divergence; guard on: "
+         "retries exhausted). Rollbacks: the guard's restarts, summed over seeds. Accuracy: mean "
+         "test accuracy of the runs that finished.", "",
+         "| lr | SGLD steps | w_l2 | guard | diverged | rollbacks | test accuracy |",
+         "|---|---|---|---|---|---|---|"]
+saved = 0
+for key in sorted(cells):
+    lr, k, l2, guard = key
+    runs = cells[key]
+    div = sum(r["diverged"] for r in runs)
+    accs = [r["acc"] for r in runs if r["acc"] is not None]
+    acc = f"{100 * sum(accs) / len(accs):.1f}%" if accs else "-"
+    lines.append(f"| {lr:g} | {k} | {l2:g} | {guard} | {div}/{len(runs)} | "
+                 f"{sum(r['rollbacks'] for r in runs)} | {acc} |")
+    if guard == "true":
+        off = {r["seed"]: r for r in cells.get((lr, k, l2, "false"), [])}
+        saved += sum(1 for r in runs if not r["diverged"] and off.get(r["seed"], {}).get("diverged"))
+lines += ["", f"Runs the guard saved (diverged with the guard off, finished with it on): {saved}."]
+open(os.path.join(out, "stability.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
