@@ -14,13 +14,14 @@
 #     --l2 "W..."      L2 energy weights (default "0 0.1")
 #     --out DIR        where the runs go (default runs/stability)
 #     --jem PATH       the jem binary (default build/jem)
+#     --table-only     run nothing: write the table of the runs already in OUT (a partial matrix)
 #   Runs that already have a result in OUT are not run again, so an interrupted matrix resumes.
 #   The full grid is 3 x 3 x 2 x 3 x 2 = 108 runs: hours on 2 cores; start it in the background.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 iterations=600 jobs=$(nproc) seeds="1 2 3" lrs="1e-4 3e-4 1e-3" steps="5 10 20" l2s="0 0.1"
-out=runs/stability jem=build/jem
+out=runs/stability jem=build/jem table_only=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --iterations) iterations="$2"; shift 2 ;;
@@ -31,10 +32,11 @@ while [[ $# -gt 0 ]]; do
     --l2) l2s="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --jem) jem="$2"; shift 2 ;;
+    --table-only) table_only=1; shift ;;
     *) echo "stability.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-[[ -x "$jem" ]] || { echo "stability.sh: $jem is not an executable (build it, or --jem PATH)" >&2; exit 2; }
+[[ $table_only == 1 || -x "$jem" ]] || { echo "stability.sh: $jem is not an executable (build it, or --jem PATH)" >&2; exit 2; }
 mkdir -p "$out"
 
 # One run: its result is OUT/NAME.result, a single line "exit_code" written when the run ends.
@@ -53,11 +55,13 @@ run_one() {
 }
 export -f run_one
 
-for lr in $lrs; do for k in $steps; do for l2 in $l2s; do for seed in $seeds; do
-  for guard in true false; do
-    echo "$jem $out $iterations $lr $k $l2 $seed $guard"
-  done
-done; done; done; done | xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _
+if [[ $table_only == 0 ]]; then
+  for lr in $lrs; do for k in $steps; do for l2 in $l2s; do for seed in $seeds; do
+    for guard in true false; do
+      echo "$jem $out $iterations $lr $k $l2 $seed $guard"
+    done
+  done; done; done; done | xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _
+fi
 
 python3 - "$out" "$iterations" <<'EOF'
 import json, os, re, sys
@@ -72,6 +76,8 @@ for f in sorted(os.listdir(out)):
     rc = int(open(os.path.join(out, f)).read().strip() or 1)
     summary = os.path.join(out, f[: -len(".result")], "summary.json")
     s = json.load(open(summary)) if rc == 0 and os.path.exists(summary) else {}
+    if s.get("stopped_early"):  # stopped by a signal before its last iteration: not a result
+        continue
     cells[(float(lr), int(k), float(l2), guard)].append(
         dict(seed=int(seed), diverged=rc != 0, rollbacks=s.get("rollbacks", 0), acc=s.get("test_accuracy")))
 lines = [f"# Stability matrix: quickstart model, {iterations} iterations per run", "",
