@@ -32,6 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# The residual block is the one of tools/official_wrn.py (the official layout): one definition.
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tools"))
+from official_wrn import Block  # noqa: E402
+
 # Image shape and classes of each dataset `jem` knows (bench.hpp: dataset_shape).
 DATASETS = {
     "fashion-mnist": (1, 28, 10),
@@ -112,24 +116,6 @@ def parse_args(argv):
     if (cfg["depth"] - 4) % 6 or cfg["depth"] < 10:
         p.error(f"depth {cfg['depth']} is not 6n+4")
     return args, cfg
-
-
-class Block(nn.Module):
-    """out = conv2(lrelu(conv1(lrelu(x)))) + shortcut(x); the stride sits in conv2."""
-
-    def __init__(self, in_planes, planes, stride, slope):
-        super().__init__()
-        self.slope = slope
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=True)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=True))
-
-    def forward(self, x):
-        out = self.conv1(F.leaky_relu(x, self.slope))
-        out = self.conv2(F.leaky_relu(out, self.slope))
-        return out + self.shortcut(x)
 
 
 class WideResNet(nn.Module):
