@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "jem/checkpoint.hpp"
+#include "jem/data_pipeline.hpp"
+#include "jem/evaluate.hpp"
 #include "jem/optimizer.hpp"
 #include "jem/safetensors.hpp"
 #include "jem/sampler.hpp"
@@ -114,15 +116,18 @@ TEST_F(Trainer, LearnsAndWritesTheRunDirectory) {
 }
 
 // N + M iterations straight equal N iterations, a checkpoint, a resume and M more, bit for bit.
+// With the parameters' moving average on, so that it is checkpointed and compared too.
 TEST_F(Trainer, ResumeIsBitExact) {
   TrainConfig straight = tiny_config(data_, root_ + "/straight");
   straight.max_iters = 24;
+  straight.ema = 0.95;
   TrainOptions o;
   o.quiet = true;
   train(*be_, straight, o);
 
   TrainConfig part = tiny_config(data_, root_ + "/parts");
   part.max_iters = 14;  // not a multiple of ckpt_every: the final checkpoint is the resume point
+  part.ema = 0.95;
   train(*be_, part, o);
   part.max_iters = 24;
   TrainOptions ro = o;
@@ -130,13 +135,40 @@ TEST_F(Trainer, ResumeIsBitExact) {
   const TrainResult r = train(*be_, part, ro);
   EXPECT_EQ(r.iterations, 24);
 
-  const auto a = params_of(straight.out + "/checkpoints/" + checkpoint_name(24));
-  const auto b = params_of(part.out + "/checkpoints/" + checkpoint_name(24));
+  const std::string last = "/checkpoints/" + checkpoint_name(24);
+  ASSERT_TRUE(safetensors::File::read(part.out + last).contains("optim.ema"));
+  const auto a = params_of(straight.out + last);
+  const auto b = params_of(part.out + last);
   ASSERT_EQ(a.size(), b.size());
   ASSERT_GT(a.size(), 0u);
   std::size_t differing = 0;
   for (std::size_t i = 0; i < a.size(); ++i) differing += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
   EXPECT_EQ(differing, 0u) << "parameters, optimizer state and replay buffer must match bit for bit";
+}
+
+// With `ema`, the run's validation and test accuracies are those of the moving average, which
+// the final checkpoint holds; the raw parameters' validation accuracy is logged beside them.
+TEST_F(Trainer, EvaluationUsesTheMovingAverage) {
+  TrainConfig c = tiny_config(data_, root_ + "/run");
+  c.max_iters = 20;
+  c.ema = 0.9;
+  TrainOptions o;
+  o.quiet = true;
+  const TrainResult r = train(*be_, c, o);
+  const auto f = safetensors::File::read(c.out + "/checkpoints/" + checkpoint_name(20));
+  const WrnConfig mc = checkpoint_model_config(c.out + "/checkpoints/" + checkpoint_name(20));
+  WideResNet model(mc, *be_, 64);
+  const DataSplits d = load_splits(c.dataset, c.data_dir, c.n_valid, c.seed);
+  ASSERT_TRUE(load_model_weights(f, model, "ema"));
+  const EvalResult avg = evaluate(model, d.test, float(c.sigma), c.seed);
+  EXPECT_EQ(avg.accuracy, r.test_accuracy);
+  ASSERT_FALSE(load_model_weights(f, model, "raw"));
+  const EvalResult raw = evaluate(model, d.valid, float(c.sigma), c.seed);
+  const auto lines = read_lines(c.out + "/metrics.jsonl");
+  ASSERT_FALSE(lines.empty());
+  const std::string& final_eval = lines.back();
+  EXPECT_NE(final_eval.find("\"weights\":\"ema\""), std::string::npos) << final_eval;
+  EXPECT_NEAR(json_number(final_eval, "valid_acc_raw"), raw.accuracy, 1e-6) << final_eval;  // printed with %.6g
 }
 
 TEST_F(Trainer, CheckpointRoundTripIsBitExact) {

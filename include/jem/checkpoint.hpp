@@ -2,7 +2,7 @@
 // where it stopped. Written atomically (temp file, fsync, rename: see safetensors::Writer).
 //
 //   parameters      under the official JEM names (f.conv1.weight, ..., class_output.bias)
-//   optim.m/v/steps optimizer state
+//   optim.m/v/steps optimizer state (optim.ema: the parameters' moving average, when on)
 //   replay_buffer   [S, C, H, W] (the official checkpoints' name): every rank's shard
 //   metadata        format, iteration, lr_factor, retries, sampler_seed, the resolved config
 //
@@ -57,6 +57,11 @@ TrainState load_checkpoint(const safetensors::File& file, WideResNet& model, Opt
                            ReplayBuffer& buffer);
 TrainState load_checkpoint(const safetensors::File& file, WideResNet& model, Optimizer& optimizer,
                            ReplayBuffer& buffer, const BufferShard& shard);
+
+// The weights `jem eval` and `jem sample` use: "raw" the parameters, "ema" the moving average a
+// run with `ema` > 0 saved ("optim.ema"; an error naming the file when it has none), "auto" the
+// average when there is one. Returns whether the average was loaded.
+bool load_model_weights(const safetensors::File& file, WideResNet& model, const std::string& which);
 
 // The architecture stored in a checkpoint's metadata (depth, width, channels, image_size,
 // n_classes, slope): enough to build the model without the data set.

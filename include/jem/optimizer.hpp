@@ -26,6 +26,12 @@ struct OptimizerConfig {
   // it: the last stretch at a small lr is where a time-limited run's accuracy is made.
   bool cosine = false;
   std::int64_t total_iters = 0;  // the run's length, for cosine
+  // Exponential moving average of the parameters (0 = off): after each step
+  //   ema = d * ema + (1 - d) * params,  d = min(ema, (1 + t) / (10 + t)),  t = steps taken,
+  // started from the parameters after the first step. The ramp keeps the average of a short run
+  // to its last ~t/9 steps instead of its random start. Evaluation uses the average: with a
+  // large lr the parameters jitter about a better point than any one of them.
+  float ema = 0.0f;
 };
 
 // lr at `iteration` (0-based) in `epoch` (0-based), times `factor` (the divergence guard's cut).
@@ -40,8 +46,11 @@ class Optimizer {
   // One update of params with grads at learning rate `lr`.
   void step(const Tensor& params, const Tensor& grads, float lr);
   std::int64_t steps_taken() const { return steps_; }
+  // The parameters' moving average [num_params], or nullptr when off or before the first step.
+  const Tensor* ema() const { return ema_started_ ? &ema_ : nullptr; }
 
-  // Checkpointing under "optim.*" names.
+  // Checkpointing under "optim.*" names; the average as "optim.ema" (absent when off or not yet
+  // started; a run that turns it on when resumed starts it at its next step).
   void save(safetensors::Writer& w) const;
   void load(const safetensors::File& f);
   void reset();
@@ -50,7 +59,10 @@ class Optimizer {
   Backend& backend_;
   OptimizerConfig config_;
   Tensor m_, v_;  // SGD uses m_ as its momentum buffer
+  Tensor ema_;    // [num_params] when config.ema > 0
+  bool ema_started_ = false;
   std::int64_t steps_ = 0;
+  void update_ema(const Tensor& params);
 };
 
 }  // namespace jem

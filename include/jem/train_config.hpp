@@ -61,6 +61,7 @@ struct TrainConfig {
   std::vector<int> decay_epochs{160, 180};  // lr *= decay_rate at each of these epochs
   double decay_rate = 0.3;
   std::string lr_schedule = "step";         // step (decay_epochs) | cosine (to 0 at the last iteration)
+  double ema = 0.0;  // decay of the parameters' moving average, which evaluation uses (0 = off)
 
   // schedule (every *_every and keep_ckpts is >= 1 after validate)
   int epochs = 200;

@@ -19,7 +19,7 @@ namespace jem::cli {
 
 namespace {
 struct SampleArgs {
-  std::string checkpoint, out, from = "fresh", device = "auto";
+  std::string checkpoint, out, from = "fresh", device = "auto", weights = "auto";
   int n = 64, steps = -1, rounds = 1, threads = 0;
   bool conditional = false;
   std::uint64_t seed = 1;
@@ -38,6 +38,10 @@ void register_sample(CLI::App& app) {
   cmd->add_option("--rounds", a->rounds, "Rounds of steps (fresh chains need many)")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_flag("--conditional", a->conditional, "Class-conditional chains, E(x, y) = -logits[y]");
   cmd->add_option("--seed", a->seed, "Seed of the chains' noise")->capture_default_str();
+  cmd->add_option("--weights", a->weights,
+                  "auto (the moving average of the parameters when the checkpoint has one), ema or raw")
+      ->check(CLI::IsMember({"auto", "ema", "raw"}))
+      ->capture_default_str();
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
   cmd->callback([a] {
@@ -47,7 +51,7 @@ void register_sample(CLI::App& app) {
     const int chunk = std::min(a->n, 64);
     WideResNet model(mc, *backend, chunk);
     const auto file = safetensors::File::read(a->checkpoint);
-    model.load(file);
+    load_model_weights(file, model, a->weights);
     SamplerConfig sc;
     sc.step_size = float(cfg.sgld_lr);
     sc.noise_std = float(cfg.sgld_std);

@@ -50,6 +50,10 @@ void add_eval_options(CLI::App* cmd, EvalArgs& a) {
       ->capture_default_str();
   cmd->add_option("--dataset", a.dataset, "Evaluate on this data set instead of the checkpoint's (same image shape)");
   cmd->add_option("--data_dir", a.data_dir, "Override the data directory of the checkpoint's config");
+  cmd->add_option("--weights", a.weights,
+                  "auto (the moving average of the parameters when the checkpoint has one), ema or raw")
+      ->check(CLI::IsMember({"auto", "ema", "raw"}))
+      ->capture_default_str();
   cmd->add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--batch", a.batch, "Images per batch")->check(CLI::PositiveNumber)->capture_default_str();
@@ -135,7 +139,7 @@ void run_eval_modes(EvalArgs& a, const std::vector<std::string>& modes, SuiteRes
   const auto file = safetensors::File::read(a.checkpoint);
   auto backend = make_backend(a.device, a.threads);
   WideResNet model(mc, *backend, a.batch);
-  model.load(file);
+  const bool average = load_model_weights(file, model, a.weights);
   std::vector<float> buffer;
   if (file.contains("replay_buffer")) {
     const auto& info = file.info("replay_buffer");
@@ -159,7 +163,8 @@ void run_eval_modes(EvalArgs& a, const std::vector<std::string>& modes, SuiteRes
   res.checkpoint = a.checkpoint;
   res.split = a.split;
   EvalSuite suite(model, cfg, d, std::move(buffer), a.opt, res);
-  std::fprintf(stderr, "eval: %s on %s %s (%lld images), %s\n", mc.str().c_str(), cfg.dataset.c_str(), a.split.c_str(),
+  std::fprintf(stderr, "eval: %s%s on %s %s (%lld images), %s\n", mc.str().c_str(),
+               average ? " (moving average of the parameters)" : "", cfg.dataset.c_str(), a.split.c_str(),
                static_cast<long long>(res.images), backend->name().c_str());
   for (const std::string& mode : modes) {
     suite.run(mode);

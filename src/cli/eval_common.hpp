@@ -11,7 +11,7 @@
 namespace jem::cli {
 
 struct EvalArgs {
-  std::string checkpoint, split = "test", device = "auto", data_dir, dataset, out;
+  std::string checkpoint, split = "test", device = "auto", data_dir, dataset, out, weights = "auto";
   int threads = 0, batch = 256;
   std::vector<std::string> eps_linf, eps_l2;  // as typed: "0.031" or "8/255"
   EvalOptions opt;

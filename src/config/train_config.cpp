@@ -68,6 +68,8 @@ void visit_keys(C& c, F&& f) {
   f("optimizer", "decay_rate", c.decay_rate, "lr factor at each of decay_epochs");
   f("optimizer", "lr_schedule", c.lr_schedule,
     "step (x decay_rate at decay_epochs) or cosine (after warmup, from lr to 0 at the last iteration)");
+  f("optimizer", "ema", c.ema,
+    "Decay of the parameters' exponential moving average, used for evaluation (0 = off; e.g. 0.999)");
 
   f("schedule", "epochs", c.epochs, "Training epochs");
   f("schedule", "max_iters", c.max_iters, "Stop after this many iterations (0 = run all epochs)");
@@ -262,6 +264,7 @@ void validate(const TrainConfig& cfg, int n_classes) {
   JEM_CONFIG_CHECK(cfg.eps > 0, eps, "must be > 0");
   JEM_CONFIG_CHECK(cfg.weight_decay >= 0, weight_decay, "must be >= 0");
   JEM_CONFIG_CHECK(cfg.momentum >= 0 && cfg.momentum < 1, momentum, "must be in [0, 1)");
+  JEM_CONFIG_CHECK(cfg.ema >= 0 && cfg.ema < 1, ema, "must be in [0, 1) (0 = off)");
   JEM_CONFIG_CHECK(cfg.warmup_iters >= 0, warmup_iters, "must be >= 0");
   // CLI11 2.1.2 cannot read an empty list (from a flag or the file), so none is allowed here.
   JEM_CONFIG_CHECK(!cfg.decay_epochs.empty(), decay_epochs, "must list at least one epoch (decay_rate = 1.0 keeps lr constant)");

@@ -107,6 +107,18 @@ TrainState load_checkpoint(const safetensors::File& f, WideResNet& model, Optimi
   return s;
 }
 
+bool load_model_weights(const safetensors::File& f, WideResNet& model, const std::string& which) {
+  JEM_CHECK(which == "auto" || which == "ema" || which == "raw", "weights '", which, "': expected auto, ema or raw");
+  model.load(f);
+  const bool has = f.contains("optim.ema");
+  JEM_CHECK(has || which != "ema", f.path(), ": no moving average of the parameters (tensor 'optim.ema'; train with ",
+            "ema > 0), use --weights raw");
+  if (!has || which == "raw") return false;
+  const Tensor& p = model.param_buffer();
+  model.backend().upload(f.f32_checked("optim.ema", {p.numel()}).data(), p);
+  return true;
+}
+
 WrnConfig checkpoint_model_config(const std::string& path) {
   return checkpoint_model_config(safetensors::File::read(path));
 }

@@ -30,20 +30,37 @@ Optimizer::Optimizer(Backend& backend, const OptimizerConfig& config, std::int64
     : backend_(backend), config_(config) {
   JEM_CHECK(config.kind == "adam" || config.kind == "adamw" || config.kind == "sgd",
             "optimizer '", config.kind, "': expected adam, adamw or sgd");
+  JEM_CHECK(config.ema >= 0.0f && config.ema < 1.0f, "optimizer: ema ", config.ema, " must be in [0, 1)");
   m_ = backend_.empty(Shape{num_params});
   if (config.kind != "sgd") v_ = backend_.empty(Shape{num_params});
+  if (config.ema > 0.0f) ema_ = backend_.empty(Shape{num_params});
 }
 
 void Optimizer::reset() {
   backend_.fill(m_, 0.0f);
   if (v_.defined()) backend_.fill(v_, 0.0f);
+  ema_started_ = false;
   steps_ = 0;
+}
+
+void Optimizer::update_ema(const Tensor& params) {
+  if (!ema_.defined()) return;
+  if (!ema_started_) {
+    backend_.copy(params, ema_);
+    ema_started_ = true;
+    return;
+  }
+  const double t = double(steps_);
+  const float d = float(std::min(double(config_.ema), (1.0 + t) / (10.0 + t)));
+  backend_.scale(ema_, d);
+  backend_.axpy(1.0f - d, params, ema_);
 }
 
 void Optimizer::step(const Tensor& params, const Tensor& grads, float lr) {
   ++steps_;
   if (config_.kind == "sgd") {
     backend_.sgd_step(params, grads, m_, lr, config_.momentum, config_.weight_decay);
+    update_ema(params);
     return;
   }
   AdamStep s;
@@ -58,6 +75,7 @@ void Optimizer::step(const Tensor& params, const Tensor& grads, float lr) {
   s.bias1 = float(1.0 - std::pow(double(config_.beta1), double(steps_)));
   s.bias2 = float(1.0 - std::pow(double(config_.beta2), double(steps_)));
   backend_.adam_step(params, grads, m_, v_, s);
+  update_ema(params);
 }
 
 void Optimizer::save(safetensors::Writer& w) const {
@@ -66,6 +84,10 @@ void Optimizer::save(safetensors::Writer& w) const {
   if (v_.defined()) {
     const auto v = backend_.to_vector(v_);
     w.add_f32("optim.v", {v_.numel()}, v.data());
+  }
+  if (ema_started_) {
+    const auto e = backend_.to_vector(ema_);
+    w.add_f32("optim.ema", {ema_.numel()}, e.data());
   }
   const std::int64_t steps = steps_;
   w.add_i64("optim.steps", {1}, &steps);
@@ -77,6 +99,11 @@ void Optimizer::load(const safetensors::File& f) {
   const auto steps = f.i64("optim.steps");
   JEM_CHECK(steps.size() == 1 && steps[0] >= 0, f.path(), ": tensor 'optim.steps' is invalid");
   steps_ = steps[0];
+  ema_started_ = false;
+  if (ema_.defined() && f.contains("optim.ema")) {
+    backend_.upload(f.f32_checked("optim.ema", {ema_.numel()}).data(), ema_);
+    ema_started_ = true;
+  }
 }
 
 }  // namespace jem

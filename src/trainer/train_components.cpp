@@ -44,6 +44,7 @@ OptimizerConfig optimizer_config(const TrainConfig &c) {
   o.warmup_iters = c.warmup_iters;
   o.decay_epochs = c.decay_epochs;
   o.decay_rate = float(c.decay_rate);
+  o.ema = float(c.ema);
   o.cosine = c.lr_schedule == "cosine";  // total_iters: set by whoever knows the run's length
   return o;
 }

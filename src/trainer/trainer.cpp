@@ -93,6 +93,7 @@ struct Run {
   std::int64_t total_iters = 0;
   int bpe = 0;  // batches per epoch
   std::vector<float> sample_host;
+  Tensor raw_params;  // [num_params], with a moving average: the parameters while it is evaluated
 };
 
 // A run exists once it has a completed checkpoint (every run writes one before its first
@@ -154,6 +155,7 @@ void setup(Run& r) {
   if (c.max_iters > 0) r.total_iters = std::min<std::int64_t>(r.total_iters, c.max_iters);
   r.ocfg.total_iters = r.total_iters;
   r.optimizer = std::make_unique<Optimizer>(*r.backend, r.ocfg, r.model->num_params());
+  if (r.ocfg.ema > 0.0f) r.raw_params = r.backend->empty(Shape{r.model->num_params()});
   r.sample_host.resize(std::size_t(std::max(Bl, Bpl)) * r.data_stream->image_size());
   if (r.distributed) {
     const std::size_t row = r.data_stream->image_size();
@@ -291,10 +293,44 @@ std::unique_ptr<Prefetcher> make_prefetcher(const Run& r, std::int64_t first_ite
   return std::make_unique<Prefetcher>(fill, proto, std::uint64_t(first_iteration));
 }
 
+// While alive, the model holds the optimizer's moving average of the parameters (when there is
+// one); the parameters themselves wait in raw_params.
+class EmaWeights {
+ public:
+  explicit EmaWeights(Run& r) : r_(r) {
+    const Tensor* ema = r.optimizer->ema();
+    if (!ema) return;
+    r.backend->copy(r.model->param_buffer(), r.raw_params);
+    r.backend->copy(*ema, r.model->param_buffer());
+    active_ = true;
+  }
+  ~EmaWeights() {
+    if (active_) r_.backend->copy(r_.raw_params, r_.model->param_buffer());
+  }
+  EmaWeights(const EmaWeights&) = delete;
+  EmaWeights& operator=(const EmaWeights&) = delete;
+  bool active() const { return active_; }
+
+ private:
+  Run& r_;
+  bool active_ = false;
+};
+
 void log_eval(Run& r, int epoch, TrainResult& res, bool final_eval) {
   std::ostringstream js, line;
   js << "{\"event\":\"eval\",\"iteration\":" << r.state.iteration << ",\"epoch\":" << epoch;
   line << (final_eval ? "final" : "eval") << " epoch " << epoch << " iter " << r.state.iteration;
+  if (r.optimizer->ema() && r.data.valid.count > 0) {
+    // The raw parameters' validation accuracy too, to show what the average gains.
+    const EvalResult v = eval_split(r, r.data.valid);
+    js << ",\"valid_acc_raw\":" << num(v.accuracy);
+    line << ": raw weights valid acc " << fmt("%.4f", v.accuracy) << ";";
+  }
+  const EmaWeights weights(r);
+  if (weights.active()) {
+    js << ",\"weights\":\"ema\"";
+    line << " moving average";
+  }
   if (r.data.valid.count > 0) {
     const EvalResult v = eval_split(r, r.data.valid);
     res.valid_accuracy = v.accuracy;
