@@ -1,6 +1,7 @@
-// Every backend op on the shapes of two models, on the CPU and (when one is
+// Every backend op on the shapes of three models, on the CPU and (when one is
 // usable) the GPU:
 //   wrn28x10  WRN-28-10 on 3x32x32 (the JEM paper's model)
+//   wrn28x2   WRN-28-2 on 3x32x32 (the CPU comparison with PyTorch, issue #7)
 //   wrn10x1   WRN-10-1 on 1x28x28 (the quickstart, configs/fashion-mnist.toml)
 // at batch 64 (one SGLD step's chains; the training step runs 2-3x as many
 // rows).
@@ -47,6 +48,7 @@ struct Model {
   jem::WrnConfig cfg;
 };
 const Model kModels[] = {{"wrn28x10", {28, 10, 3, 32, 10}},
+                         {"wrn28x2", {28, 2, 3, 32, 10}},
                          {"wrn10x1", {10, 1, 1, 28, 10}}};
 
 struct Device {

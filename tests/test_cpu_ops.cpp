@@ -346,7 +346,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{1, 8, 28, 8, 3, 1, 1},    // the quickstart's first image size
                       ConvCase{2, 5, 9, 9, 3, 1, 1},
                       ConvCase{3, 4, 14, 1, 3, 1, 1},    // K = 1: the image gradient's shape
-                      ConvCase{1, 2, 16, 8, 3, 1, 1}),   // W a multiple of 8
+                      ConvCase{1, 2, 16, 8, 3, 1, 1},    // W a multiple of 8
+                      // The direct weight gradient (W >= 16): partial vectors and channel blocks.
+                      ConvCase{2, 3, 17, 6, 3, 1, 1}),
     ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col)),
     [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
       return conv_tag(std::get<0>(info.param)) +

@@ -117,19 +117,24 @@ template <int TB>
   }
 }
 
-[[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
-                                                      const float* wp, const float* b,
-                                                      float* xpad, float* y) {
-  const PaddedGeom pg(g);
+// Zero-padded copy of one image [C][Hp][Wp]: one pass over C*Hp*Wp floats, against 9*K
+// multiply-adds per input pixel in the convolution.
+void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* xpad) {
   const std::int64_t xc_stride = pg.channel();
-  // Zero-padded copy of the image: one pass over C*Hp*Wp floats, against 9*K multiply-adds
-  // per input pixel in the convolution.
   std::fill_n(xpad, static_cast<std::size_t>(g.C) * static_cast<std::size_t>(xc_stride), 0.0f);
   for (int c = 0; c < g.C; ++c)
     for (int h = 0; h < g.H; ++h)
       std::memcpy(xpad + c * xc_stride + static_cast<std::int64_t>(h + 1) * pg.Wp + 1,
                   x + (static_cast<std::int64_t>(c) * g.H + h) * g.W,
                   sizeof(float) * static_cast<std::size_t>(g.W));
+}
+
+[[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
+                                                      const float* wp, const float* b,
+                                                      float* xpad, float* y) {
+  const PaddedGeom pg(g);
+  const std::int64_t xc_stride = pg.channel();
+  pad_image(g, pg, x, xpad);
 
   // Output vectors in row-major order, taken kTB at a time (the last block may hold fewer).
   const int P = g.H, Q = g.W;
@@ -160,6 +165,73 @@ template <int TB>
   }
 }
 
+[[gnu::target("avx2,fma")]] inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// acc[j][s] += dy_j (8 pixels) * x (the 8 pixels shifted by tap s), for j < 4 and s < 3: 12
+// accumulators, 3 x vectors and one dy vector at a time fill the 16 AVX registers exactly.
+template <bool kMasked>
+[[gnu::target("avx2,fma"), gnu::always_inline]] inline void filter_taps(const float* const* dyk, std::int64_t at,
+                                                                        const float* xr, __m256i mask,
+                                                                        __m256 (&acc)[kKB][3]) {
+  __m256 xv[3];
+#pragma GCC unroll 3
+  for (int s = 0; s < 3; ++s) xv[s] = _mm256_loadu_ps(xr + s);
+#pragma GCC unroll 4
+  for (int j = 0; j < kKB; ++j) {
+    const __m256 d = kMasked ? _mm256_maskload_ps(dyk[j] + at, mask) : _mm256_loadu_ps(dyk[j] + at);
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s) acc[j][s] = _mm256_fmadd_ps(d, xv[s], acc[j][s]);
+  }
+}
+
+[[gnu::target("avx2,fma")]] void direct3x3_filter_grad_avx2(const ConvGeom& g, const float* x,
+                                                            const float* dy, float* xpad, float* dw) {
+  const PaddedGeom pg(g);
+  const std::int64_t xc_stride = pg.channel();
+  pad_image(g, pg, x, xpad);
+  const int P = g.H, Q = g.W;
+  const std::int64_t yk_stride = static_cast<std::int64_t>(P) * Q;
+  const int full = Q / kV, tail = Q - full * kV;  // per row: full output vectors, then a partial one
+  alignas(32) static constexpr std::int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                         0,  0,  0,  0,  0,  0,  0,  0};
+  const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - tail));
+  for (int k0 = 0; k0 < g.K; k0 += kKB) {
+    const int kvalid = std::min(kKB, g.K - k0);
+    // Rows past K repeat channel k0: their sums are computed and dropped, which keeps the
+    // register block's trip counts fixed.
+    const float* dyk[kKB];
+    for (int j = 0; j < kKB; ++j) dyk[j] = dy + (k0 + (j < kvalid ? j : 0)) * yk_stride;
+    for (int c = 0; c < g.C; ++c) {
+      const float* xc = xpad + c * xc_stride;
+      for (int r = 0; r < 3; ++r) {
+        __m256 acc[kKB][3];
+#pragma GCC unroll 4
+        for (int j = 0; j < kKB; ++j)
+#pragma GCC unroll 3
+          for (int s = 0; s < 3; ++s) acc[j][s] = _mm256_setzero_ps();
+        for (int p = 0; p < P; ++p) {
+          const float* xr = xc + static_cast<std::int64_t>(p + r) * pg.Wp;  // padded row p + r
+          const std::int64_t row = static_cast<std::int64_t>(p) * Q;
+          for (int v = 0; v < full; ++v) filter_taps<false>(dyk, row + v * kV, xr + v * kV, mask, acc);
+          // The partial vector: dy's lanes past Q load as 0, so x's lanes there add nothing.
+          if (tail > 0) filter_taps<true>(dyk, row + full * kV, xr + full * kV, mask, acc);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < kKB; ++j) {
+          if (j >= kvalid) break;
+          float* d = dw + ((static_cast<std::int64_t>(k0 + j) * g.C + c) * 3 + r) * 3;
+#pragma GCC unroll 3
+          for (int s = 0; s < 3; ++s) d[s] += hsum(acc[j][s]);
+        }
+      }
+    }
+  }
+}
+
 bool cpu_has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
@@ -176,11 +248,19 @@ void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const f
   direct3x3_image_avx2(g, x, wp, b, scratch, y);
 }
 
+void direct3x3_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch,
+                                 float* dw) {
+  direct3x3_filter_grad_avx2(g, x, dy, scratch, dw);
+}
+
 #else  // no AVX2 build: the im2col path handles every convolution
 
 bool direct3x3_applies(const ConvGeom&) { return false; }
 void direct3x3_image(const ConvGeom&, const float*, const float*, const float*, float*, float*) {
   JEM_FAIL("direct3x3_image: not built for this architecture (direct3x3_applies is false)");
+}
+void direct3x3_filter_grad_image(const ConvGeom&, const float*, const float*, float*, float*) {
+  JEM_FAIL("direct3x3_filter_grad_image: not built for this architecture (direct3x3_applies is false)");
 }
 
 #endif

@@ -35,4 +35,13 @@ std::size_t direct3x3_scratch_size(const ConvGeom& g);
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,
                      float* scratch, float* y);
 
+// The weight gradient of one image, added: dw[K, C, 3, 3] += sum_{p,q} dy[k, p, q] *
+// x[c, p + r - 1, q + s - 1]. Same padded copy of x as the forward pass (scratch:
+// direct3x3_scratch_size(g) floats); for a block of 4 output channels, one input channel and
+// one kernel row it keeps the 4 x 3 tap sums in registers over the whole image, so nothing but
+// x and dy is read and nothing but dw is written: no im2col copy (9x the input) and no GEMM.
+// (conv2d.cpp uses it for images at least 16 pixels wide; see there.)
+void direct3x3_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch,
+                                 float* dw);
+
 }  // namespace jem::cpu
