@@ -1,6 +1,6 @@
 // CPU convolutions: im2col lowering + OpenBLAS sgemm, one image per OpenMP thread at a time;
-// 3x3 stride-1 convolutions (forward, data and weight gradients) by the direct AVX2 kernels of
-// conv3x3_direct.hpp where the CPU has them.
+// by the direct AVX2 kernels of conv3x3_direct.hpp where the CPU has them: 3x3 pad-1 forward
+// (stride 1 and 2), and stride-1 data and weight gradients.
 //
 // Per image n, with CRR = C*R*S (the kernel is R rows by S columns) and PQ = P*Q:
 //   forward          y_n[K, PQ]   = w[K, CRR] * col_n[CRR, PQ] + b
@@ -219,7 +219,7 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
   // images (a masked partial vector per row, short rows) the GEMM wins. Measured at 1 thread,
   // batch 64 (bench_ops conv_bwd_filter): W >= 16 direct 1.1-2x faster (WRN-28-2 32x32 and
   // 16x16, WRN-10-1 28x28); W = 14 (32->64) and W = 8 (128->128) the GEMM 5-13% faster.
-  const bool direct = use_direct3x3(g) && g.W >= 16;
+  const bool direct = use_direct3x3(g) && g.stride == 1 && g.W >= 16;
   std::vector<float*> partial(static_cast<std::size_t>(T));
   // OpenMP may grant fewer threads than asked (nested regions, thread limits): only the threads
   // that exist own a partial sum, and only theirs are reduced.

@@ -25,13 +25,26 @@ constexpr int kV = 8;   // floats per AVX register: one output vector is 8 adjac
 // 3 vectors (12 accumulators) GCC runs out of the 16 AVX registers and spills on every tap.
 constexpr int kTB = 2;
 
-// Layout of the padded input of one image: [C][Hp][Wp], Hp = H + 2, Wp = 8*ceil(W/8) + 2.
-// Padded pixel (i, j) is input pixel (i - 1, j - 1); everything outside the image is zero, and
-// the right margin is wide enough for the last (partial) output vector's 8 + 2 reads.
+// Layout of the padded input of one image: [C][Hp][Wp]. Padded pixel (i, j) is input pixel
+// (i - 1, j - 1); everything outside the image is zero.
+//   stride 1: Hp = H + 2, Wp = 8*nq + 2, wide enough for the last (partial) output vector's
+//             8 + 2 reads.
+//   stride 2: each padded row is stored split by column parity, [even columns | odd columns],
+//             each half Wh = 8*nq + 1 wide, so that 8 adjacent outputs read 8 ADJACENT floats
+//             for every tap: column 2q + s is even[q] (s = 0), odd[q] (s = 1), even[q + 1] (s = 2).
 struct PaddedGeom {
-  int Hp, Wp, nq;  // nq: output vectors per row
-  explicit PaddedGeom(const ConvGeom& g)
-      : Hp(g.H + 2), Wp((g.W + kV - 1) / kV * kV + 2), nq((g.W + kV - 1) / kV) {}
+  int Hp, Wp, nq, Wh;  // nq: output vectors per output row; Wh: half-row width (stride 2)
+  explicit PaddedGeom(const ConvGeom& g) : nq((g.Q() + kV - 1) / kV) {
+    if (g.stride == 1) {
+      Hp = g.H + 2;
+      Wp = nq * kV + 2;
+      Wh = 0;
+    } else {
+      Hp = std::max(g.H + 2, 2 * g.P() + 1);
+      Wh = nq * kV + 1;
+      Wp = 2 * Wh;
+    }
+  }
   std::int64_t channel() const { return static_cast<std::int64_t>(Hp) * Wp; }
 };
 
@@ -65,9 +78,9 @@ namespace {
 // One register block: 4 output channels x TB output vectors.
 //   xoff[t]: offset in the padded image of output vector t's top-left tap
 //   yoff[t]: offset of output vector t in one output channel; qn[t]: its valid pixels (1..8)
-template <int TB>
+template <int TB, bool kStride2>
 [[gnu::target("avx2,fma"), gnu::always_inline]] inline void block(
-    const float* xpad, std::int64_t xc_stride, int Wp, int C, const float* wk, const float* bias,
+    const float* xpad, std::int64_t xc_stride, int Wp, int Wh, int C, const float* wk, const float* bias,
     int kvalid, float* y, std::int64_t yk_stride, const std::int64_t* xoff,
     const std::int64_t* yoff, const int* qn) {
   __m256 acc[TB][kKB];
@@ -86,8 +99,10 @@ template <int TB>
       for (int s = 0; s < 3; ++s) {
         const float* wt = wc + (r * 3 + s) * kKB;
         __m256 xv[TB];
+        // Tap (r, s) of output vector t: s is a constant after unrolling, so is this choice.
+        const std::int64_t tap = r * Wp + (kStride2 ? (s == 1 ? Wh : s == 2 ? 1 : 0) : s);
 #pragma GCC unroll 3
-        for (int t = 0; t < TB; ++t) xv[t] = _mm256_loadu_ps(xc + xoff[t] + r * Wp + s);
+        for (int t = 0; t < TB; ++t) xv[t] = _mm256_loadu_ps(xc + xoff[t] + tap);
 #pragma GCC unroll 4
         for (int j = 0; j < kKB; ++j) {
           const __m256 wv = _mm256_broadcast_ss(wt + j);
@@ -117,16 +132,23 @@ template <int TB>
   }
 }
 
-// Zero-padded copy of one image [C][Hp][Wp]: one pass over C*Hp*Wp floats, against 9*K
-// multiply-adds per input pixel in the convolution.
+// Zero-padded copy of one image [C][Hp][Wp] (see PaddedGeom): one pass over C*Hp*Wp floats,
+// against 9*K multiply-adds per input pixel in the convolution.
 void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* xpad) {
   const std::int64_t xc_stride = pg.channel();
   std::fill_n(xpad, static_cast<std::size_t>(g.C) * static_cast<std::size_t>(xc_stride), 0.0f);
   for (int c = 0; c < g.C; ++c)
-    for (int h = 0; h < g.H; ++h)
-      std::memcpy(xpad + c * xc_stride + static_cast<std::int64_t>(h + 1) * pg.Wp + 1,
-                  x + (static_cast<std::int64_t>(c) * g.H + h) * g.W,
-                  sizeof(float) * static_cast<std::size_t>(g.W));
+    for (int h = 0; h < g.H; ++h) {
+      const float* src = x + (static_cast<std::int64_t>(c) * g.H + h) * g.W;
+      float* row = xpad + c * xc_stride + static_cast<std::int64_t>(h + 1) * pg.Wp;
+      if (g.stride == 1) {
+        std::memcpy(row + 1, src, sizeof(float) * static_cast<std::size_t>(g.W));
+      } else {
+        // Padded column j = w + 1: odd half for even w, even half (at j / 2) for odd w.
+        for (int w = 0; w < g.W; w += 2) row[pg.Wh + w / 2] = src[w];
+        for (int w = 1; w < g.W; w += 2) row[(w + 1) / 2] = src[w];
+      }
+    }
 }
 
 [[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
@@ -137,7 +159,8 @@ void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* x
   pad_image(g, pg, x, xpad);
 
   // Output vectors in row-major order, taken kTB at a time (the last block may hold fewer).
-  const int P = g.H, Q = g.W;
+  const int P = g.P(), Q = g.Q();
+  const bool s2 = g.stride == 2;
   const int tiles = P * pg.nq;
   const std::int64_t yk_stride = static_cast<std::int64_t>(P) * Q;
   const int KB = (g.K + kKB - 1) / kKB;
@@ -147,7 +170,7 @@ void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* x
     int qn[kTB] = {};
     for (int t = 0; t < tb; ++t) {
       const int p = (t0 + t) / pg.nq, q = (t0 + t) % pg.nq * kV;
-      xoff[t] = static_cast<std::int64_t>(p) * pg.Wp + q;
+      xoff[t] = static_cast<std::int64_t>(s2 ? 2 * p : p) * pg.Wp + q;
       yoff[t] = static_cast<std::int64_t>(p) * Q + q;
       qn[t] = std::min(kV, Q - q);
     }
@@ -157,10 +180,14 @@ void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* x
       const float* wk = wp + static_cast<std::int64_t>(kb) * g.C * 9 * kKB;
       const float* bk = b != nullptr ? b + k0 : nullptr;
       float* yk = y + k0 * yk_stride;
-      if (tb == kTB)
-        block<kTB>(xpad, xc_stride, pg.Wp, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+      if (s2 && tb == kTB)
+        block<kTB, true>(xpad, xc_stride, pg.Wp, pg.Wh, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+      else if (s2)
+        block<1, true>(xpad, xc_stride, pg.Wp, pg.Wh, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+      else if (tb == kTB)
+        block<kTB, false>(xpad, xc_stride, pg.Wp, 0, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
       else
-        block<1>(xpad, xc_stride, pg.Wp, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+        block<1, false>(xpad, xc_stride, pg.Wp, 0, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
     }
   }
 }
@@ -240,7 +267,8 @@ bool cpu_has_avx2_fma() {
 }  // namespace
 
 bool direct3x3_applies(const ConvGeom& g) {
-  return g.R == 3 && g.S == 3 && g.stride == 1 && g.pad_h == 1 && g.pad_w == 1 && cpu_has_avx2_fma();
+  return g.R == 3 && g.S == 3 && (g.stride == 1 || g.stride == 2) && g.pad_h == 1 && g.pad_w == 1 &&
+         cpu_has_avx2_fma();
 }
 
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,

@@ -1,4 +1,4 @@
-// A direct 3x3, stride-1, pad-1 convolution for CPUs with AVX2 + FMA.
+// A direct 3x3, pad-1 convolution (stride 1 or 2) for CPUs with AVX2 + FMA.
 //
 // Why: the Wide-ResNets JEM uses at small widths (the quickstart's WRN-10-1 has 16-64 channels)
 // lower each image to GEMMs of K = 16..64 rows, where im2col (a 9x copy of the input) and
@@ -20,7 +20,9 @@
 
 namespace jem::cpu {
 
-// True when g is a 3x3, stride-1, pad-1 convolution and this CPU has AVX2 and FMA.
+// True when g is a 3x3, pad-1 convolution of stride 1 or 2 and this CPU has AVX2 and FMA.
+// Stride 2 stores the padded image split by column parity, so that its taps read adjacent
+// floats too (see PaddedGeom in the .cpp).
 bool direct3x3_applies(const ConvGeom& g);
 
 // Floats of packed weights for g: ceil(K/4) * C * 9 * 4.
@@ -30,7 +32,7 @@ void direct3x3_pack_weights(const ConvGeom& g, const float* w, float* wp);
 
 // Floats of per-thread scratch for one image (the zero-padded input).
 std::size_t direct3x3_scratch_size(const ConvGeom& g);
-// One image: y[K, H, W] = conv3x3(x[C, H, W], w) + b. `b` may be null (no bias).
+// One image: y[K, P, Q] = conv3x3(x[C, H, W], w) + b. `b` may be null (no bias).
 // wp: from direct3x3_pack_weights; scratch: direct3x3_scratch_size(g) floats.
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,
                      float* scratch, float* y);
@@ -41,6 +43,7 @@ void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const f
 // one kernel row it keeps the 4 x 3 tap sums in registers over the whole image, so nothing but
 // x and dy is read and nothing but dw is written: no im2col copy (9x the input) and no GEMM.
 // (conv2d.cpp uses it for images at least 16 pixels wide; see there.)
+// Stride 1 only.
 void direct3x3_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch,
                                  float* dw);
 
