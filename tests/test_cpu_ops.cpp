@@ -349,10 +349,13 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{1, 2, 16, 8, 3, 1, 1},    // W a multiple of 8
                       // The direct weight gradient (W >= 16): partial vectors and channel blocks.
                       ConvCase{2, 3, 17, 6, 3, 1, 1},
-                      // The direct stride-2 forward: output rows of 14 (a partial vector) and
-                      // of 9 from an odd image, a partial channel block.
+                      // The direct stride-2 forward and data gradient: output rows of 14 (a
+                      // partial vector) and of 9 from an odd image, a partial channel block.
                       ConvCase{2, 4, 28, 6, 3, 2, 1},
-                      ConvCase{1, 3, 17, 5, 3, 2, 1}),
+                      ConvCase{1, 3, 17, 5, 3, 2, 1},
+                      // Stride-2 images of 1 and 2 pixels: data-gradient phases that are empty.
+                      ConvCase{2, 3, 1, 5, 3, 2, 1},
+                      ConvCase{2, 3, 2, 4, 3, 2, 1}),
     ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col)),
     [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
       return conv_tag(std::get<0>(info.param)) +

@@ -1,6 +1,6 @@
 // CPU convolutions: im2col lowering + OpenBLAS sgemm, one image per OpenMP thread at a time;
 // by the direct AVX2 kernels of conv3x3_direct.hpp where the CPU has them: 3x3 pad-1 forward
-// (stride 1 and 2), and stride-1 data and weight gradients.
+// and data gradient (stride 1 and 2), and the stride-1 weight gradient.
 //
 // Per image n, with CRR = C*R*S (the kernel is R rows by S columns) and PQ = P*Q:
 //   forward          y_n[K, PQ]   = w[K, CRR] * col_n[CRR, PQ] + b
@@ -77,9 +77,12 @@ void col2im(const ConvGeom& g, const float* col, float* dx) {
     for (int kh = 0; kh < g.R; ++kh) {
       for (int kw = 0; kw < g.S; ++kw) {
         const float* row = col + (static_cast<std::int64_t>(c * g.R + kh) * g.S + kw) * P * Q;
-        // q such that 0 <= q*stride - pad_w + kw < W
+        // q such that 0 <= q*stride - pad_w + kw < W. The upper bound's numerator is negative
+        // when the tap lies wholly right of the image (a 1-pixel image, kw > pad_w): it needs
+        // floor division, which C++'s / (truncation) is not (found by the stride-2 1x1 case).
         const int q_begin = std::max(0, (g.pad_w - kw + g.stride - 1) / g.stride);
-        const int q_end = std::min(Q, (g.W - 1 + g.pad_w - kw) / g.stride + 1);
+        const int last = g.W - 1 + g.pad_w - kw;
+        const int q_end = std::min(Q, last < 0 ? 0 : last / g.stride + 1);
         if (q_end <= q_begin) continue;
         for (int p = 0; p < P; ++p) {
           const int ih = p * g.stride - g.pad_h + kh;
@@ -177,6 +180,16 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
   if (as_forward && use_direct3x3(tg)) {
     wp = scratch(0, kSlotPacked, direct3x3_packed_weight_size(tg));
     direct3x3_pack_weights(tg, wt, wp);
+  }
+  if (g.stride == 2 && use_direct3x3(g)) {
+    float* wq = scratch(0, kSlotPacked, direct3x3_s2_data_grad_packed_size(g));
+    direct3x3_s2_data_grad_pack(g, w, wq);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int n = 0; n < g.N; ++n)
+      direct3x3_s2_data_grad_image(g, dy + n * y_stride, wq,
+                                   scratch(omp_get_thread_num(), kSlotCol, direct3x3_s2_data_grad_scratch_size(g)),
+                                   dx + n * x_stride);
+    return;
   }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
   for (int n = 0; n < g.N; ++n) {

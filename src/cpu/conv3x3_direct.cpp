@@ -48,7 +48,59 @@ struct PaddedGeom {
   std::int64_t channel() const { return static_cast<std::int64_t>(Hp) * Wp; }
 };
 
+// The stride-2 data gradient's layout: dy padded to [K][P + 1][Wq] (a zero row and >= 1 zero
+// column past its end, for the taps at offset +1), and the packed weights of its four phases,
+// phase (a, b) with (a + 1) x (b + 1) taps: [ceil(C/4)][K][taps][4], in the order 00 01 10 11.
+struct S2PhaseGeom {
+  int P, Q, Wq, CB;
+  const ConvGeom& g;
+  explicit S2PhaseGeom(const ConvGeom& geom)
+      : P(geom.P()), Q(geom.Q()), Wq((geom.Q() + kV - 1) / kV * kV + 1), CB((geom.C + kKB - 1) / kKB), g(geom) {}
+  std::int64_t dy_channel() const { return static_cast<std::int64_t>(P + 1) * Wq; }
+  std::int64_t phase_size(int a, int b) const {
+    return static_cast<std::int64_t>(CB) * g.K * (a + 1) * (b + 1) * kKB;
+  }
+  std::int64_t phase_offset(int a, int b) const {
+    std::int64_t off = 0;
+    for (int i = 0; i < 2 * a + b; ++i) off += phase_size(i / 2, i % 2);
+    return off;
+  }
+};
+
+// Tap row (or column) of the i-th tap of phase parity a: even outputs take tap 1 (offset 0),
+// odd ones tap 2 (offset 0) and tap 0 (offset +1).
+int s2_tap(int a, int i) { return a == 0 ? 1 : (i == 0 ? 2 : 0); }
+
 }  // namespace
+
+std::size_t direct3x3_s2_data_grad_packed_size(const ConvGeom& g) {
+  const S2PhaseGeom s(g);
+  return static_cast<std::size_t>(s.phase_offset(1, 1) + s.phase_size(1, 1));
+}
+
+void direct3x3_s2_data_grad_pack(const ConvGeom& g, const float* w, float* wp) {
+  const S2PhaseGeom s(g);
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      float* out = wp + s.phase_offset(a, b);
+      const int NR = a + 1, NS = b + 1;
+      for (int cb = 0; cb < s.CB; ++cb)
+        for (int k = 0; k < g.K; ++k)
+          for (int i = 0; i < NR; ++i)
+            for (int j = 0; j < NS; ++j)
+              for (int lane = 0; lane < kKB; ++lane) {
+                const int c = cb * kKB + lane;
+                *out++ = c < g.C ? w[((static_cast<std::int64_t>(k) * g.C + c) * 3 + s2_tap(a, i)) * 3 + s2_tap(b, j)]
+                                 : 0.0f;
+              }
+    }
+}
+
+std::size_t direct3x3_s2_data_grad_scratch_size(const ConvGeom& g) {
+  const S2PhaseGeom s(g);
+  return static_cast<std::size_t>(g.K) * static_cast<std::size_t>(s.dy_channel()) +
+         static_cast<std::size_t>(g.C) * static_cast<std::size_t>((g.H + 1) / 2) * static_cast<std::size_t>((g.W + 1) / 2);
+}
 
 std::size_t direct3x3_packed_weight_size(const ConvGeom& g) {
   return static_cast<std::size_t>((g.K + kKB - 1) / kKB) * g.C * 9 * kKB;
@@ -75,10 +127,12 @@ std::size_t direct3x3_scratch_size(const ConvGeom& g) {
 
 namespace {
 
-// One register block: 4 output channels x TB output vectors.
+// One register block: 4 output channels x TB output vectors, over an NR x NS window of taps
+// (3 x 3 for the convolutions; 1 or 2 each way for the phases of a stride-2 data gradient).
 //   xoff[t]: offset in the padded image of output vector t's top-left tap
 //   yoff[t]: offset of output vector t in one output channel; qn[t]: its valid pixels (1..8)
-template <int TB, bool kStride2>
+//   wk: [C][NR * NS][4] packed weights of this block of output channels
+template <int TB, int NR, int NS, bool kStride2>
 [[gnu::target("avx2,fma"), gnu::always_inline]] inline void block(
     const float* xpad, std::int64_t xc_stride, int Wp, int Wh, int C, const float* wk, const float* bias,
     int kvalid, float* y, std::int64_t yk_stride, const std::int64_t* xoff,
@@ -92,12 +146,12 @@ template <int TB, bool kStride2>
   }
   for (int c = 0; c < C; ++c) {
     const float* xc = xpad + c * xc_stride;
-    const float* wc = wk + static_cast<std::int64_t>(c) * 9 * kKB;
+    const float* wc = wk + static_cast<std::int64_t>(c) * NR * NS * kKB;
 #pragma GCC unroll 3
-    for (int r = 0; r < 3; ++r) {
+    for (int r = 0; r < NR; ++r) {
 #pragma GCC unroll 3
-      for (int s = 0; s < 3; ++s) {
-        const float* wt = wc + (r * 3 + s) * kKB;
+      for (int s = 0; s < NS; ++s) {
+        const float* wt = wc + (r * NS + s) * kKB;
         __m256 xv[TB];
         // Tap (r, s) of output vector t: s is a constant after unrolling, so is this choice.
         const std::int64_t tap = r * Wp + (kStride2 ? (s == 1 ? Wh : s == 2 ? 1 : 0) : s);
@@ -151,45 +205,86 @@ void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* x
     }
 }
 
-[[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
-                                                      const float* wp, const float* b,
-                                                      float* xpad, float* y) {
-  const PaddedGeom pg(g);
-  const std::int64_t xc_stride = pg.channel();
-  pad_image(g, pg, x, xpad);
-
-  // Output vectors in row-major order, taken kTB at a time (the last block may hold fewer).
-  const int P = g.P(), Q = g.Q();
-  const bool s2 = g.stride == 2;
-  const int tiles = P * pg.nq;
+// Every output vector of K channels [K][P][Q], 4 channels x kTB vectors at a time (the last
+// block may hold fewer vectors): y = sum over C input channels and the NR x NS taps of
+// wp[K / 4][C][NR * NS][4] * the padded input, + b (may be null). Output row p starts at padded
+// row p * row_step.
+template <int NR, int NS, bool kStride2>
+[[gnu::target("avx2,fma")]] void conv_tiles(const float* xpad, std::int64_t xc_stride, int Wp, int Wh, int row_step,
+                                            int C, const float* wp, const float* b, int K, int P, int Q, float* y) {
+  const int nq = (Q + kV - 1) / kV;
+  const int tiles = P * nq;
   const std::int64_t yk_stride = static_cast<std::int64_t>(P) * Q;
-  const int KB = (g.K + kKB - 1) / kKB;
+  const int KB = (K + kKB - 1) / kKB;
   for (int t0 = 0; t0 < tiles; t0 += kTB) {
     const int tb = std::min(kTB, tiles - t0);
     std::int64_t xoff[kTB] = {}, yoff[kTB] = {};
     int qn[kTB] = {};
     for (int t = 0; t < tb; ++t) {
-      const int p = (t0 + t) / pg.nq, q = (t0 + t) % pg.nq * kV;
-      xoff[t] = static_cast<std::int64_t>(s2 ? 2 * p : p) * pg.Wp + q;
+      const int p = (t0 + t) / nq, q = (t0 + t) % nq * kV;
+      xoff[t] = static_cast<std::int64_t>(p) * row_step * Wp + q;
       yoff[t] = static_cast<std::int64_t>(p) * Q + q;
       qn[t] = std::min(kV, Q - q);
     }
     for (int kb = 0; kb < KB; ++kb) {
       const int k0 = kb * kKB;
-      const int kvalid = std::min(kKB, g.K - k0);
-      const float* wk = wp + static_cast<std::int64_t>(kb) * g.C * 9 * kKB;
+      const int kvalid = std::min(kKB, K - k0);
+      const float* wk = wp + static_cast<std::int64_t>(kb) * C * NR * NS * kKB;
       const float* bk = b != nullptr ? b + k0 : nullptr;
       float* yk = y + k0 * yk_stride;
-      if (s2 && tb == kTB)
-        block<kTB, true>(xpad, xc_stride, pg.Wp, pg.Wh, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
-      else if (s2)
-        block<1, true>(xpad, xc_stride, pg.Wp, pg.Wh, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
-      else if (tb == kTB)
-        block<kTB, false>(xpad, xc_stride, pg.Wp, 0, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+      if (tb == kTB)
+        block<kTB, NR, NS, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
       else
-        block<1, false>(xpad, xc_stride, pg.Wp, 0, g.C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+        block<1, NR, NS, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
     }
   }
+}
+
+[[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
+                                                      const float* wp, const float* b,
+                                                      float* xpad, float* y) {
+  const PaddedGeom pg(g);
+  pad_image(g, pg, x, xpad);
+  if (g.stride == 2)
+    conv_tiles<3, 3, true>(xpad, pg.channel(), pg.Wp, pg.Wh, 2, g.C, wp, b, g.K, g.P(), g.Q(), y);
+  else
+    conv_tiles<3, 3, false>(xpad, pg.channel(), pg.Wp, 0, 1, g.C, wp, b, g.K, g.P(), g.Q(), y);
+}
+
+// The data gradient of a stride-2 convolution, one image, by output phase: the pixels of dx
+// with row parity a and column parity b receive dy through their own taps only,
+//   even rows (a = 0): tap row 1 from dy row m;  odd rows (a = 1): tap row 2 from dy row m and
+//   tap row 0 from dy row m + 1  (columns alike),
+// so each phase is a small stride-1 correlation of dy (1x1, 1x2, 2x1 or 2x2 taps at offsets
+// 0 and +1) with no multiplications by the zeros that a zero-inserted dy would hold.
+[[gnu::target("avx2,fma")]] void s2_data_grad_avx2(const ConvGeom& g, const float* dy, const float* wp,
+                                                   float* scratch, float* dx) {
+  const S2PhaseGeom s(g);
+  // dy padded with one zero row and >= 1 zero column past its end: [K][P + 1][Wq].
+  float* dyp = scratch;
+  std::fill_n(dyp, static_cast<std::size_t>(g.K) * static_cast<std::size_t>(s.dy_channel()), 0.0f);
+  for (int k = 0; k < g.K; ++k)
+    for (int p = 0; p < s.P; ++p)
+      std::memcpy(dyp + k * s.dy_channel() + static_cast<std::int64_t>(p) * s.Wq,
+                  dy + (static_cast<std::int64_t>(k) * s.P + p) * s.Q, sizeof(float) * static_cast<std::size_t>(s.Q));
+  float* plane = dyp + static_cast<std::size_t>(g.K) * static_cast<std::size_t>(s.dy_channel());
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const int M = a == 0 ? (g.H + 1) / 2 : g.H / 2, N = b == 0 ? (g.W + 1) / 2 : g.W / 2;
+      if (M == 0 || N == 0) continue;
+      const float* w = wp + s.phase_offset(a, b);
+      // plane[C][M][N]: the phase's pixels, then spread into dx.
+      if (a == 0 && b == 0) conv_tiles<1, 1, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
+      if (a == 0 && b == 1) conv_tiles<1, 2, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
+      if (a == 1 && b == 0) conv_tiles<2, 1, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
+      if (a == 1 && b == 1) conv_tiles<2, 2, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
+      for (int c = 0; c < g.C; ++c)
+        for (int m = 0; m < M; ++m) {
+          const float* src = plane + (static_cast<std::int64_t>(c) * M + m) * N;
+          float* row = dx + (static_cast<std::int64_t>(c) * g.H + 2 * m + a) * g.W + b;
+          for (int n = 0; n < N; ++n) row[2 * n] = src[n];
+        }
+    }
 }
 
 [[gnu::target("avx2,fma")]] inline float hsum(__m256 v) {
@@ -281,6 +376,10 @@ void direct3x3_filter_grad_image(const ConvGeom& g, const float* x, const float*
   direct3x3_filter_grad_avx2(g, x, dy, scratch, dw);
 }
 
+void direct3x3_s2_data_grad_image(const ConvGeom& g, const float* dy, const float* wp, float* scratch, float* dx) {
+  s2_data_grad_avx2(g, dy, wp, scratch, dx);
+}
+
 #else  // no AVX2 build: the im2col path handles every convolution
 
 bool direct3x3_applies(const ConvGeom&) { return false; }
@@ -289,6 +388,9 @@ void direct3x3_image(const ConvGeom&, const float*, const float*, const float*, 
 }
 void direct3x3_filter_grad_image(const ConvGeom&, const float*, const float*, float*, float*) {
   JEM_FAIL("direct3x3_filter_grad_image: not built for this architecture (direct3x3_applies is false)");
+}
+void direct3x3_s2_data_grad_image(const ConvGeom&, const float*, const float*, float*, float*) {
+  JEM_FAIL("direct3x3_s2_data_grad_image: not built for this architecture (direct3x3_applies is false)");
 }
 
 #endif

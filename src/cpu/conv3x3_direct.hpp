@@ -47,4 +47,15 @@ void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const f
 void direct3x3_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch,
                                  float* dw);
 
+// The data gradient of a 3x3, stride-2, pad-1 convolution (where direct3x3_applies), one image:
+// dx[C, H, W] = the transposed convolution of dy[K, P, Q]. Computed per output phase (row and
+// column parity of dx), each a 1x1, 1x2, 2x1 or 2x2 correlation of dy, by the forward kernel's
+// register blocks: no GEMM into a 9x column buffer and no col2im scatter.
+// wp: direct3x3_s2_data_grad_packed_size(g) floats from direct3x3_s2_data_grad_pack(g, w);
+// scratch: direct3x3_s2_data_grad_scratch_size(g) floats.
+std::size_t direct3x3_s2_data_grad_packed_size(const ConvGeom& g);
+void direct3x3_s2_data_grad_pack(const ConvGeom& g, const float* w, float* wp);
+std::size_t direct3x3_s2_data_grad_scratch_size(const ConvGeom& g);
+void direct3x3_s2_data_grad_image(const ConvGeom& g, const float* dy, const float* wp, float* scratch, float* dx);
+
 }  // namespace jem::cpu
