@@ -195,6 +195,16 @@ TEST_F(EvalCli, BadInputGivesOneLineErrorsNamingIt) {
   EXPECT_NE(
       run_command(jem_cmd("eval --checkpoint " + *ckpt_ + " --device cpu --mode robustness --eps_linf 8/x"), &out), 0);
   EXPECT_NE(out.find("--eps_linf"), std::string::npos) << out;
+  // --weights ema on a checkpoint of a run without a moving average (this one trained with ema 0).
+  EXPECT_NE(run_command(jem_cmd("eval --checkpoint " + *ckpt_ + " --device cpu --weights ema"), &out), 0);
+  EXPECT_NE(out.find("optim.ema"), std::string::npos) << out;
+  EXPECT_NE(out.find(fs::path(*ckpt_).filename().string()), std::string::npos) << out;
+  EXPECT_TRUE(one_line(out)) << out;
+  EXPECT_NE(run_command(jem_cmd("sample --checkpoint " + *ckpt_ + " --device cpu --out " + *root_ +
+                                "/g.png --weights ema"),
+                        &out),
+            0);
+  EXPECT_NE(out.find("optim.ema"), std::string::npos) << out;
 }
 
 bool have_torch(std::string* why) {
