@@ -55,10 +55,15 @@ void im2col(const ConvGeom& g, const float* x, float* col) {
             for (int q = q_begin; q < q_end; ++q) out[q] = xrow[q + shift];
             for (int q = q_end; q < Q; ++q) out[q] = 0.0f;
           } else {
-            for (int q = 0; q < Q; ++q) {
-              const int iw = q * g.stride - g.pad_w + kw;
-              out[q] = (iw >= 0 && iw < g.W) ? xrow[iw] : 0.0f;
-            }
+            // The same with a stride: the q reading inside the row form one interval
+            // [q_begin, q_end) (as in col2im below), copied without a branch per pixel.
+            const int shift = kw - g.pad_w;  // out[q] = xrow[q * stride + shift]
+            const int q_begin = std::min(Q, std::max(0, (g.stride - 1 - shift) / g.stride));
+            const int last = g.W - 1 - shift;
+            const int q_end = std::max(q_begin, std::min(Q, last < 0 ? 0 : last / g.stride + 1));
+            for (int q = 0; q < q_begin; ++q) out[q] = 0.0f;
+            for (int q = q_begin; q < q_end; ++q) out[q] = xrow[q * g.stride + shift];
+            for (int q = q_end; q < Q; ++q) out[q] = 0.0f;
           }
         }
       }
