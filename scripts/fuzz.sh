@@ -11,7 +11,8 @@
 # every corpus file (fuzz_replay.<target>). Runs at nice 10 on one core (-jobs=1 equivalent);
 # JEM_FUZZ_TIMEOUT (default 10 s) is the per-input time that counts as a hang, JEM_FUZZ_RSS_MB
 # (default 2048) the memory that counts as a leak or runaway allocation, JEM_FUZZ_ASAN_OPTIONS
-# extra ASan options (svhn: allocator_may_return_null=1, see fuzz/known/README.md);
+# extra ASan options (e.g. allocator_may_return_null=1 where a library allocates sizes read from
+# the input, as libmatio did before src/data/mat5_check.cpp);
 # set JEM_FUZZ_NICE to change the niceness. Summary lines go to build-fuzz/fuzz-summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
