@@ -381,7 +381,7 @@ TEST(Mat5Check, DamagedFilesFailNamingTheFileAndTheProblem) {
                   le.header() + le.matrix(kSparse, {3, 3}, "sp", le.u32s({miINT32, 0x7ffffff0}) + Bytes(8, 0)),
                   {"variable 'sp' (element at byte 128): a sub-element of data type 5 claims 2147483632 bytes"});
 
-  // Headers matio would not recognise (it would fall back to its headerless v4 reader).
+  // Headers matio refuses without saying why, and one too short to hold the header.
   Bytes endian = good;
   endian[126] = 'X', endian[127] = 'X';
   expect_rejected("bad_endian", endian, {"endian indicator is 'XX', not IM or MI"});

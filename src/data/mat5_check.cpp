@@ -400,8 +400,8 @@ void check_mat_file(const std::string& path) {
   JEM_CHECK(got >= 6 && std::memcmp(h, "MATLAB", 6) == 0, path,
             ": not a MATLAB v5 or v7.3 file (no \"MATLAB\" text header)");
   JEM_CHECK(got == sizeof h, path, ": truncated: ", got, " bytes, less than the 128-byte MAT header");
-  // A header matio does not recognise (endian indicator or version) also sends it to the v4
-  // reader, so these are checked here too.
+  // The endian indicator orders every number after it. matio 1.5.23 refuses a header with
+  // neither IM nor MI, or another version, without saying why; the message here does.
   bool big_endian = false;
   if (h[126] == 'M' && h[127] == 'I')
     big_endian = true;

@@ -3,11 +3,10 @@
 // Why: libmatio 1.5.23 allocates buffers whose sizes it reads from the file (a dimension product
 // times the class size, a name's byte count, a rank) before it compares them with what the file
 // holds. 282-byte files found by fuzz_svhn made it allocate 1.5 GB, 3.9 GB, 14 GB and 31 GB
-// (fuzz/corpus/svhn/regress_matio_*), and a "MATLAB" text header with a damaged endian indicator
-// or version sends the file to matio's headerless v4 reader, which does the same. This pass
-// reads only element tags and matrix headers (inflating a compressed variable just far enough to
-// see its header) and rejects a file whose sizes cannot be true, so that what matio allocates
-// from a header stays within a small multiple of what the file stores.
+// (fuzz/corpus/svhn/regress_matio_*); files without the "MATLAB" text header go to matio's
+// headerless v4 reader, which does the same (regress_v4_huge_alloc). This pass reads only element tags and matrix
+// headers (inflating a compressed variable just far enough to see its header) and rejects a file whose sizes cannot be
+// true, so that what matio allocates from a header stays within a small multiple of what the file stores.
 #pragma once
 
 #include <string>
