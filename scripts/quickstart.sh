@@ -14,4 +14,12 @@ if [[ -d "$run/checkpoints" ]]; then
 else
   build/jem train --config configs/fashion-mnist.toml --out "$run"
 fi
-echo "samples: $run/samples/x_q_final.png   metrics: $run/metrics.jsonl"
+# The replay buffer's chains after a 9-minute run have had ~25 SGLD steps each and look like
+# noise; 200 steps of class-conditional chains from fresh noise (about 10 s) show what the
+# model has learned, one column per class.
+ckpt="$(ls "$run"/checkpoints/ckpt_*.safetensors | tail -n 1)"
+build/jem sample --checkpoint "$ckpt" --out "$run/samples/conditional.png" --from fresh --conditional \
+  --n 40 --rounds 20
+echo "samples: $run/samples/conditional.png (one column per class), $run/samples/x_q_final.png (the buffer)"
+echo "metrics: $run/metrics.jsonl"
+
