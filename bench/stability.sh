@@ -3,7 +3,9 @@
 # number of iterations over a grid of learning rate x SGLD steps x L2 energy term x seed, with the
 # divergence guard on and off, and writes a table: diverged or not, rollbacks used, final test
 # accuracy. The table goes to OUT/stability.md (copy it into docs/stability.md); every run's
-# directory, log and summary stay under OUT.
+# directory, log and summary stay under OUT. Each run holds its learning rate constant
+# (--lr_schedule step; the quickstart's cosine decay would shrink it over the short runs, and
+# the question here is whether a given lr diverges).
 #
 #   bench/stability.sh [options]
 #     --iterations N   iterations per run (default 600)
@@ -47,7 +49,7 @@ run_one() {
   rm -rf "${out:?}/$name"
   local rc=0
   "$jem" train --config configs/fashion-mnist.toml --out "$out/$name" --threads 1 --device cpu \
-    --lr "$lr" --sgld_steps "$k" --w_l2 "$l2" --seed "$seed" --guard "$guard" \
+    --lr "$lr" --lr_schedule step --sgld_steps "$k" --w_l2 "$l2" --seed "$seed" --guard "$guard" \
     --max_iters "$iterations" --max_minutes 0 --eval_every 1000 --log_every 50 \
     --sample_every 1000000 --ckpt_every 100 > "$out/$name.log" 2>&1 || rc=$?
   echo "$rc" > "$out/$name.result"
