@@ -223,6 +223,26 @@ TEST_F(Trainer, InjectedNanRollsBackAndFinishes) {
   }
 }
 
+// Without a divergence the guard changes nothing: guard on and off train the same run bit for
+// bit (bench/stability.sh relies on it to skip the guard-on twin of a stable run).
+TEST_F(Trainer, GuardWithoutDivergenceChangesNothing) {
+  TrainOptions o;
+  o.quiet = true;
+  TrainConfig on = tiny_config(data_, root_ + "/on");
+  on.max_iters = 12;
+  TrainConfig off = on;
+  off.out = root_ + "/off";
+  off.guard = false;
+  const TrainResult a = train(*be_, on, o), b = train(*be_, off, o);
+  EXPECT_EQ(a.rollbacks, 0);
+  EXPECT_EQ(a.test_accuracy, b.test_accuracy);
+  const auto pa = params_of(on.out + "/checkpoints/" + checkpoint_name(12));
+  const auto pb = params_of(off.out + "/checkpoints/" + checkpoint_name(12));
+  ASSERT_EQ(pa.size(), pb.size());
+  ASSERT_GT(pa.size(), 0u);
+  EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float)));
+}
+
 TEST_F(Trainer, BadConfigsLeaveAnExistingRunUntouched) {
   TrainConfig c = tiny_config(data_, root_ + "/run");
   c.max_iters = 5;
