@@ -117,23 +117,6 @@ bool write_mat(const std::string& path, const MatSpec& s, mat_ft version) {
   return true;
 }
 
-// The message of the jem::Error that f throws, or a marker when it throws none.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const jem::Error& e) {
-    return e.what();
-  }
-  return "<no jem::Error thrown>";
-}
-
-#define EXPECT_ERROR_HAS(stmt, ...)                                                           \
-  do {                                                                                        \
-    const std::string msg_ = error_of([&] { stmt; });                                         \
-    for (const std::string& part_ : std::initializer_list<std::string>{__VA_ARGS__})          \
-      EXPECT_NE(msg_.find(part_), std::string::npos) << "'" << part_ << "' not in: " << msg_; \
-  } while (0)
-
 void expect_svhn_pixels(const Dataset& d, const MatSpec& s) {
   ASSERT_EQ(d.count, s.N);
   ASSERT_EQ(d.channels, 3);
@@ -322,7 +305,7 @@ TEST(DatasetsCifar, BadInputsNameTheFile) {
   EXPECT_ERROR_HAS(read_cifar10({dir + "/partial.bin"}), dir + "/partial.bin", "3073");
   EXPECT_ERROR_HAS(read_cifar10({dir + "/empty.bin"}), dir + "/empty.bin");
   // The second file has the bad label, and is the one named.
-  const std::string msg = error_of([&] { read_cifar10({dir + "/good.bin", dir + "/bad_label.bin"}); });
+  const std::string msg = jem::test::error_of([&] { read_cifar10({dir + "/good.bin", dir + "/bad_label.bin"}); });
   EXPECT_NE(msg.find(dir + "/bad_label.bin"), std::string::npos) << msg;
   EXPECT_EQ(msg.find(dir + "/good.bin"), std::string::npos) << msg;
   EXPECT_ERROR_HAS(read_cifar100({dir + "/fine100.bin"}), dir + "/fine100.bin", "label 100");

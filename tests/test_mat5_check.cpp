@@ -114,23 +114,6 @@ struct Mat5 {
   }
 };
 
-// The message of the jem::Error that f throws, or a marker when it throws none.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const jem::Error& e) {
-    return e.what();
-  }
-  return "<no jem::Error thrown>";
-}
-
-#define EXPECT_ERROR_HAS(stmt, ...)                                                           \
-  do {                                                                                        \
-    const std::string msg_ = error_of([&] { stmt; });                                         \
-    for (const std::string& part_ : std::initializer_list<std::string>{__VA_ARGS__})          \
-      EXPECT_NE(msg_.find(part_), std::string::npos) << "'" << part_ << "' not in: " << msg_; \
-  } while (0)
-
 // ---- the fuzz inputs ---------------------------------------------------------------------------
 
 // Each made libmatio 1.5.23 allocate 1.5-31 GB (seconds each) before jem saw a variable.
@@ -301,7 +284,7 @@ TEST(Mat5Check, DamagedFilesFailNamingTheFileAndTheProblem) {
     SCOPED_TRACE(name);
     const std::string path = dir + "/" + name + ".mat";
     write_bytes(path, b);
-    const std::string msg = error_of([&] { read_svhn_mat(path); });
+    const std::string msg = jem::test::error_of([&] { read_svhn_mat(path); });
     EXPECT_NE(msg.find(path), std::string::npos) << msg;
     for (const std::string& part : says)
       EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;

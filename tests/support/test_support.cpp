@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <sys/wait.h>
 
+#include "jem/error.hpp"
+
 namespace jem::test {
 
 std::string data_path(const std::string& name) { return std::string(JEM_TEST_DATA_DIR) + "/" + name; }
@@ -59,6 +61,15 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = 0.0;
   for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
   return m;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const jem::Error& e) {
+    return e.what();
+  }
+  return "<no jem::Error thrown>";
 }
 
 }  // namespace jem::test

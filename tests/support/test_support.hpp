@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,4 +29,15 @@ std::vector<float> random_vector(std::size_t n, std::uint64_t seed, float lo = -
 double rel_error(const std::vector<float>& a, const std::vector<float>& b);
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b);
 
+// The message of the jem::Error that f throws, or a marker when it throws none.
+std::string error_of(const std::function<void()>& f);
+
 }  // namespace jem::test
+
+// Expects `stmt` to throw a jem::Error whose message contains every one of the strings given.
+#define EXPECT_ERROR_HAS(stmt, ...)                                                           \
+  do {                                                                                        \
+    const std::string msg_ = ::jem::test::error_of([&] { stmt; });                            \
+    for (const std::string& part_ : std::initializer_list<std::string>{__VA_ARGS__})          \
+      EXPECT_NE(msg_.find(part_), std::string::npos) << "'" << part_ << "' not in: " << msg_; \
+  } while (0)
