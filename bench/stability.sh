@@ -16,6 +16,7 @@
 #     --l2 "W..."      L2 energy weights (default "0 0.1")
 #     --out DIR        where the runs go (default runs/stability)
 #     --jem PATH       the jem binary (default build/jem)
+#     --guard_limit X  |loss| or |E| above X counts as divergence (default: the config's)
 #     --table-only     run nothing: write the table of the runs already in OUT (a partial matrix)
 #   Runs that already have a result in OUT are not run again, so an interrupted matrix resumes.
 #   The full grid is 3 x 3 x 2 x 3 x 2 = 108 runs, of which those with the guard on are only
@@ -24,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 iterations=600 jobs=$(nproc) seeds="1 2 3" lrs="1e-4 3e-4 1e-3" steps="5 10 20" l2s="0 0.1"
-out=runs/stability jem=build/jem table_only=0
+out=runs/stability jem=build/jem table_only=0 guard_limit=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --iterations) iterations="$2"; shift 2 ;;
@@ -35,6 +36,7 @@ while [[ $# -gt 0 ]]; do
     --l2) l2s="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --jem) jem="$2"; shift 2 ;;
+    --guard_limit) guard_limit="$2"; shift 2 ;;
     --table-only) table_only=1; shift ;;
     *) echo "stability.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -48,11 +50,12 @@ run_one() {
   local name="lr${lr}_k${k}_l2${l2}_s${seed}_guard${guard}"
   [[ -f "$out/$name.result" ]] && return 0
   rm -rf "${out:?}/$name"
-  local rc=0
+  local rc=0 limit=()
+  [[ -n "$JEM_GUARD_LIMIT" ]] && limit=(--guard_limit "$JEM_GUARD_LIMIT")
   "$jem" train --config configs/fashion-mnist.toml --out "$out/$name" --threads 1 --device cpu \
     --lr "$lr" --lr_schedule step --sgld_steps "$k" --w_l2 "$l2" --seed "$seed" --guard "$guard" \
     --max_iters "$iterations" --max_minutes 0 --eval_every 1000 --log_every 50 \
-    --sample_every 1000000 --ckpt_every 100 > "$out/$name.log" 2>&1 || rc=$?
+    --sample_every 1000000 --ckpt_every 100 "${limit[@]}" > "$out/$name.log" 2>&1 || rc=$?
   echo "$rc" > "$out/$name.result"
   echo "stability: $name exit $rc"
 }
@@ -79,6 +82,7 @@ run_cell() {
   fi
 }
 export -f run_one run_cell
+export JEM_GUARD_LIMIT="$guard_limit"
 
 if [[ $table_only == 0 ]]; then
   for lr in $lrs; do for k in $steps; do for l2 in $l2s; do for seed in $seeds; do
@@ -86,10 +90,10 @@ if [[ $table_only == 0 ]]; then
   done; done; done; done | xargs -P "$jobs" -L 1 bash -c 'run_cell "$@"' _
 fi
 
-python3 - "$out" "$iterations" <<'EOF'
+python3 - "$out" "$iterations" "${guard_limit:-the config default}" <<'EOF'
 import json, os, re, sys
 from collections import defaultdict
-out, iterations = sys.argv[1], sys.argv[2]
+out, iterations, limit = sys.argv[1], sys.argv[2], sys.argv[3]
 cells = defaultdict(list)
 for f in sorted(os.listdir(out)):
     m = re.match(r"lr(.+)_k(\d+)_l2(.+)_s(\d+)_guard(true|false)\.result$", f)
@@ -101,14 +105,22 @@ for f in sorted(os.listdir(out)):
     s = json.load(open(summary)) if rc == 0 and os.path.exists(summary) else {}
     if s.get("stopped_early"):  # stopped by a signal before its last iteration: not a result
         continue
+    at = None
+    if rc != 0:  # the iteration of the divergence that ended the run, from its log
+        log = os.path.join(out, f[: -len(".result")] + ".log")
+        hits = re.findall(r"divergence at iteration (\d+)", open(log, errors="replace").read()) if os.path.exists(log) else []
+        at = int(hits[-1]) if hits else None
     cells[(float(lr), int(k), float(l2), guard)].append(
-        dict(seed=int(seed), diverged=rc != 0, rollbacks=s.get("rollbacks", 0), acc=s.get("test_accuracy")))
-lines = [f"# Stability matrix: quickstart model, {iterations} iterations per run", "",
+        dict(seed=int(seed), diverged=rc != 0, rollbacks=s.get("rollbacks", 0), acc=s.get("test_accuracy"),
+             peak=s.get("peak_abs_energy"), at=at))
+lines = [f"# Stability matrix: quickstart model, {iterations} iterations per run, guard_limit {limit}", "",
          "Diverged: runs that ended with an error (guard off: the first divergence; guard on: "
          "retries exhausted). Rollbacks: the guard's restarts, summed over seeds. Accuracy: mean "
-         "test accuracy of the runs that finished.", "",
-         "| lr | SGLD steps | w_l2 | guard | diverged | rollbacks | test accuracy |",
-         "|---|---|---|---|---|---|---|"]
+         "test accuracy of the runs that finished. Peak |E|: the largest max |E| of a kept iteration, "
+         "over the runs that finished (how close they came to guard_limit). Died at: the iteration "
+         "of each run's fatal divergence.", "",
+         "| lr | SGLD steps | w_l2 | guard | diverged | died at | rollbacks | test accuracy | peak \\|E\\| |",
+         "|---|---|---|---|---|---|---|---|---|"]
 saved = 0
 for key in sorted(cells):
     lr, k, l2, guard = key
@@ -116,8 +128,11 @@ for key in sorted(cells):
     div = sum(r["diverged"] for r in runs)
     accs = [r["acc"] for r in runs if r["acc"] is not None]
     acc = f"{100 * sum(accs) / len(accs):.1f}%" if accs else "-"
-    lines.append(f"| {lr:g} | {k} | {l2:g} | {guard} | {div}/{len(runs)} | "
-                 f"{sum(r['rollbacks'] for r in runs)} | {acc} |")
+    peaks = [r["peak"] for r in runs if r["peak"] is not None]
+    peak = f"{max(peaks):.3g}" if peaks else "-"
+    died = ", ".join(str(r["at"]) for r in runs if r["at"] is not None) or "-"
+    lines.append(f"| {lr:g} | {k} | {l2:g} | {guard} | {div}/{len(runs)} | {died} | "
+                 f"{sum(r['rollbacks'] for r in runs)} | {acc} | {peak} |")
     if guard == "true":
         off = {r["seed"]: r for r in cells.get((lr, k, l2, "false"), [])}
         saved += sum(1 for r in runs if not r["diverged"] and off.get(r["seed"], {}).get("diverged"))

@@ -164,4 +164,51 @@ TEST_P(Objective, ParameterGradientMatchesFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(PxBatch, Objective, ::testing::Values(3, 2));
 
+// Staged statistics: three iterations left in staging slots and read back by one collect() give
+// each iteration's own statistics, as compute() (one slot, read at once) gives them; the
+// parameters change between iterations so that a slot read twice, or the wrong labels, show.
+TEST(ObjectiveStaging, CollectGivesEachSlotsStatistics) {
+  auto be = make_cpu_backend(1);
+  const int B = 3, Bp = 2, slots = 3;
+  ObjectiveConfig oc{1.0f, 0.5f, 0.1f};
+  WideResNet m(WrnConfig{10, 1, 1, 8, 4}, *be, JemObjective::rows_needed(oc, B, Bp));
+  m.init(5);
+  JemObjective staged(*be, m, oc, B, Bp, 0, 0, slots), direct(*be, m, oc, B, Bp);
+  EXPECT_EQ(staged.stage_slots(), slots);
+  std::vector<StepStats> expected;
+  for (int it = 0; it < slots; ++it) {
+    const std::vector<std::int32_t> y{it % 4, (it + 1) % 4, 3};
+    for (JemObjective* o : {&staged, &direct}) {
+      o->set_labels(y.data());
+      be->upload(jem::test::random_vector(std::size_t(B) * 64, 10 + it).data(), o->x_lab());
+      be->upload(jem::test::random_vector(std::size_t(Bp) * 64, 20 + it).data(), o->x_data());
+      be->upload(jem::test::random_vector(std::size_t(Bp) * 64, 30 + it).data(), o->x_q());
+      be->upload(jem::test::random_vector(std::size_t(B) * 64, 40 + it).data(), o->x_q_y());
+    }
+    expected.push_back(direct.compute());
+    staged.compute_staged(it);
+    // A different network for the next iteration.
+    auto p = be->to_vector(m.param_buffer());
+    for (float& v : p) v *= 1.1f;
+    be->upload(p.data(), m.param_buffer());
+  }
+  const std::vector<StepSums>& sums = staged.collect(slots);
+  for (int it = 0; it < slots; ++it) {
+    const StepStats got = staged.stats(sums[std::size_t(it)]);
+    SCOPED_TRACE("slot " + std::to_string(it));
+    // The same floats summed in the same order: equal, not close.
+    EXPECT_EQ(got.loss, expected[std::size_t(it)].loss);
+    EXPECT_EQ(got.ce, expected[std::size_t(it)].ce);
+    EXPECT_EQ(got.acc, expected[std::size_t(it)].acc);
+    EXPECT_EQ(got.e_data, expected[std::size_t(it)].e_data);
+    EXPECT_EQ(got.e_q, expected[std::size_t(it)].e_q);
+    EXPECT_EQ(got.e_lab_y, expected[std::size_t(it)].e_lab_y);
+    EXPECT_EQ(got.e_q_y, expected[std::size_t(it)].e_q_y);
+    EXPECT_EQ(got.max_abs_energy, expected[std::size_t(it)].max_abs_energy);
+  }
+  EXPECT_NE(expected[0].loss, expected[1].loss);
+  EXPECT_THROW(staged.compute_staged(slots), Error);
+  EXPECT_THROW(staged.collect(slots + 1), Error);
+}
+
 }  // namespace

@@ -243,6 +243,45 @@ TEST_F(Trainer, GuardWithoutDivergenceChangesNothing) {
   EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float)));
 }
 
+// The host reads the step statistics only every stats_every iterations, so the guard sees a
+// divergence late; the run must still be the one that stats_every = 1 gives: the rollback goes
+// to the same checkpoint (none is written before the iterations before it are checked), with the
+// same lr cut. NaN at 12: found at iteration 16's read-back (10 + 7 slots); at 18: found just
+// before checkpoint 20 is written, which must not happen first.
+TEST_F(Trainer, LateStatisticsGiveTheSameRun) {
+  for (const int nan_at : {12, 18}) {
+    SCOPED_TRACE("NaN at iteration " + std::to_string(nan_at));
+    TrainOptions o;
+    o.quiet = true;
+    o.inject_nan_at = nan_at;
+    TrainConfig every = tiny_config(data_, root_ + "/every" + std::to_string(nan_at));
+    every.max_iters = 25;
+    every.log_every = 1000;  // only the last iteration: log lines read back too
+    every.sample_every = 1000;
+    every.stats_every = 1;
+    TrainConfig late = every;
+    late.out = root_ + "/late" + std::to_string(nan_at);
+    late.stats_every = 7;
+    const TrainResult a = train(*be_, every, o), b = train(*be_, late, o);
+    EXPECT_EQ(a.rollbacks, 1);
+    EXPECT_EQ(b.rollbacks, 1);
+    EXPECT_EQ(a.test_accuracy, b.test_accuracy);
+    EXPECT_EQ(a.peak_abs_energy, b.peak_abs_energy);
+    EXPECT_GT(b.peak_abs_energy, 0);
+    for (const std::string& dir : {every.out, late.out})
+      for (const auto& l : read_lines(dir + "/metrics.jsonl"))
+        if (l.find("\"rollback\"") != std::string::npos) {
+          EXPECT_EQ(json_number(l, "at"), nan_at) << dir;
+          EXPECT_EQ(json_number(l, "to"), 10) << dir;
+        }
+    const auto pa = params_of(every.out + "/checkpoints/" + checkpoint_name(25));
+    const auto pb = params_of(late.out + "/checkpoints/" + checkpoint_name(25));
+    ASSERT_EQ(pa.size(), pb.size());
+    ASSERT_GT(pa.size(), 0u);
+    EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float)));
+  }
+}
+
 TEST_F(Trainer, BadConfigsLeaveAnExistingRunUntouched) {
   TrainConfig c = tiny_config(data_, root_ + "/run");
   c.max_iters = 5;

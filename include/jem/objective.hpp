@@ -14,9 +14,16 @@
 // Bp_total p(x)), and every mean divides by the global count, so the gradients of the ranks SUM
 // (one all-reduce) to the gradient of the global batch, whatever the split. The statistics are
 // likewise sums over this rank's rows (StepSums), added across ranks, then turned into means.
+//
+// Statistics without a host round trip per iteration: compute_staged(slot) leaves the
+// iteration's per-row energies and CEs, logits and labels in staging slot `slot` (device-side
+// copies, nothing read back), and collect(n) reads slots [0, n) back in one transfer and turns
+// each into StepSums. The trainer reads back every `stats_every` iterations; compute() is the
+// same path with one slot.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "jem/backend.hpp"
 #include "jem/wide_resnet.hpp"
@@ -48,8 +55,9 @@ class JemObjective {
  public:
   // `px_batch` = 0: the p(x) batch is as large as the labelled one. `batch_total` and
   // `px_batch_total` (0 = this rank's counts): the global batch that the means divide by.
+  // `stage_slots`: how many iterations' statistics can wait on the device for collect().
   JemObjective(Backend& backend, WideResNet& model, const ObjectiveConfig& config, int batch,
-               int px_batch = 0, int batch_total = 0, int px_batch_total = 0);
+               int px_batch = 0, int batch_total = 0, int px_batch_total = 0, int stage_slots = 1);
 
   // Rows of the combined batch this objective needs: the model's max_batch must be >= this.
   static int rows_needed(const ObjectiveConfig& config, int batch, int px_batch = 0);
@@ -72,11 +80,18 @@ class JemObjective {
   // last_sums() and call stats() instead).
   StepStats compute();
   const StepSums& last_sums() const { return sums_; }
+  // compute() without reading anything back: the statistics wait in staging slot `slot`
+  // (0 <= slot < stage_slots) until collect().
+  void compute_staged(int slot);
+  // Reads back staging slots [0, count) in one transfer: their sums over this rank's rows.
+  const std::vector<StepSums>& collect(int count);
+  int stage_slots() const { return slots_; }
   // Means over the global batch from sums over all of its rows.
   StepStats stats(const StepSums& sums) const;
 
  private:
   int qy_begin() const { return uses_px() ? B_ + 2 * Bp_ : B_; }
+  int slot_floats() const { return rows_ + B_ * model_.config().n_classes + B_; }
 
   Backend& backend_;
   WideResNet& model_;
@@ -84,15 +99,21 @@ class JemObjective {
   int B_, Bp_;
   int B_total_, Bp_total_;
   int rows_;
+  int slots_;
   StepSums sums_;
+  std::vector<StepSums> collected_;
   Tensor input_;    // [rows, C, S, S]
   Tensor labels_;   // I32 [B]
   Tensor dlogits_;  // [rows, K]
   Tensor tmp_;      // [B, K]
   Tensor per_row_;  // [rows]
   Tensor extra_;    // [B] class energies of the x_lab rows
-  std::vector<float> host_logits_, host_rows_, host_extra_;
-  std::vector<std::int32_t> host_labels_;
+  // Staging, one slot per iteration waiting for collect(): per_row_ | logits of the x_lab rows |
+  // extra_, i.e. [slots, rows + B*K + B]; on the host the same plus the labels [slots, B].
+  Tensor stage_;
+  std::vector<float> host_stage_;
+  std::vector<std::int32_t> host_labels_;   // [B] set_labels()'s
+  std::vector<std::int32_t> stage_labels_;  // [slots, B]
 };
 
 }  // namespace jem

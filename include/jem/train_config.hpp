@@ -69,6 +69,7 @@ struct TrainConfig {
   double max_minutes = 0.0;    // 0 = no limit; else stop cleanly and checkpoint after this time
   int eval_every = 1;          // epochs
   int log_every = 100;         // iterations
+  int stats_every = 10;        // iterations between host reads of the step statistics (the guard's input)
   int sample_every = 1000;     // iterations
   int ckpt_every = 1000;       // iterations
   int keep_ckpts = 3;

@@ -41,6 +41,7 @@ struct TrainResult {
   double iterations_per_second = 0;
   double valid_accuracy = -1, test_accuracy = -1;  // -1: not evaluated
   int rollbacks = 0;
+  double peak_abs_energy = 0;   // largest max |E| over the kept iterations of this invocation
   bool stopped_early = false;   // signal or max_minutes
 };
 

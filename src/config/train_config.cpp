@@ -76,6 +76,9 @@ void visit_keys(C& c, F&& f) {
   f("schedule", "max_minutes", c.max_minutes, "Stop cleanly and checkpoint after this wall time (0 = no limit)");
   f("schedule", "eval_every", c.eval_every, "Evaluate every this many epochs");
   f("schedule", "log_every", c.log_every, "Log every this many iterations");
+  f("schedule", "stats_every", c.stats_every,
+    "Read the step statistics back every this many iterations (and at every log, sample, checkpoint "
+    "and evaluation); the divergence guard checks each iteration then");
   f("schedule", "sample_every", c.sample_every, "Save samples every this many iterations");
   f("schedule", "ckpt_every", c.ckpt_every, "Checkpoint every this many iterations");
   f("schedule", "keep_ckpts", c.keep_ckpts, "Checkpoints kept on disk");
@@ -279,6 +282,7 @@ void validate(const TrainConfig& cfg, int n_classes) {
   JEM_CONFIG_CHECK(cfg.max_minutes >= 0, max_minutes, "must be >= 0");
   JEM_CONFIG_CHECK(cfg.eval_every >= 1, eval_every, "must be >= 1");
   JEM_CONFIG_CHECK(cfg.log_every >= 1, log_every, "must be >= 1");
+  JEM_CONFIG_CHECK(cfg.stats_every >= 1 && cfg.stats_every <= 1000, stats_every, "must be in [1, 1000]");
   JEM_CONFIG_CHECK(cfg.sample_every >= 1, sample_every, "must be >= 1");
   JEM_CONFIG_CHECK(cfg.ckpt_every >= 1, ckpt_every, "must be >= 1");
   JEM_CONFIG_CHECK(cfg.keep_ckpts >= 1, keep_ckpts, "must be >= 1");

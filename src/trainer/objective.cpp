@@ -13,10 +13,12 @@ int JemObjective::rows_needed(const ObjectiveConfig& c, int batch, int px_batch)
 }
 
 JemObjective::JemObjective(Backend& backend, WideResNet& model, const ObjectiveConfig& config,
-                           int batch, int px_batch, int batch_total, int px_batch_total)
+                           int batch, int px_batch, int batch_total, int px_batch_total, int stage_slots)
     : backend_(backend), model_(model), config_(config), B_(batch), Bp_(px_batch > 0 ? px_batch : batch),
-      B_total_(batch_total > 0 ? batch_total : batch), Bp_total_(px_batch_total > 0 ? px_batch_total : Bp_) {
+      B_total_(batch_total > 0 ? batch_total : batch), Bp_total_(px_batch_total > 0 ? px_batch_total : Bp_),
+      slots_(stage_slots) {
   JEM_CHECK(batch >= 1, "objective: batch ", batch, " must be >= 1");
+  JEM_CHECK(stage_slots >= 1, "objective: stage_slots ", stage_slots, " must be >= 1");
   JEM_CHECK(B_total_ >= B_ && Bp_total_ >= Bp_, "objective: this rank's batch ", B_, " / ", Bp_,
             " exceeds the global batch ", B_total_, " / ", Bp_total_);
   rows_ = rows_needed(config, batch, Bp_);
@@ -29,10 +31,11 @@ JemObjective::JemObjective(Backend& backend, WideResNet& model, const ObjectiveC
   tmp_ = backend_.empty(Shape{batch, m.n_classes});
   per_row_ = backend_.empty(Shape{rows_});
   extra_ = backend_.empty(Shape{batch});
-  host_logits_.resize(static_cast<std::size_t>(batch) * static_cast<std::size_t>(m.n_classes));
-  host_rows_.resize(static_cast<std::size_t>(rows_));
-  host_extra_.resize(static_cast<std::size_t>(batch));
+  stage_ = backend_.empty(Shape{slots_, slot_floats()});
+  host_stage_.resize(static_cast<std::size_t>(slots_) * static_cast<std::size_t>(slot_floats()));
   host_labels_.resize(static_cast<std::size_t>(batch));
+  stage_labels_.resize(static_cast<std::size_t>(slots_) * static_cast<std::size_t>(batch));
+  collected_.resize(static_cast<std::size_t>(slots_));
 }
 
 void JemObjective::set_labels(const std::int32_t* host_labels) {
@@ -41,6 +44,12 @@ void JemObjective::set_labels(const std::int32_t* host_labels) {
 }
 
 StepStats JemObjective::compute() {
+  compute_staged(0);
+  return stats(collect(1)[0]);
+}
+
+void JemObjective::compute_staged(int slot) {
+  JEM_CHECK(slot >= 0 && slot < slots_, "objective: staging slot ", slot, " of ", slots_);
   const int B = B_, Bp = Bp_;
   // Means over the GLOBAL batch: the ranks' gradients add up to the global one.
   const float inv_b = 1.0f / float(B_total_), inv_bp = 1.0f / float(Bp_total_);
@@ -69,38 +78,53 @@ StepStats JemObjective::compute() {
                                            rows(dlogits_, qy, B), -config_.w_pxy * inv_b);
   model_.backward(dlogits_, Tensor());
 
-  // Statistics: a few hundred floats read back.
-  backend_.download(per_row_, host_rows_.data());
-  backend_.download(rows(logits, 0, B), host_logits_.data());
-  // Sums over this rank's rows, then means over the global batch.
-  StepSums& u = sums_;
-  u = StepSums{};
+  // This iteration's statistics stay on the device: a few hundred floats copied into the slot.
   const int K = model_.config().n_classes;
-  auto sum = [&](int begin, int count) {
-    double acc = 0;
-    for (int b = begin; b < begin + count; ++b) acc += host_rows_[static_cast<std::size_t>(b)];
-    return acc;
-  };
-  for (float v : host_rows_) u.max_abs_energy = std::max(u.max_abs_energy, double(std::fabs(v)));
-  u.sum[0] = sum(0, B);
-  int correct = 0;
-  for (int b = 0; b < B; ++b) {
-    const float* row = host_logits_.data() + static_cast<std::size_t>(b) * static_cast<std::size_t>(K);
-    if (int(std::max_element(row, row + K) - row) == host_labels_[static_cast<std::size_t>(b)]) ++correct;
+  const std::size_t base = std::size_t(slot) * std::size_t(slot_floats());
+  backend_.copy(per_row_, stage_.view(base, Shape{rows_}));
+  backend_.copy(rows(logits, 0, B), stage_.view(base + std::size_t(rows_), Shape{B, K}));
+  if (uses_pxy())
+    backend_.copy(extra_, stage_.view(base + std::size_t(rows_) + std::size_t(B) * std::size_t(K), Shape{B}));
+  std::copy(host_labels_.begin(), host_labels_.end(), stage_labels_.begin() + std::ptrdiff_t(slot) * B);
+}
+
+const std::vector<StepSums>& JemObjective::collect(int count) {
+  JEM_CHECK(count >= 1 && count <= slots_, "objective: collect ", count, " of ", slots_, " staging slots");
+  backend_.download(stage_.view(0, Shape{count, slot_floats()}), host_stage_.data());
+  const int B = B_, Bp = Bp_, K = model_.config().n_classes;
+  for (int slot = 0; slot < count; ++slot) {
+    const float* row_values = host_stage_.data() + std::size_t(slot) * std::size_t(slot_floats());  // [rows]
+    const float* logits = row_values + rows_;                        // [B, K]
+    const float* extra = logits + std::size_t(B) * std::size_t(K);  // [B]
+    const std::int32_t* labels = stage_labels_.data() + std::ptrdiff_t(slot) * B;
+    // Sums over this rank's rows, then means over the global batch.
+    StepSums& u = collected_[std::size_t(slot)];
+    u = StepSums{};
+    auto sum = [&](int begin, int n) {
+      double acc = 0;
+      for (int b = begin; b < begin + n; ++b) acc += row_values[b];
+      return acc;
+    };
+    for (int b = 0; b < rows_; ++b) u.max_abs_energy = std::max(u.max_abs_energy, double(std::fabs(row_values[b])));
+    u.sum[0] = sum(0, B);
+    int correct = 0;
+    for (int b = 0; b < B; ++b) {
+      const float* row = logits + std::size_t(b) * std::size_t(K);
+      if (int(std::max_element(row, row + K) - row) == labels[b]) ++correct;
+    }
+    u.sum[1] = correct;
+    if (uses_px()) {
+      u.sum[2] = sum(B, Bp);
+      u.sum[3] = sum(B + Bp, Bp);
+      for (int b = B; b < B + 2 * Bp; ++b) u.sum[4] += double(row_values[b]) * row_values[b];
+    }
+    if (uses_pxy()) {
+      for (int b = 0; b < B; ++b) u.sum[5] += extra[b];
+      u.sum[6] = sum(qy_begin(), B);
+    }
   }
-  u.sum[1] = correct;
-  if (uses_px()) {
-    u.sum[2] = sum(B, Bp);
-    u.sum[3] = sum(B + Bp, Bp);
-    for (int b = B; b < B + 2 * Bp; ++b)
-      u.sum[4] += double(host_rows_[static_cast<std::size_t>(b)]) * host_rows_[static_cast<std::size_t>(b)];
-  }
-  if (uses_pxy()) {
-    backend_.download(extra_, host_extra_.data());
-    for (float v : host_extra_) u.sum[5] += v;
-    u.sum[6] = sum(qy, B);
-  }
-  return stats(u);
+  sums_ = collected_[std::size_t(count - 1)];
+  return collected_;
 }
 
 StepStats JemObjective::stats(const StepSums& u) const {

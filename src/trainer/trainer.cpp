@@ -134,7 +134,7 @@ void setup(Run& r) {
   const int Bl = r.lab_rows.size(), Bpl = r.px_rows.size();
   const int max_batch = std::max(JemObjective::rows_needed(r.objcfg, Bl, Bpl), std::min(c.eval_batch, 1024));
   r.model = std::make_unique<WideResNet>(w, *r.backend, max_batch);
-  r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, Bl, Bpl, B, Bp);
+  r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, Bl, Bpl, B, Bp, c.stats_every);
   const SamplerConfig sc = sampler_config(c, K);
   r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, std::max(Bl, Bpl));
   r.shard = make_buffer_shard(c.buffer_size, segmented_buffer(c) ? K : 1, r.world, r.rank);
@@ -395,8 +395,80 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
   std::int64_t window_iters = 0;
   auto prefetch = make_prefetcher(r, r.state.iteration);
   bool nan_injected = false;
-  bool interrupted = false;  // by a signal: save and leave, no final evaluation
+  double peak_abs_energy = 0;  // the largest max |E| of a kept iteration: how close runs come to guard_limit
+  bool interrupted = false;    // by a signal: save and leave, no final evaluation
   double grad_norm = 0;
+
+  // The host reads the step statistics back only every stats_every iterations, and before any
+  // output (log, samples, checkpoint, evaluation, stop). Until then they wait on the device in the
+  // objective's staging slots 0 .. pending-1, slot i holding iteration first_pending + i.
+  // check_pending() reads them back and runs the divergence guard on each in order. Finding a
+  // divergence late changes nothing: the rollback returns to the last checkpoint, written only
+  // after every iteration before it had been checked, so the run goes on as it would have with
+  // stats_every = 1 (test Trainer.LateStatisticsGiveTheSameRun).
+  int pending = 0;
+  std::int64_t first_pending = 0;
+  int nan_slot = -1;  // options.inject_nan_at's slot
+  StepStats s;        // the last checked iteration's statistics
+  std::vector<double> reduce_sums(std::size_t(cfg.stats_every) * StepSums::kSums);
+  std::vector<double> reduce_max(std::size_t(cfg.stats_every));
+  auto rollback = [&](std::int64_t it, const StepStats& bad) {
+    std::ostringstream why;
+    why << "divergence at iteration " << it << ": loss " << bad.loss << ", max |E| " << bad.max_abs_energy;
+    if (!cfg.guard) JEM_FAIL(why.str(), " (the divergence guard is off: guard = false)");
+    if (r.state.retries >= cfg.guard_retries)
+      JEM_FAIL(why.str(), "; giving up after ", r.state.retries, " rollbacks (guard_retries)");
+    const int retries = r.state.retries + 1;
+    const double factor = r.state.lr_factor * cfg.guard_lr_factor;
+    prefetch.reset();
+    restore_latest(r);
+    r.state.retries = retries;
+    r.state.lr_factor = factor;
+    r.state.sampler_seed = cfg.seed + 1000003ull * std::uint64_t(retries);
+    res.rollbacks = retries;
+    r.log->info(why.str() + "; rollback " + std::to_string(retries) + "/" + std::to_string(cfg.guard_retries) +
+                " to iteration " + std::to_string(r.state.iteration) + ", lr factor " + fmt("%.4g", factor) +
+                ", sampler reseeded");
+    r.log->metrics("{\"event\":\"rollback\",\"at\":" + std::to_string(it) + ",\"to\":" +
+                   std::to_string(r.state.iteration) + ",\"lr_factor\":" + num(factor) + "}");
+    prefetch = make_prefetcher(r, r.state.iteration);
+  };
+  // True when it rolled back (the loop then continues from the checkpoint).
+  auto check_pending = [&]() -> bool {
+    if (pending == 0) return false;
+    const int n = pending;
+    pending = 0;
+    const std::vector<StepSums>& local = r.objective->collect(n);
+    if (r.distributed) {
+      // The global statistics: each rank's sums are over its rows divided by the global batch.
+      for (int i = 0; i < n; ++i) {
+        const StepSums& u = local[std::size_t(i)];
+        std::copy(u.sum, u.sum + StepSums::kSums, reduce_sums.begin() + std::ptrdiff_t(i) * StepSums::kSums);
+        reduce_max[std::size_t(i)] = u.max_abs_energy;
+      }
+      r.comm->all_reduce_host(reduce_sums.data(), n * StepSums::kSums, ReduceOp::Sum);
+      r.comm->all_reduce_host(reduce_max.data(), n, ReduceOp::Max);
+    }
+    const int poisoned = nan_slot;
+    nan_slot = -1;
+    for (int i = 0; i < n; ++i) {
+      StepSums u = local[std::size_t(i)];
+      if (r.distributed) {
+        std::copy(reduce_sums.begin() + std::ptrdiff_t(i) * StepSums::kSums,
+                  reduce_sums.begin() + std::ptrdiff_t(i + 1) * StepSums::kSums, u.sum);
+        u.max_abs_energy = reduce_max[std::size_t(i)];
+      }
+      StepStats si = r.objective->stats(u);
+      if (i == poisoned) si.loss = std::nan("");
+      if (diverged(r, si)) {
+        rollback(first_pending + i, si);
+        return true;
+      }
+      peak_abs_energy = std::max(peak_abs_energy, si.max_abs_energy);
+      s = si;
+    }
+    return false;
+  };
 
   while (r.state.iteration < r.total_iters) {
     // Every rank stops at the same iteration: a signal or the clock on any rank stops them all.
@@ -404,6 +476,8 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     double stop[2] = {options.stop_flag && *options.stop_flag ? 1.0 : 0.0,
                       cfg.max_minutes > 0 && elapsed > cfg.max_minutes * 60.0 ? 1.0 : 0.0};
     if (r.distributed) r.comm->all_reduce_host(stop, 2, ReduceOp::Max);
+    // Nothing unchecked may reach the final checkpoint.
+    if ((stop[0] > 0 || stop[1] > 0) && check_pending()) continue;
     if (stop[0] > 0) {
       r.log->info("stop requested: saving a checkpoint at iteration " + std::to_string(r.state.iteration));
       res.stopped_early = true;
@@ -437,49 +511,27 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
                                            r.objective->batch(), batch.y[kLabStream].data());
       r.backend->copy(xqy, r.objective->x_q_y());
     }
-    StepStats s = r.objective->compute();
-    if (r.distributed) {
-      // The global statistics and gradient: each rank's are sums over its rows divided by the
-      // global batch, so adding them over the ranks gives those of the global batch.
-      StepSums sums = r.objective->last_sums();
-      r.comm->all_reduce_host(sums.sum, StepSums::kSums, ReduceOp::Sum);
-      r.comm->all_reduce_host(&sums.max_abs_energy, 1, ReduceOp::Max);
-      s = r.objective->stats(sums);
-      r.comm->all_reduce(r.model->grad_buffer(), ReduceOp::Sum);
-    }
+    if (pending == 0) first_pending = it;
+    const int slot = pending++;
+    r.objective->compute_staged(slot);
+    // The global gradient: each rank's is a sum over its rows divided by the global batch.
+    if (r.distributed) r.comm->all_reduce(r.model->grad_buffer(), ReduceOp::Sum);
     if (it == options.inject_nan_at && !nan_injected) {
-      s.loss = std::nan("");
+      nan_slot = slot;
       nan_injected = true;
     }
 
-    if (diverged(r, s)) {
-      std::ostringstream why;
-      why << "divergence at iteration " << it << ": loss " << s.loss << ", max |E| " << s.max_abs_energy;
-      if (!cfg.guard) JEM_FAIL(why.str(), " (the divergence guard is off: guard = false)");
-      if (r.state.retries >= cfg.guard_retries)
-        JEM_FAIL(why.str(), "; giving up after ", r.state.retries, " rollbacks (guard_retries)");
-      const int retries = r.state.retries + 1;
-      const double factor = r.state.lr_factor * cfg.guard_lr_factor;
-      prefetch.reset();
-      restore_latest(r);
-      r.state.retries = retries;
-      r.state.lr_factor = factor;
-      r.state.sampler_seed = cfg.seed + 1000003ull * std::uint64_t(retries);
-      res.rollbacks = retries;
-      r.log->info(why.str() + "; rollback " + std::to_string(retries) + "/" + std::to_string(cfg.guard_retries) +
-                  " to iteration " + std::to_string(r.state.iteration) + ", lr factor " +
-                  fmt("%.4g", factor) + ", sampler reseeded");
-      r.log->metrics("{\"event\":\"rollback\",\"at\":" + std::to_string(it) + ",\"to\":" +
-                     std::to_string(r.state.iteration) + ",\"lr_factor\":" + num(factor) + "}");
-      prefetch = make_prefetcher(r, r.state.iteration);
-      continue;
-    }
-
-    grad_norm = std::sqrt(r.backend->sum_squares(r.model->grad_buffer()));
+    const std::int64_t next = it + 1;
+    const bool log_now = next % cfg.log_every == 0 || next == r.total_iters;
+    if (log_now) grad_norm = std::sqrt(r.backend->sum_squares(r.model->grad_buffer()));
     const float lr = scheduled_lr(r.ocfg, it, epoch, float(r.state.lr_factor));
     r.optimizer->step(r.model->param_buffer(), r.model->grad_buffer(), lr);
-    r.state.iteration = it + 1;
+    r.state.iteration = next;
     ++window_iters;
+
+    const bool output_now = log_now || next % cfg.ckpt_every == 0 ||
+                            (r.objective->uses_px() && next % cfg.sample_every == 0) || next % r.bpe == 0;
+    if ((pending == cfg.stats_every || output_now) && check_pending()) continue;
 
     const bool last = r.state.iteration == r.total_iters;
     if (r.state.iteration % cfg.log_every == 0 || last) {
@@ -489,7 +541,8 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
       std::ostringstream js;
       js << "{\"iteration\":" << r.state.iteration << ",\"epoch\":" << epoch << ",\"loss\":" << num(s.loss)
          << ",\"ce\":" << num(s.ce) << ",\"e_data\":" << num(s.e_data) << ",\"e_q\":" << num(s.e_q)
-         << ",\"acc\":" << num(s.acc) << ",\"lr\":" << num(lr) << ",\"grad_norm\":" << num(grad_norm)
+         << ",\"acc\":" << num(s.acc) << ",\"max_abs_energy\":" << num(s.max_abs_energy)
+         << ",\"lr\":" << num(lr) << ",\"grad_norm\":" << num(grad_norm)
          << ",\"it_per_s\":" << num(ips) << ",\"img_per_s\":" << num(ips * B) << "}";
       r.log->metrics(js.str());
       if (!options.quiet && !isatty(fileno(stderr)))
@@ -510,6 +563,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
       log_eval(r, epoch + 1, res, false);
     }
   }
+  JEM_CHECK(pending == 0, "internal: ", pending, " iterations' statistics unchecked at the end of training");
   prefetch.reset();
   r.log->end_progress();
   save(r);
@@ -520,12 +574,14 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     if (r.objective->uses_px()) write_samples(r, r.objective->x_q(), "x_q_final.png");
   }
   res.rollbacks = r.state.retries;
+  res.peak_abs_energy = peak_abs_energy;
   const double done_here = res.seconds > 0 ? double(res.iterations - first_iteration) / res.seconds : 0;
   res.iterations_per_second = done_here;
   std::ostringstream sum;
   sum << "{\n  \"iterations\": " << res.iterations << ",\n  \"seconds\": " << num(res.seconds)
       << ",\n  \"valid_accuracy\": " << num(res.valid_accuracy) << ",\n  \"test_accuracy\": "
-      << num(res.test_accuracy) << ",\n  \"rollbacks\": " << res.rollbacks << ",\n  \"stopped_early\": "
+      << num(res.test_accuracy) << ",\n  \"rollbacks\": " << res.rollbacks
+      << ",\n  \"peak_abs_energy\": " << num(res.peak_abs_energy) << ",\n  \"stopped_early\": "
       << (res.stopped_early ? "true" : "false") << "\n}\n";
   if (r.lead()) write_text_atomically(r.dir + "/summary.json", sum.str());
   return res;
