@@ -92,6 +92,21 @@ class NcclCommunicator final : public Communicator {
     launched(ncclAllReduce(p, p, std::size_t(t.numel()), ncclFloat32, nccl_op(op), comm_, stream_), "ncclAllReduce");
     end("ncclAllReduce");
   }
+  // Gradient buckets: each starts after what the compute stream has queued so far (its part of
+  // the gradient is final) and runs on the NCCL stream while the backward pass goes on; finish()
+  // makes the compute stream wait for all of them and polls, like all_reduce().
+  void all_reduce_start(const Tensor& t, ReduceOp op) override {
+    device_tensor(t, "all_reduce_start");
+    begin();
+    float* p = t.data<float>();
+    launched(ncclAllReduce(p, p, std::size_t(t.numel()), ncclFloat32, nccl_op(op), comm_, stream_), "ncclAllReduce");
+    started_ = true;
+  }
+  void all_reduce_finish() override {
+    if (!started_) return;
+    started_ = false;
+    end("ncclAllReduce of gradient buckets");
+  }
   void broadcast(const Tensor& t, int root) override {
     device_tensor(t, "broadcast");
     begin();
@@ -196,6 +211,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
+  bool started_ = false;  // all_reduce_start() since the last all_reduce_finish()
   bool failed_ = false;
   std::string version_;
 };

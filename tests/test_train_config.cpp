@@ -100,6 +100,7 @@ TEST(TrainConfig, DefaultsAreTheOfficialRecipe) {
   EXPECT_EQ(c.eval_every, 1);
   EXPECT_EQ(c.log_every, 100);
   EXPECT_EQ(c.stats_every, 10);
+  EXPECT_EQ(c.allreduce_bucket_mb, 25.0);
   EXPECT_EQ(c.sample_every, 1000);
   EXPECT_EQ(c.ckpt_every, 1000);
   EXPECT_EQ(c.keep_ckpts, 3);
@@ -277,6 +278,7 @@ TEST(TrainConfig, ValidateNamesKeyAndValue) {
       {[](TrainConfig& c) { c.max_minutes = -1; }, "config: max_minutes = -1.0 must be >= 0"},
       {[](TrainConfig& c) { c.log_every = 0; }, "config: log_every = 0 must be >= 1"},
       {[](TrainConfig& c) { c.stats_every = 0; }, "config: stats_every = 0 must be in [1, 1000]"},
+      {[](TrainConfig& c) { c.allreduce_bucket_mb = -1; }, "config: allreduce_bucket_mb = -1.0 must be in [0, 4096]"},
       {[](TrainConfig& c) { c.stats_every = 1001; }, "config: stats_every = 1001 must be in [1, 1000]"},
       {[](TrainConfig& c) { c.guard_limit = 0; }, "config: guard_limit = 0.0 must be > 0"},
       {[](TrainConfig& c) { c.out = ""; }, "config: out = \"\" must not be empty"},

@@ -51,6 +51,14 @@ class Communicator {
   virtual void all_reduce(const Tensor& t, ReduceOp op) = 0;
   // Every rank gets root's values.
   virtual void broadcast(const Tensor& t, int root) = 0;
+  // The same all-reduce in two halves, to overlap it with other work (the gradient buckets of
+  // the backward pass, see grad_buckets.hpp): all_reduce_start() queues the reduction of `t` and
+  // returns (MPI: MPI_Iallreduce; NCCL: on the communicator's stream, after the work queued on
+  // the compute stream so far); `t` must not be touched until all_reduce_finish(), which waits
+  // for every reduction started since the last finish (within the timeout) and orders what the
+  // compute stream does next after them. The default reduces at once in start.
+  virtual void all_reduce_start(const Tensor& t, ReduceOp op) { all_reduce(t, op); }
+  virtual void all_reduce_finish() {}
 
   // ---- host collectives ------------------------------------------------------------------------
   virtual void all_reduce_host(double* values, int n, ReduceOp op) = 0;

@@ -19,6 +19,7 @@ struct TrainConfig {
   std::uint64_t seed = 1;
   std::string device = "auto";   // auto | cpu | cuda | cuda:N
   int threads = 0;               // CPU threads; 0 = all cores
+  double allreduce_bucket_mb = 25;  // data parallelism: gradient all-reduced in buckets of this size during backward
 
   // data
   std::string dataset = "cifar10";  // fashion-mnist | mnist | cifar10 | cifar100 | svhn

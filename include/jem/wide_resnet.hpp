@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -88,6 +89,12 @@ class WideResNet {
   void backward(const Tensor& dlogits, const Tensor& dx);
   // Backward to the input only: no weight-gradient work at all (what SGLD needs).
   void backward_input(const Tensor& dlogits, const Tensor& dx);
+  // Called by backward() (not backward_input) each time a stage's parameter gradients are
+  // final: from then on every gradient in [first, num_params) is final. The flat buffer is laid
+  // out stem first and backward runs head first, so `first` only decreases: the head, each block
+  // from the last, then 0 after the stem. Data parallelism all-reduces the finished part of the
+  // gradient while the backward pass goes on (grad_buckets.hpp). An empty function: no calls.
+  void set_grad_ready_hook(std::function<void(std::size_t first)> hook) { grad_ready_ = std::move(hook); }
 
   // Multiply-adds of one forward pass for `batch` images (backward costs about twice that).
   double forward_macs(int batch) const;
@@ -137,6 +144,7 @@ class WideResNet {
   // Backward scratch, each as large as the largest activation.
   Tensor grad_a_, grad_b_, tmp1_, tmp2_;
   Tensor dpooled_;   // [M, 64k]
+  std::function<void(std::size_t)> grad_ready_;
 };
 
 }  // namespace jem

@@ -17,6 +17,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "jem/communicator.hpp"
 
@@ -161,6 +162,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_size(node, &local_world_);
     MPI_Comm_free(&node);
     watchdog_ = std::make_unique<Watchdog>(timeout_s, rank_, thread_level_ >= MPI_THREAD_MULTIPLE);
+    pending_.reserve(256);
   }
   ~MpiCommunicator() override {
     watchdog_.reset();
@@ -189,6 +191,27 @@ class MpiCommunicator final : public Communicator {
                 rank_);
       done += c;
     }
+  }
+  void all_reduce_start(const Tensor& t, ReduceOp op) override {
+    host_tensor(t, "all_reduce_start");
+    JEM_CHECK(t.numel() <= INT_MAX, "rank ", rank_, ": all_reduce_start of ", t.numel(),
+              " floats: a bucket must be under 2^31 elements");
+    MPI_Request req = MPI_REQUEST_NULL;
+    mpi_check(MPI_Iallreduce(MPI_IN_PLACE, t.data<float>(), int(t.numel()), MPI_FLOAT, mpi_op(op), MPI_COMM_WORLD,
+                             &req),
+              "MPI_Iallreduce", rank_);
+    pending_.push_back(req);  // capacity reserved at construction: no allocation per iteration
+    // Without an asynchronous progress thread MPI advances a nonblocking collective only inside
+    // MPI calls: give the earlier buckets a turn.
+    int done = 0;
+    mpi_check(MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall", rank_);
+  }
+  void all_reduce_finish() override {
+    if (pending_.empty()) return;
+    Armed a(*watchdog_, "all_reduce of gradient buckets");
+    const int rc = MPI_Waitall(int(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE);
+    pending_.clear();
+    mpi_check(rc, "MPI_Waitall", rank_);
   }
   void broadcast(const Tensor& t, int root) override {
     host_tensor(t, "broadcast");
@@ -241,6 +264,7 @@ class MpiCommunicator final : public Communicator {
   int thread_level_ = 0;
   int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;
   std::unique_ptr<Watchdog> watchdog_;
+  std::vector<MPI_Request> pending_;  // all_reduce_start()'s, until all_reduce_finish()
 };
 
 }  // namespace

@@ -28,6 +28,9 @@ void visit_keys(C& c, F&& f) {
   f("run", "seed", c.seed, "Random seed");
   f("run", "device", c.device, "auto, cpu, cuda or cuda:N");
   f("run", "threads", c.threads, "CPU threads (0 = all cores)");
+  f("run", "allreduce_bucket_mb", c.allreduce_bucket_mb,
+    "Several processes: all-reduce the gradient in buckets of this many MiB while the backward pass "
+    "goes on (0 = one all-reduce after it)");
 
   f("data", "dataset", c.dataset, "fashion-mnist, mnist, cifar10, cifar100 or svhn");
   f("data", "data_dir", c.data_dir,
@@ -282,6 +285,8 @@ void validate(const TrainConfig& cfg, int n_classes) {
   JEM_CONFIG_CHECK(cfg.max_minutes >= 0, max_minutes, "must be >= 0");
   JEM_CONFIG_CHECK(cfg.eval_every >= 1, eval_every, "must be >= 1");
   JEM_CONFIG_CHECK(cfg.log_every >= 1, log_every, "must be >= 1");
+  JEM_CONFIG_CHECK(cfg.allreduce_bucket_mb >= 0 && cfg.allreduce_bucket_mb <= 4096, allreduce_bucket_mb,
+                   "must be in [0, 4096]");
   JEM_CONFIG_CHECK(cfg.stats_every >= 1 && cfg.stats_every <= 1000, stats_every, "must be in [1, 1000]");
   JEM_CONFIG_CHECK(cfg.sample_every >= 1, sample_every, "must be >= 1");
   JEM_CONFIG_CHECK(cfg.ckpt_every >= 1, ckpt_every, "must be >= 1");

@@ -219,6 +219,8 @@ void WideResNet::backward_impl(const Tensor& dlogits, const Tensor& dx, bool wei
   const Tensor dpooled = rows(dpooled_, B);
   if (weights) backend_.linear_backward(rows(pooled_, B), p(head_w_), dlogits, dpooled, g(head_w_), g(head_b_));
   else backend_.linear_backward(rows(pooled_, B), p(head_w_), dlogits, dpooled, none, none);
+  const bool hook = weights && grad_ready_;
+  if (hook) grad_ready_(std::min(head_w_->offset, head_b_->offset));
 
   // Pool and final lrelu: dcur = d(last block out).
   const Block& last = blocks_.back();
@@ -255,10 +257,12 @@ void WideResNet::backward_impl(const Tensor& dlogits, const Tensor& dx, bool wei
     }
     cur = 1 - cur;
     dcur = dprev;
+    if (hook) grad_ready_(b.conv1.w->offset);  // the block's first parameter
   }
 
   // Stem conv: dcur = d(stem_out).
   if (weights) backend_.conv2d_backward_filter(input_, dcur, g(stem_.w), g(stem_.b), 1, 1);
+  if (hook) grad_ready_(0);
   if (dx.defined()) backend_.conv2d_backward_data(dcur, p(stem_.w), dx, 1, 1);
 }
 

@@ -15,6 +15,7 @@
 #include "jem/communicator.hpp"
 #include "jem/data_pipeline.hpp"
 #include "jem/evaluate.hpp"
+#include "jem/grad_buckets.hpp"
 #include "jem/objective.hpp"
 #include "jem/optimizer.hpp"
 #include "jem/png_grid.hpp"
@@ -80,6 +81,7 @@ struct Run {
   DataSplits data;
   Backend* backend = nullptr;
   std::unique_ptr<WideResNet> model;
+  std::unique_ptr<GradBuckets> buckets;  // data parallelism: the gradient all-reduce, overlapped with backward
   std::unique_ptr<JemObjective> objective;
   std::unique_ptr<SgldSampler> sampler;
   std::unique_ptr<ReplayBuffer> buffer;
@@ -134,6 +136,10 @@ void setup(Run& r) {
   const int Bl = r.lab_rows.size(), Bpl = r.px_rows.size();
   const int max_batch = std::max(JemObjective::rows_needed(r.objcfg, Bl, Bpl), std::min(c.eval_batch, 1024));
   r.model = std::make_unique<WideResNet>(w, *r.backend, max_batch);
+  if (r.distributed) {
+    r.buckets = std::make_unique<GradBuckets>(*r.comm, r.model->grad_buffer(), bucket_floats_for_mib(c.allreduce_bucket_mb));
+    r.model->set_grad_ready_hook([b = r.buckets.get()](std::size_t first) { b->ready(first); });
+  }
   r.objective = std::make_unique<JemObjective>(*r.backend, *r.model, r.objcfg, Bl, Bpl, B, Bp, c.stats_every);
   const SamplerConfig sc = sampler_config(c, K);
   r.sampler = std::make_unique<SgldSampler>(*r.backend, *r.model, sc, std::max(Bl, Bpl));
@@ -384,7 +390,9 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
   std::string parallel;
   if (r.distributed)
     parallel = ", data parallel over " + r.comm->name() + " (" + std::to_string(r.shard.local_size()) +
-               " buffer slots per rank)";
+               " buffer slots per rank; gradient all-reduced " +
+               (cfg.allreduce_bucket_mb > 0 ? "in " + fmt("%g", cfg.allreduce_bucket_mb) + " MiB buckets during backward)"
+                                            : "after backward)");
   r.log->info("jem train: " + r.model->config().str() + ", " + std::to_string(r.model->num_params()) +
               " parameters, " + r.backend->name() + parallel + ", " + std::to_string(r.bpe) + " iterations/epoch, " +
               std::to_string(r.total_iters) + " iterations, run dir " + r.dir);
@@ -513,9 +521,11 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     }
     if (pending == 0) first_pending = it;
     const int slot = pending++;
+    // The global gradient: each rank's is a sum over its rows divided by the global batch; the
+    // buckets sum the finished part across the ranks while the backward pass goes on.
+    if (r.buckets) r.buckets->begin();
     r.objective->compute_staged(slot);
-    // The global gradient: each rank's is a sum over its rows divided by the global batch.
-    if (r.distributed) r.comm->all_reduce(r.model->grad_buffer(), ReduceOp::Sum);
+    if (r.buckets) r.buckets->finish();
     if (it == options.inject_nan_at && !nan_injected) {
       nan_slot = slot;
       nan_injected = true;

@@ -38,13 +38,16 @@ class FaultyCommunicator final : public Communicator {
   int local_rank() const override { return c_.local_rank(); }
   int local_world() const override { return c_.local_world(); }
   std::string name() const override { return c_.name(); }
-  void all_reduce(const Tensor& t, ReduceOp op) override {
+  void all_reduce(const Tensor& t, ReduceOp op) override { c_.all_reduce(t, op); }
+  // The trainer's gradient all-reduce: buckets started during backward, one finish per iteration.
+  void all_reduce_start(const Tensor& t, ReduceOp op) override { c_.all_reduce_start(t, op); }
+  void all_reduce_finish() override {
     if (c_.rank() == fail_rank_ && calls_++ == fail_at_) {
       if (mode_ == "throw") JEM_FAIL("injected failure in the gradient all-reduce of iteration ", fail_at_);
       if (mode_ == "exit") std::_Exit(7);
       std::promise<void>().get_future().wait();  // hang: a future nobody will ever set
     }
-    c_.all_reduce(t, op);
+    c_.all_reduce_finish();
   }
   void broadcast(const Tensor& t, int root) override { c_.broadcast(t, root); }
   void all_reduce_host(double* v, int n, ReduceOp op) override { c_.all_reduce_host(v, n, op); }
@@ -90,13 +93,14 @@ TrainConfig tiny_config(const std::string& data, const std::string& out) {
 }
 
 int train_cmd(const std::string& data, const std::string& out, int iters, double reinit, bool resume, bool pxy,
-              int fail_rank, int fail_at, const std::string& mode, double timeout) {
+              int fail_rank, int fail_at, const std::string& mode, double timeout, double bucket_mb) {
   const auto host = make_host_communicator("auto", timeout);
   try {
     FaultyCommunicator comm(*host, fail_rank, fail_at, mode);
     TrainConfig c = tiny_config(data, out);
     c.max_iters = iters;
     c.reinit_freq = reinit;
+    c.allreduce_bucket_mb = bucket_mb;
     if (pxy) {  // the p(x, y) term: class-conditional chains on a buffer in one segment per class
       c.w_pxy = 0.5;
       c.class_cond_buffer = true;
@@ -189,7 +193,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string dir, data, out, a, b, what = "params", mode = "throw";
   int iters = 5, fail_rank = -1, fail_at = -1;
-  double reinit = 1.0, tol = 1e-5, timeout = 60;
+  double reinit = 1.0, tol = 1e-5, timeout = 60, bucket_mb = 25;
   bool resume = false, pxy = false;
   auto* d = app.add_subcommand("data");
   d->add_option("dir", dir)->required();
@@ -204,6 +208,7 @@ int main(int argc, char** argv) {
   t->add_option("--fail-at", fail_at);
   t->add_option("--fail-mode", mode)->check(CLI::IsMember({"throw", "hang", "exit"}));
   t->add_option("--timeout", timeout);
+  t->add_option("--bucket_mb", bucket_mb, "gradient all-reduce bucket size, MiB (0 = one all-reduce)");
   auto* c = app.add_subcommand("compare");
   c->add_option("a", a)->required();
   c->add_option("b", b)->required();
@@ -216,7 +221,7 @@ int main(int argc, char** argv) {
       jem::test::write_synthetic_mnist(dir, 240, 80, 8, 10);
       return 0;
     }
-    if (t->parsed()) return train_cmd(data, out, iters, reinit, resume, pxy, fail_rank, fail_at, mode, timeout);
+    if (t->parsed()) return train_cmd(data, out, iters, reinit, resume, pxy, fail_rank, fail_at, mode, timeout, bucket_mb);
     if (c->parsed()) return compare_cmd(a, b, tol, what);
     if (s->parsed()) return shards_cmd();
   } catch (const std::exception& e) {

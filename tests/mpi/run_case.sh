@@ -31,6 +31,12 @@ case "$case_name" in
     mpirun_np 3 "$driver" train --data "$work/data" --out "$work/w3" --iters 5 --reinit 1
     "$driver" compare "$(ck "$work/w2" 5)" "$(ck "$work/w1" 5)" --tol 1e-5 --what params
     "$driver" compare "$(ck "$work/w3" 5)" "$(ck "$work/w1" 5)" --tol 1e-5 --what params
+    # The gradient all-reduced in buckets during backward (0.01 MiB: a bucket per stage of this
+    # tiny model, started while the backward pass goes on) equals one all-reduce after it, bit for
+    # bit: every element is reduced once, by the same sum of two values.
+    mpirun_np 2 "$driver" train --data "$work/data" --out "$work/w2one" --iters 5 --reinit 1 --bucket_mb 0
+    mpirun_np 2 "$driver" train --data "$work/data" --out "$work/w2buckets" --iters 5 --reinit 1 --bucket_mb 0.01
+    "$driver" compare "$(ck "$work/w2buckets" 5)" "$(ck "$work/w2one" 5)" --tol 0 --what all
     # The test can fail: a different run (other iteration count) is far from it.
     "$driver" train --data "$work/data" --out "$work/w1b" --iters 4 --reinit 1
     if "$driver" compare "$(ck "$work/w1b" 4)" "$(ck "$work/w1" 5)" --tol 1e-5 --what params; then
