@@ -1,6 +1,16 @@
-// Elementwise kernels: fill, copy, axpy, add, scale and leaky ReLU. Memory-bound grid-stride
-// loops; each element is read and written by one thread, so the aliasing the Backend allows
-// (y == x, dx == dy, y == a or b) is safe (and the pointers are deliberately not __restrict__).
+// Elementwise ops: fill, copy, axpy, add, scale and leaky ReLU, through Thrust. These are
+// memory-bound maps, the case Thrust's transform is built for: its kernel is a grid-stride loop
+// as good as a hand-written one, and the per-element math is the __host__ __device__ functions of
+// elementwise_math.hpp that the CPU backend runs too. Each call runs on the backend's stream
+// without synchronising (par_nosync) and allocates nothing. Each element is read and written by
+// one thread, so the aliasing the Backend allows (y == x, dx == dy, y == a or b) is safe.
+// (The reductions, sum_squares and the fused energy/CE kernels, stay hand-written: thrust::reduce
+// allocates temporary storage per call and does not fix its summation order across GPUs.)
+#include <thrust/fill.h>
+#include <thrust/system/cuda/execution_policy.h>
+#include <thrust/system_error.h>
+#include <thrust/transform.h>
+
 #include <bit>
 #include <cstdint>
 
@@ -11,32 +21,38 @@
 namespace jem::kernels {
 namespace {
 
-template <typename T>
-__global__ void fill_kernel(T* p, std::int64_t n, T value) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) p[i] = value;
-}
+auto on(cudaStream_t stream) { return thrust::cuda::par_nosync.on(stream); }
 
-__global__ void axpy_kernel(float alpha, const float* x, float* y, std::int64_t n) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] += alpha * x[i];
-}
+// Thrust reports a failed launch by throwing thrust::system_error: rethrown as jem::Error with
+// this file and line, like every other CUDA error.
+#define JEM_THRUST(op_name, ...)                                      \
+  do {                                                                \
+    try {                                                             \
+      __VA_ARGS__;                                                    \
+    } catch (const thrust::system_error& jem_e_) {                    \
+      JEM_FAIL("Thrust ", op_name, ": ", jem_e_.what());              \
+    }                                                                 \
+  } while (0)
 
-__global__ void add_kernel(const float* a, const float* b, float* y, std::int64_t n) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = a[i] + b[i];
-}
-
-__global__ void scale_kernel(float* x, std::int64_t n, float alpha) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) x[i] *= alpha;
-}
-
-__global__ void leaky_forward_kernel(const float* x, float* y, std::int64_t n, float slope) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = leaky_relu(x[i], slope);
-}
-
-__global__ void leaky_backward_kernel(const float* x, const float* dy, float* dx, std::int64_t n,
-                                      float slope) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride())
-    dx[i] = leaky_relu_grad(x[i], dy[i], slope);
-}
+struct AxpyOp {
+  float alpha;
+  __device__ float operator()(float x, float y) const { return y + alpha * x; }
+};
+struct AddOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct ScaleOp {
+  float alpha;
+  __device__ float operator()(float x) const { return x * alpha; }
+};
+struct LeakyForwardOp {
+  float slope;
+  __device__ float operator()(float x) const { return leaky_relu(x, slope); }
+};
+struct LeakyBackwardOp {
+  float slope;
+  __device__ float operator()(float x, float dy) const { return leaky_relu_grad(x, dy, slope); }
+};
 
 }  // namespace
 
@@ -47,8 +63,7 @@ void fill_f32(float* p, std::int64_t n, float value, cudaStream_t stream) {
     JEM_CUDA_CHECK(cudaMemsetAsync(p, 0, std::size_t(n) * sizeof(float), stream));
     return;
   }
-  fill_kernel<<<grid_for(n), kThreads, 0, stream>>>(p, n, value);
-  JEM_CUDA_CHECK_LAUNCH();
+  JEM_THRUST("fill", thrust::fill_n(on(stream), p, n, value));
 }
 
 void fill_i32(std::int32_t* p, std::int64_t n, std::int32_t value, cudaStream_t stream) {
@@ -57,8 +72,7 @@ void fill_i32(std::int32_t* p, std::int64_t n, std::int32_t value, cudaStream_t 
     JEM_CUDA_CHECK(cudaMemsetAsync(p, 0, std::size_t(n) * sizeof(std::int32_t), stream));
     return;
   }
-  fill_kernel<<<grid_for(n), kThreads, 0, stream>>>(p, n, value);
-  JEM_CUDA_CHECK_LAUNCH();
+  JEM_THRUST("fill", thrust::fill_n(on(stream), p, n, value));
 }
 
 void copy_f32(const float* src, float* dst, std::int64_t n, cudaStream_t stream) {
@@ -80,33 +94,28 @@ void copy_f32(const float* src, float* dst, std::int64_t n, cudaStream_t stream)
 
 void axpy(float alpha, const float* x, float* y, std::int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  axpy_kernel<<<grid_for(n), kThreads, 0, stream>>>(alpha, x, y, n);
-  JEM_CUDA_CHECK_LAUNCH();
+  JEM_THRUST("axpy", thrust::transform(on(stream), x, x + n, y, y, AxpyOp{alpha}));
 }
 
 void add(const float* a, const float* b, float* y, std::int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  add_kernel<<<grid_for(n), kThreads, 0, stream>>>(a, b, y, n);
-  JEM_CUDA_CHECK_LAUNCH();
+  JEM_THRUST("add", thrust::transform(on(stream), a, a + n, b, y, AddOp{}));
 }
 
 void scale(float* x, std::int64_t n, float alpha, cudaStream_t stream) {
   if (n <= 0) return;
-  scale_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, alpha);
-  JEM_CUDA_CHECK_LAUNCH();
+  JEM_THRUST("scale", thrust::transform(on(stream), x, x + n, x, ScaleOp{alpha}));
 }
 
 void leaky_relu_forward(const float* x, float* y, std::int64_t n, float slope, cudaStream_t stream) {
   if (n <= 0) return;
-  leaky_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n, slope);
-  JEM_CUDA_CHECK_LAUNCH();
+  JEM_THRUST("leaky_relu_forward", thrust::transform(on(stream), x, x + n, y, LeakyForwardOp{slope}));
 }
 
 void leaky_relu_backward(const float* x, const float* dy, float* dx, std::int64_t n, float slope,
                          cudaStream_t stream) {
   if (n <= 0) return;
-  leaky_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, dy, dx, n, slope);
-  JEM_CUDA_CHECK_LAUNCH();
+  JEM_THRUST("leaky_relu_backward", thrust::transform(on(stream), x, x + n, dy, dx, LeakyBackwardOp{slope}));
 }
 
 }  // namespace jem::kernels
