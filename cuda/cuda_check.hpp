@@ -9,12 +9,17 @@
 
 #include "jem/error.hpp"
 
+// A non-sticky error (an allocation that failed) is also cleared from the thread's last-error
+// slot before throwing: otherwise a caller that catches and goes on would see it again at the
+// next unrelated launch check.
 #define JEM_CUDA_CHECK(call)                                                               \
   do {                                                                                     \
     const cudaError_t jem_err_ = (call);                                                   \
-    if (jem_err_ != cudaSuccess)                                                           \
+    if (jem_err_ != cudaSuccess) {                                                         \
+      (void)cudaGetLastError();                                                            \
       JEM_FAIL("CUDA error in ", #call, ": ", cudaGetErrorName(jem_err_), " (",           \
                cudaGetErrorString(jem_err_), ")");                                         \
+    }                                                                                      \
   } while (0)
 
 // After a kernel launch: reports launch-configuration errors at the launch site.

@@ -87,17 +87,22 @@ bool uses_tensor_cores(cudnnMathType_t m) {
 // tensor-core algorithm and, for the backward ops, prefers deterministic ones: their summation
 // order is fixed, so one shape gives the same bits on every call and run (BWD_FILTER_ALGO_0 /
 // ALGO_3 and BWD_DATA_ALGO_0 accumulate with atomics). Only when no deterministic algorithm
-// works does it fall back to the fastest non-deterministic one.
+// works does it fall back to the fastest non-deterministic one. In FP32 mode it also prefers
+// results timed with FMA math: the search may time an algorithm with CUDNN_DEFAULT_MATH too,
+// which on sm_80+ lets TF32 kernels in, and the chosen algorithm runs with FMA math (a
+// default-math result is taken only when no FMA one qualifies).
 template <typename Perf>
 const Perf* pick(const std::vector<Perf>& perf, int returned, bool fp32, bool want_deterministic) {
   for (int pass = want_deterministic ? 0 : 1; pass < 2; ++pass)
-    for (int i = 0; i < returned; ++i) {
-      const Perf& p = perf[std::size_t(i)];
-      if (p.status != CUDNN_STATUS_SUCCESS || p.memory > ConvEngine::kMaxWorkspace) continue;
-      if (fp32 && uses_tensor_cores(p.mathType)) continue;
-      if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC) continue;
-      return &p;
-    }
+    for (int strict = fp32 ? 1 : 0; strict >= 0; --strict)
+      for (int i = 0; i < returned; ++i) {
+        const Perf& p = perf[std::size_t(i)];
+        if (p.status != CUDNN_STATUS_SUCCESS || p.memory > ConvEngine::kMaxWorkspace) continue;
+        if (fp32 && uses_tensor_cores(p.mathType)) continue;
+        if (strict && p.mathType != CUDNN_FMA_MATH) continue;
+        if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC) continue;
+        return &p;
+      }
   return nullptr;
 }
 
@@ -238,7 +243,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   else
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
         handle_, p.x.d, p.y.d, p.conv.d, p.w.d, cudnnConvolutionBwdFilterAlgo_t(p.algo), &need));
-  p.workspace = need;
+  p.workspace = need;  // the size query for the chosen algorithm and math type
   if (verbose_)
     std::fprintf(stderr, "jem: cuDNN %s %s: algo %d (%s, %s math, %.3f ms, %zu KiB workspace)\n",
                  op_name(int(op)), describe(g).c_str(), p.algo, chosen_determinism,

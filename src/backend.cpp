@@ -117,6 +117,7 @@ void Backend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, 
   check_tensor(y, "conv2d_forward", "y");
   const ConvGeom g = conv_geom("conv2d_forward", x, w, y, stride, pad_h, pad_w);
   JEM_CHECK(b.numel() == g.K, "conv2d_forward: bias ", b.shape().str(), " for ", g.K, " filters");
+  if (g.N == 0) return;  // an empty batch: nothing to compute or to add (cuDNN rejects 0-sized descriptors)
   conv2d_forward_impl(g, x.data<float>(), w.data<float>(), b.data<float>(), y.data<float>());
 }
 
@@ -126,6 +127,7 @@ void Backend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tens
   check_tensor(w, "conv2d_backward_data", "w");
   check_tensor(dx, "conv2d_backward_data", "dx");
   const ConvGeom g = conv_geom("conv2d_backward_data", dx, w, dy, stride, pad, pad);
+  if (g.N == 0) return;  // an empty batch: nothing to compute or to add (cuDNN rejects 0-sized descriptors)
   conv2d_backward_data_impl(g, dy.data<float>(), w.data<float>(), dx.data<float>());
 }
 
@@ -142,6 +144,7 @@ void Backend::conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Te
               " filters");
     db_ptr = db.data<float>();
   }
+  if (g.N == 0) return;  // an empty batch: nothing to compute or to add (cuDNN rejects 0-sized descriptors)
   conv2d_backward_filter_impl(g, x.data<float>(), dy.data<float>(), dw.data<float>(), db_ptr);
 }
 
