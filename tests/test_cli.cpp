@@ -45,6 +45,17 @@ TEST(Configs, EveryShippedConfigParsesAndValidates) {
   EXPECT_DOUBLE_EQ(q.w_px, 1.0);  // the quickstart is a real JEM: p(x) on, buffer on, >= 10 steps
   EXPECT_GE(q.sgld_steps, 10);
   EXPECT_LT(q.reinit_freq, 1.0);
+  // The stability choices of docs/stability.md: the quickstart keeps the L2 energy term and a
+  // guard limit of 1e4; the paper's configs keep the official w_l2 = 0 and 1e8, guard on.
+  EXPECT_DOUBLE_EQ(q.w_l2, 0.1);
+  EXPECT_TRUE(q.guard);
+  EXPECT_DOUBLE_EQ(q.guard_limit, 1e4);
+  for (const char* file : {"configs/cifar10.toml", "configs/cifar100.toml", "configs/svhn.toml"}) {
+    const TrainConfig p = parse_train_config({"--config", jem::test::source_path(file)});
+    EXPECT_DOUBLE_EQ(p.w_l2, 0.0) << file;
+    EXPECT_TRUE(p.guard) << file;
+    EXPECT_DOUBLE_EQ(p.guard_limit, 1e8) << file;
+  }
 }
 
 class Cli : public ::testing::Test {
