@@ -106,16 +106,19 @@ for f in sorted(os.listdir(out)):
     if s.get("stopped_early"):  # stopped by a signal before its last iteration: not a result
         continue
     at = None
-    if rc != 0:  # the iteration of the divergence that ended the run, from its log
+    if rc != 0:  # the iteration of the divergence that ended the run, and its rollbacks, from its log
         log = os.path.join(out, f[: -len(".result")] + ".log")
-        hits = re.findall(r"divergence at iteration (\d+)", open(log, errors="replace").read()) if os.path.exists(log) else []
+        text = open(log, errors="replace").read() if os.path.exists(log) else ""
+        hits = re.findall(r"divergence at iteration (\d+)", text)
         at = int(hits[-1]) if hits else None
+        s["rollbacks"] = len(re.findall(r"; rollback \d+/", text))
     cells[(float(lr), int(k), float(l2), guard)].append(
         dict(seed=int(seed), diverged=rc != 0, rollbacks=s.get("rollbacks", 0), acc=s.get("test_accuracy"),
              peak=s.get("peak_abs_energy"), at=at))
 lines = [f"# Stability matrix: quickstart model, {iterations} iterations per run, guard_limit {limit}", "",
          "Diverged: runs that ended with an error (guard off: the first divergence; guard on: "
-         "retries exhausted). Rollbacks: the guard's restarts, summed over seeds. Accuracy: mean "
+         "retries exhausted). Rollbacks: the guard's restarts, summed over seeds (those of runs that "
+         "died included). Accuracy: mean "
          "test accuracy of the runs that finished. Peak |E|: the largest max |E| of a kept iteration, "
          "over the runs that finished (how close they came to guard_limit). Died at: the iteration "
          "of each run's fatal divergence.", "",
