@@ -182,6 +182,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
   const char* chosen_determinism = "";
   float ms = 0.0f;
+  std::size_t searched_memory = 0;  // the workspace the search ran the chosen algorithm with
 
   if (op == Op::Forward) {
     JEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle_, &count));
@@ -194,6 +195,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     p.algo = int(best->algo);
     math = best->mathType;
     ms = best->time;
+    searched_memory = best->memory;
     chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
   } else if (op == Op::BackwardData) {
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle_, &count));
@@ -208,6 +210,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     p.algo = int(best->algo);
     math = best->mathType;
     ms = best->time;
+    searched_memory = best->memory;
     chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
   } else {
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(handle_, &count));
@@ -228,6 +231,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     p.algo = int(best->algo);
     math = best->mathType;
     ms = best->time;
+    searched_memory = best->memory;
     chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
   }
 
@@ -243,11 +247,14 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   else
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
         handle_, p.x.d, p.y.d, p.conv.d, p.w.d, cudnnConvolutionBwdFilterAlgo_t(p.algo), &need));
-  p.workspace = need;  // the size query for the chosen algorithm and math type
+  // The size query for the chosen algorithm and math type, but never less than the search ran it
+  // with: the two can differ (the math type is set again above), and too small a workspace
+  // makes the call fail where too large costs only memory.
+  p.workspace = std::max(need, searched_memory);
   if (verbose_)
     std::fprintf(stderr, "jem: cuDNN %s %s: algo %d (%s, %s math, %.3f ms, %zu KiB workspace)\n",
                  op_name(int(op)), describe(g).c_str(), p.algo, chosen_determinism,
-                 fp32 ? "FMA" : math_name(math), double(ms), need >> 10);
+                 fp32 ? "FMA" : math_name(math), double(ms), p.workspace >> 10);
 }
 
 void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, const float* b,

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check: configure a Release build with the CUDA backend for sm_90 (build-gpu), build
-# everything, run every test (the CUDA ones included), log the cuDNN algorithms the Wide-ResNet
+# The GPU check: take the build that scripts/gpu-bundle.sh packed on a development machine
+# (.gpu-bundle/build.tar.xz; the lent GPU machines have the CUDA libraries but none of jem's
+# other dependencies, and cannot download them), or else configure a Release build with the CUDA
+# backend for sm_90 (build-gpu) and build everything; run every test (the CUDA ones included;
+# not the crash test, which CI runs, nor the mpirun tests where there is no mpiexec), log the cuDNN algorithms the Wide-ResNet
 # tests choose, run the NCCL checks (scripts/nccl-check.sh), run the benchmarks (jem bench of
 # WRN-28-10 in TF32 and FP32, and bench/compare.sh against PyTorch when python3 has a CUDA
 # PyTorch), and write OUT_DIR/summary.json.
@@ -64,20 +67,79 @@ else
   echo "nvidia-smi not found" >"$out/nvidia-smi.txt"
 fi
 
-# ---- configure and build ---------------------------------------------------------------------
-# The benchmarks need Google Benchmark; without it, configure again without them.
-run_step configure 60 bash -c '
-  cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 ||
-  { echo "gpu-check: configuring again without the benchmarks";
-    cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-          -DJEM_BUILD_BENCH=OFF; }' configure "$build"
-run_step build 270 cmake --build "$build" -j"$jobs"
+{
+  echo "== os"; cat /etc/os-release 2>/dev/null | head -2; ldd --version 2>&1 | head -1
+  echo "== nvcc"; nvcc --version 2>&1 | tail -2
+  echo "== python3"; python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
+    "cudnn", torch.backends.cudnn.version())' 2>&1 | tail -1
+  echo "== mpiexec"; command -v mpiexec || echo "none"
+} >"$out/logs/machine.log" 2>&1 || true
+
+# ---- the build: unpack the bundle, or configure and build ------------------------------------
+bundle=.gpu-bundle
+if [[ -f $bundle/build.tar.xz ]]; then
+  build=$(sed -n 's/^build_dir=//p' "$bundle/manifest.txt")
+  src=$(sed -n 's/^source_dir=//p' "$bundle/manifest.txt")
+  # ctest's files and the tests name the checkout by the path it had where it was built: make
+  # that path lead here.
+  run_step unpack 60 bash -c '
+    set -e
+    rm -rf "$2" "$3/lib"
+    if command -v xz >/dev/null; then
+      tar -xJf "$3/build.tar.xz"
+    else  # no xz here: Python reads it
+      python3 -c "import sys, tarfile
+kw = {\"filter\": \"data\"} if hasattr(tarfile, \"data_filter\") else {}
+tarfile.open(sys.argv[1]).extractall(**kw)" "$3/build.tar.xz"
+    fi
+    if [[ $(realpath -m "$1") != "$PWD" ]]; then
+      [[ ! -e $1 ]] || { echo "$1 exists and is not this checkout ($PWD)"; exit 1; }
+      mkdir -p "$(dirname "$1")" && ln -s "$PWD" "$1"
+      echo "linked $1 -> $PWD"
+    fi
+    cat "$3/manifest.txt"' unpack "$src" "$build" "$bundle"
+  # cuDNN, cuBLAS, NCCL, NVRTC and the CUDA runtime come from this machine: the toolkit's
+  # folders, or the NVIDIA wheels next to PyTorch.
+  lib_dirs=()
+  roots=(/usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu)
+  while IFS= read -r sp; do [[ -d $sp/nvidia ]] && roots+=("$sp/nvidia"); done < <(
+    python3 -c 'import site; print("\n".join(site.getsitepackages()))' 2>/dev/null || true)
+  for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9 libnccl.so.2 libnvrtc.so.13; do
+    hit=$(find "${roots[@]}" -maxdepth 4 -name "$so" 2>/dev/null | head -1 || true)
+    [[ -n $hit ]] && lib_dirs+=("$(dirname "$hit")")
+  done
+  if ((${#lib_dirs[@]} > 0)); then
+    LD_LIBRARY_PATH=$(printf '%s\n' "${lib_dirs[@]}" | awk '!seen[$0]++' | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export LD_LIBRARY_PATH
+  fi
+  # Every executable must find every library before anything runs.
+  run_step libraries 30 bash -c '
+    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+    bad=0
+    for f in "$1/jem" "$1"/tests/test_* "$1"/tests/mpi/dist_driver "$1"/bench/bench_*; do
+      [[ -x $f ]] || continue
+      if ldd "$f" | grep "not found"; then echo "in $f"; bad=1; fi
+    done
+    ldd "$1/jem"
+    exit $bad' libraries "$build"
+else
+  # The benchmarks need Google Benchmark; without it, configure again without them.
+  run_step configure 60 bash -c '
+    cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 ||
+    { echo "gpu-check: configuring again without the benchmarks";
+      cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+            -DJEM_BUILD_BENCH=OFF; }' configure "$build"
+  run_step build 270 cmake --build "$build" -j"$jobs"
+fi
 
 # ---- tests -----------------------------------------------------------------------------------
 run_step info 20 "$build/jem" info
 cp "$out/logs/info.log" "$out/jem-info.txt" 2>/dev/null || true
+# The crash test is CPU-only and slow (CI runs it); the mpirun tests need an mpiexec.
+ctest_skip=()
+command -v mpiexec >/dev/null || ctest_skip=(-E '^Distributed[.]')
 run_step ctest 150 ctest --test-dir "$build" --output-on-failure -j"$jobs" --timeout 120 \
-  --output-junit "$out/ctest-junit.xml"
+  -LE crash "${ctest_skip[@]}" --output-junit "$out/ctest-junit.xml"
 # Which algorithm cuDNN picked per convolution shape (FP32 and TF32), for the record.
 run_step cudnn_algorithms 40 env JEM_CUDNN_VERBOSE=1 "$build/tests/test_cuda_backend" \
   --gtest_filter='Reference/CudaWideResNet.*'
@@ -165,12 +227,16 @@ all_ok=true
   done
   echo "],"
   echo "  \"all_ok\": $all_ok,"
+  printf '  "machine": %s,\n' "$(json_string <"$out/logs/machine.log")"
   printf '  "nvidia_smi": %s\n' "$(json_string <"$out/nvidia-smi.txt")"
   echo "}"
 } >"$out/summary.json"
 # The device tool brings back at most 8 files: bundle everything but the summary into one
 # archive (the summary names the logs by their path inside it).
-(cd "$out" && tar czf results.tar.gz --exclude=summary.json --exclude=results.tar.gz . &&
-  find . -mindepth 1 -maxdepth 1 ! -name summary.json ! -name results.tar.gz -exec rm -rf {} +)
+# The archive is written outside OUT_DIR: tar fails on a folder that changes while it reads it.
+archive=$(mktemp "${TMPDIR:-/tmp}/gpu-check-results.XXXXXX")
+(cd "$out" && tar czf "$archive" --exclude=./summary.json --exclude=./results.tar.gz . &&
+  find . -mindepth 1 -maxdepth 1 ! -name summary.json -exec rm -rf {} + &&
+  mv "$archive" results.tar.gz && chmod 644 results.tar.gz)
 echo "gpu-check: wrote $out/summary.json and $out/results.tar.gz (all_ok: $all_ok)" >&2
 $all_ok

@@ -3,6 +3,7 @@
 # packages already present are not touched, and apt-get runs only when something is missing.
 #   scripts/install-deps.sh            build + test + quickstart dependencies
 #   scripts/install-deps.sh --bench    also python3-torch (bench/pytorch_jem.py)
+#   scripts/install-deps.sh --gpu-bundle  also patchelf, xz, file, debootstrap (gpu-bundle.sh, gpu-rehearsal.sh)
 set -euo pipefail
 
 packages=(
@@ -17,9 +18,12 @@ packages=(
   libopenmpi-dev openmpi-bin # multi-process training (mpirun) and its tests
   dataset-fashion-mnist      # the quickstart's data
 )
-if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(python3-torch python3-numpy)
-fi
+case "${1:-}" in
+  --bench) packages+=(python3-torch python3-numpy) ;;
+  --gpu-bundle) packages+=(patchelf xz-utils file debootstrap) ;;
+  "") ;;
+  *) echo "usage: $0 [--bench|--gpu-bundle]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

@@ -261,10 +261,13 @@ TEST(DataParallel, LaunchIsReadFromTheLaunchersEnvironment) {
       EXPECT_NE(std::string(e.what()).find("PMI_SIZE"), std::string::npos) << e.what();
     }
   }
-  // Started alone: the single-process communicator, no MPI.
-  const auto c = make_host_communicator("auto", 10);
-  EXPECT_EQ(c->world(), 1);
-  EXPECT_EQ(c->name(), "single process");
+  // Started alone: the single-process communicator, no MPI; also for one process through the
+  // NCCL path (a singleton MPI_Init would need Open MPI's whole installation).
+  for (const char* kind : {"auto", "nccl"}) {
+    const auto c = make_host_communicator(kind, 10);
+    EXPECT_EQ(c->world(), 1) << kind;
+    EXPECT_EQ(c->name(), "single process") << kind;
+  }
 }
 
 TEST(DataParallel, NcclOnTheCpuBackendIsAClearError) {

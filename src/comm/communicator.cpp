@@ -105,8 +105,10 @@ std::unique_ptr<Communicator> make_host_communicator(const std::string& kind, do
     return make_single_communicator();
   }
   if (kind == "auto" && l.world == 1) return make_single_communicator();
-  // One process through the NCCL path needs no MPI: its ncclUniqueId has nobody to go to.
-  if (kind == "nccl" && l.world == 1 && !built_with_mpi()) return make_single_communicator();
+  // One process through the NCCL path needs no MPI: its ncclUniqueId has nobody to go to. Not
+  // started by a launcher, it must not start MPI either (a singleton MPI_Init needs Open MPI's
+  // whole installation, which a GPU machine running a carried build may not have).
+  if (kind == "nccl" && l.world == 1 && (l.launcher.empty() || !built_with_mpi())) return make_single_communicator();
   if (!built_with_mpi()) {
     JEM_CHECK(l.world == 1, l.launcher, " started ", l.world, " processes, but this jem was built without MPI ",
               "(JEM_MPI=OFF or no MPI found): rebuild with libopenmpi-dev installed, or start one process");
