@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# The GPU check: take the build that scripts/gpu-bundle.sh packed on a development machine
-# (.gpu-bundle/build.tar.xz; the lent GPU machines have the CUDA libraries but none of jem's
-# other dependencies, and cannot download them), or else configure a Release build with the CUDA
-# backend for sm_90 (build-gpu) and build everything; run every test (the CUDA ones included;
-# not the crash test, which CI runs, nor the mpirun tests where there is no mpiexec), log the cuDNN algorithms the Wide-ResNet
-# tests choose, run the NCCL checks (scripts/nccl-check.sh), run the benchmarks (jem bench of
-# WRN-28-10 in TF32 and FP32, and bench/compare.sh against PyTorch when python3 has a CUDA
-# PyTorch), and write OUT_DIR/summary.json.
+# The GPU check, one command for a GPU machine:
+#  1. the build: the one scripts/gpu-bundle.sh packed on a development machine
+#     (.gpu-bundle/build.tar.xz; the lent GPU machines have the CUDA libraries but none of jem's
+#     other dependencies and cannot download them), or else a Release build for sm_90 made here
+#     (build-gpu);
+#  2. every test, the CUDA ones included (not the crash test, which CI runs, nor the mpirun tests
+#     where there is no mpiexec), and the cuDNN algorithms the Wide-ResNet tests choose;
+#  3. the NCCL checks (scripts/nccl-check.sh);
+#  4. the GPU benchmarks: bench_ops' CUDA ops, jem bench of WRN-28-10 in TF32 and FP32, and
+#     bench/compare.sh against PyTorch when python3 has a CUDA PyTorch;
+#  5. the custom kernels' tests under compute-sanitizer memcheck, with the time left.
 #
 #   scripts/gpu-check.sh OUT_DIR
 #
-# Writes into OUT_DIR: summary.json (step exit codes and timings, ctest counts and failed tests,
-# benchmark files, nvidia-smi output), logs/<step>.log, ctest-junit.xml, bench_<name>.json,
-# nvidia-smi.txt, jem-info.txt. Designed to finish within 8 minutes on one H200: every step runs
-# under a time limit cut to what is left of a 7.5-minute budget, and a step that fails or times
-# out does not stop the others (its exit code lands in the summary; 124 = timed out). Exits 0
-# when every step succeeded, 1 otherwise (after writing the summary).
+# Writes OUT_DIR/summary.json (step exit codes and timings, ctest counts and failed tests,
+# benchmark files, the machine, nvidia-smi output) and OUT_DIR/results.tar.gz (logs/<step>.log,
+# ctest-junit.xml, the benchmark JSON files, nvidia-smi.txt, jem-info.txt). Designed to finish
+# within 8 minutes on one H200: every step runs under a time limit cut to what is left of a
+# 7.5-minute budget, and a step that fails or times out does not stop the others (its exit code
+# lands in the summary; 124 = timed out). Exits 0 when every step succeeded, 1 otherwise (after
+# writing the summary).
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -152,9 +156,11 @@ bench_files=()
 if [[ -d "$build/bench" ]]; then
   while IFS= read -r exe; do
     name=$(basename "$exe")
-    # bench_ops times every op on the CPU too; here only the GPU's.
+    # bench_model times the CPU alone, and bench_ops every op on the CPU too: here only the GPU's,
+    # each for 0.1 s (Google Benchmark's default 0.5 s would not fit every shape in the budget).
+    [[ $name == bench_model ]] && continue
     filter=()
-    [[ $name == bench_ops ]] && filter=(--benchmark_filter=/cuda/)
+    [[ $name == bench_ops ]] && filter=(--benchmark_filter=/cuda/ --benchmark_min_time=0.1)
     run_step "$name" 120 sh -c '"$@" --benchmark_format=json >"$0"' "$out/$name.json" "$exe" "${filter[@]}"
     bench_files+=("$name.json")
   done < <(find "$build/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
@@ -170,6 +176,15 @@ if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   run_step compare_pytorch_tf32 150 bench/compare.sh --device cuda --tf32 on --python python3 \
     --jem "$build/jem" --rounds 3 --outdir "$out/compare_tf32" --config configs/cifar10.toml \
     --iterations 5 --warmup 2
+fi
+
+# ---- compute-sanitizer: out-of-bounds and uninitialised reads in the custom kernels --------------
+# Last, with what is left of the budget: the kernels' tests under memcheck (cuDNN's searches
+# would take too long under it, so not the convolution tests).
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [[ -x $sanitizer ]]; then
+  run_step memcheck 90 "$sanitizer" --tool memcheck --error-exitcode 1 \
+    "$build/tests/test_cuda_backend" --gtest_filter='CudaOps.*'
 fi
 
 # ---- summary.json ----------------------------------------------------------------------------
