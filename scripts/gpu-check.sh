@@ -172,6 +172,11 @@ for math in tf32 fp32; do
     --device cuda --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_$math.json"
   bench_files+=("jem_bench_wrn28x10_$math.json")
 done
+# The same iteration at batch 1: its kernels are tiny, so its time is mostly launches and the
+# host's work, an upper bound of what capturing the iteration in a CUDA Graph could save.
+run_step jem_bench_tf32_batch1 40 env JEM_CUDA_MATH=tf32 "$build/jem" bench --config configs/cifar10.toml \
+  --device cuda --batch_size 1 --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_tf32_batch1.json"
+bench_files+=("jem_bench_wrn28x10_tf32_batch1.json")
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   run_step compare_pytorch_tf32 150 bench/compare.sh --device cuda --tf32 on --python python3 \
     --jem "$build/jem" --rounds 3 --outdir "$out/compare_tf32" --config configs/cifar10.toml \
