@@ -7,9 +7,9 @@
 #
 #   scripts/gpu-bundle.sh [BUILD_DIR] [BUNDLE_DIR]     (defaults: build-gpu, .gpu-bundle)
 #
-# BUILD_DIR must be a built Release tree with the CUDA backend for sm_90, e.g.
-#   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-#         -DCMAKE_EXE_LINKER_FLAGS=-s && cmake --build build-gpu -j
+# BUILD_DIR is configured when it does not exist (Release, CUDA backend for sm_90, stripped
+# executables) and brought up to date (cmake --build) in any case; an existing BUILD_DIR must be
+# such a tree.
 # BUNDLE_DIR (git-ignored) then holds build.tar.xz (the executables, ctest's files and lib/ with
 # every shared library they load but glibc and the CUDA libraries the GPU machine provides) and
 # manifest.txt. Each executable's RPATH is set to $ORIGIN/.../BUNDLE_DIR/lib, so the bundled
@@ -25,7 +25,12 @@ bundle=${2:-.gpu-bundle}
 die() { echo "gpu-bundle: $*" >&2; exit 1; }
 command -v patchelf >/dev/null || die "patchelf not found (scripts/install-deps.sh --gpu-bundle)"
 command -v xz >/dev/null || die "xz not found (scripts/install-deps.sh --gpu-bundle)"
+if [[ ! -e $build ]]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DCMAKE_EXE_LINKER_FLAGS=-s >&2 || die "configuring $build failed"
+fi
 [[ -f $build/CMakeCache.txt ]] || die "$build is not a CMake build directory"
+cmake --build "$build" -j"$(nproc)" >&2 || die "building $build failed"
 arch=$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' "$build/CMakeCache.txt")
 [[ $arch == *90* ]] || die "$build targets CUDA architectures '$arch', not sm_90 (-DCMAKE_CUDA_ARCHITECTURES=90)"
 [[ -x $build/jem ]] || die "$build/jem is missing: build first (cmake --build $build)"
