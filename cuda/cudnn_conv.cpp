@@ -84,7 +84,8 @@ bool uses_tensor_cores(cudnnMathType_t m) {
 }
 
 // The fastest acceptable result of a search (cuDNN sorts them by time). FP32 mode accepts no
-// tensor-core algorithm and, for the backward ops, prefers deterministic ones: their summation
+// tensor-core algorithm and prefers deterministic ones (forward too: tests and resumed runs
+// compare FP32 results bit for bit, and a forward algorithm may split its reduction): their summation
 // order is fixed, so one shape gives the same bits on every call and run (BWD_FILTER_ALGO_0 /
 // ALGO_3 and BWD_DATA_ALGO_0 accumulate with atomics). Only when no deterministic algorithm
 // works does it fall back to the fastest non-deterministic one. In FP32 mode it also prefers
@@ -190,7 +191,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     JEM_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(handle_, p.x.d, a, p.w.d, b, p.conv.d,
                                                            p.y.d, out, count, &returned,
                                                            perf.data(), ws.ptr, ws.bytes));
-    const auto* best = pick(perf, returned, fp32, false);
+    const auto* best = pick(perf, returned, fp32, fp32);
     JEM_CHECK(best, "conv2d_forward: cuDNN found no usable algorithm for ", describe(g));
     p.algo = int(best->algo);
     math = best->mathType;
@@ -263,7 +264,7 @@ void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, cons
   const float one = 1.0f, zero = 0.0f;
   JEM_CUDNN_CHECK(cudnnConvolutionForward(handle_, &one, p.x.d, x, p.w.d, w, p.conv.d,
                                           cudnnConvolutionFwdAlgo_t(p.algo), workspace_.get(),
-                                          workspace_.bytes(), &zero, p.y.d, y));
+                                          p.workspace, &zero, p.y.d, y));
   // y += b, broadcast over N, P, Q.
   JEM_CUDNN_CHECK(cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y));
 }
@@ -273,7 +274,7 @@ void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* 
   const float one = 1.0f, zero = 0.0f;
   JEM_CUDNN_CHECK(cudnnConvolutionBackwardData(handle_, &one, p.w.d, w, p.y.d, dy, p.conv.d,
                                                cudnnConvolutionBwdDataAlgo_t(p.algo),
-                                               workspace_.get(), workspace_.bytes(), &zero, p.x.d,
+                                               workspace_.get(), p.workspace, &zero, p.x.d,
                                                dx));
 }
 
@@ -284,7 +285,7 @@ void ConvEngine::backward_filter(const ConvGeom& g, const float* x, const float*
   const float one = 1.0f;
   JEM_CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle_, &one, p.x.d, x, p.y.d, dy, p.conv.d,
                                                  cudnnConvolutionBwdFilterAlgo_t(p.algo),
-                                                 workspace_.get(), workspace_.bytes(), &one,
+                                                 workspace_.get(), p.workspace, &one,
                                                  p.w.d, dw));
   if (db) JEM_CUDNN_CHECK(cudnnConvolutionBackwardBias(handle_, &one, p.y.d, dy, &one, p.bias.d, db));
 }

@@ -10,8 +10,9 @@
 # BUILD_DIR is configured when it does not exist (Release, CUDA backend for sm_90, stripped
 # executables) and brought up to date (cmake --build) in any case; an existing BUILD_DIR must be
 # such a tree.
-# BUNDLE_DIR (git-ignored) then holds build.tar.xz (the executables, ctest's files and lib/ with
-# every shared library they load but glibc and the CUDA libraries the GPU machine provides) and
+# BUNDLE_DIR (git-ignored) then holds build.tar.xz (the executables, ctest's files, lib/ with
+# every shared library they load but glibc, the C++ runtime and the CUDA libraries the GPU
+# machine provides, and lib-fallback/ with the C++ runtime for a machine whose own is older) and
 # manifest.txt. Each executable's RPATH is set to $ORIGIN/.../BUNDLE_DIR/lib, so the bundled
 # libraries win over the machine's without LD_LIBRARY_PATH (which would reach PyTorch too).
 # Send it with the device tool's carry: ["BUNDLE_DIR"]. Needs patchelf and xz
@@ -44,7 +45,7 @@ provided='^(libcuda|libcudart|libcublas|libcublasLt|libcudnn[a-z_]*|libnccl|libn
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage/lib" "$stage/$build"
+mkdir -p "$stage/lib" "$stage/lib-fallback" "$stage/$build"
 
 # Everything ctest and the scripts need from the build tree, without objects and archives.
 (cd "$build" && find . -type f ! -name '*.o' ! -name '*.a' ! -name '*.d' ! -name '*.make' \
@@ -64,7 +65,13 @@ for f in "${exes[@]}"; do
   ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }'
 done | sort -u | while read -r soname path; do
   [[ $soname =~ $provided ]] && continue
-  cp -L "$path" "$stage/lib/$soname"
+  # The C++ runtime: the GPU machine's own when it is recent enough (its CUDA libraries load into
+  # the same process and may need it), ours only as a fallback (gpu-check.sh decides).
+  if [[ $soname =~ ^(libstdc\+\+|libgcc_s)\.so ]]; then
+    cp -L "$path" "$stage/lib-fallback/$soname"
+  else
+    cp -L "$path" "$stage/lib/$soname"
+  fi
 done
 missing=$(for f in "${exes[@]}"; do ldd "$f" | grep 'not found' || true; done | sort -u)
 [[ -z $missing ]] || die "libraries not found here: $missing"
@@ -86,10 +93,11 @@ mkdir -p "$bundle"
   echo "cuda_architectures=$arch"
   echo "executables=${#exes[@]}"
   echo "libraries=$(cd "$stage/lib" && ls | tr '\n' ' ')"
+  echo "fallback_libraries=$(cd "$stage/lib-fallback" && ls | tr '\n' ' ')"
 } >"$bundle/manifest.txt"
 mkdir -p "$stage/$bundle"
-mv "$stage/lib" "$stage/$bundle/lib"
-(cd "$stage" && tar -cf - "$build" "$bundle/lib") | xz -T0 -6 >"$bundle/build.tar.xz.part"
+mv "$stage/lib" "$stage/lib-fallback" "$stage/$bundle/"
+(cd "$stage" && tar -cf - "$build" "$bundle/lib" "$bundle/lib-fallback") | xz -T0 -6 >"$bundle/build.tar.xz.part"
 mv "$bundle/build.tar.xz.part" "$bundle/build.tar.xz"
 echo "gpu-bundle: $bundle/build.tar.xz: ${#exes[@]} executables, $(ls "$stage/$bundle/lib" | wc -l) libraries," \
   "$(du -h "$bundle/build.tar.xz" | cut -f1) (send it with carry: [\"$bundle\"])" >&2
