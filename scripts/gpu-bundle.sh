@@ -12,8 +12,9 @@
 # such a tree.
 # BUNDLE_DIR (git-ignored) then holds build.tar.xz (the executables, ctest's files, lib/ with
 # every shared library they load but glibc, the C++ runtime and the CUDA libraries the GPU
-# machine provides, and lib-fallback/ with the C++ runtime for a machine whose own is older) and
-# manifest.txt. Each executable's RPATH is set to $ORIGIN/.../BUNDLE_DIR/lib, so the bundled
+# machine provides, lib-fallback/ with the C++ runtime and lib-glibc/ with glibc and its loader,
+# for a machine whose own are older) and manifest.txt. Each executable's program interpreter is
+# SOURCE_DIR/BUNDLE_DIR/ld/ld-linux-x86-64.so.2, a link that gpu-check.sh makes. Each executable's RPATH is set to $ORIGIN/.../BUNDLE_DIR/lib, so the bundled
 # libraries win over the machine's without LD_LIBRARY_PATH (which would reach PyTorch too).
 # Send it with the device tool's carry: ["BUNDLE_DIR"]. Needs patchelf and xz
 # (scripts/install-deps.sh --gpu-bundle).
@@ -41,11 +42,14 @@ src=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
 
 # The libraries the GPU machine provides (and that must match its driver): the CUDA runtime,
 # cuBLAS, cuDNN, NCCL, NVRTC; and glibc's, which cannot be mixed with another loader.
-provided='^(libcuda|libcudart|libcublas|libcublasLt|libcudnn[a-z_]*|libnccl|libnvrtc[a-z-]*|libnvJitLink|libc|libm|libdl|libpthread|librt|libresolv|libutil|ld-linux-x86-64)\.so'
+provided='^(libcuda|libcudart|libcublas|libcublasLt|libcudnn[a-z_]*|libnccl|libnvrtc[a-z-]*|libnvJitLink)\.so'
+glibc='^(libc|libm|libdl|libpthread|librt|libresolv|libutil|libanl|ld-linux-x86-64)\.so'
+loader=/lib64/ld-linux-x86-64.so.2
+[[ -e $loader ]] || die "no $loader: gpu-bundle.sh packs x86-64 builds"
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage/lib" "$stage/lib-fallback" "$stage/$build"
+mkdir -p "$stage/lib" "$stage/lib-fallback" "$stage/lib-glibc" "$stage/$build"
 
 # Everything ctest and the scripts need from the build tree, without objects and archives.
 (cd "$build" && find . -type f ! -name '*.o' ! -name '*.a' ! -name '*.d' ! -name '*.make' \
@@ -64,6 +68,12 @@ done < <(find "$stage/$build" -type f -perm -u+x -print0)
 for f in "${exes[@]}"; do
   ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }'
 done | sort -u | while read -r soname path; do
+  # glibc: the GPU machine's, unless it is older than this one's (then gpu-check.sh switches to
+  # this copy of it, loader and all: the two cannot be mixed).
+  if [[ $soname =~ $glibc ]]; then
+    cp -L "$path" "$stage/lib-glibc/$soname"
+    continue
+  fi
   [[ $soname =~ $provided ]] && continue
   # The C++ runtime: the GPU machine's own when it is recent enough (its CUDA libraries load into
   # the same process and may need it), ours only as a fallback (gpu-check.sh decides).
@@ -82,6 +92,14 @@ for f in "${exes[@]}"; do
   patchelf --force-rpath --set-rpath "\$ORIGIN/$rel/$bundle/lib" "$f"
 done
 for l in "$stage"/lib/*; do patchelf --force-rpath --set-rpath '$ORIGIN' "$l" 2>/dev/null || true; done
+# The program interpreter: a link that gpu-check.sh points at the machine's loader or at the
+# bundle's (lib-glibc/), under the checkout's path here (which gpu-check.sh makes lead there).
+cp -L "$loader" "$stage/lib-glibc/$(basename "$loader")"
+for f in "${exes[@]}"; do
+  if patchelf --print-interpreter "$f" >/dev/null 2>&1; then
+    patchelf --set-interpreter "$src/$bundle/ld/$(basename "$loader")" "$f"
+  fi
+done
 
 mkdir -p "$bundle"
 {
@@ -94,10 +112,13 @@ mkdir -p "$bundle"
   echo "executables=${#exes[@]}"
   echo "libraries=$(cd "$stage/lib" && ls | tr '\n' ' ')"
   echo "fallback_libraries=$(cd "$stage/lib-fallback" && ls | tr '\n' ' ')"
+  echo "glibc_libraries=$(cd "$stage/lib-glibc" && ls | tr '\n' ' ')"
+  echo "interpreter=$src/$bundle/ld/$(basename "$loader")"
 } >"$bundle/manifest.txt"
 mkdir -p "$stage/$bundle"
-mv "$stage/lib" "$stage/lib-fallback" "$stage/$bundle/"
-(cd "$stage" && tar -cf - "$build" "$bundle/lib" "$bundle/lib-fallback") | xz -T0 -6 >"$bundle/build.tar.xz.part"
+mv "$stage/lib" "$stage/lib-fallback" "$stage/lib-glibc" "$stage/$bundle/"
+(cd "$stage" && tar -cf - "$build" "$bundle/lib" "$bundle/lib-fallback" "$bundle/lib-glibc") |
+  xz -T0 -6 >"$bundle/build.tar.xz.part"
 mv "$bundle/build.tar.xz.part" "$bundle/build.tar.xz"
 echo "gpu-bundle: $bundle/build.tar.xz: ${#exes[@]} executables, $(ls "$stage/$bundle/lib" | wc -l) libraries," \
   "$(du -h "$bundle/build.tar.xz" | cut -f1) (send it with carry: [\"$bundle\"])" >&2

@@ -88,7 +88,7 @@ if [[ -f $bundle/build.tar.xz ]]; then
   # that path lead here.
   run_step unpack 60 bash -c '
     set -e
-    rm -rf "$2" "$3/lib" "$3/lib-fallback"
+    rm -rf "$2" "$3/lib" "$3/lib-fallback" "$3/lib-glibc" "$3/ld"
     if command -v xz >/dev/null; then
       tar -xJf "$3/build.tar.xz"
     else  # no xz here: Python reads it
@@ -116,23 +116,35 @@ tarfile.open(sys.argv[1]).extractall(**kw)" "$3/build.tar.xz"
     LD_LIBRARY_PATH=$(printf '%s\n' "${lib_dirs[@]}" | awk '!seen[$0]++' | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export LD_LIBRARY_PATH
   fi
-  # The C++ runtime is this machine's, unless it is older than the one the build needs; then the
-  # bundle's (after the bundle's own libraries, which its RPATH names first).
-  if ldd "$build/jem" 2>&1 | grep -qE '(libstdc\+\+|libgcc_s)[^ ]* => not found|(GLIBCXX|CXXABI|GCC)_[0-9.]+. not found'; then
-    echo "gpu-check: this machine's C++ runtime is too old for the build: using the bundle's" >&2
-    LD_LIBRARY_PATH=$PWD/$bundle/lib-fallback${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    export LD_LIBRARY_PATH
+  # glibc and the C++ runtime are this machine's, unless older than the build needs: then the
+  # bundle's. The executables' interpreter is the link $bundle/ld/ld-linux-x86-64.so.2; with the
+  # bundle's glibc, its libraries join lib/ (which the executables' RPATH names first), so that
+  # no other program here sees them.
+  mkdir -p "$bundle/ld"
+  ln -sfn /lib64/ld-linux-x86-64.so.2 "$bundle/ld/ld-linux-x86-64.so.2"
+  if [[ ${JEM_GPU_CHECK_GLIBC:-} == bundle ]] ||
+    ldd "$build/jem" 2>&1 | grep -qE "GLIBC_[0-9.]+' not found"; then
+    echo "gpu-check: using the bundle's glibc (this machine's is older than the build's, or JEM_GPU_CHECK_GLIBC=bundle)" >&2
+    ln -sfn "$PWD/$bundle/lib-glibc/ld-linux-x86-64.so.2" "$bundle/ld/ld-linux-x86-64.so.2"
+    cp "$bundle"/lib-glibc/* "$bundle"/lib-fallback/* "$bundle/lib/"
+  elif ldd "$build/jem" 2>&1 | grep -qE '(libstdc\+\+|libgcc_s)[^ ]* => not found|(GLIBCXX|CXXABI|GCC)_[0-9.]+. not found'; then
+    echo "gpu-check: this machine's C++ runtime is older than the build's: using the bundle's" >&2
+    cp "$bundle"/lib-fallback/* "$bundle/lib/"
   fi
   # Every executable must find every library before anything runs.
   run_step libraries 30 bash -c '
     echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     bad=0
+    # Listed by the loader the executables run with (ldd would use this machine'"'"'s).
+    ld=$2/ld/ld-linux-x86-64.so.2
+    echo "interpreter: $(readlink "$ld")"
     for f in "$1/jem" "$1"/tests/test_* "$1"/tests/mpi/dist_driver "$1"/bench/bench_*; do
       [[ -x $f ]] || continue
-      if ldd "$f" 2>&1 | grep "not found"; then echo "in $f"; bad=1; fi
+      if "$ld" --list "$f" 2>&1 | grep "not found"; then echo "in $f"; bad=1; fi
     done
-    ldd "$1/jem"
-    exit $bad' libraries "$build"
+    "$ld" --list "$1/jem"
+    "$1/jem" --help >/dev/null || bad=1
+    exit $bad' libraries "$build" "$bundle"
 else
   # The benchmarks need Google Benchmark; without it, configure again without them.
   run_step configure 60 bash -c '
@@ -218,7 +230,9 @@ total=0 failed=0 skipped=0 failed_names="" ctest_parts=""
 for part in ctest_cuda ctest_cpu; do
   log="$out/logs/$part.log"
   [[ -f $log ]] || continue
-  t=$(grep -oE 'tests failed out of [0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1 || true)
+  # "100% tests passed, 0 tests failed out of 552" (CMake 3.25) or "100% tests passed out of 552"
+  # (newer CMake, as the GPU machines' pip one may be).
+  t=$(grep -E '^[0-9]+% tests passed' "$log" | grep -oE 'out of [0-9]+' | grep -oE '[0-9]+$' | tail -1 || true)
   f=$(grep -oE '[0-9]+ tests failed out of' "$log" | grep -oE '^[0-9]+' | tail -1 || true)
   k=$(grep -c '\*\*\*Skipped' "$log" || true)
   t=${t:-0} f=${f:-0} k=${k:-0}
