@@ -200,7 +200,7 @@ run_step jem_bench_tf32_batch1 40 env JEM_CUDA_MATH=tf32 "$build/jem" bench --co
 bench_files+=("jem_bench_wrn28x10_tf32_batch1.json")
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   run_step compare_pytorch_tf32 150 bench/compare.sh --device cuda --tf32 on --python python3 \
-    --jem "$build/jem" --rounds 3 --outdir "$out/compare_tf32" --config configs/cifar10.toml \
+    --jem "$build/jem" --rounds 2 --outdir "$out/compare_tf32" --config configs/cifar10.toml \
     --iterations 5 --warmup 2
 fi
 
