@@ -53,6 +53,8 @@ class CudaBackend final : public Backend {
   void download(const Tensor& src, float* dst) override;
   void upload_i32(const std::int32_t* src, const Tensor& dst) override;
   void synchronize() override;
+  void profiler_start() override;
+  void profiler_stop() override;
   // Peak bytes of this device's tensors and scratch buffers (device_memory.hpp), not the
   // process's host memory.
   std::int64_t peak_memory_bytes() const override {

@@ -9,7 +9,8 @@
 #  3. the NCCL checks (scripts/nccl-check.sh);
 #  4. the GPU benchmarks: bench_ops' CUDA ops, jem bench of WRN-28-10 in TF32 and FP32, and
 #     bench/compare.sh against PyTorch when python3 has a CUDA PyTorch;
-#  5. the custom kernels' tests under compute-sanitizer memcheck, with the time left.
+#  5. with the time left: Nsight Compute's time per kernel of one timed WRN-28-10 iteration (the
+#     custom kernels' share), and the custom kernels' tests under compute-sanitizer memcheck.
 #
 #   scripts/gpu-check.sh OUT_DIR
 #
@@ -202,6 +203,18 @@ if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   run_step compare_pytorch_tf32 150 bench/compare.sh --device cuda --tf32 on --python python3 \
     --jem "$build/jem" --rounds 2 --outdir "$out/compare_tf32" --config configs/cifar10.toml \
     --iterations 5 --warmup 2
+fi
+
+# ---- where the iteration's GPU time goes: every kernel of one timed WRN-28-10 iteration ------------
+# Nsight Compute records the kernels of jem bench's timed part only (the bench brackets it with
+# cudaProfilerStart/Stop; the warm-up's cuDNN searches stay out), one metric, one pass each:
+# kernel_profile.csv has each kernel's count and time, from which the custom kernels' share of
+# the iteration follows (target: under 5%). Needs a runtime where ncu reads the counters.
+ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
+if [[ -n $ncu_bin && -x $ncu_bin ]]; then
+  run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 "$ncu_bin" --profile-from-start off --clock-control none \
+    --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$out/kernel_profile.csv" \
+    "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1
 fi
 
 # ---- compute-sanitizer: out-of-bounds and uninitialised reads in the custom kernels --------------

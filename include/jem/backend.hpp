@@ -67,6 +67,10 @@ class Backend {
   virtual void upload_i32(const std::int32_t* src, const Tensor& dst) = 0;
   // Waits until every op issued so far has finished (no-op on the CPU).
   virtual void synchronize() {}
+  // Marks where an external profiler should start and stop recording (on CUDA, for
+  // `ncu --profile-from-start off`: the part of `jem bench` that is timed); no-op on the CPU.
+  virtual void profiler_start() {}
+  virtual void profiler_stop() {}
   // Peak bytes of memory held for this backend's tensors, or -1 when unknown (`jem bench`).
   // The default, for backends whose tensors live in host memory, is the process's peak resident
   // set (VmHWM in /proc/self/status); a device backend reports its allocator's peak instead.
