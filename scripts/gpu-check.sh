@@ -212,7 +212,7 @@ fi
 # the iteration follows (target: under 5%). Needs a runtime where ncu reads the counters.
 ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
 if [[ -n $ncu_bin && -x $ncu_bin ]]; then
-  run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 "$ncu_bin" --profile-from-start off --clock-control none \
+  run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 "$ncu_bin" --profile-from-start off --clock-control none --cache-control none \
     --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$out/kernel_profile.csv" \
     "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1
 fi
