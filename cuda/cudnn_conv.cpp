@@ -184,6 +184,14 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   const char* chosen_determinism = "";
   float ms = 0.0f;
   std::size_t searched_memory = 0;  // the workspace the search ran the chosen algorithm with
+  // The chosen result of any of the three searches (their perf structs share these fields).
+  auto take = [&](const auto& best) {
+    p.algo = int(best.algo);
+    math = best.mathType;
+    ms = best.time;
+    searched_memory = best.memory;
+    chosen_determinism = best.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+  };
 
   if (op == Op::Forward) {
     JEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle_, &count));
@@ -193,11 +201,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
                                                            perf.data(), ws.ptr, ws.bytes));
     const auto* best = pick(perf, returned, fp32, fp32);
     JEM_CHECK(best, "conv2d_forward: cuDNN found no usable algorithm for ", describe(g));
-    p.algo = int(best->algo);
-    math = best->mathType;
-    ms = best->time;
-    searched_memory = best->memory;
-    chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+    take(*best);
   } else if (op == Op::BackwardData) {
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle_, &count));
     std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
@@ -208,11 +212,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
                                                                 ws.bytes));
     const auto* best = pick(perf, returned, fp32, fp32);
     JEM_CHECK(best, "conv2d_backward_data: cuDNN found no usable algorithm for ", describe(g));
-    p.algo = int(best->algo);
-    math = best->mathType;
-    ms = best->time;
-    searched_memory = best->memory;
-    chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+    take(*best);
   } else {
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(handle_, &count));
     std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
@@ -229,11 +229,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     JEM_CUDNN_CHECK(st);
     const auto* best = pick(perf, returned, fp32, fp32);
     JEM_CHECK(best, "conv2d_backward_filter: cuDNN found no usable algorithm for ", describe(g));
-    p.algo = int(best->algo);
-    math = best->mathType;
-    ms = best->time;
-    searched_memory = best->memory;
-    chosen_determinism = best->determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+    take(*best);
   }
 
   // Run with the math type the algorithm was timed with; in FP32 mode FMA math, always.
