@@ -52,6 +52,7 @@ CudaBackend::CudaBackend(int device, MathMode math) : device_(device), math_(mat
     JEM_CUDA_CHECK(cudaMemsetAsync(error_dev_, 0, kernels::kErrorWords * sizeof(int), stream_));
     JEM_CUDA_CHECK(cudaMallocHost(&error_host_, kernels::kErrorWords * sizeof(int)));
     JEM_CUDA_CHECK(cudaMallocHost(&reduce_host_, sizeof(double)));
+    staging_ = std::make_unique<UploadStaging>();
     JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   } catch (...) {
     release();
@@ -66,6 +67,7 @@ void CudaBackend::release() noexcept {
   (void)cudaSetDevice(device_);  // the handles are destroyed on the device that made them
   if (stream_) (void)cudaStreamSynchronize(stream_);
   conv_.reset();
+  staging_.reset();
   if (cublas_) cublasDestroy(cublas_);
   cublas_ = nullptr;
   if (error_dev_) (void)cudaFree(error_dev_);
@@ -142,16 +144,14 @@ void CudaBackend::upload(const float* src, const Tensor& dst) {
   check_on_device(dst, "upload");
   bind();
   if (dst.bytes() == 0) return;
-  // From pageable memory the copy is staged before the call returns: src may be reused at once.
-  JEM_CUDA_CHECK(cudaMemcpyAsync(dst.data<float>(), src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+  staging_->upload(dst.data<float>(), src, dst.bytes(), stream_);
 }
 
 void CudaBackend::upload_i32(const std::int32_t* src, const Tensor& dst) {
   check_on_device(dst, "upload_i32");
   bind();
   if (dst.bytes() == 0) return;
-  JEM_CUDA_CHECK(cudaMemcpyAsync(dst.data<std::int32_t>(), src, dst.bytes(), cudaMemcpyHostToDevice,
-                                 stream_));
+  staging_->upload(dst.data<std::int32_t>(), src, dst.bytes(), stream_);
 }
 
 void CudaBackend::download(const Tensor& src, float* dst) {

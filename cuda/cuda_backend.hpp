@@ -1,8 +1,9 @@
 // The CUDA backend: every op of jem::Backend on one GPU.
 //
 //   * One compute stream: ops are queued in program order and run asynchronously; download(),
-//     synchronize() and sum_squares() wait for them. Host buffers passed to upload() may be
-//     reused as soon as it returns (pageable copies are staged before the call returns).
+//     synchronize() and sum_squares() wait for them. Uploads go through a ring of pinned slots
+//     (upload_staging.hpp): the source may be reused as soon as upload() returns, and the host
+//     does not wait for the stream unless it is a whole ring of uploads ahead of the device.
 //   * Convolutions: cuDNN (cudnn_conv.hpp). Linear layer: cuBLAS (cuda_linear.cpp). Everything
 //     else: the kernels of kernels/, which call the same per-element functions as the CPU.
 //   * Math mode (convolutions and GEMMs only): TF32 uses tensor cores with inputs rounded to a
@@ -24,6 +25,7 @@
 #include "device_memory.hpp"
 #include "jem/backend.hpp"
 #include "math_mode.hpp"
+#include "upload_staging.hpp"
 
 struct cublasContext;  // cublasHandle_t is cublasContext*; keeps cuBLAS out of this header
 
@@ -60,6 +62,7 @@ class CudaBackend final : public Backend {
   std::int64_t peak_memory_bytes() const override {
     return static_cast<std::int64_t>(peak_allocated_bytes(device_));
   }
+  MemoryCounters memory_counters() const override { return allocation_counts(device_); }
 
  protected:
   void fill_impl(const Tensor& t, float value) override;
@@ -132,6 +135,7 @@ class CudaBackend final : public Backend {
   int* error_host_ = nullptr;  // pinned mirror, read after a stream sync
   DeviceBuffer reduce_;        // sum_squares' per-chunk partials
   double* reduce_host_ = nullptr;  // pinned: sum_squares' result
+  std::unique_ptr<UploadStaging> staging_;  // pinned slots that upload() copies through
 };
 
 // The backend on CUDA device `device` with the given math mode. Throws jem::Error when the

@@ -17,6 +17,7 @@ struct Extent {
 
 struct Usage {
   std::size_t live = 0, peak = 0;
+  std::int64_t allocations = 0;
 };
 
 struct Registry {
@@ -41,6 +42,7 @@ int current_device() {
 // Byte counts; the caller holds r.mutex.
 void count_alloc(Registry& r, int device, std::size_t bytes) {
   Usage& u = r.usage[device];
+  ++u.allocations;
   u.live += bytes;
   u.peak = std::max(u.peak, u.live);
 }
@@ -51,11 +53,18 @@ void count_free(Registry& r, int device, std::size_t bytes) {
 
 }  // namespace
 
-std::size_t peak_allocated_bytes(int device) {
+std::size_t peak_allocated_bytes(int device) { return std::size_t(allocation_counts(device).peak_bytes); }
+
+MemoryCounters allocation_counts(int device) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
+  MemoryCounters m;
   auto it = r.usage.find(device);
-  return it == r.usage.end() ? 0 : it->second.peak;
+  if (it == r.usage.end()) return m;
+  m.allocations = it->second.allocations;
+  m.live_bytes = std::int64_t(it->second.live);
+  m.peak_bytes = std::int64_t(it->second.peak);
+  return m;
 }
 
 void* device_alloc(std::size_t bytes) {

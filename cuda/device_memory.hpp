@@ -7,6 +7,8 @@
 
 #include <cstddef>
 
+#include "jem/backend.hpp"
+
 namespace jem::cuda {
 
 // cudaMalloc of at least `bytes` (a zero-byte request still gets a real, unique pointer), on the
@@ -23,6 +25,9 @@ std::size_t bytes_to_allocation_end(const void* p);
 // tensors and the backends' scratch buffers) since the process started. Not counted: the CUDA
 // context, cuBLAS's own workspace, and the temporaries of cuDNN's one-time algorithm search.
 std::size_t peak_allocated_bytes(int device);
+// The same registry's counts for `device`: allocations so far (tensors and every growth of a
+// scratch buffer), bytes held now, peak bytes.
+MemoryCounters allocation_counts(int device);
 
 // A scratch buffer that only grows. Growing waits for `stream` first, so work already queued on
 // the old buffer finishes before it is freed; that is the only synchronisation, and it happens

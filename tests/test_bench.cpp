@@ -144,6 +144,7 @@ TEST(Bench, TimesEveryPhaseOfEveryIteration) {
                    jem_iteration_flops(w, 2, 2, 8).total());
   EXPECT_DOUBLE_EQ(r.peak_device_flops, 0.0); // a CPU: unknown
   EXPECT_GT(r.peak_memory_bytes, 0);          // VmHWM of this process
+  EXPECT_EQ(r.timed_allocations, 0);          // every buffer exists after the warm-up
 }
 
 TEST(Bench, ConditionalChainsAndNoPxTerm) {
@@ -227,6 +228,7 @@ TEST_F(BenchCli, WritesJsonWithEveryField) {
   EXPECT_TRUE(j["device_peak_flops_per_second"].is_null());
   EXPECT_TRUE(j["fraction_of_peak"].is_null());
   EXPECT_GT(j["peak_memory_bytes"].get<double>(), 0.0);
+  EXPECT_EQ(j["allocations_during_timed_iterations"], 0);
   EXPECT_FALSE(fs::exists(json_path + ".tmp"));
 }
 

@@ -51,6 +51,15 @@ struct PoolGeom {
   int Q() const { return (W + 2 * pad - kernel) / stride + 1; }
 };
 
+// What a backend has allocated for its tensors (empty()) and, on a device, its scratch buffers:
+// the trainer prints the start-up total (the memory plan), and tests and `jem bench` check with
+// it that training iterations allocate nothing.
+struct MemoryCounters {
+  std::int64_t allocations = 0;  // allocations made so far
+  std::int64_t live_bytes = 0;   // bytes held now
+  std::int64_t peak_bytes = 0;   // the most bytes held at once
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -75,6 +84,10 @@ class Backend {
   // The default, for backends whose tensors live in host memory, is the process's peak resident
   // set (VmHWM in /proc/self/status); a device backend reports its allocator's peak instead.
   virtual std::int64_t peak_memory_bytes() const;
+  // The CPU backend counts its own tensors; the CUDA backend counts everything allocated on its
+  // device through it and other CUDA backends of the process (tensors, cuDNN workspace,
+  // reduction scratch; not the CUDA context or the libraries' internal memory).
+  virtual MemoryCounters memory_counters() const = 0;
 
   std::vector<float> to_vector(const Tensor& t);
   Tensor from_vector(const std::vector<float>& v, Shape shape);

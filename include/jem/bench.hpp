@@ -53,6 +53,9 @@ struct BenchResult {
   double flops_sgld = 0, flops_step = 0; // per iteration, see flops.hpp
   double peak_device_flops = 0;        // 0: unknown (every CPU, unlisted GPUs)
   std::int64_t peak_memory_bytes = -1; // Backend::peak_memory_bytes()
+  // Backend allocations made during the timed iterations (Backend::memory_counters): 0 when the
+  // iteration allocates nothing after warm-up, as it must.
+  std::int64_t timed_allocations = 0;
 };
 
 // Builds the components on `backend` and times `opt.iterations` iterations

@@ -48,6 +48,8 @@ class Optimizer {
   std::int64_t steps_taken() const { return steps_; }
   // The parameters' moving average [num_params], or nullptr when off or before the first step.
   const Tensor* ema() const { return ema_started_ ? &ema_ : nullptr; }
+  // Bytes of the state buffers (m, v, the moving average): the trainer's memory plan.
+  std::int64_t state_bytes() const;
 
   // Checkpointing under "optim.*" names; the average as "optim.ema" (absent when off or not yet
   // started; a run that turns it on when resumed starts it at its next step).

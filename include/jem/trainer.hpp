@@ -43,6 +43,12 @@ struct TrainResult {
   int rollbacks = 0;
   double peak_abs_energy = 0;   // largest max |E| over the kept iterations of this invocation
   bool stopped_early = false;   // signal or max_minutes
+  // The memory plan: backend memory held when the loop starts (parameters, gradients, optimizer
+  // state, replay buffer, activations; see Backend::memory_counters), and the allocations made
+  // inside this invocation's iterations after its first (which may grow scratch buffers and
+  // cuDNN's workspace). Outputs between iterations (evaluation, samples) are not counted.
+  std::int64_t startup_bytes = 0;
+  std::int64_t iteration_allocations = 0;  // 0 by design
 };
 
 // Trains as configured, on `backend` (the caller builds it from cfg.device and cfg.threads, see

@@ -123,11 +123,15 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
 
   const std::uint64_t seed = cfg.seed;
   backend.synchronize();
+  std::int64_t allocations_before = backend.memory_counters().allocations;
   for (int i = 0; i < opt.warmup + opt.iterations; ++i) {
     const auto iter = std::uint32_t(i);
     // A profiler started with ncu --profile-from-start off records the timed iterations only
     // (not the warm-up's cuDNN searches).
-    if (i == opt.warmup) backend.profiler_start();
+    if (i == opt.warmup) {
+      backend.profiler_start();
+      allocations_before = backend.memory_counters().allocations;
+    }
     const auto t0 = Clock::now();
     // sgld: as trainer.cpp, unconditional chains first, conditional ones after
     // them.
@@ -169,6 +173,7 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   }
   backend.profiler_stop();
   r.peak_memory_bytes = backend.peak_memory_bytes();
+  r.timed_allocations = backend.memory_counters().allocations - allocations_before;
   return r;
 }
 
@@ -216,6 +221,7 @@ std::string bench_json(const BenchResult &r, const TrainConfig &cfg,
                               : json(nullptr);
   j["peak_memory_bytes"] =
       r.peak_memory_bytes >= 0 ? json(r.peak_memory_bytes) : json(nullptr);
+  j["allocations_during_timed_iterations"] = r.timed_allocations;
   return j.dump(2) + "\n";
 }
 
@@ -259,10 +265,12 @@ std::string bench_report(const BenchResult &r) {
   }
   os << "\n";
   if (r.peak_memory_bytes >= 0) {
-    std::snprintf(buf, sizeof buf, "peak memory %.1f MiB\n",
+    std::snprintf(buf, sizeof buf, "peak memory %.1f MiB; ",
                   double(r.peak_memory_bytes) / (1024.0 * 1024.0));
     os << buf;
   }
+  os << r.timed_allocations
+     << " allocations during the timed iterations\n";
   return os.str();
 }
 

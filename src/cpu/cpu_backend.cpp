@@ -43,7 +43,31 @@ float* CpuBackend::scratch(int thread, int slot, std::size_t n) {
   return buf.data();
 }
 
-Tensor CpuBackend::empty(Shape shape, DType dtype) { return Tensor::host(shape, dtype); }
+Tensor CpuBackend::empty(Shape shape, DType dtype) {
+  const Tensor t = Tensor::host(shape, dtype);
+  const auto bytes = static_cast<std::int64_t>(t.storage()->bytes());
+  Counters& c = *counters_;
+  c.allocations.fetch_add(1);
+  const std::int64_t live = c.live.fetch_add(bytes) + bytes;
+  for (std::int64_t peak = c.peak.load(); live > peak && !c.peak.compare_exchange_weak(peak, live);) {
+  }
+  // The returned tensor shares the same Storage through a second owner whose deleter counts the
+  // bytes as freed before it lets the Storage go (Storage's own deleter is a plain function
+  // with no room for the counters).
+  std::shared_ptr<Storage> counted(t.storage().get(), [owner = t.storage(), counters = counters_](Storage* s) mutable {
+    counters->live.fetch_sub(static_cast<std::int64_t>(s->bytes()));
+    owner.reset();
+  });
+  return Tensor(std::move(counted), 0, shape, dtype);
+}
+
+MemoryCounters CpuBackend::memory_counters() const {
+  MemoryCounters m;
+  m.allocations = counters_->allocations.load();
+  m.live_bytes = counters_->live.load();
+  m.peak_bytes = counters_->peak.load();
+  return m;
+}
 
 // memcpy with a null pointer is undefined even for 0 bytes (UBSan), and an empty
 // std::vector's data() may be null: empty copies are skipped.

@@ -4,6 +4,8 @@
 // reduction has a fixed order: static schedules and per-thread partial sums reduced in order).
 #pragma once
 
+#include <atomic>
+#include <memory>
 #include <vector>
 
 #include "jem/backend.hpp"
@@ -22,6 +24,9 @@ class CpuBackend final : public Backend {
   void upload(const float* src, const Tensor& dst) override;
   void download(const Tensor& src, float* dst) override;
   void upload_i32(const std::int32_t* src, const Tensor& dst) override;
+  // Tensors from empty() only: the per-thread scratch below grows on a shape's first use and is
+  // not counted.
+  MemoryCounters memory_counters() const override;
 
  protected:
   void fill_impl(const Tensor& t, float value) override;
@@ -80,8 +85,15 @@ class CpuBackend final : public Backend {
 
   bool use_direct3x3(const ConvGeom& g) const;
 
+  // Shared with every tensor's deleter, so that a tensor outliving its backend stays safe to
+  // free. Atomic: a tensor may be freed on another thread.
+  struct Counters {
+    std::atomic<std::int64_t> allocations{0}, live{0}, peak{0};
+  };
+
   int threads_;
   CpuConvKernels kernels_;
+  std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   std::vector<std::vector<std::vector<float>>> scratch_;  // [thread][slot]
   std::vector<double> reduce_scratch_;                    // sum_squares' chunk sums
 };

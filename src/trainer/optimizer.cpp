@@ -1,5 +1,7 @@
 #include "jem/optimizer.hpp"
 
+#include <initializer_list>
+
 #include <algorithm>
 #include <cmath>
 
@@ -54,6 +56,13 @@ void Optimizer::update_ema(const Tensor& params) {
   const float d = float(std::min(double(config_.ema), (1.0 + t) / (10.0 + t)));
   backend_.scale(ema_, d);
   backend_.axpy(1.0f - d, params, ema_);
+}
+
+std::int64_t Optimizer::state_bytes() const {
+  std::int64_t n = 0;
+  for (const Tensor* t : {&m_, &v_, &ema_})
+    if (t->defined()) n += std::int64_t(t->bytes());
+  return n;
 }
 
 void Optimizer::step(const Tensor& params, const Tensor& grads, float lr) {

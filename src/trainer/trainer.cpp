@@ -42,8 +42,10 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-// A JSON number: non-finite values become null (JSON has no NaN).
-std::string num(double v) { return std::isfinite(v) ? fmt("%.6g", v) : "null"; }
+// A JSON number: non-finite values become null (JSON has no NaN). Nine significant digits: a
+// metric read back differs from the computed one by less than float rounding (5e-9 relative),
+// so runs on two backends can be compared from their metrics files.
+std::string num(double v) { return std::isfinite(v) ? fmt("%.9g", v) : "null"; }
 
 // Writes `text` to `path` atomically (temp file + rename).
 void write_text_atomically(const std::string& path, const std::string& text) {
@@ -351,6 +353,21 @@ void log_eval(Run& r, int epoch, TrainResult& res, bool final_eval) {
   r.log->info(line.str());
 }
 
+// The memory plan: what the backend holds once every buffer of the run exists, by part.
+void log_memory_plan(const Run& r, TrainResult& res) {
+  const MemoryCounters m = r.backend->memory_counters();
+  res.startup_bytes = m.live_bytes;
+  const auto params = std::int64_t(r.model->param_buffer().bytes());
+  const auto grads = std::int64_t(r.model->grad_buffer().bytes());
+  const std::int64_t optim = r.optimizer->state_bytes();
+  const auto buffer = std::int64_t(r.buffer->data().bytes());
+  const std::int64_t rest = m.live_bytes - params - grads - optim - buffer;
+  auto mib = [](std::int64_t b) { return fmt("%.1f MiB", double(b) / (1024.0 * 1024.0)); };
+  r.log->info("memory plan: " + mib(m.live_bytes) + " allocated at start-up on " + r.backend->name() +
+              " (parameters " + mib(params) + ", gradients " + mib(grads) + ", optimizer state " + mib(optim) +
+              ", replay buffer " + mib(buffer) + ", activations and scratch " + mib(rest) + ")");
+}
+
 bool diverged(const Run& r, const StepStats& s) {
   const double limit = r.cfg.guard_limit;
   return !std::isfinite(s.loss) || std::fabs(s.loss) > limit || !(s.max_abs_energy <= limit);
@@ -396,6 +413,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
   r.log->info("jem train: " + r.model->config().str() + ", " + std::to_string(r.model->num_params()) +
               " parameters, " + r.backend->name() + parallel + ", " + std::to_string(r.bpe) + " iterations/epoch, " +
               std::to_string(r.total_iters) + " iterations, run dir " + r.dir);
+  log_memory_plan(r, res);
 
   const auto t0 = Clock::now();
   const std::int64_t first_iteration = r.state.iteration;
@@ -499,6 +517,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     }
     const std::int64_t it = r.state.iteration;
     const int epoch = int(it / r.bpe);
+    const std::int64_t allocations_before = r.backend->memory_counters().allocations;
     const Prefetcher::Batch& batch = prefetch->next();
     JEM_CHECK(std::int64_t(batch.iteration) == it, "internal: batch ", batch.iteration, " for iteration ", it);
     r.backend->upload(batch.x[kLabStream].data(), r.objective->x_lab());
@@ -536,6 +555,7 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
     if (log_now) grad_norm = std::sqrt(r.backend->sum_squares(r.model->grad_buffer()));
     const float lr = scheduled_lr(r.ocfg, it, epoch, float(r.state.lr_factor));
     r.optimizer->step(r.model->param_buffer(), r.model->grad_buffer(), lr);
+    if (it > first_iteration) res.iteration_allocations += r.backend->memory_counters().allocations - allocations_before;
     r.state.iteration = next;
     ++window_iters;
 
@@ -592,7 +612,8 @@ TrainResult train(Backend& backend, const TrainConfig& cfg, const TrainOptions& 
       << ",\n  \"valid_accuracy\": " << num(res.valid_accuracy) << ",\n  \"test_accuracy\": "
       << num(res.test_accuracy) << ",\n  \"rollbacks\": " << res.rollbacks
       << ",\n  \"peak_abs_energy\": " << num(res.peak_abs_energy) << ",\n  \"stopped_early\": "
-      << (res.stopped_early ? "true" : "false") << "\n}\n";
+      << (res.stopped_early ? "true" : "false") << ",\n  \"startup_bytes\": " << res.startup_bytes
+      << ",\n  \"iteration_allocations\": " << res.iteration_allocations << "\n}\n";
   if (r.lead()) write_text_atomically(r.dir + "/summary.json", sum.str());
   return res;
 }

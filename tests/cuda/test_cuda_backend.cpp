@@ -74,6 +74,50 @@ TEST_F(CudaOps, UploadDownloadRoundTripsViews) {
   expect_bit_equal(gpu->to_vector(t), want, "upload into a view");
 }
 
+// Uploads go through a ring of pinned slots (upload_staging.hpp). The source may be reused as
+// soon as upload() returns: here one host buffer is refilled right after each of 3 rings' worth
+// of uploads, queued behind slow work so that the device is far behind the host; every tensor
+// must hold what the buffer held at its upload.
+TEST_F(CudaOps, UploadSourceMayBeReusedAtOnce) {
+  constexpr int kUploads = 3 * cuda::UploadStaging::kSlots;
+  const Tensor big = gpu->empty(Shape{std::int64_t(1) << 24});
+  for (int i = 0; i < 20; ++i) gpu->fill(big, float(i));  // keeps the stream busy meanwhile
+  std::vector<Tensor> dst;
+  Vec host(1000);
+  for (int u = 0; u < kUploads; ++u) {
+    dst.push_back(gpu->empty(Shape{1000}));
+    for (std::size_t i = 0; i < host.size(); ++i) host[i] = float(u * 1000 + int(i));
+    gpu->upload(host.data(), dst.back());
+  }
+  std::fill(host.begin(), host.end(), -1.0f);
+  for (int u = 0; u < kUploads; ++u) {
+    const Vec got = gpu->to_vector(dst[std::size_t(u)]);
+    for (std::size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], float(u * 1000 + int(i))) << "upload " << u << ", element " << i;
+  }
+}
+
+// An upload larger than a staging slot goes through in chunks, including a partial last one.
+TEST_F(CudaOps, UploadLargerThanAStagingSlot) {
+  const std::size_t n = 2 * cuda::UploadStaging::kSlotBytes / sizeof(float) + 12345;
+  const Vec v = random_vector(n, 3);
+  const Tensor t = gpu->empty(Shape{std::int64_t(n)});
+  gpu->upload(v.data(), t);
+  expect_bit_equal(gpu->to_vector(t), v, "chunked upload");
+  IVec labels(n);
+  for (std::size_t i = 0; i < n; ++i) labels[i] = std::int32_t(i * 7 % 1000003);
+  const Tensor ti = gpu->empty(Shape{std::int64_t(n)}, DType::I32);
+  gpu->upload_i32(labels.data(), ti);
+  // Back through the float path: the bits of each int32.
+  Vec bits(n);
+  gpu->download(ti, bits.data());
+  for (std::size_t i = 0; i < n; ++i) {
+    std::int32_t got = 0;
+    std::memcpy(&got, &bits[i], sizeof got);
+    ASSERT_EQ(got, labels[i]) << "element " << i;
+  }
+}
+
 TEST_F(CudaOps, NameAndMathMode) {
   const std::string n = gpu->name();
   EXPECT_NE(n.find("cuda:0"), std::string::npos) << n;

@@ -26,6 +26,21 @@ TEST(CudaBench, PeakMemoryCountsTensorsAndSurvivesTheirRelease) {
   }
 }
 
+TEST(CudaBench, MemoryCountersFollowTensors) {
+  JEM_SKIP_WITHOUT_CUDA();
+  auto be = cuda::make_cuda_backend(0, MathMode::FP32);
+  const MemoryCounters before = be->memory_counters();
+  {
+    const Tensor t = be->empty(Shape{1000});
+    const MemoryCounters during = be->memory_counters();
+    EXPECT_EQ(during.allocations, before.allocations + 1);
+    EXPECT_EQ(during.live_bytes, before.live_bytes + 4000);
+    const Tensor view = t.slice(10, 20);  // a view allocates nothing
+    EXPECT_EQ(be->memory_counters().allocations, during.allocations);
+  }
+  EXPECT_EQ(be->memory_counters().live_bytes, before.live_bytes);
+}
+
 TEST(CudaBench, TimesTheIterationOnTheGpu) {
   JEM_SKIP_WITHOUT_CUDA();
   auto be = cuda::make_cuda_backend(0, MathMode::FP32);
@@ -43,6 +58,8 @@ TEST(CudaBench, TimesTheIterationOnTheGpu) {
   EXPECT_GT(r.ms.sgld[0], 0.0);
   // The model's parameters, gradients and activations live on the device.
   EXPECT_GT(r.peak_memory_bytes, 2 * 4 * r.params);
+  // The warm-up ran the cuDNN searches: the timed iterations allocate nothing.
+  EXPECT_EQ(r.timed_allocations, 0);
   EXPECT_NE(r.backend.find("FP32"), std::string::npos);
 }
 

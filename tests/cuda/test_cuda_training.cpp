@@ -1,0 +1,64 @@
+// Whole JEM iterations on the GPU against the CPU backend: the same config and seed give both
+// the same data order, buffer draws and Philox noise, so their runs differ by rounding only.
+// And the memory plan on the device: iterations allocate nothing once the loop runs.
+#include <cmath>
+#include <filesystem>
+
+#include "cuda_test_support.hpp"
+#include "short_run.hpp"
+
+namespace jem::test {
+namespace {
+
+class CudaTraining : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    JEM_SKIP_WITHOUT_CUDA();
+    root_ = temp_dir("cuda_training");
+  }
+  void TearDown() override {
+    if (!root_.empty()) std::filesystem::remove_all(root_);
+  }
+  std::string root_;
+};
+
+// Three iterations (SGLD chains, the training step, SGD with momentum), FP32 math: samples
+// (the replay buffer), every iteration's losses and energies, and the parameters agree with the
+// CPU's within the FP32 budget of one convolution (cuda_test_support.hpp: 32 sqrt(k) u, cuDNN's
+// Winograd/FFT algorithms included; k = 576 here, so 4.6e-5 relative) for the whole run. The
+// CPU's own two convolution paths, which differ by reassociation alone, drift 9e-9 apart over
+// these three iterations (test_short_run.cpp): the dynamics do not amplify rounding here.
+// SGD, not Adam: Adam's first step is lr * sign(g), so a gradient component that rounds to the
+// other side of zero would move a full step (the optimizers are compared op by op elsewhere).
+TEST_F(CudaTraining, ThreeJemIterationsMatchTheCpuFp32) {
+  TrainConfig c = short_run_config(root_, 3), g = c;
+  c.out = root_ + "/cpu";
+  g.out = root_ + "/gpu";
+  auto cpu = make_cpu_backend(2);
+  auto gpu = cuda::make_cuda_backend(0, MathMode::FP32);
+  const ShortRun ref = run_short(*cpu, c);
+  const ShortRun got = run_short(*gpu, g);
+  expect_runs_agree(got, ref, kFp32Ulps * std::sqrt(double(max_sum_terms(c))) * kU);
+}
+
+// After the first iteration (cuDNN's algorithm searches and workspace growth), no iteration
+// allocates device memory, with metrics, samples and checkpoints written in between.
+TEST_F(CudaTraining, IterationsAllocateNoDeviceMemory) {
+  TrainConfig c = short_run_config(root_, 8);
+  c.out = root_ + "/run";
+  c.sample_every = 3;
+  c.ckpt_every = 4;
+  c.optimizer = "adam";
+  c.lr = 1e-3;
+  c.ema = 0.99;
+  auto gpu = cuda::make_cuda_backend(0);
+  const ShortRun run = run_short(*gpu, c);
+  EXPECT_EQ(run.result.iterations, 8);
+  EXPECT_EQ(run.result.iteration_allocations, 0);
+  // Parameters, gradients, two moments and the average, and the buffer, on the device.
+  EXPECT_GE(run.result.startup_bytes,
+            std::int64_t(5 * run.params.size() + run.replay_buffer.size()) * 4);
+}
+
+}  // namespace
+}  // namespace jem::test
