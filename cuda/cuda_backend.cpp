@@ -53,6 +53,10 @@ CudaBackend::CudaBackend(int device, MathMode math) : device_(device), math_(mat
     JEM_CUDA_CHECK(cudaMallocHost(&error_host_, kernels::kErrorWords * sizeof(int)));
     JEM_CUDA_CHECK(cudaMallocHost(&reduce_host_, sizeof(double)));
     staging_ = std::make_unique<UploadStaging>();
+    // sum_squares' partials for up to 2^28 elements (512 KiB): sized here, not at the first
+    // gradient norm, which a training run first computes at iteration log_every, in its loop.
+    (void)reduce_.ensure(std::size_t(kernels::sum_squares_partials(std::int64_t(1) << 28) + 1) * sizeof(double),
+                         stream_);
     JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   } catch (...) {
     release();
@@ -353,7 +357,7 @@ void CudaBackend::sgd_step_impl(std::int64_t n, float* p, const float* g, float*
 
 double CudaBackend::sum_squares_impl(std::int64_t n, const float* x) {
   bind();
-  // One double per chunk plus the result; grown once per size, like the CPU's scratch.
+  // One double per chunk plus the result; the constructor sized it for any realistic model.
   const std::int64_t partials = kernels::sum_squares_partials(n);
   auto* scratch = static_cast<double*>(reduce_.ensure(std::size_t(partials + 1) * sizeof(double), stream_));
   kernels::sum_squares(n, x, scratch, scratch + partials, stream_);

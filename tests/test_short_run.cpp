@@ -41,10 +41,12 @@ TEST_F(ShortRunTest, ConvolutionPathsAgreeOverThreeJemIterations) {
 
 // The memory plan: every buffer exists before the loop, and the iterations after the first
 // (which may grow scratch buffers) allocate no tensor, with every output in between (metrics
-// each iteration, samples, checkpoints, the moving average of the parameters).
+// with the gradient norm, staged statistics, samples, checkpoints, the moving average).
 TEST_F(ShortRunTest, IterationsAllocateNothing) {
   TrainConfig c = short_run_config(root_, 12);
   c.out = root_ + "/run";
+  c.log_every = 5;  // the first gradient norm inside the loop
+  c.stats_every = 4;
   c.sample_every = 4;
   c.ckpt_every = 5;
   c.ema = 0.99;
