@@ -92,6 +92,48 @@ TEST(Flops, OfficialRecipeMatchesJemMd) {
   EXPECT_NEAR(it.sgld / it.total(), 0.82, 0.005);
 }
 
+TEST(Flops, TinyNetworkTrafficMatchesAHandCount) {
+  // Floats per image of kTiny (1x4x4). Inputs of the convolutions a LeakyReLU
+  // feeds (every conv1 and conv2): layer1.0 256 + 256, layer2.0 256 + 512,
+  // layer3.0 128 + 256 = 1664. Residual adds on the conv2 outputs: 256, 128, 64
+  // = 448. Block inputs (whose two gradients are summed): 256, 256, 128 = 640.
+  // Features: 64.
+  const double fwd = 2 * 1664 + 3 * 448 + (2 * 64 + 64);  // + pooling read
+  const double bwd = 3 * 1664 + 3 * 640 + (3 * 64 + 64);  // + pooling write
+  ASSERT_DOUBLE_EQ(fwd, 4864.0);
+  ASSERT_DOUBLE_EQ(bwd, 7168.0);
+  // Every convolution output: stem 256; 256 + 256; 512 + 128 + 128; 256 + 64 + 64.
+  const double outputs = 1920;
+  // 3 chains x 2 steps (+ the update, 3 passes over a 16-float image), 5 rows,
+  // 8 passes over 1000 parameters.
+  const IterationTraffic t = jem_iteration_traffic(kTiny, 3, 2, 5, 1000, 8.0);
+  EXPECT_DOUBLE_EQ(t.custom,
+                   4 * (6 * (fwd + bwd + 3 * 16) + 5 * (fwd + bwd) + 8000));
+  EXPECT_DOUBLE_EQ(t.custom, 562560.0);
+  EXPECT_DOUBLE_EQ(t.bias, 4 * (6 * 2 * outputs + 5 * 3 * outputs));
+  EXPECT_DOUBLE_EQ(t.total(), t.custom + t.bias);
+}
+
+TEST(Flops, OfficialRecipeTraffic) {
+  // One SGLD step of 64 WRN-28-10 chains, counted independently by a Python
+  // walk of the blocks (forward and input backward, without the pooling and the
+  // update): 5.171576832 GB in jem's kernels, 1.518338048 GB of bias adds.
+  const WrnConfig w{28, 10, 3, 32, 10};
+  const IterationTraffic t = jem_iteration_traffic(w, 64, 1, 0, 0, 0.0);
+  const double pooling_and_update = 4.0 * 64 * (640 * 8 * 8 * 2 + 3 * 3072);
+  EXPECT_DOUBLE_EQ(t.custom - pooling_and_update, 5171576832.0);
+  EXPECT_DOUBLE_EQ(t.bias, 1518338048.0);
+}
+
+TEST(Flops, GpuPeakBandwidthTable) {
+  EXPECT_DOUBLE_EQ(gpu_peak_bandwidth("NVIDIA H200"), 4.8e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_bandwidth("NVIDIA H100 80GB HBM3"), 3.35e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_bandwidth("NVIDIA H100 PCIe"), 2.0e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_bandwidth("NVIDIA A100-SXM4-80GB"), 2.039e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_bandwidth("NVIDIA A100-SXM4-40GB"), 1.555e12);
+  EXPECT_DOUBLE_EQ(gpu_peak_bandwidth("NVIDIA GeForce RTX 3090"), 0.0);
+}
+
 TEST(Flops, GpuPeakTable) {
   EXPECT_DOUBLE_EQ(gpu_peak_flops("NVIDIA H200", true), 494.7e12);
   EXPECT_DOUBLE_EQ(gpu_peak_flops("NVIDIA H100 80GB HBM3", false), 66.9e12);
@@ -214,6 +256,16 @@ TEST_F(BenchCli, WritesJsonWithEveryField) {
   }
   EXPECT_EQ(j["model"], "WRN-10-1, 1x28x28, 10 classes");
   EXPECT_EQ(j["rows"], 8);
+  // The elementwise traffic of this iteration (Adam, no moving average: 7 + 1
+  // passes over the parameters); no bandwidth known for a CPU.
+  const IterationTraffic t = jem_iteration_traffic(
+      WrnConfig{10, 1, 1, 28, 10}, j["sgld_chains"].get<int>(),
+      j["sgld_steps"].get<int>(), 8, j["params"].get<std::int64_t>(), 8.0);
+  EXPECT_DOUBLE_EQ(j["elementwise_bytes_per_iteration"]["custom"].get<double>(), t.custom);
+  EXPECT_DOUBLE_EQ(j["elementwise_bytes_per_iteration"]["bias"].get<double>(), t.bias);
+  EXPECT_TRUE(j["device_peak_bandwidth_bytes_per_second"].is_null());
+  EXPECT_TRUE(j["custom_kernels_floor_ms"].is_null());
+  EXPECT_NE(out.find("elementwise passes move"), std::string::npos) << out;
   EXPECT_EQ(j["sgld_chains"], 2);
   EXPECT_EQ(j["batch_size"], 4);
   const double flops =

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "jem/backend.hpp"
+#include "jem/flops.hpp"
 #include "jem/train_config.hpp"
 
 namespace jem {
@@ -52,6 +53,8 @@ struct BenchResult {
   PhaseTimes ms;
   double flops_sgld = 0, flops_step = 0; // per iteration, see flops.hpp
   double peak_device_flops = 0;        // 0: unknown (every CPU, unlisted GPUs)
+  IterationTraffic traffic;            // the elementwise passes' bytes (flops.hpp)
+  double peak_device_bandwidth = 0;    // bytes/s; 0: unknown
   std::int64_t peak_memory_bytes = -1; // Backend::peak_memory_bytes()
   // Backend allocations made during the timed iterations (Backend::memory_counters): 0 when the
   // iteration allocates nothing after warm-up, as it must.

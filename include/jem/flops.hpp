@@ -19,6 +19,7 @@
 // The optimizer's few FLOPs per parameter are not counted.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,34 @@ struct IterationFlops {
 };
 IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
                                    int sgld_steps, int rows);
+
+// Bytes the elementwise passes of one JEM iteration move through memory: 4-byte floats, each
+// element read or written once per pass, i.e. what memory-bound kernels cannot go below. On a
+// GPU these passes are limited by bandwidth, not arithmetic, so bytes / peak bandwidth is a
+// floor on their time, whatever the kernels.
+//   custom: jem's own kernels. Per image: LeakyReLU forward (read x, write y: 2 passes) before
+//     each block's conv1 and conv2 and before the pooling, and backward (read x and dy, write
+//     dx: 3); the residual add (3) and, in backward, the sum of the block input's two gradients
+//     (3); global average pooling (read the features; backward: write their gradient). Per
+//     SGLD step the update (read x and the gradient, write x: 3). Per iteration
+//     `optimizer_passes` passes over the parameters (Adam 7, SGD 5, plus 1 to zero the
+//     gradient and 3 for a moving average).
+//   bias: the convolutions' bias add (read and write each output: 2) and, in the training step,
+//     the bias gradient (read dy: 1); cuDNN runs these, not jem's kernels.
+// Chains run forward + input backward per step; rows forward + full backward (the same
+// elementwise passes: weight gradients are GEMMs).
+struct IterationTraffic {
+  double custom = 0, bias = 0;  // bytes
+  double total() const { return custom + bias; }
+};
+IterationTraffic jem_iteration_traffic(const WrnConfig &cfg, int sgld_chains,
+                                       int sgld_steps, int rows,
+                                       std::int64_t params,
+                                       double optimizer_passes);
+
+// Peak memory bandwidth in bytes/s of a GPU from its CUDA device name (NVIDIA's data sheets);
+// 0 when the device is not in the table.
+double gpu_peak_bandwidth(const std::string &device_name);
 
 // Dense peak FLOP/s of a GPU from its CUDA device name (e.g. "NVIDIA H200"),
 // for float32 FMA math or TF32 tensor-core math. 0 when the device is not in

@@ -63,6 +63,70 @@ IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
   return f;
 }
 
+IterationTraffic jem_iteration_traffic(const WrnConfig &cfg, int sgld_chains,
+                                       int sgld_steps, int rows,
+                                       std::int64_t params,
+                                       double optimizer_passes) {
+  // Floats per image, walking the layers as the model runs them.
+  double fwd = 0, bwd = 0;       // custom passes: forward, input backward
+  double bias_fwd = 0, dbias = 0; // bias add; bias gradient (training step only)
+  double features = 0;           // the last block's output
+  auto ends_with = [](const std::string &s, std::string_view end) {
+    return s.size() >= end.size() &&
+           s.compare(s.size() - end.size(), end.size(), end) == 0;
+  };
+  for (const ConvLayer &l : wrn_conv_layers(cfg)) {
+    const ConvGeom &g = l.geom;
+    const double in = double(g.C) * g.H * g.W, out = double(g.K) * g.P() * g.Q();
+    bias_fwd += 2 * out;
+    dbias += out;
+    // The blocks' convolutions ("f.layerS.B.conv1"); the stem "f.conv1" takes
+    // the image itself.
+    const bool block = l.name.rfind("f.layer", 0) == 0;
+    const bool conv1 = block && ends_with(l.name, ".conv1");
+    const bool conv2 = block && ends_with(l.name, ".conv2");
+    if (conv1 || conv2) {  // a LeakyReLU feeds each (block input; conv1's output)
+      fwd += 2 * in;
+      bwd += 3 * in;
+    }
+    if (conv1) bwd += 3 * in;  // the block input's two gradients summed
+    if (conv2) {
+      fwd += 3 * out;  // the residual add
+      features = out;
+    }
+  }
+  fwd += 2 * features + features;  // final LeakyReLU, pooling reads the features
+  bwd += 3 * features + features;  // their backward, pooling writes the features' gradient
+  const double image = double(cfg.in_channels) * cfg.image_size * cfg.image_size;
+  const double chain_steps = double(sgld_chains) * sgld_steps;
+  IterationTraffic t;
+  t.custom = 4.0 * (chain_steps * (fwd + bwd + 3 * image) + double(rows) * (fwd + bwd) +
+                    optimizer_passes * double(params));
+  t.bias = 4.0 * (chain_steps * bias_fwd + double(rows) * (bias_fwd + dbias));
+  return t;
+}
+
+double gpu_peak_bandwidth(const std::string &device_name) {
+  // GB/s, NVIDIA's data sheets; more specific names first.
+  struct Entry {
+    std::string_view key;
+    double gb_per_s;
+  };
+  static constexpr std::array<Entry, 7> kTable{{
+      {"H100 PCIe", 2000.0},
+      {"H100", 3350.0},
+      {"H200", 4800.0},
+      {"A100-SXM4-80GB", 2039.0},
+      {"A100 80GB PCIe", 1935.0},
+      {"A100", 1555.0},
+      {"V100", 900.0},
+  }};
+  for (const Entry &e : kTable)
+    if (device_name.find(e.key) != std::string::npos)
+      return e.gb_per_s * 1e9;
+  return 0.0;
+}
+
 double gpu_peak_flops(const std::string &device_name, bool tf32) {
   // Dense (no structured sparsity) figures from NVIDIA's data sheets, in
   // TFLOP/s; the SXM parts. First match wins, so the more specific names come

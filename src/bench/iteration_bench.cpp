@@ -116,10 +116,19 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
       jem_iteration_flops(wcfg, r.sgld_chains, r.sgld_steps, r.rows);
   r.flops_sgld = fl.sgld;
   r.flops_step = fl.step;
+  // Passes over the parameters: the update (Adam/AdamW: read p, g, m, v and
+  // write p, m, v; SGD: p, g, buffer and p, buffer), zeroing the gradient, and
+  // the moving average (read it and p, write it).
+  const double optimizer_passes = (optcfg.kind == "sgd" ? 5.0 : 7.0) + 1.0 +
+                                  (optcfg.ema > 0.0f ? 3.0 : 0.0);
+  r.traffic = jem_iteration_traffic(wcfg, r.sgld_chains, r.sgld_steps, r.rows,
+                                    r.params, optimizer_passes);
   const std::string gpu = gpu_name(r.backend);
-  if (!gpu.empty())
+  if (!gpu.empty()) {
     r.peak_device_flops =
         gpu_peak_flops(gpu, r.backend.find("TF32") != std::string::npos);
+    r.peak_device_bandwidth = gpu_peak_bandwidth(gpu);
+  }
 
   const std::uint64_t seed = cfg.seed;
   backend.synchronize();
@@ -222,6 +231,22 @@ std::string bench_json(const BenchResult &r, const TrainConfig &cfg,
   j["peak_memory_bytes"] =
       r.peak_memory_bytes >= 0 ? json(r.peak_memory_bytes) : json(nullptr);
   j["allocations_during_timed_iterations"] = r.timed_allocations;
+  j["elementwise_bytes_per_iteration"] = {{"custom", r.traffic.custom},
+                                          {"bias", r.traffic.bias}};
+  j["device_peak_bandwidth_bytes_per_second"] =
+      r.peak_device_bandwidth > 0 ? json(r.peak_device_bandwidth)
+                                  : json(nullptr);
+  // The least time the custom kernels can take at the device's peak bandwidth,
+  // and its share of the measured iteration: the target is < 5%.
+  const double floor_ms = r.peak_device_bandwidth > 0
+                              ? 1e3 * r.traffic.custom / r.peak_device_bandwidth
+                              : 0.0;
+  j["custom_kernels_floor_ms"] =
+      r.peak_device_bandwidth > 0 ? json(floor_ms) : json(nullptr);
+  j["custom_kernels_floor_fraction"] =
+      r.peak_device_bandwidth > 0 && total_s > 0
+          ? json(floor_ms / (1e3 * total_s))
+          : json(nullptr);
   return j.dump(2) + "\n";
 }
 
@@ -271,6 +296,21 @@ std::string bench_report(const BenchResult &r) {
   }
   os << r.timed_allocations
      << " allocations during the timed iterations\n";
+  std::snprintf(buf, sizeof buf,
+                "elementwise passes move %.3g GB per iteration in jem's "
+                "kernels, %.3g GB in cuDNN's bias adds",
+                r.traffic.custom / 1e9, r.traffic.bias / 1e9);
+  os << buf;
+  if (r.peak_device_bandwidth > 0 && total > 0) {
+    const double floor_ms = 1e3 * r.traffic.custom / r.peak_device_bandwidth;
+    std::snprintf(buf, sizeof buf,
+                  "; at the device's %.2f TB/s jem's take at least %.2f ms "
+                  "(%.1f%% of the iteration)",
+                  r.peak_device_bandwidth / 1e12, floor_ms,
+                  100.0 * floor_ms / total);
+    os << buf;
+  }
+  os << "\n";
   return os.str();
 }
 
