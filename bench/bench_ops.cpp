@@ -207,6 +207,26 @@ void register_elementwise(const Device &d, const Model &m) {
       loop(st, *be, [&] { be->add(a, b, y); });
       st.SetBytesProcessed(std::int64_t(st.iterations() * 3 * bytes));
     });
+    // The model's fused passes (each replaces two of the ops above).
+    reg("bias_leaky_relu_fwd" + tag, [=](benchmark::State &st) {
+      const Tensor x = random_tensor(*be, s, 1), y = be->empty(s),
+                   b = random_tensor(*be, Shape{c}, 2);
+      loop(st, *be, [&] { be->bias_leaky_relu_forward(x, b, y, 0.2f); });
+      st.SetBytesProcessed(std::int64_t(st.iterations() * 2 * bytes));
+    });
+    reg("add_leaky_relu_fwd" + tag, [=](benchmark::State &st) {
+      const Tensor a = random_tensor(*be, s, 1), b = random_tensor(*be, s, 2),
+                   y = be->empty(s), act = be->empty(s);
+      loop(st, *be, [&] { be->add_leaky_relu_forward(a, b, y, act, 0.2f); });
+      st.SetBytesProcessed(std::int64_t(st.iterations() * 4 * bytes));
+    });
+    reg("leaky_relu_bwd_add" + tag, [=](benchmark::State &st) {
+      const Tensor x = random_tensor(*be, s, 1), dy = random_tensor(*be, s, 2),
+                   other = random_tensor(*be, s, 3), dx = be->empty(s);
+      loop(st, *be,
+           [&] { be->leaky_relu_backward_add(x, dy, other, dx, 0.2f); });
+      st.SetBytesProcessed(std::int64_t(st.iterations() * 4 * bytes));
+    });
   }
   // Head: pool, linear, losses.
   const int F = m.cfg.feature_dim(), H = S / 4;

@@ -229,6 +229,24 @@ void CudaBackend::leaky_relu_backward_impl(std::int64_t n, const float* x, const
   kernels::leaky_relu_backward(x, dy, dx, n, slope, stream_);
 }
 
+void CudaBackend::bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW, const float* x,
+                                               const float* b, float* y, float slope) {
+  bind();
+  kernels::bias_leaky_relu_forward(planes, C, HW, x, b, y, slope, stream_);
+}
+
+void CudaBackend::add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
+                                              float* act, float slope) {
+  bind();
+  kernels::add_leaky_relu_forward(n, a, b, y, act, slope, stream_);
+}
+
+void CudaBackend::leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
+                                               const float* other, float* dx, float slope) {
+  bind();
+  kernels::leaky_relu_backward_add(n, x, dy, other, dx, slope, stream_);
+}
+
 // ---- convolution (cuDNN) -------------------------------------------------------------------------
 
 void CudaBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,

@@ -78,6 +78,12 @@ class CudaBackend final : public Backend {
   void leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) override;
   void leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy, float* dx,
                                 float slope) override;
+  void bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW, const float* x,
+                                    const float* b, float* y, float slope) override;
+  void add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
+                                   float* act, float slope) override;
+  void leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
+                                    const float* other, float* dx, float slope) override;
   void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;
   void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) override;
   void max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) override;

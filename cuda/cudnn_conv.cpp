@@ -261,8 +261,8 @@ void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, cons
   JEM_CUDNN_CHECK(cudnnConvolutionForward(handle_, &one, p.x.d, x, p.w.d, w, p.conv.d,
                                           cudnnConvolutionFwdAlgo_t(p.algo), workspace_.get(),
                                           p.workspace, &zero, p.y.d, y));
-  // y += b, broadcast over N, P, Q.
-  JEM_CUDNN_CHECK(cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y));
+  // y += b, broadcast over N, P, Q (no bias: the next op adds it, see Backend::conv2d_forward).
+  if (b) JEM_CUDNN_CHECK(cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y));
 }
 
 void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {

@@ -113,12 +113,14 @@ void Backend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, 
                              int stride, int pad_h, int pad_w) {
   check_tensor(x, "conv2d_forward", "x");
   check_tensor(w, "conv2d_forward", "w");
-  check_tensor(b, "conv2d_forward", "b");
+  if (b.defined()) check_tensor(b, "conv2d_forward", "b");
   check_tensor(y, "conv2d_forward", "y");
   const ConvGeom g = conv_geom("conv2d_forward", x, w, y, stride, pad_h, pad_w);
-  JEM_CHECK(b.numel() == g.K, "conv2d_forward: bias ", b.shape().str(), " for ", g.K, " filters");
+  if (b.defined())
+    JEM_CHECK(b.numel() == g.K, "conv2d_forward: bias ", b.shape().str(), " for ", g.K, " filters");
   if (g.N == 0) return;  // an empty batch: nothing to compute or to add (cuDNN rejects 0-sized descriptors)
-  conv2d_forward_impl(g, x.data<float>(), w.data<float>(), b.data<float>(), y.data<float>());
+  conv2d_forward_impl(g, x.data<float>(), w.data<float>(), b.defined() ? b.data<float>() : nullptr,
+                      y.data<float>());
 }
 
 void Backend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, int stride,
@@ -164,6 +166,44 @@ void Backend::leaky_relu_backward(const Tensor& x, const Tensor& dy, const Tenso
   JEM_CHECK(x.shape() == dy.shape() && x.shape() == dx.shape(), "leaky_relu_backward: x ",
             x.shape().str(), ", dy ", dy.shape().str(), ", dx ", dx.shape().str());
   leaky_relu_backward_impl(x.numel(), x.data<float>(), dy.data<float>(), dx.data<float>(), slope);
+}
+
+void Backend::bias_leaky_relu_forward(const Tensor& x, const Tensor& b, const Tensor& y, float slope) {
+  check_tensor(x, "bias_leaky_relu_forward", "x");
+  check_tensor(b, "bias_leaky_relu_forward", "b");
+  check_tensor(y, "bias_leaky_relu_forward", "y");
+  JEM_CHECK(x.shape().rank() >= 2 && x.shape() == y.shape() && b.numel() == x.dim(1),
+            "bias_leaky_relu_forward: x ", x.shape().str(), ", b ", b.shape().str(), ", y ", y.shape().str(),
+            " (want x == y [N, C, ...] and b [C])");
+  const std::int64_t planes = x.dim(0) * x.dim(1);
+  bias_leaky_relu_forward_impl(planes, int(x.dim(1)), planes > 0 ? x.numel() / planes : 0, x.data<float>(),
+                               b.data<float>(), y.data<float>(), slope);
+}
+
+void Backend::add_leaky_relu_forward(const Tensor& a, const Tensor& b, const Tensor& y, const Tensor& act,
+                                     float slope) {
+  check_tensor(a, "add_leaky_relu_forward", "a");
+  check_tensor(b, "add_leaky_relu_forward", "b");
+  check_tensor(y, "add_leaky_relu_forward", "y");
+  check_tensor(act, "add_leaky_relu_forward", "act");
+  JEM_CHECK(a.shape() == b.shape() && a.shape() == y.shape() && a.shape() == act.shape(),
+            "add_leaky_relu_forward: a ", a.shape().str(), ", b ", b.shape().str(), ", y ", y.shape().str(),
+            ", act ", act.shape().str());
+  add_leaky_relu_forward_impl(a.numel(), a.data<float>(), b.data<float>(), y.data<float>(), act.data<float>(),
+                              slope);
+}
+
+void Backend::leaky_relu_backward_add(const Tensor& x, const Tensor& dy, const Tensor& other, const Tensor& dx,
+                                      float slope) {
+  check_tensor(x, "leaky_relu_backward_add", "x");
+  check_tensor(dy, "leaky_relu_backward_add", "dy");
+  check_tensor(other, "leaky_relu_backward_add", "other");
+  check_tensor(dx, "leaky_relu_backward_add", "dx");
+  JEM_CHECK(x.shape() == dy.shape() && x.shape() == other.shape() && x.shape() == dx.shape(),
+            "leaky_relu_backward_add: x ", x.shape().str(), ", dy ", dy.shape().str(), ", other ",
+            other.shape().str(), ", dx ", dx.shape().str());
+  leaky_relu_backward_add_impl(x.numel(), x.data<float>(), dy.data<float>(), other.data<float>(),
+                               dx.data<float>(), slope);
 }
 
 void Backend::global_avg_pool_forward(const Tensor& x, const Tensor& y) {

@@ -289,6 +289,16 @@ TEST_P(CpuOpsConv, BackwardFilterAccumulates) {
   expect_close(got.db, want_db, sum_tolerance(k, sum_of(abs_of(db0), mag.db), want_db), "db");
 }
 
+// The bias is optional in forward too (a following op adds it): no bias is a zero bias.
+TEST_P(CpuOpsConv, ForwardWithoutBiasIsZeroBias) {
+  const Tensor x = be->from_vector(d.x, x_shape(g)), w = be->from_vector(d.w, w_shape(g));
+  const Tensor y0 = be->empty(y_shape(g)), y1 = be->empty(y_shape(g));
+  be->fill(y1, 5.0f);  // overwritten, not added to
+  be->conv2d_forward(x, w, be->empty(Shape{g.K}), y0, g.stride, g.pad_h, g.pad_w);
+  be->conv2d_forward(x, w, Tensor(), y1, g.stride, g.pad_h, g.pad_w);
+  expect_bit_identical(be->to_vector(y1), be->to_vector(y0), "no bias vs zero bias");
+}
+
 // db is optional: leaving it undefined must not change dw.
 TEST_P(CpuOpsConv, BackwardFilterWithoutBias) {
   const FilterGrad with_db = cpu_conv_backward_filter(*be, g, d.x, d.dy, zero_dw, zero_db);
@@ -462,10 +472,10 @@ Vec cpu_leaky_forward(Backend& be, const Vec& x, const Shape& s) {
   return be.to_vector(y);
 }
 
-Vec cpu_leaky_backward(Backend& be, const Vec& x, const Vec& dy, const Shape& s) {
+Vec cpu_leaky_backward(Backend& be, const Vec& x, const Vec& dy, const Shape& s, float slope = kSlope) {
   Tensor dx = be.empty(s);
   be.fill(dx, kNaN);
-  be.leaky_relu_backward(be.from_vector(x, s), be.from_vector(dy, s), dx, kSlope);
+  be.leaky_relu_backward(be.from_vector(x, s), be.from_vector(dy, s), dx, slope);
   return be.to_vector(dx);
 }
 
@@ -504,6 +514,90 @@ TEST(CpuOpsLeakyRelu, BackwardMatchesFiniteDifferences) {
     return weighted_sum(cpu_leaky_forward(*be, v, s), r);
   });
   expect_close(gather(analytic, idx), fd, kFdTol, "leaky dx vs finite differences");
+}
+
+// ---- the fused activation passes ------------------------------------------------------------------
+// Each is two existing ops in one pass; the same float operations per element, so bit-identical
+// to the two naive steps, except where the compiler contracts a product and a sum into one fused
+// multiply-add (leaky_relu_backward_add): one rounding fewer, at most 2u of the terms' size.
+TEST(CpuOpsFusedActivation, BiasLeakyReluMatchesNaive) {
+  auto be = make_cpu_backend(2);
+  for (const Shape& s : {Shape{3, 5, 7, 7}, Shape{5, 10, 37, 37}, Shape{2, 7}}) {
+    const Vec x = with_zeros(numel(s), 71), b = random_vector(std::size_t(s[1]), 72);
+    const std::int64_t hw = numel(s) / (s[0] * s[1]);
+    Vec shifted(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) shifted[i] = x[i] + b[std::size_t(std::int64_t(i) / hw % s[1])];
+    const Vec want = naive::leaky_relu_forward(shifted, kSlope);
+    const Tensor tx = be->from_vector(x, s), ty = be->empty(s);
+    be->bias_leaky_relu_forward(tx, be->from_vector(b, Shape{s[1]}), ty, kSlope);
+    expect_bit_identical(be->to_vector(ty), want, "bias_leaky_relu " + s.str());
+    be->bias_leaky_relu_forward(tx, be->from_vector(b, Shape{s[1]}), tx, kSlope);  // y == x
+    expect_bit_identical(be->to_vector(tx), want, "in place " + s.str());
+  }
+  const Tensor x = be->empty(Shape{2, 3, 4, 4});
+  EXPECT_THROW(be->bias_leaky_relu_forward(x, be->empty(Shape{4}), x, kSlope), Error);  // b not [C]
+  EXPECT_THROW(be->bias_leaky_relu_forward(x, be->empty(Shape{3}), be->empty(Shape{2, 3, 4, 3}), kSlope),
+               Error);
+}
+
+TEST(CpuOpsFusedActivation, AddLeakyReluMatchesNaive) {
+  auto be = make_cpu_backend(2);
+  for (const Shape& s : {Shape{3, 5, 7, 7}, Shape{5, 10, 37, 37}}) {
+    const Vec a = with_zeros(numel(s), 73), b = random_vector(numel(s), 74);
+    const Vec sum = sum_of(a, b);
+    const Tensor ta = be->from_vector(a, s), tb = be->from_vector(b, s), act = be->empty(s);
+    be->add_leaky_relu_forward(ta, tb, ta, act, kSlope);  // y == a, as the model calls it
+    expect_bit_identical(be->to_vector(ta), sum, "y " + s.str());
+    expect_bit_identical(be->to_vector(act), naive::leaky_relu_forward(sum, kSlope), "act " + s.str());
+  }
+  const Tensor t = be->empty(Shape{2, 3});
+  EXPECT_THROW(be->add_leaky_relu_forward(t, be->empty(Shape{3, 2}), t, be->empty(Shape{2, 3}), kSlope), Error);
+}
+
+TEST(CpuOpsFusedActivation, LeakyReluBackwardAddMatchesNaive) {
+  auto be = make_cpu_backend(2);
+  for (const Shape& s : {Shape{3, 5, 7, 7}, Shape{5, 10, 37, 37}}) {
+    const Vec x = with_zeros(numel(s), 75), dy = random_vector(numel(s), 76), other = random_vector(numel(s), 77);
+    const Vec grad = naive::leaky_relu_backward(x, dy, kSlope);
+    const Vec want = sum_of(grad, other);
+    const Tensor tdy = be->from_vector(dy, s), tother = be->from_vector(other, s);
+    be->leaky_relu_backward_add(be->from_vector(x, s), tdy, tother, tother, kSlope);  // dx == other
+    const Vec got = be->to_vector(tother);
+    for (std::size_t i = 0; i < got.size(); ++i)
+      ASSERT_LE(std::fabs(double(got[i]) - want[i]), 2 * 0x1p-24 * (std::fabs(grad[i]) + std::fabs(other[i])))
+          << "element " << i << " of " << s.str();
+  }
+  const Tensor t = be->empty(Shape{2, 3});
+  EXPECT_THROW(be->leaky_relu_backward_add(t, t, be->empty(Shape{6}), t, kSlope), Error);
+}
+
+// LeakyReLU's backward may read the activation's output instead of its input (the Wide-ResNet
+// keeps only lrelu(conv1 + b)): for slope >= 0 the sign is the same, so the result is identical;
+// and through bias_leaky_relu_forward it is the gradient by finite differences.
+TEST(CpuOpsFusedActivation, BackwardFromTheOutputIsTheGradient) {
+  auto be = make_cpu_backend(2);
+  const Shape s{3, 5, 7, 7};
+  for (float slope : {kSlope, 0.0f}) {
+    const Vec x = with_zeros(numel(s), 78), dy = random_vector(numel(s), 79);
+    Vec y = x;
+    for (float& v : y) v = leaky_relu(v, slope);
+    expect_bit_identical(cpu_leaky_backward(*be, y, dy, s, slope), cpu_leaky_backward(*be, x, dy, s, slope),
+                         "from y vs from x");
+  }
+  // |x| >= 0.1 and |b| <= 0.04: x + b stays farther than the step from the kink.
+  const Vec x = away_from_zero(numel(s), 80), b = random_vector(5, 81, -0.04f, 0.04f),
+            r = random_vector(numel(s), 82);
+  const Tensor tb = be->from_vector(b, Shape{5});
+  auto forward = [&](const Vec& v) {
+    const Tensor y = be->empty(s);
+    be->bias_leaky_relu_forward(be->from_vector(v, s), tb, y, kSlope);
+    return be->to_vector(y);
+  };
+  const Vec y = forward(x);
+  const Vec analytic = cpu_leaky_backward(*be, y, r, s, kSlope);
+  const auto idx = probe_indices(x.size());
+  const Vec fd = central_differences(x, idx, kKinkStep, [&](const Vec& v) { return weighted_sum(forward(v), r); });
+  expect_close(gather(analytic, idx), fd, kFdTol, "bias_leaky_relu dx vs finite differences");
 }
 
 // ---- global average pooling ------------------------------------------------------------------------
@@ -864,7 +958,6 @@ TEST(CpuOpsChecks, ConvShapeMismatchesThrow) {
   EXPECT_THROW(be->conv2d_forward(x, be->empty(Shape{4, 27}), b, y, 1, 1), Error);      // rank
   EXPECT_THROW(be->conv2d_forward(be->empty(Shape{2, 3, 49}), w, b, y, 1, 1), Error);   // rank
   EXPECT_THROW(be->conv2d_forward(x, w, be->empty(Shape{3}), y, 1, 1), Error);          // bias
-  EXPECT_THROW(be->conv2d_forward(x, w, Tensor(), y, 1, 1), Error);                     // no bias
   EXPECT_THROW(be->conv2d_forward(x, w, b, y, 0, 1), Error);                            // stride 0
   EXPECT_THROW(be->conv2d_forward(x, w, b, y, 1, -1), Error);                           // pad < 0
   EXPECT_THROW(be->conv2d_forward(be->empty(Shape{2, 3, 7, 7}, DType::I32), w, b, y, 1, 1), Error);

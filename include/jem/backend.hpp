@@ -101,7 +101,8 @@ class Backend {
   void add(const Tensor& a, const Tensor& b, const Tensor& y);
 
   // ---- convolution --------------------------------------------------------------------------
-  // y[N,K,P,Q] = conv(x[N,C,H,W], w[K,C,R,S]) + b[K]           (overwrite)
+  // y[N,K,P,Q] = conv(x[N,C,H,W], w[K,C,R,S]) + b[K]           (overwrite; b may be undefined:
+  // no bias, for a bias that the next op adds, as bias_leaky_relu_forward)
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
                       int stride, int pad);
   // The same with separate padding along H and W (for 1xS and Rx1 kernels).
@@ -117,8 +118,20 @@ class Backend {
   // ---- activations --------------------------------------------------------------------------
   // y = x > 0 ? x : slope * x   (y may alias x)
   void leaky_relu_forward(const Tensor& x, const Tensor& y, float slope);
-  // dx = dy * (x > 0 ? 1 : slope)   (dx may alias dy; x is the forward INPUT)
+  // dx = dy * (x > 0 ? 1 : slope)   (dx may alias dy; x is the forward INPUT, or its OUTPUT when
+  // slope >= 0: y > 0 exactly where x > 0, so the result is the same)
   void leaky_relu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, float slope);
+  // Fused passes (each one read and write of the tensors instead of two; the Wide-ResNet's):
+  // y[n,c,...] = leaky_relu(x[n,c,...] + b[c])   x, y [N, C, ...], b [C]   (y may alias x)
+  // (a convolution's bias added in the activation that follows it)
+  void bias_leaky_relu_forward(const Tensor& x, const Tensor& b, const Tensor& y, float slope);
+  // y = a + b; act = leaky_relu(y)   (a residual add and the next activation; y may alias a or b)
+  void add_leaky_relu_forward(const Tensor& a, const Tensor& b, const Tensor& y, const Tensor& act,
+                              float slope);
+  // dx = dy * (x > 0 ? 1 : slope) + other   (a LeakyReLU's backward and the residual gradient
+  // sum; x as for leaky_relu_backward; dx may alias dy or other)
+  void leaky_relu_backward_add(const Tensor& x, const Tensor& dy, const Tensor& other,
+                               const Tensor& dx, float slope);
 
   // ---- pooling ------------------------------------------------------------------------------
   // y[N,C] = mean_{h,w} x[N,C,H,W]
@@ -233,6 +246,14 @@ class Backend {
   virtual void leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) = 0;
   virtual void leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy,
                                         float* dx, float slope) = 0;
+  // x, y [planes = N * C, HW], b [C]: plane i takes b[i % C].
+  virtual void bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW,
+                                            const float* x, const float* b, float* y,
+                                            float slope) = 0;
+  virtual void add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
+                                           float* act, float slope) = 0;
+  virtual void leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
+                                            const float* other, float* dx, float slope) = 0;
   virtual void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) = 0;
   virtual void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy,
                                              float* dx) = 0;

@@ -110,9 +110,10 @@ class WideResNet {
   struct Block {
     int in_planes = 0, planes = 0, stride = 1, in_size = 0, out_size = 0;
     Conv conv1, conv2, shortcut;  // shortcut.w == nullptr: identity
-    // Activations for max_batch images (forward keeps them for backward):
+    // Activations for max_batch images (forward keeps them for backward). conv1's output h1 =
+    // conv1(a1) + b1 is not kept: conv1 writes it without its bias into scratch, and one pass
+    // adds the bias and applies the LeakyReLU; its backward reads a2's sign, which is h1's.
     Tensor a1;   // lrelu(x)          [M, in, H, H]
-    Tensor h1;   // conv1(a1)         [M, planes, H, H]
     Tensor a2;   // lrelu(h1)         [M, planes, H, H]
     Tensor out;  // conv2(a2) + sc(x) [M, planes, H/s, H/s]
   };
@@ -141,7 +142,8 @@ class WideResNet {
   Tensor final_act_; // lrelu(last block out) [M, 64k, S/4, S/4]
   Tensor pooled_;    // [M, 64k]
   Tensor logits_;    // [M, classes]
-  // Backward scratch, each as large as the largest activation.
+  // Scratch, each as large as the largest activation: gradients in backward; in forward tmp1_
+  // holds conv1's output before its activation, then the shortcut's output.
   Tensor grad_a_, grad_b_, tmp1_, tmp2_;
   Tensor dpooled_;   // [M, 64k]
   std::function<void(std::size_t)> grad_ready_;

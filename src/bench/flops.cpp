@@ -67,42 +67,50 @@ IterationTraffic jem_iteration_traffic(const WrnConfig &cfg, int sgld_chains,
                                        int sgld_steps, int rows,
                                        std::int64_t params,
                                        double optimizer_passes) {
-  // Floats per image, walking the layers as the model runs them.
-  double fwd = 0, bwd = 0;       // custom passes: forward, input backward
-  double bias_fwd = 0, dbias = 0; // bias add; bias gradient (training step only)
-  double features = 0;           // the last block's output
   auto ends_with = [](const std::string &s, std::string_view end) {
     return s.size() >= end.size() &&
            s.compare(s.size() - end.size(), end.size(), end) == 0;
   };
+  // Floats per image, walking the layers as WideResNet::forward and backward
+  // run them.
+  double fwd = 0, bwd = 0;        // custom passes: forward, input backward
+  double bias_fwd = 0, dbias = 0; // bias adds; bias gradients (training step)
+  double features = 0;            // the last block's output
   for (const ConvLayer &l : wrn_conv_layers(cfg)) {
     const ConvGeom &g = l.geom;
-    const double in = double(g.C) * g.H * g.W, out = double(g.K) * g.P() * g.Q();
-    bias_fwd += 2 * out;
-    dbias += out;
-    // The blocks' convolutions ("f.layerS.B.conv1"); the stem "f.conv1" takes
-    // the image itself.
-    const bool block = l.name.rfind("f.layer", 0) == 0;
-    const bool conv1 = block && ends_with(l.name, ".conv1");
-    const bool conv2 = block && ends_with(l.name, ".conv2");
-    if (conv1 || conv2) {  // a LeakyReLU feeds each (block input; conv1's output)
-      fwd += 2 * in;
-      bwd += 3 * in;
-    }
-    if (conv1) bwd += 3 * in;  // the block input's two gradients summed
-    if (conv2) {
-      fwd += 3 * out;  // the residual add
+    const double in = double(g.C) * g.H * g.W,
+                 out = double(g.K) * g.P() * g.Q();
+    dbias += out;  // every convolution's bias gradient reads its dy
+    if (l.name == "f.conv1") {
+      bias_fwd += 2 * out;
+      fwd += 2 * out;  // the first block's LeakyReLU
+    } else if (ends_with(l.name, ".conv1")) {
+      // bias + LeakyReLU in one pass (read conv1's output, write a2); its
+      // backward (read a2 and dy, write dx); the block input's LeakyReLU
+      // backward fused with the sum of its two gradients (read 3, write 1).
+      fwd += 2 * out;
+      bwd += 3 * out + 4 * in;
+    } else if (ends_with(l.name, ".conv2")) {
+      // The residual add fused with the next LeakyReLU: read conv2's output
+      // and the other path, write the sum and the activation.
+      bias_fwd += 2 * out;
+      fwd += 4 * out;
       features = out;
+    } else { // shortcut
+      bias_fwd += 2 * out;
     }
   }
-  fwd += 2 * features + features;  // final LeakyReLU, pooling reads the features
-  bwd += 3 * features + features;  // their backward, pooling writes the features' gradient
-  const double image = double(cfg.in_channels) * cfg.image_size * cfg.image_size;
+  fwd += features;                // pooling reads the final activation
+  bwd += 3 * features + features; // its LeakyReLU backward; pooling's backward
+  const double image =
+      double(cfg.in_channels) * cfg.image_size * cfg.image_size;
   const double chain_steps = double(sgld_chains) * sgld_steps;
   IterationTraffic t;
-  t.custom = 4.0 * (chain_steps * (fwd + bwd + 3 * image) + double(rows) * (fwd + bwd) +
+  t.custom = 4.0 * (chain_steps * (fwd + bwd + 3 * image) +
+                    double(rows) * (fwd + bwd) +
                     optimizer_passes * double(params));
-  t.bias = 4.0 * (chain_steps * bias_fwd + double(rows) * (bias_fwd + dbias));
+  t.bias =
+      4.0 * (chain_steps * bias_fwd + double(rows) * (bias_fwd + dbias));
   return t;
 }
 

@@ -298,7 +298,7 @@ std::string bench_report(const BenchResult &r) {
      << " allocations during the timed iterations\n";
   std::snprintf(buf, sizeof buf,
                 "elementwise passes move %.3g GB per iteration in jem's "
-                "kernels, %.3g GB in cuDNN's bias adds",
+                "kernels, %.3g GB in the convolutions' bias adds",
                 r.traffic.custom / 1e9, r.traffic.bias / 1e9);
   os << buf;
   if (r.peak_device_bandwidth > 0 && total > 0) {

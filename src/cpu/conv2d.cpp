@@ -143,7 +143,7 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
       im2col(g, xn, buf);
       col = buf;
     }
-    for (int k = 0; k < g.K; ++k) std::fill_n(yn + static_cast<std::int64_t>(k) * PQ, PQ, b[k]);
+    for (int k = 0; k < g.K; ++k) std::fill_n(yn + static_cast<std::int64_t>(k) * PQ, PQ, b ? b[k] : 0.0f);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.K, PQ, CRR, 1.0f, w, CRR, col, PQ,
                 1.0f, yn, PQ);
   }

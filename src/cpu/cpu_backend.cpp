@@ -121,6 +121,34 @@ void CpuBackend::leaky_relu_backward_impl(std::int64_t n, const float* x, const 
   for (std::int64_t i = 0; i < n; ++i) dx[i] = leaky_relu_grad(x[i], dy[i], slope);
 }
 
+void CpuBackend::bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW, const float* x,
+                                              const float* b, float* y, float slope) {
+#pragma omp parallel for schedule(static) num_threads(threads_) if (planes * HW > 65536)
+  for (std::int64_t p = 0; p < planes; ++p) {
+    const float bias = b[p % C];
+    const float* xp = x + p * HW;
+    float* yp = y + p * HW;
+#pragma omp simd
+    for (std::int64_t i = 0; i < HW; ++i) yp[i] = leaky_relu(xp[i] + bias, slope);
+  }
+}
+
+void CpuBackend::add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
+                                             float* act, float slope) {
+#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float v = a[i] + b[i];
+    y[i] = v;
+    act[i] = leaky_relu(v, slope);
+  }
+}
+
+void CpuBackend::leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
+                                              const float* other, float* dx, float slope) {
+#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) dx[i] = leaky_relu_grad(x[i], dy[i], slope) + other[i];
+}
+
 void CpuBackend::global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) {
   const float inv = 1.0f / static_cast<float>(HW);
 #pragma omp parallel for schedule(static) num_threads(threads_)

@@ -101,7 +101,6 @@ void WideResNet::plan_activations() {
   stem_out_ = act(16, S);
   for (Block& b : blocks_) {
     b.a1 = act(b.in_planes, b.in_size);
-    b.h1 = act(b.planes, b.in_size);
     b.a2 = act(b.planes, b.in_size);
     b.out = act(b.planes, b.out_size);
   }
@@ -115,7 +114,7 @@ void WideResNet::plan_activations() {
 std::size_t WideResNet::activation_bytes() const {
   std::size_t bytes = stem_out_.bytes() + final_act_.bytes() + pooled_.bytes() + dpooled_.bytes() +
                       logits_.bytes() + 4 * grad_a_.bytes();
-  for (const Block& b : blocks_) bytes += b.a1.bytes() + b.h1.bytes() + b.a2.bytes() + b.out.bytes();
+  for (const Block& b : blocks_) bytes += b.a1.bytes() + b.a2.bytes() + b.out.bytes();
   return bytes;
 }
 
@@ -171,24 +170,30 @@ Tensor WideResNet::forward(const Tensor& x) {
 
   Tensor cur = rows(stem_out_, B);                                   // [B, 16, S, S]
   backend_.conv2d_forward(x, p(stem_.w), p(stem_.b), cur, 1, 1);
-  for (Block& b : blocks_) {
-    const Tensor a1 = rows(b.a1, B), h1 = rows(b.h1, B), a2 = rows(b.a2, B), out = rows(b.out, B);
-    backend_.leaky_relu_forward(cur, a1, slope);                     // [B, in, H, H]
-    backend_.conv2d_forward(a1, p(b.conv1.w), p(b.conv1.b), h1, 1, 1);  // [B, planes, H, H]
-    backend_.leaky_relu_forward(h1, a2, slope);
+  // The first block's activation; each later one (and the final one) is computed in the same
+  // pass as the residual add before it.
+  backend_.leaky_relu_forward(cur, rows(blocks_.front().a1, B), slope);
+  const Tensor none;
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    Block& b = blocks_[i];
+    const Tensor a1 = rows(b.a1, B), a2 = rows(b.a2, B), out = rows(b.out, B);
+    const Tensor h1 = tmp1_.view(0, a2.shape());                     // [B, planes, H, H]
+    backend_.conv2d_forward(a1, p(b.conv1.w), none, h1, 1, 1);       // bias added below
+    backend_.bias_leaky_relu_forward(h1, p(b.conv1.b), a2, slope);   // lrelu(h1 + b1)
     backend_.conv2d_forward(a2, p(b.conv2.w), p(b.conv2.b), out, b.stride, 1);  // [B, planes, H/s, H/s]
+    // out += shortcut, and the next activation: the next block's a1, or the final one.
+    const Tensor next = i + 1 < blocks_.size() ? rows(blocks_[i + 1].a1, B) : rows(final_act_, B);
     if (b.shortcut.w) {
       // The 1x1 shortcut reads the block's raw input, not lrelu(x).
       const Tensor sc = tmp1_.view(0, out.shape());
       backend_.conv2d_forward(cur, p(b.shortcut.w), p(b.shortcut.b), sc, b.stride, 0);
-      backend_.add(out, sc, out);
+      backend_.add_leaky_relu_forward(out, sc, out, next, slope);
     } else {
-      backend_.add(out, cur, out);
+      backend_.add_leaky_relu_forward(out, cur, out, next, slope);
     }
     cur = out;
   }
   const Tensor fa = rows(final_act_, B);                              // [B, 64k, S/4, S/4]
-  backend_.leaky_relu_forward(cur, fa, slope);
   const Tensor pooled = rows(pooled_, B);                             // [B, 64k]
   backend_.global_avg_pool_forward(fa, pooled);
   const Tensor logits = rows(logits_, B);                             // [B, classes]
@@ -234,26 +239,26 @@ void WideResNet::backward_impl(const Tensor& dlogits, const Tensor& dx, bool wei
   for (int i = int(blocks_.size()) - 1; i >= 0; --i) {
     const Block& b = blocks_[std::size_t(i)];
     const Tensor x = i == 0 ? rows(stem_out_, B) : rows(blocks_[std::size_t(i - 1)].out, B);
-    const Tensor a1 = rows(b.a1, B), h1 = rows(b.h1, B), a2 = rows(b.a2, B);
-    // conv2: d(a2) into tmp1, then through lrelu into d(h1) in place.
+    const Tensor a1 = rows(b.a1, B), a2 = rows(b.a2, B);
+    // conv2: d(a2) into tmp1, then through lrelu into d(h1) in place (a2 > 0 where h1 > 0).
     const Tensor d_a2 = tmp1_.view(0, a2.shape());
     if (weights) backend_.conv2d_backward_filter(a2, dcur, g(b.conv2.w), g(b.conv2.b), b.stride, 1);
     backend_.conv2d_backward_data(dcur, p(b.conv2.w), d_a2, b.stride, 1);
-    backend_.leaky_relu_backward(h1, d_a2, d_a2, slope);
-    // conv1: d(a1) into tmp2, then through lrelu into d(x) of the residual path, in place.
+    backend_.leaky_relu_backward(a2, d_a2, d_a2, slope);
+    // conv1: d(a1) into tmp2 (its bias gradient is d(h1)'s sums, as for a bias in the conv).
     const Tensor d_a1 = tmp2_.view(0, a1.shape());
     if (weights) backend_.conv2d_backward_filter(a1, d_a2, g(b.conv1.w), g(b.conv1.b), 1, 1);
     backend_.conv2d_backward_data(d_a2, p(b.conv1.w), d_a1, 1, 1);
-    backend_.leaky_relu_backward(x, d_a1, d_a1, slope);
-    // Shortcut, then d(x) = residual path + shortcut path, into the other ping-pong buffer.
+    // d(x) = lrelu'(x) d(a1) + the other path's gradient (shortcut or identity), in one pass
+    // into the other ping-pong buffer.
     const Tensor dprev = pingpong[1 - cur]->view(0, x.shape());
     if (b.shortcut.w) {
       const Tensor d_sc = tmp1_.view(0, x.shape());  // d_a2 is consumed: reuse tmp1
       if (weights) backend_.conv2d_backward_filter(x, dcur, g(b.shortcut.w), g(b.shortcut.b), b.stride, 0);
       backend_.conv2d_backward_data(dcur, p(b.shortcut.w), d_sc, b.stride, 0);
-      backend_.add(d_a1, d_sc, dprev);
+      backend_.leaky_relu_backward_add(x, d_a1, d_sc, dprev, slope);
     } else {
-      backend_.add(d_a1, dcur, dprev);
+      backend_.leaky_relu_backward_add(x, d_a1, dcur, dprev, slope);
     }
     cur = 1 - cur;
     dcur = dprev;

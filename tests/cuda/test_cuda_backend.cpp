@@ -229,6 +229,55 @@ TEST_F(CudaOps, LeakyReluForwardBackwardInPlace) {
   }
 }
 
+// The fused activation passes of the Wide-ResNet: the same float operations as the CPU's, so
+// bit-identical, except leaky_relu_backward_add, where either compiler may contract the product
+// and the sum into one fused multiply-add: at most 2u of the terms' size apart.
+TEST_F(CudaOps, FusedActivationPassesMatchCpu) {
+  constexpr float slope = 0.2f;
+  for (const Shape& s : {Shape{3, 5, 7, 7}, Shape{5, 10, 37, 37}, Shape{2, 7}}) {
+    Vec x = random_vector(s.numel(), 13);
+    for (std::size_t i = 0; i < x.size(); i += 7) x[i] = 0.0f;
+    const Vec b = random_vector(std::size_t(s[1]), 14), other = random_vector(s.numel(), 15);
+    auto [cx, gx] = both(x, s);
+    auto [cb, gb] = both(b, Shape{s[1]});
+    auto [co, go] = both(other, s);
+    const Tensor cy = cpu->empty(s), gy = nan_tensor(*gpu, s);
+    cpu->bias_leaky_relu_forward(cx, cb, cy, slope);
+    gpu->bias_leaky_relu_forward(gx, gb, gy, slope);
+    expect_bit_equal(gpu->to_vector(gy), cpu->to_vector(cy), "bias_leaky_relu " + s.str());
+    const Tensor cact = cpu->empty(s), gact = nan_tensor(*gpu, s);
+    const Tensor csum = cpu->empty(s), gsum = nan_tensor(*gpu, s);
+    cpu->add_leaky_relu_forward(cx, co, csum, cact, slope);
+    gpu->add_leaky_relu_forward(gx, go, gsum, gact, slope);
+    expect_bit_equal(gpu->to_vector(gsum), cpu->to_vector(csum), "add_leaky_relu sum " + s.str());
+    expect_bit_equal(gpu->to_vector(gact), cpu->to_vector(cact), "add_leaky_relu act " + s.str());
+    gpu->bias_leaky_relu_forward(gx, gb, gx, slope);  // y == x
+    expect_bit_equal(gpu->to_vector(gx), cpu->to_vector(cy), "bias_leaky_relu in place " + s.str());
+    // Backward from the output (cy), into `other` (dx == other), as the model calls it.
+    const Vec dy = random_vector(s.numel(), 16);
+    auto [cd, gd] = both(dy, s);
+    cpu->leaky_relu_backward_add(cy, cd, co, co, slope);
+    gpu->leaky_relu_backward_add(gy, gd, go, go, slope);
+    const Vec want = cpu->to_vector(co), got = gpu->to_vector(go);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const double scale = std::fabs(double(dy[i])) + std::fabs(double(other[i]));
+      ASSERT_LE(std::fabs(double(got[i]) - want[i]), 2 * kU * scale) << "backward_add element " << i;
+    }
+  }
+}
+
+// A convolution without bias (the model's conv1, whose bias the activation adds) is one with a
+// zero bias.
+TEST_F(CudaOps, ConvForwardWithoutBias) {
+  const Vec xv = random_vector(2 * 3 * 9 * 9, 17), wv = random_vector(4 * 3 * 3 * 3, 18);
+  const Tensor x = gpu->from_vector(xv, Shape{2, 3, 9, 9}), w = gpu->from_vector(wv, Shape{4, 3, 3, 3});
+  const Tensor y0 = gpu->empty(Shape{2, 4, 9, 9}), y1 = nan_tensor(*gpu, Shape{2, 4, 9, 9});
+  gpu->conv2d_forward(x, w, gpu->empty(Shape{4}), y0, 1, 1);
+  gpu->conv2d_forward(x, w, Tensor(), y1, 1, 1);
+  const Vec v0 = gpu->to_vector(y0), v1 = gpu->to_vector(y1);
+  for (std::size_t i = 0; i < v0.size(); ++i) ASSERT_EQ(v1[i], v0[i]) << "element " << i;  // +0 == -0
+}
+
 // ================================================================================================
 // Convolution (cuDNN), in both math modes
 // ================================================================================================
