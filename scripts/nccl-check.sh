@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The NCCL checks of a GPU machine (scripts/gpu-check.sh runs this):
-#   1. a 1-GPU job through the NCCL path (world size 1, --comm nccl);
+#   1. a 1-GPU job through the NCCL path (world size 1, --comm nccl), which must log its memory
+#      plan and allocate nothing inside its iterations;
 #   2. with 2 or more GPUs, a 2-GPU job under mpirun (NCCL chosen automatically), whose
 #      parameters after 5 iterations with the buffer off must match the 1-GPU job's.
 #
@@ -42,6 +43,9 @@ fi
 echo "== 1 GPU through NCCL"
 "$build/jem" train --config "$work/tiny.toml" --out "$work/g1" --comm nccl
 grep -q "data parallel over NCCL" "$work/g1/log.txt" || { echo "FAIL: the 1-GPU job did not use NCCL"; exit 1; }
+grep "memory plan:" "$work/g1/log.txt" || { echo "FAIL: the 1-GPU job logged no memory plan"; exit 1; }
+grep -q '"iteration_allocations": 0' "$work/g1/summary.json" ||
+  { echo "FAIL: the 1-GPU job allocated device memory inside its iterations:"; cat "$work/g1/summary.json"; exit 1; }
 
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 if ((gpus < 2)); then
