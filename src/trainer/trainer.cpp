@@ -362,10 +362,15 @@ void log_memory_plan(const Run& r, TrainResult& res) {
   const std::int64_t optim = r.optimizer->state_bytes();
   const auto buffer = std::int64_t(r.buffer->data().bytes());
   const std::int64_t rest = m.live_bytes - params - grads - optim - buffer;
-  auto mib = [](std::int64_t b) { return fmt("%.1f MiB", double(b) / (1024.0 * 1024.0)); };
-  r.log->info("memory plan: " + mib(m.live_bytes) + " allocated at start-up on " + r.backend->name() +
-              " (parameters " + mib(params) + ", gradients " + mib(grads) + ", optimizer state " + mib(optim) +
-              ", replay buffer " + mib(buffer) + ", activations and scratch " + mib(rest) + ")");
+  auto size = [](std::int64_t b) {
+    const double kib = double(b) / 1024.0;
+    if (kib < 1024.0) return fmt("%.1f KiB", kib);
+    if (kib < 1024.0 * 1024.0) return fmt("%.1f MiB", kib / 1024.0);
+    return fmt("%.2f GiB", kib / (1024.0 * 1024.0));
+  };
+  r.log->info("memory plan: " + size(m.live_bytes) + " allocated at start-up (parameters " + size(params) +
+              ", gradients " + size(grads) + ", optimizer state " + size(optim) + ", replay buffer " + size(buffer) +
+              ", activations and scratch " + size(rest) + ")");
 }
 
 bool diverged(const Run& r, const StepStats& s) {
