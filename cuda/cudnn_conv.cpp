@@ -178,6 +178,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
   // The search runs (and times) the algorithms synchronously; queued work must not be timed.
   JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  count_transient_allocation();  // the search's buffers, for Backend::memory_counters
   SearchBuffer ws;
   int count = 0, returned = 0;
   cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;

@@ -67,6 +67,12 @@ MemoryCounters allocation_counts(int device) {
   return m;
 }
 
+void count_transient_allocation() {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  ++r.usage[current_device()].allocations;
+}
+
 void* device_alloc(std::size_t bytes) {
   const std::size_t request = bytes == 0 ? 256 : bytes;
   void* p = nullptr;

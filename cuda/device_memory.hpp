@@ -25,9 +25,13 @@ std::size_t bytes_to_allocation_end(const void* p);
 // tensors and the backends' scratch buffers) since the process started. Not counted: the CUDA
 // context, cuBLAS's own workspace, and the temporaries of cuDNN's one-time algorithm search.
 std::size_t peak_allocated_bytes(int device);
-// The same registry's counts for `device`: allocations so far (tensors and every growth of a
-// scratch buffer), bytes held now, peak bytes.
+// The same registry's counts for `device`: allocations so far (tensors, every growth of a
+// scratch buffer, and each cuDNN algorithm search, see below), bytes held now, peak bytes.
 MemoryCounters allocation_counts(int device);
+// Counts one allocation on the current device without holding bytes: a cuDNN algorithm search,
+// whose temporaries (up to a quarter of free memory) come and go within the call. A search in a
+// training iteration is a one-time cost the loop must not have, so it counts.
+void count_transient_allocation();
 
 // A scratch buffer that only grows. Growing waits for `stream` first, so work already queued on
 // the old buffer finishes before it is freed; that is the only synchronisation, and it happens

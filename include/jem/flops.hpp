@@ -61,7 +61,7 @@ IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
 //     3) and the block input's LeakyReLU backward fused with the sum of its two gradients (4);
 //     the final LeakyReLU backward (3) and pooling's (write 1). Per SGLD step the update (read x
 //     and the gradient, write x: 3). Per iteration `optimizer_passes` passes over the parameters
-//     (Adam 7, SGD 5, plus 1 to zero the gradient and 3 for a moving average).
+//     (Adam 7, SGD 5, plus 1 to zero the gradient and 5 for a moving average).
 //   bias: the bias adds of the stem, conv2 and shortcut convolutions (read and write each
 //     output: 2; conv1's bias is added in its activation) and, in the training step, every
 //     convolution's bias gradient (read dy: 1); cuDNN runs these on a GPU, not jem's kernels.

@@ -118,9 +118,10 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   r.flops_step = fl.step;
   // Passes over the parameters: the update (Adam/AdamW: read p, g, m, v and
   // write p, m, v; SGD: p, g, buffer and p, buffer), zeroing the gradient, and
-  // the moving average (read it and p, write it).
+  // the moving average (scale it: read, write; then axpy p into it: read p and
+  // it, write it).
   const double optimizer_passes = (optcfg.kind == "sgd" ? 5.0 : 7.0) + 1.0 +
-                                  (optcfg.ema > 0.0f ? 3.0 : 0.0);
+                                  (optcfg.ema > 0.0f ? 5.0 : 0.0);
   r.traffic = jem_iteration_traffic(wcfg, r.sgld_chains, r.sgld_steps, r.rows,
                                     r.params, optimizer_passes);
   const std::string gpu = gpu_name(r.backend);

@@ -80,14 +80,16 @@ TEST_F(CudaOps, UploadDownloadRoundTripsViews) {
 // must hold what the buffer held at its upload.
 TEST_F(CudaOps, UploadSourceMayBeReusedAtOnce) {
   constexpr int kUploads = 3 * cuda::UploadStaging::kSlots;
-  const Tensor big = gpu->empty(Shape{std::int64_t(1) << 24});
-  for (int i = 0; i < 20; ++i) gpu->fill(big, float(i));  // keeps the stream busy meanwhile
   std::vector<Tensor> dst;
+  for (int u = 0; u < kUploads; ++u) dst.push_back(gpu->empty(Shape{1000}));
+  // Keeps the stream busy for milliseconds (40 fills of 256 MiB: 10 GiB of writes), so that the
+  // host laps the ring of slots while their copies are still queued and must wait for them.
+  const Tensor big = gpu->empty(Shape{std::int64_t(1) << 26});
+  for (int i = 0; i < 40; ++i) gpu->fill(big, float(i + 1));
   Vec host(1000);
   for (int u = 0; u < kUploads; ++u) {
-    dst.push_back(gpu->empty(Shape{1000}));
     for (std::size_t i = 0; i < host.size(); ++i) host[i] = float(u * 1000 + int(i));
-    gpu->upload(host.data(), dst.back());
+    gpu->upload(host.data(), dst[std::size_t(u)]);
   }
   std::fill(host.begin(), host.end(), -1.0f);
   for (int u = 0; u < kUploads; ++u) {
@@ -108,9 +110,10 @@ TEST_F(CudaOps, UploadLargerThanAStagingSlot) {
   for (std::size_t i = 0; i < n; ++i) labels[i] = std::int32_t(i * 7 % 1000003);
   const Tensor ti = gpu->empty(Shape{std::int64_t(n)}, DType::I32);
   gpu->upload_i32(labels.data(), ti);
-  // Back through the float path: the bits of each int32.
+  // Back through the float path (download reads F32): the bits of each int32, through an F32
+  // view of the same storage.
   Vec bits(n);
-  gpu->download(ti, bits.data());
+  gpu->download(Tensor(ti.storage(), ti.offset(), ti.shape(), DType::F32), bits.data());
   for (std::size_t i = 0; i < n; ++i) {
     std::int32_t got = 0;
     std::memcpy(&got, &bits[i], sizeof got);
