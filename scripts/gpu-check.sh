@@ -15,7 +15,8 @@
 #   scripts/gpu-check.sh OUT_DIR
 #
 # Writes OUT_DIR/summary.json (step exit codes and timings, ctest counts and failed tests,
-# benchmark files, the machine, nvidia-smi output) and OUT_DIR/results.tar.gz (logs/<step>.log,
+# benchmark files, headline numbers against the targets (scripts/gpu_check_headlines.py), the
+# machine, nvidia-smi output) and OUT_DIR/results.tar.gz (logs/<step>.log,
 # ctest-junit.xml, the benchmark JSON files, nvidia-smi.txt, jem-info.txt). Designed to finish
 # within 8 minutes on one H200: every step runs under a time limit cut to what is left of a
 # 7.5-minute budget, and a step that fails or times out does not stop the others (its exit code
@@ -259,6 +260,10 @@ done
 passed=$((total - failed - skipped))
 ((passed < 0)) && passed=0
 
+# The headline numbers (bench times, PyTorch ratio, the issue's targets) from the bench files.
+headlines=$(python3 scripts/gpu_check_headlines.py "$out" 2>"$out/logs/headlines.log") || headlines=null
+[[ -n $headlines ]] || headlines=null
+
 all_ok=true
 {
   echo "{"
@@ -288,6 +293,7 @@ all_ok=true
     printf '"%s"' "${bench_files[$i]}"
   done
   echo "],"
+  echo "  \"headlines\": $headlines,"
   echo "  \"all_ok\": $all_ok,"
   printf '  "machine": %s,\n' "$(json_string <"$out/logs/machine.log")"
   printf '  "nvidia_smi": %s\n' "$(json_string <"$out/nvidia-smi.txt")"

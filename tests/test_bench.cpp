@@ -191,6 +191,43 @@ TEST(Bench, TimesEveryPhaseOfEveryIteration) {
   EXPECT_EQ(r.timed_allocations, 0);          // every buffer exists after the warm-up
 }
 
+// gpu-check.sh's headline numbers, read from the files the GPU run writes: jem bench's JSON under
+// the names gpu-check gives them, and compare.sh's rounds (PyTorch's JSON has the same fields).
+TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
+  const std::string dir = jem::test::temp_dir("headlines");
+  auto be = make_cpu_backend(1);
+  const TrainConfig c = tiny_config();
+  const BenchOptions opt{2, 1};
+  const BenchResult r = run_bench(*be, c, opt);
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32.json") << bench_json(r, c, opt);
+  fs::create_directories(dir + "/compare_tf32");
+  // Three rounds: PyTorch 2x, 10x and 4x slower than jem; the median ratio is 4 (the mean 5.3).
+  auto j = nlohmann::json::parse(bench_json(r, c, opt));
+  const double jem_ms = j["ms_per_iteration"]["total"].get<double>();
+  const double slower[] = {2.0, 10.0, 4.0};
+  for (int round : {1, 2, 3}) {
+    std::ofstream(dir + "/compare_tf32/jem_" + std::to_string(round) + ".json") << j.dump();
+    nlohmann::json t = j;
+    t["ms_per_iteration"]["total"] = jem_ms * slower[round - 1];
+    std::ofstream(dir + "/compare_tf32/torch_" + std::to_string(round) + ".json") << t.dump();
+  }
+  std::string out;
+  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
+                                   &out),
+            0)
+      << out;
+  const auto h = nlohmann::json::parse(out);
+  const auto& tf32 = h["jem_bench"]["wrn28x10_tf32"];
+  EXPECT_DOUBLE_EQ(tf32["ms_per_iteration"].get<double>(), jem_ms);
+  EXPECT_EQ(tf32["allocations_during_timed_iterations"], 0);
+  EXPECT_NEAR(tf32["peak_memory_gib"].get<double>(), double(r.peak_memory_bytes) / (1024.0 * 1024 * 1024), 1e-12);
+  EXPECT_TRUE(h["jem_bench"]["wrn28x10_fp32"].is_null());  // not written: null, not an error
+  EXPECT_DOUBLE_EQ(h["pytorch_over_jem_tf32"].get<double>(), 4.0);
+  EXPECT_EQ(h["targets"]["at_least_3x_pytorch"], true);
+  EXPECT_EQ(h["targets"]["iteration_at_most_0.30_s"], jem_ms <= 300.0);
+  fs::remove_all(dir);
+}
+
 TEST(Bench, ConditionalChainsAndNoPxTerm) {
   auto be = make_cpu_backend(1);
   TrainConfig c = tiny_config();

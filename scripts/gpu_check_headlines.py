@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""The headline numbers of a gpu-check.sh run, as one JSON object on stdout.
+
+    python3 scripts/gpu_check_headlines.py OUT_DIR
+
+Reads OUT_DIR/jem_bench_wrn28x10_{tf32,fp32,tf32_batch1}.json (jem bench --json) and
+OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh), whichever exist, and prints each
+bench's times, rates, memory and allocations, the PyTorch / jem ratio, and the issue targets
+(WRN-28-10 TF32: <= 0.30 s per iteration, < 24 GiB, >= 3x PyTorch). Missing or unreadable
+files give null entries, never an error: the summary must be written whatever failed.
+"""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+GIB = 1024.0 ** 3
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def bench_headline(j):
+    if not j:
+        return None
+    ms = j.get("ms_per_iteration", {})
+    peak = j.get("peak_memory_bytes")
+    return {
+        "ms_per_iteration": ms.get("total"),
+        "ms_sgld": ms.get("sgld"),
+        "ms_step": ms.get("step"),
+        "ms_optimizer": ms.get("optimizer"),
+        "images_per_second": j.get("images_per_second"),
+        "achieved_tflops": (j.get("achieved_flops_per_second") or 0) / 1e12,
+        "fraction_of_peak": j.get("fraction_of_peak"),
+        "peak_memory_gib": peak / GIB if isinstance(peak, (int, float)) else None,
+        "allocations_during_timed_iterations": j.get("allocations_during_timed_iterations"),
+        "custom_kernels_floor_fraction": j.get("custom_kernels_floor_fraction"),
+        "backend": j.get("backend"),
+    }
+
+
+def pytorch_ratio(directory):
+    """Median over rounds of PyTorch's total ms / jem's (> 1: jem is faster)."""
+    ratios = []
+    for jem_path in sorted(glob.glob(os.path.join(directory, "jem_*.json"))):
+        m = re.search(r"jem_(\d+)\.json$", jem_path)
+        if not m:
+            continue
+        jem = load(jem_path)
+        torch = load(os.path.join(directory, f"torch_{m.group(1)}.json"))
+        try:
+            ratios.append(torch["ms_per_iteration"]["total"] / jem["ms_per_iteration"]["total"])
+        except (TypeError, KeyError, ZeroDivisionError):
+            continue
+    return statistics.median(ratios) if ratios else None
+
+
+def main(out):
+    benches = {name: bench_headline(load(os.path.join(out, f"jem_bench_{name}.json")))
+               for name in ("wrn28x10_tf32", "wrn28x10_fp32", "wrn28x10_tf32_batch1")}
+    ratio = pytorch_ratio(os.path.join(out, "compare_tf32"))
+    tf32 = benches["wrn28x10_tf32"]
+    targets = {
+        "iteration_at_most_0.30_s": None if not tf32 or tf32["ms_per_iteration"] is None
+        else tf32["ms_per_iteration"] <= 300.0,
+        "peak_memory_under_24_gib": None if not tf32 or tf32["peak_memory_gib"] is None
+        else tf32["peak_memory_gib"] < 24.0,
+        "at_least_3x_pytorch": None if ratio is None else ratio >= 3.0,
+    }
+    print(json.dumps({"jem_bench": benches, "pytorch_over_jem_tf32": ratio, "targets": targets},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: gpu_check_headlines.py OUT_DIR")
+    main(sys.argv[1])
