@@ -14,10 +14,12 @@
 #include "jem/safetensors.hpp"
 #include "jem/sampler.hpp"
 #include "jem/trainer.hpp"
+#include "short_run.hpp"
 #include "synthetic_data.hpp"
 #include "test_support.hpp"
 
 using namespace jem;
+using jem::test::json_number;
 namespace fs = std::filesystem;
 
 namespace {
@@ -71,12 +73,6 @@ std::vector<std::string> read_lines(const std::string& path) {
   std::vector<std::string> lines;
   for (std::string l; std::getline(in, l);) lines.push_back(l);
   return lines;
-}
-
-double json_number(const std::string& line, const std::string& key) {
-  const auto pos = line.find("\"" + key + "\":");
-  if (pos == std::string::npos) return NAN;
-  return std::stod(line.substr(pos + key.size() + 3));
 }
 
 std::vector<float> params_of(const std::string& ckpt) {

@@ -67,6 +67,10 @@ struct BenchResult {
 BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
                       const BenchOptions &opt);
 
+// The least time jem's elementwise kernels can take per iteration at the device's peak
+// bandwidth (r.traffic.custom / r.peak_device_bandwidth), in ms; 0 when the bandwidth is unknown.
+double custom_kernels_floor_ms(const BenchResult &r);
+
 double median(std::vector<double> v);
 double mean(const std::vector<double> &v);
 

@@ -41,6 +41,25 @@ TEST(CudaBench, MemoryCountersFollowTensors) {
   EXPECT_EQ(be->memory_counters().live_bytes, before.live_bytes);
 }
 
+// A cuDNN algorithm search allocates temporaries outside the registry: each search counts as an
+// allocation, so an iteration that meets a new convolution shape is not reported as
+// allocation-free. The small shape runs after a large one, so its workspace should need no growth.
+TEST(CudaBench, EachConvolutionSearchCountsAsAnAllocation) {
+  JEM_SKIP_WITHOUT_CUDA();
+  auto be = cuda::make_cuda_backend(0, MathMode::FP32);
+  auto conv = [&](int n, int c, int hw, int k) {
+    const Tensor x = be->empty(Shape{n, c, hw, hw}), w = be->empty(Shape{k, c, 3, 3});
+    const Tensor b = be->empty(Shape{k}), y = be->empty(Shape{n, k, hw, hw});
+    const std::int64_t before = be->memory_counters().allocations;
+    be->conv2d_forward(x, w, b, y, 1, 1);
+    be->synchronize();
+    return be->memory_counters().allocations - before;
+  };
+  EXPECT_GE(conv(16, 64, 32, 64), 1);  // new shape: a search (and maybe workspace growth)
+  EXPECT_GE(conv(1, 3, 5, 2), 1);      // new small shape: its search (workspace already large)
+  EXPECT_EQ(conv(1, 3, 5, 2), 0);      // the cached plan: nothing
+}
+
 TEST(CudaBench, TimesTheIterationOnTheGpu) {
   JEM_SKIP_WITHOUT_CUDA();
   auto be = cuda::make_cuda_backend(0, MathMode::FP32);

@@ -13,12 +13,6 @@
 namespace jem::test {
 namespace {
 
-double json_number(const std::string& line, const std::string& key) {
-  const auto pos = line.find("\"" + key + "\":");
-  if (pos == std::string::npos) return NAN;
-  return std::stod(line.substr(pos + key.size() + 3));
-}
-
 // The model's parameters from a checkpoint, in the order of its names.
 std::vector<float> model_params(const safetensors::File& f) {
   std::vector<float> all;
@@ -32,6 +26,12 @@ std::vector<float> model_params(const safetensors::File& f) {
 }
 
 }  // namespace
+
+double json_number(const std::string& line, const std::string& key) {
+  const auto pos = line.find("\"" + key + "\":");
+  if (pos == std::string::npos) return NAN;
+  return std::stod(line.substr(pos + key.size() + 3));
+}
 
 TrainConfig short_run_config(const std::string& root, int iterations) {
   const std::string data = root + "/data";

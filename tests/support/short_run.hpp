@@ -27,6 +27,9 @@ TrainConfig short_run_config(const std::string& root, int iterations);
 // Trains `cfg` on `backend` into cfg.out (which must not exist) and reads the run back.
 ShortRun run_short(Backend& backend, const TrainConfig& cfg);
 
+// The number after "key": in one JSON line of metrics.jsonl (NaN when absent).
+double json_number(const std::string& line, const std::string& key);
+
 // ||a - b|| / ||b||; a and b must have the same size.
 double relative_l2(const std::vector<float>& a, const std::vector<float>& b);
 
