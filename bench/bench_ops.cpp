@@ -112,18 +112,52 @@ double max_rel_diff(const std::vector<float> &a, const std::vector<float> &b) {
 }
 
 void register_convs(const Device &d, const Model &m) {
-  std::set<std::string> seen;
+  std::set<std::string> seen, seen_tail;
   for (const jem::ConvLayer &layer : jem::wrn_conv_layers(m.cfg)) {
     ConvGeom g = layer.geom;
     g.N = kBatch;
     const std::string tag = geom_tag(g);
-    if (!seen.insert(tag).second)
-      continue;
     const std::string suffix = "/" + d.tag + "/" + m.tag + "/" + tag;
     const double flops = 2.0 * g.macs();
     auto be = d.be;
     const Shape xs{g.N, g.C, g.H, g.W}, ws{g.K, g.C, g.R, g.R},
         ys{g.N, g.K, g.P(), g.Q()};
+    if (layer.name.size() > 6 &&
+        layer.name.compare(layer.name.size() - 6, 6, ".conv2") == 0 &&
+        seen_tail.insert(tag).second) {
+      // A block's tail: conv2, its bias, the residual add and the next
+      // LeakyReLU. The model's way (the residual in the convolution op, on a
+      // GPU in cuDNN's epilogue when that is faster) beside the separate ops.
+      reg("conv2_tail" + suffix + "/conv_add+leaky_relu",
+          [=](benchmark::State &st) {
+            const Tensor x = random_tensor(*be, xs, 1),
+                         w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+            const Tensor b = random_tensor(*be, Shape{g.K}, 3),
+                         z = random_tensor(*be, ys, 5), y = be->empty(ys),
+                         act = be->empty(ys);
+            loop(st, *be, [&] {
+              be->conv2d_forward_add(x, w, b, z, y, g.stride, g.pad_h);
+              be->leaky_relu_forward(y, act, 0.2f);
+            });
+            flop_counter(st, flops);
+          });
+      reg("conv2_tail" + suffix + "/conv+add+leaky_relu",
+          [=](benchmark::State &st) {
+            const Tensor x = random_tensor(*be, xs, 1),
+                         w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+            const Tensor b = random_tensor(*be, Shape{g.K}, 3),
+                         z = random_tensor(*be, ys, 5), y = be->empty(ys),
+                         act = be->empty(ys);
+            loop(st, *be, [&] {
+              be->conv2d_forward(x, w, b, y, g.stride, g.pad_h);
+              be->add(y, z, y);
+              be->leaky_relu_forward(y, act, 0.2f);
+            });
+            flop_counter(st, flops);
+          });
+    }
+    if (!seen.insert(tag).second)
+      continue;
     reg("conv_fwd" + suffix + "/backend", [=](benchmark::State &st) {
       const Tensor x = random_tensor(*be, xs, 1),
                    w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
@@ -213,12 +247,6 @@ void register_elementwise(const Device &d, const Model &m) {
                    b = random_tensor(*be, Shape{c}, 2);
       loop(st, *be, [&] { be->bias_leaky_relu_forward(x, b, y, 0.2f); });
       st.SetBytesProcessed(std::int64_t(st.iterations() * 2 * bytes));
-    });
-    reg("add_leaky_relu_fwd" + tag, [=](benchmark::State &st) {
-      const Tensor a = random_tensor(*be, s, 1), b = random_tensor(*be, s, 2),
-                   y = be->empty(s), act = be->empty(s);
-      loop(st, *be, [&] { be->add_leaky_relu_forward(a, b, y, act, 0.2f); });
-      st.SetBytesProcessed(std::int64_t(st.iterations() * 4 * bytes));
     });
     reg("leaky_relu_bwd_add" + tag, [=](benchmark::State &st) {
       const Tensor x = random_tensor(*be, s, 1), dy = random_tensor(*be, s, 2),

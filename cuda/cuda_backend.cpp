@@ -235,12 +235,6 @@ void CudaBackend::bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::
   kernels::bias_leaky_relu_forward(planes, C, HW, x, b, y, slope, stream_);
 }
 
-void CudaBackend::add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
-                                              float* act, float slope) {
-  bind();
-  kernels::add_leaky_relu_forward(n, a, b, y, act, slope, stream_);
-}
-
 void CudaBackend::leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
                                                const float* other, float* dx, float slope) {
   bind();
@@ -249,10 +243,15 @@ void CudaBackend::leaky_relu_backward_add_impl(std::int64_t n, const float* x, c
 
 // ---- convolution (cuDNN) -------------------------------------------------------------------------
 
-void CudaBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
-                                      const float* b, float* y) {
+void CudaBackend::set_conv_epilogue(ConvEpilogue e) {
   bind();
-  conv_->forward(g, x, w, b, y);
+  conv_->set_epilogue(e);
+}
+
+void CudaBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
+                                      const float* b, const float* z, float* y) {
+  bind();
+  conv_->forward(g, x, w, b, z, y);
 }
 
 void CudaBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,

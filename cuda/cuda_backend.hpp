@@ -24,6 +24,7 @@
 
 #include "device_memory.hpp"
 #include "jem/backend.hpp"
+#include "cudnn_conv.hpp"
 #include "math_mode.hpp"
 #include "upload_staging.hpp"
 
@@ -33,8 +34,6 @@ namespace jem::cuda {
 
 // TF32 on devices that have TF32 tensor cores (compute capability 8.0 and newer), else FP32.
 MathMode default_math_mode(int device);
-
-class ConvEngine;
 
 class CudaBackend final : public Backend {
  public:
@@ -49,6 +48,9 @@ class CudaBackend final : public Backend {
   int device_index() const { return device_; }
   MathMode math() const { return math_; }
   cudaStream_t stream() const { return stream_; }
+  // How convolutions with a bias and a residual run (cudnn_conv.hpp; default Timed). For tests
+  // and benchmarks that compare the fused and unfused ways.
+  void set_conv_epilogue(ConvEpilogue e);
 
   Tensor empty(Shape shape, DType dtype) override;
   void upload(const float* src, const Tensor& dst) override;
@@ -70,7 +72,7 @@ class CudaBackend final : public Backend {
   void axpy_impl(float alpha, const Tensor& x, const Tensor& y) override;
   void add_impl(const Tensor& a, const Tensor& b, const Tensor& y) override;
   void conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w, const float* b,
-                           float* y) override;
+                           const float* z, float* y) override;
   void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                  float* dx) override;
   void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy, float* dw,
@@ -80,8 +82,6 @@ class CudaBackend final : public Backend {
                                 float slope) override;
   void bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW, const float* x,
                                     const float* b, float* y, float slope) override;
-  void add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
-                                   float* act, float slope) override;
   void leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
                                     const float* other, float* dx, float slope) override;
   void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;

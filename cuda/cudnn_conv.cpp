@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cuda_check.hpp"
+#include "kernels.hpp"
 
 namespace jem::cuda {
 namespace {
@@ -59,7 +60,12 @@ struct ConvDesc {
 };
 
 const char* op_name(int op) {
-  return op == 0 ? "conv2d_forward" : op == 1 ? "conv2d_backward_data" : "conv2d_backward_filter";
+  switch (op) {
+    case 0: return "conv2d_forward";
+    case 1: return "conv2d_backward_data";
+    case 2: return "conv2d_backward_filter";
+    default: return "conv2d_forward_add";
+  }
 }
 
 std::string describe(const ConvGeom& g) {
@@ -107,9 +113,23 @@ const Perf* pick(const std::vector<Perf>& perf, int returned, bool fp32, bool wa
   return nullptr;
 }
 
-int alignment_bits(const void* a, const void* b, const void* c) {
-  auto aligned = [](const void* p) { return int(reinterpret_cast<std::uintptr_t>(p) % 16 == 0); };
-  return aligned(a) | aligned(b) << 1 | aligned(c) << 2;
+// log2 of a pointer's alignment, capped at 8 (256 bytes, cudaMalloc's), in 4 bits per pointer:
+// a plan searched on 256-byte-aligned pointers is not reused for pointers that are only
+// 16-byte aligned (views at float offsets in the flat parameter buffer), in case the chosen
+// kernel needs more than that. A null pointer is class 15.
+int alignment_classes(std::initializer_list<const void*> ptrs) {
+  int key = 0, shift = 0;
+  for (const void* p : ptrs) {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    int c = 15;
+    if (p) {
+      c = 0;
+      while (c < 8 && (a >> c & 1) == 0) ++c;
+    }
+    key |= c << shift;
+    shift += 4;
+  }
+  return key;
 }
 
 // A temporary device buffer for the search: as much of kMaxWorkspace as a quarter of the free
@@ -134,15 +154,34 @@ struct SearchBuffer {
 
 }  // namespace
 
+struct ConvEngine::Activation {
+  cudnnActivationDescriptor_t d = nullptr;
+  Activation() {
+    JEM_CUDNN_CHECK(cudnnCreateActivationDescriptor(&d));
+    JEM_CUDNN_CHECK(cudnnSetActivationDescriptor(d, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+  }
+  ~Activation() { cudnnDestroyActivationDescriptor(d); }
+  Activation(const Activation&) = delete;
+  Activation& operator=(const Activation&) = delete;
+};
+
 struct ConvEngine::Plan {
+  ConvGeom g;
   TensorDesc x, y, bias;
   FilterDesc w;
   ConvDesc conv;
   int algo = 0;                // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t of the op
   std::size_t workspace = 0;   // bytes the chosen algorithm needs
-  explicit Plan(const ConvGeom& g)
-      : x(g.N, g.C, g.H, g.W), y(g.N, g.K, g.P(), g.Q()), bias(1, g.K, 1, 1), w(g.K, g.C, g.R, g.S),
-        conv(g.pad_h, g.pad_w, g.stride) {}
+  // The search's choice (search() sets algo and workspace to these too; choose_epilogue may
+  // replace them by the fused call's).
+  int searched_algo = 0;
+  std::size_t searched_workspace = 0;
+  cudnnMathType_t searched_math = CUDNN_DEFAULT_MATH;
+  bool fused = false;            // ForwardAdd: one cudnnConvolutionBiasActivationForward call
+  bool epilogue_chosen = false;  // ForwardAdd: choose_epilogue has run
+  explicit Plan(const ConvGeom& geom)
+      : g(geom), x(g.N, g.C, g.H, g.W), y(g.N, g.K, g.P(), g.Q()), bias(1, g.K, 1, 1),
+        w(g.K, g.C, g.R, g.S), conv(g.pad_h, g.pad_w, g.stride) {}
 };
 
 ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), math_(math) {
@@ -150,19 +189,21 @@ ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), ma
   JEM_CUDNN_CHECK(cudnnCreate(&h));
   handle_ = h;
   JEM_CUDNN_CHECK(cudnnSetStream(handle_, stream_));
+  identity_ = std::make_unique<Activation>();
   const char* v = std::getenv("JEM_CUDNN_VERBOSE");
   verbose_ = v && *v && std::string(v) != "0";
 }
 
 ConvEngine::~ConvEngine() {
   plans_.clear();  // descriptors before the handle
+  identity_.reset();
   if (handle_) cudnnDestroy(handle_);
 }
 
 ConvEngine::Plan& ConvEngine::plan(Op op, const ConvGeom& g, const float* a, const float* b,
-                                   float* out) {
-  const Key key{int(op), g.N,      g.C,      g.H,      g.W,      g.K,
-                g.R,     g.S,      g.stride, g.pad_h, g.pad_w, alignment_bits(a, b, out)};
+                                   float* out, const float* extra) {
+  const Key key{int(op), g.N,      g.C,      g.H,      g.W,     g.K,
+                g.R,     g.S,      g.stride, g.pad_h, g.pad_w, alignment_classes({a, b, out, extra})};
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
   auto p = std::make_unique<Plan>(g);
@@ -194,7 +235,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     chosen_determinism = best.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
   };
 
-  if (op == Op::Forward) {
+  if (op == Op::Forward || op == Op::ForwardAdd) {
     JEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle_, &count));
     std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
     JEM_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(handle_, p.x.d, a, p.w.d, b, p.conv.d,
@@ -236,7 +277,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   // Run with the math type the algorithm was timed with; in FP32 mode FMA math, always.
   JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, fp32 ? CUDNN_FMA_MATH : math));
   std::size_t need = 0;
-  if (op == Op::Forward)
+  if (op == Op::Forward || op == Op::ForwardAdd)
     JEM_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(
         handle_, p.x.d, p.w.d, p.conv.d, p.y.d, cudnnConvolutionFwdAlgo_t(p.algo), &need));
   else if (op == Op::BackwardData)
@@ -249,6 +290,9 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   // with: the two can differ (the math type is set again above), and too small a workspace
   // makes the call fail where too large costs only memory.
   p.workspace = std::max(need, searched_memory);
+  p.searched_algo = p.algo;
+  p.searched_workspace = p.workspace;
+  p.searched_math = fp32 ? CUDNN_FMA_MATH : math;
   if (verbose_)
     std::fprintf(stderr, "jem: cuDNN %s %s: algo %d (%s, %s math, %.3f ms, %zu KiB workspace)\n",
                  op_name(int(op)), describe(g).c_str(), p.algo, chosen_determinism,
@@ -256,14 +300,152 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
 }
 
 void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, const float* b,
-                         float* y) {
-  Plan& p = plan(Op::Forward, g, x, w, y);
+                         const float* z, float* y) {
+  Plan& p = z ? plan(Op::ForwardAdd, g, x, w, y, z) : plan(Op::Forward, g, x, w, y);
+  if (z && b && !p.epilogue_chosen) choose_epilogue(g, p, x, w, b, z, y);
+  const cudnnStatus_t st =
+      cudnnStatus_t(p.fused ? run_fused(p, x, w, b, z, y) : run_unfused(p, x, w, b, z, y));
+  if (st != CUDNN_STATUS_SUCCESS)
+    JEM_FAIL("cuDNN error in ", op_name(z ? 3 : 0), " ", describe(g),
+             p.fused ? " (cudnnConvolutionBiasActivationForward)" : "", ": ",
+             cudnnGetErrorString(st), " (status ", int(st), ")");
+}
+
+int ConvEngine::run_unfused(Plan& p, const float* x, const float* w, const float* b,
+                            const float* z, float* y) {
   const float one = 1.0f, zero = 0.0f;
-  JEM_CUDNN_CHECK(cudnnConvolutionForward(handle_, &one, p.x.d, x, p.w.d, w, p.conv.d,
-                                          cudnnConvolutionFwdAlgo_t(p.algo), workspace_.get(),
-                                          p.workspace, &zero, p.y.d, y));
-  // y += b, broadcast over N, P, Q (no bias: the next op adds it, see Backend::conv2d_forward).
-  if (b) JEM_CUDNN_CHECK(cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y));
+  cudnnStatus_t st = cudnnConvolutionForward(handle_, &one, p.x.d, x, p.w.d, w, p.conv.d,
+                                             cudnnConvolutionFwdAlgo_t(p.algo), workspace_.get(),
+                                             p.workspace, &zero, p.y.d, y);
+  if (st != CUDNN_STATUS_SUCCESS) return int(st);
+  if (z) {
+    // y += b + z in one pass (b may be null).
+    kernels::bias_residual_add(p.g.N, p.g.K, std::int64_t(p.g.P()) * p.g.Q(), b, z, y, stream_);
+  } else if (b) {
+    // y += b, broadcast over N, P, Q (no bias: the next op adds it, see Backend::conv2d_forward).
+    st = cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y);
+  }
+  return int(st);
+}
+
+int ConvEngine::run_fused(Plan& p, const float* x, const float* w, const float* b, const float* z,
+                          float* y) {
+  // y = identity(1 * conv(x) + 1 * z + b)
+  const float one = 1.0f;
+  return int(cudnnConvolutionBiasActivationForward(
+      handle_, &one, p.x.d, x, p.w.d, w, p.conv.d, cudnnConvolutionFwdAlgo_t(p.algo),
+      workspace_.get(), p.workspace, &one, p.y.d, z, p.bias.d, b, identity_->d, p.y.d, y));
+}
+
+namespace {
+
+// Device time in ms of `run` (which queues work on `stream` and returns a cuDNN status): the
+// best of three calls after one warm-up call; negative when a call fails (then the runtime's
+// last-error slot is cleared, so that the failed trial does not surface at the next launch
+// check).
+template <typename Run>
+float time_calls(cudaStream_t stream, Run run) {
+  struct Events {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    Events() {
+      JEM_CUDA_CHECK(cudaEventCreate(&start));
+      JEM_CUDA_CHECK(cudaEventCreate(&stop));
+    }
+    ~Events() {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+  } ev;
+  auto failed = [] {
+    (void)cudaGetLastError();
+    return -1.0f;
+  };
+  if (run() != CUDNN_STATUS_SUCCESS) return failed();
+  float best = -1.0f;
+  for (int i = 0; i < 3; ++i) {
+    JEM_CUDA_CHECK(cudaEventRecord(ev.start, stream));
+    if (run() != CUDNN_STATUS_SUCCESS) return failed();
+    JEM_CUDA_CHECK(cudaEventRecord(ev.stop, stream));
+    JEM_CUDA_CHECK(cudaEventSynchronize(ev.stop));
+    float ms = 0.0f;
+    JEM_CUDA_CHECK(cudaEventElapsedTime(&ms, ev.start, ev.stop));
+    if (best < 0.0f || ms < best) best = ms;
+  }
+  return best;
+}
+
+}  // namespace
+
+void ConvEngine::set_epilogue(ConvEpilogue e) {
+  epilogue_ = e;
+  for (auto& [key, plan] : plans_) plan->epilogue_chosen = false;  // chosen again at the next call
+}
+
+void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, const float* w,
+                                 const float* b, const float* z, float* y) {
+  auto use_searched = [&] {
+    JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, p.searched_math));
+    p.algo = p.searched_algo;
+    p.workspace = p.searched_workspace;
+    p.fused = false;
+  };
+  // The fused call: IMPLICIT_PRECOMP_GEMM (the only algorithm cuDNN runs with an identity
+  // activation); tensor-op math in TF32 mode, FMA in FP32 mode (deterministic either way).
+  const cudnnMathType_t fused_math = math_ == MathMode::FP32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+  const int fused_algo = int(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
+  auto use_fused = [&]() -> bool {  // false: cuDNN cannot run it for this shape
+    JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, fused_math));
+    std::size_t need = 0;
+    if (cudnnGetConvolutionForwardWorkspaceSize(handle_, p.x.d, p.w.d, p.conv.d, p.y.d,
+                                                cudnnConvolutionFwdAlgo_t(fused_algo),
+                                                &need) != CUDNN_STATUS_SUCCESS ||
+        need > kMaxWorkspace)
+      return false;
+    workspace_.ensure(need, stream_);
+    p.algo = fused_algo;
+    p.workspace = need;
+    p.fused = true;
+    return true;
+  };
+
+  if (epilogue_ == ConvEpilogue::Unfused) {
+    use_searched();
+    p.epilogue_chosen = true;
+    return;
+  }
+  if (epilogue_ == ConvEpilogue::Fused) {
+    const bool ok = use_fused();
+    if (!ok) use_searched();
+    JEM_CHECK(ok, "conv2d_forward_add: cuDNN has no fused bias + residual convolution for ",
+              describe(g), " (ConvEpilogue::Fused)");
+    p.epilogue_chosen = true;
+    return;
+  }
+  // Timed. Each variant as forward() would run it, on this call's pointers (y is overwritten
+  // either way). On an exception the plan is left as the search made it, to be chosen again.
+  float fused_ms = -1.0f, unfused_ms = -1.0f;
+  try {
+    if (use_fused())
+      fused_ms = time_calls(stream_, [&] { return cudnnStatus_t(run_fused(p, x, w, b, z, y)); });
+    use_searched();
+    unfused_ms = time_calls(stream_, [&] { return cudnnStatus_t(run_unfused(p, x, w, b, z, y)); });
+  } catch (...) {
+    p.algo = p.searched_algo;
+    p.workspace = p.searched_workspace;
+    p.fused = false;
+    (void)cudnnSetConvolutionMathType(p.conv.d, p.searched_math);
+    throw;
+  }
+  JEM_CHECK(unfused_ms >= 0.0f, "conv2d_forward_add: the searched algorithm failed for ", describe(g));
+  if (fused_ms >= 0.0f && fused_ms < unfused_ms) use_fused();
+  p.epilogue_chosen = true;
+  if (verbose_)
+    std::fprintf(stderr,
+                 "jem: cuDNN conv2d_forward_add %s: %s (fused bias + residual: %s%.3f ms; algo %d + "
+                 "bias_residual_add: %.3f ms)\n",
+                 describe(g).c_str(), p.fused ? "fused" : "unfused",
+                 fused_ms < 0.0f ? "unsupported, " : "", double(fused_ms), p.searched_algo,
+                 double(unfused_ms));
 }
 
 void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {

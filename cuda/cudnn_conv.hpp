@@ -3,8 +3,9 @@
 //
 // Per shape, ONCE: descriptors are built and the algorithm is chosen by cuDNN's benchmarked
 // search (cudnnFind*AlgorithmEx on the call's own pointers, so the pointer alignment it measured
-// is the one it runs with; alignment is part of the cache key). After that a call is the cuDNN
-// call itself: no allocation, no search, no synchronisation.
+// is the one it runs with; each pointer's alignment, up to 256 bytes, is part of the cache
+// key). After that a call is the cuDNN call itself: no allocation, no search, no
+// synchronisation.
 //
 // Workspace: one buffer shared by every shape, grown at the first call of a shape whose chosen
 // algorithm needs more (never in a steady-state loop). The search itself borrows a temporary
@@ -25,6 +26,11 @@ struct cudnnContext;  // cudnnHandle_t is cudnnContext*
 
 namespace jem::cuda {
 
+// How forward() with a bias and a residual runs (see there). Timed: the faster of the two, timed
+// at the first call of each shape (the default). Fused / Unfused: always that one (tests and
+// benchmarks compare both).
+enum class ConvEpilogue { Timed, Fused, Unfused };
+
 class ConvEngine {
  public:
   // Creates the cuDNN handle, bound to `stream` (call with the device current).
@@ -33,8 +39,18 @@ class ConvEngine {
   ConvEngine(const ConvEngine&) = delete;
   ConvEngine& operator=(const ConvEngine&) = delete;
 
-  // y = conv(x, w) + b   (overwrite)
-  void forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+  // y = conv(x, w) + b + z   (overwrite; b and z may be null; z must not overlap y)
+  //
+  // With a bias and a residual z there are two ways, and the first call of a shape times both
+  // on its own pointers and keeps the faster: unfused, the searched algorithm followed by one
+  // kernel that adds b and z (kernels::bias_residual_add: one more pass over y); or fused, one
+  // cudnnConvolutionBiasActivationForward call that adds them in the convolution's epilogue
+  // (identity activation, which cuDNN runs only with IMPLICIT_PRECOMP_GEMM, which may be slower
+  // than the searched algorithm: hence the timing). JEM_CUDNN_VERBOSE=1 prints the choice.
+  void forward(const ConvGeom& g, const float* x, const float* w, const float* b, const float* z,
+               float* y);
+  // Later forward calls with a residual use this choice (the default is Timed).
+  void set_epilogue(ConvEpilogue e);
   // dx = conv_transpose(dy, w)   (overwrite)
   void backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
   // dw += x (*) dy, db += sum dy   (accumulate: beta = 1; db may be null)
@@ -44,20 +60,36 @@ class ConvEngine {
   static constexpr std::size_t kMaxWorkspace = std::size_t(512) << 20;
 
  private:
-  enum class Op { Forward, BackwardData, BackwardFilter };
+  // ForwardAdd: forward with a residual z (its plan may be the fused call).
+  enum class Op { Forward, BackwardData, BackwardFilter, ForwardAdd };
   struct Plan;
-  // {op, N, C, H, W, K, R, S, stride, pad_h, pad_w, alignment bits of the pointers}
+  struct Activation;
+  // {op, N, C, H, W, K, R, S, stride, pad_h, pad_w, alignment classes of the pointers}
   using Key = std::array<int, 12>;
 
-  // The cached plan of (op, g, alignment), searched on first use with the call's pointers.
-  Plan& plan(Op op, const ConvGeom& g, const float* a, const float* b, float* out);
+  // The cached plan of (op, g, alignment), searched on first use with the call's pointers
+  // (`extra`: z of ForwardAdd, else null).
+  Plan& plan(Op op, const ConvGeom& g, const float* a, const float* b, float* out,
+             const float* extra = nullptr);
   void search(Op op, const ConvGeom& g, Plan& p, const float* a, const float* b, float* out);
+  // ForwardAdd with a bias: sets the plan to the fused call or to the searched algorithm, as
+  // epilogue_ says (Timed: times both on the call's pointers and keeps the faster).
+  void choose_epilogue(const ConvGeom& g, Plan& p, const float* x, const float* w,
+                       const float* b, const float* z, float* y);
+  // The ops of one forward call as the plan says (statuses, not exceptions: choose_epilogue
+  // tries calls that may be unsupported).
+  int run_unfused(Plan& p, const float* x, const float* w, const float* b, const float* z,
+                  float* y);
+  int run_fused(Plan& p, const float* x, const float* w, const float* b, const float* z,
+                float* y);
 
   cudnnContext* handle_ = nullptr;
   cudaStream_t stream_;
   MathMode math_;
   bool verbose_ = false;  // JEM_CUDNN_VERBOSE=1: print each chosen algorithm to stderr
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  std::unique_ptr<Activation> identity_;  // the fused call's activation: none
+  ConvEpilogue epilogue_ = ConvEpilogue::Timed;
   DeviceBuffer workspace_;
 };
 

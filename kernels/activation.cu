@@ -1,9 +1,8 @@
-// The Wide-ResNet's fused activation passes: bias + LeakyReLU after a convolution, residual add +
-// the next block's LeakyReLU, and LeakyReLU backward + the residual gradient sum. Each replaces
-// two memory-bound passes by one (bench/README.md: the elementwise traffic bounds these kernels'
-// share of an iteration). Grid-stride loops, one thread per element, so the allowed aliasing
-// (y == x, y == a or b, dx == dy or other) is safe; the per-element math is elementwise_math.hpp's,
-// the CPU's.
+// The Wide-ResNet's fused activation passes: bias + LeakyReLU after a convolution, and LeakyReLU
+// backward + the residual gradient sum. Each replaces two memory-bound passes by one
+// (bench/README.md: the elementwise traffic bounds these kernels' share of an iteration).
+// Grid-stride loops, one thread per element, so the allowed aliasing (y == x, dx == dy or other)
+// is safe; the per-element math is elementwise_math.hpp's, the CPU's.
 #include "jem/elementwise_math.hpp"
 #include "kernel_util.cuh"
 #include "kernels.hpp"
@@ -18,15 +17,6 @@ __global__ void bias_leaky_relu_kernel(std::uint32_t n, std::uint32_t C, std::ui
   for (std::int64_t i = global_thread(); i < n; i += grid_stride()) {
     const std::uint32_t c = (std::uint32_t(i) / HW) % C;
     y[i] = leaky_relu(x[i] + b[c], slope);
-  }
-}
-
-__global__ void add_leaky_relu_kernel(std::int64_t n, const float* a, const float* b, float* y,
-                                      float* act, float slope) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) {
-    const float v = a[i] + b[i];
-    y[i] = v;
-    act[i] = leaky_relu(v, slope);
   }
 }
 
@@ -46,13 +36,6 @@ void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const 
             " elements exceed the kernel's 32-bit index");
   bias_leaky_relu_kernel<<<grid_for(n), kThreads, 0, stream>>>(
       std::uint32_t(n), std::uint32_t(C), std::uint32_t(HW), x, b, y, slope);
-  JEM_CUDA_CHECK_LAUNCH();
-}
-
-void add_leaky_relu_forward(std::int64_t n, const float* a, const float* b, float* y, float* act,
-                            float slope, cudaStream_t stream) {
-  if (n <= 0) return;
-  add_leaky_relu_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, a, b, y, act, slope);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

@@ -44,12 +44,14 @@ void leaky_relu_backward(const float* x, const float* dy, float* dx, std::int64_
 // y[p, i] = leaky_relu(x[p, i] + b[p % C]) over planes p < `planes` of HW elements (y may be x).
 void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const float* x,
                              const float* b, float* y, float slope, cudaStream_t stream);
-// y = a + b, act = leaky_relu(y) (y may be a or b).
-void add_leaky_relu_forward(std::int64_t n, const float* a, const float* b, float* y, float* act,
-                            float slope, cudaStream_t stream);
 // dx = leaky_relu_grad(x, dy) + other (dx may be dy or other).
 void leaky_relu_backward_add(std::int64_t n, const float* x, const float* dy, const float* other,
                              float* dx, float slope, cudaStream_t stream);
+
+// ---- bias_residual.cu: a convolution's unfused epilogue (cudnn_conv.cpp) -----------------------
+// y[n, c, i] += b[c] + z[n, c, i] over N images of C planes of HW elements (b may be null).
+void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const float* z, float* y,
+                       cudaStream_t stream);
 
 // ---- pool.cu -----------------------------------------------------------------------------------
 void global_avg_pool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t stream);

@@ -120,7 +120,26 @@ void Backend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, 
     JEM_CHECK(b.numel() == g.K, "conv2d_forward: bias ", b.shape().str(), " for ", g.K, " filters");
   if (g.N == 0) return;  // an empty batch: nothing to compute or to add (cuDNN rejects 0-sized descriptors)
   conv2d_forward_impl(g, x.data<float>(), w.data<float>(), b.defined() ? b.data<float>() : nullptr,
-                      y.data<float>());
+                      nullptr, y.data<float>());
+}
+
+void Backend::conv2d_forward_add(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& z,
+                                 const Tensor& y, int stride, int pad) {
+  check_tensor(x, "conv2d_forward_add", "x");
+  check_tensor(w, "conv2d_forward_add", "w");
+  if (b.defined()) check_tensor(b, "conv2d_forward_add", "b");
+  check_tensor(z, "conv2d_forward_add", "z");
+  check_tensor(y, "conv2d_forward_add", "y");
+  const ConvGeom g = conv_geom("conv2d_forward_add", x, w, y, stride, pad, pad);
+  if (b.defined())
+    JEM_CHECK(b.numel() == g.K, "conv2d_forward_add: bias ", b.shape().str(), " for ", g.K, " filters");
+  JEM_CHECK(z.shape() == y.shape(), "conv2d_forward_add: z ", z.shape().str(), " vs y ", y.shape().str());
+  // The unfused paths add z after writing y: an overlap would read outputs as residuals.
+  const float *z0 = z.data<float>(), *y0 = y.data<float>();
+  JEM_CHECK(z0 + z.numel() <= y0 || y0 + y.numel() <= z0, "conv2d_forward_add: z overlaps y");
+  if (g.N == 0) return;
+  conv2d_forward_impl(g, x.data<float>(), w.data<float>(), b.defined() ? b.data<float>() : nullptr,
+                      z0, y.data<float>());
 }
 
 void Backend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, int stride,
@@ -178,19 +197,6 @@ void Backend::bias_leaky_relu_forward(const Tensor& x, const Tensor& b, const Te
   const std::int64_t planes = x.dim(0) * x.dim(1);
   bias_leaky_relu_forward_impl(planes, int(x.dim(1)), planes > 0 ? x.numel() / planes : 0, x.data<float>(),
                                b.data<float>(), y.data<float>(), slope);
-}
-
-void Backend::add_leaky_relu_forward(const Tensor& a, const Tensor& b, const Tensor& y, const Tensor& act,
-                                     float slope) {
-  check_tensor(a, "add_leaky_relu_forward", "a");
-  check_tensor(b, "add_leaky_relu_forward", "b");
-  check_tensor(y, "add_leaky_relu_forward", "y");
-  check_tensor(act, "add_leaky_relu_forward", "act");
-  JEM_CHECK(a.shape() == b.shape() && a.shape() == y.shape() && a.shape() == act.shape(),
-            "add_leaky_relu_forward: a ", a.shape().str(), ", b ", b.shape().str(), ", y ", y.shape().str(),
-            ", act ", act.shape().str());
-  add_leaky_relu_forward_impl(a.numel(), a.data<float>(), b.data<float>(), y.data<float>(), act.data<float>(),
-                              slope);
 }
 
 void Backend::leaky_relu_backward_add(const Tensor& x, const Tensor& dy, const Tensor& other, const Tensor& dx,

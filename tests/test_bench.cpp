@@ -95,36 +95,38 @@ TEST(Flops, OfficialRecipeMatchesJemMd) {
 TEST(Flops, TinyNetworkTrafficMatchesAHandCount) {
   // Floats per image of kTiny (1x4x4). conv1 outputs (bias + LeakyReLU, then
   // its backward): 256, 512, 256 = 1024. Block inputs (LeakyReLU backward +
-  // gradient sum): 256, 256, 128 = 640. conv2 outputs (residual add + next
-  // LeakyReLU): 256, 128, 64 = 448. Stem output 256 (the first LeakyReLU);
-  // features 64.
-  const double fwd = 2 * 256 + 2 * 1024 + 4 * 448 + 64;   // + pooling read
+  // gradient sum): 256, 256, 128 = 640. conv2 outputs (the LeakyReLU after
+  // the residual add): 256, 128, 64 = 448. Stem output 256 (the first
+  // LeakyReLU); features 64.
+  const double fwd = 2 * 256 + 2 * 1024 + 2 * 448 + 64;   // + pooling read
   const double bwd = 3 * 1024 + 4 * 640 + (3 * 64 + 64);  // + pooling write
-  ASSERT_DOUBLE_EQ(fwd, 4416.0);
+  ASSERT_DOUBLE_EQ(fwd, 3520.0);
   ASSERT_DOUBLE_EQ(bwd, 5888.0);
-  // Bias adds on the stem, conv2 and shortcut outputs: 256 + 448 + 128 + 64;
-  // bias gradients on every output (conv1's too): 896 + 1024.
-  const double bias_outputs = 896, all_outputs = 1920;
+  // Forward: bias adds on the stem and shortcut outputs (read + write: 256 +
+  // 128 + 64), the residual read by conv2's fused epilogue (448); bias
+  // gradients on every output (conv1's too): 896 + 1024.
+  const double bias_fwd = 2 * (256 + 128 + 64) + 448, all_outputs = 1920;
+  ASSERT_DOUBLE_EQ(bias_fwd, 1344.0);
   // 3 chains x 2 steps (+ the update, 3 passes over a 16-float image), 5 rows,
   // 8 passes over 1000 parameters.
   const IterationTraffic t = jem_iteration_traffic(kTiny, 3, 2, 5, 1000, 8.0);
   EXPECT_DOUBLE_EQ(t.custom,
                    4 * (6 * (fwd + bwd + 3 * 16) + 5 * (fwd + bwd) + 8000));
-  EXPECT_DOUBLE_EQ(t.custom, 486528.0);
-  EXPECT_DOUBLE_EQ(t.bias, 4 * (6 * 2 * bias_outputs +
-                                5 * (2 * bias_outputs + all_outputs)));
+  EXPECT_DOUBLE_EQ(t.custom, 447104.0);
+  EXPECT_DOUBLE_EQ(t.bias, 4 * (6 * bias_fwd + 5 * (bias_fwd + all_outputs)));
   EXPECT_DOUBLE_EQ(t.total(), t.custom + t.bias);
 }
 
 TEST(Flops, OfficialRecipeTraffic) {
   // One SGLD step of 64 WRN-28-10 chains, counted independently by a Python
   // walk of the blocks (forward and input backward, without the pooling and the
-  // update): 4.271898624 GB in jem's kernels, 0.742391808 GB of bias adds.
+  // update): 3.684696064 GB in jem's kernels, 0.448790528 GB in cuDNN's bias
+  // adds and fused epilogues.
   const WrnConfig w{28, 10, 3, 32, 10};
   const IterationTraffic t = jem_iteration_traffic(w, 64, 1, 0, 0, 0.0);
   const double pooling_and_update = 4.0 * 64 * (640 * 8 * 8 * 5 + 3 * 3072);
-  EXPECT_DOUBLE_EQ(t.custom - pooling_and_update, 4271898624.0);
-  EXPECT_DOUBLE_EQ(t.bias, 742391808.0);
+  EXPECT_DOUBLE_EQ(t.custom - pooling_and_update, 3684696064.0);
+  EXPECT_DOUBLE_EQ(t.bias, 448790528.0);
 }
 
 TEST(Flops, GpuPeakBandwidthTable) {

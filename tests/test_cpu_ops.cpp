@@ -260,6 +260,25 @@ TEST_P(CpuOpsConv, ForwardMatchesNaive) {
   expect_close(got, want, sum_tolerance(forward_terms(g), mag, want), "conv2d_forward");
 }
 
+// The residual form y = conv(x, w) + b + z (one more term per output), with and without a bias,
+// into a NaN-filled y (overwritten, not added to). Both kernel paths add z themselves (the direct
+// kernel as it stores each vector, im2col by starting the GEMM's output at b + z).
+TEST_P(CpuOpsConv, ForwardAddMatchesNaive) {
+  const Vec z = random_vector(numel(y_shape(g)), 5);
+  for (const bool with_bias : {true, false}) {
+    const Vec bias = with_bias ? d.b : Vec(static_cast<std::size_t>(g.K), 0.0f);
+    Tensor y = be->empty(y_shape(g));
+    be->fill(y, kNaN);
+    be->conv2d_forward_add(be->from_vector(d.x, x_shape(g)), be->from_vector(d.w, w_shape(g)),
+                           with_bias ? be->from_vector(bias, Shape{g.K}) : Tensor(),
+                           be->from_vector(z, y_shape(g)), y, g.stride, g.pad_h);
+    const Vec want = sum_of(naive::conv2d_forward(g, d.x, d.w, bias), z);
+    const Vec mag = sum_of(naive::conv2d_forward(g, abs_of(d.x), abs_of(d.w), abs_of(bias)), abs_of(z));
+    expect_close(be->to_vector(y), want, sum_tolerance(forward_terms(g) + 1, mag, want),
+                 with_bias ? "conv2d_forward_add" : "conv2d_forward_add without bias");
+  }
+}
+
 TEST_P(CpuOpsConv, BackwardDataMatchesNaive) {
   const Vec got = cpu_conv_backward_data(*be, g, d.dy, d.w);
   const Vec want = naive::conv2d_backward_data(g, d.dy, d.w);
@@ -538,20 +557,6 @@ TEST(CpuOpsFusedActivation, BiasLeakyReluMatchesNaive) {
   EXPECT_THROW(be->bias_leaky_relu_forward(x, be->empty(Shape{4}), x, kSlope), Error);  // b not [C]
   EXPECT_THROW(be->bias_leaky_relu_forward(x, be->empty(Shape{3}), be->empty(Shape{2, 3, 4, 3}), kSlope),
                Error);
-}
-
-TEST(CpuOpsFusedActivation, AddLeakyReluMatchesNaive) {
-  auto be = make_cpu_backend(2);
-  for (const Shape& s : {Shape{3, 5, 7, 7}, Shape{5, 10, 37, 37}}) {
-    const Vec a = with_zeros(numel(s), 73), b = random_vector(numel(s), 74);
-    const Vec sum = sum_of(a, b);
-    const Tensor ta = be->from_vector(a, s), tb = be->from_vector(b, s), act = be->empty(s);
-    be->add_leaky_relu_forward(ta, tb, ta, act, kSlope);  // y == a, as the model calls it
-    expect_bit_identical(be->to_vector(ta), sum, "y " + s.str());
-    expect_bit_identical(be->to_vector(act), naive::leaky_relu_forward(sum, kSlope), "act " + s.str());
-  }
-  const Tensor t = be->empty(Shape{2, 3});
-  EXPECT_THROW(be->add_leaky_relu_forward(t, be->empty(Shape{3, 2}), t, be->empty(Shape{2, 3}), kSlope), Error);
 }
 
 TEST(CpuOpsFusedActivation, LeakyReluBackwardAddMatchesNaive) {
@@ -966,6 +971,14 @@ TEST(CpuOpsChecks, ConvShapeMismatchesThrow) {
   Tensor b1 = be->empty(Shape{1});
   EXPECT_THROW(be->conv2d_forward(tiny, w3, b1, be->empty(Shape{1, 1, 1, 1}), 2, 0), Error);
   EXPECT_THROW(be->conv2d_forward(tiny, w3, b1, be->empty(Shape{1, 1, 0, 0}), 1, 0), Error);
+  // The residual form: z must have y's shape and must not overlap it.
+  Tensor z = be->empty(Shape{2, 4, 7, 7});
+  be->conv2d_forward_add(x, w, b, z, y, 1, 1);  // the consistent call works
+  EXPECT_THROW(be->conv2d_forward_add(x, w, b, be->empty(Shape{2, 4, 6, 6}), y, 1, 1), Error);
+  EXPECT_THROW(be->conv2d_forward_add(x, w, b, y, y, 1, 1), Error);  // z == y
+  Tensor yz = be->empty(Shape{4, 4, 7, 7});
+  EXPECT_THROW(be->conv2d_forward_add(x, w, b, yz.slice(1, 3), yz.slice(0, 2), 1, 1), Error);  // overlap
+  be->conv2d_forward_add(x, w, b, yz.slice(2, 4), yz.slice(0, 2), 1, 1);  // adjacent rows are fine
 
   Tensor dy = be->empty(Shape{2, 4, 7, 7});
   EXPECT_THROW(be->conv2d_backward_data(dy, w, be->empty(Shape{2, 3, 8, 8}), 1, 1), Error);

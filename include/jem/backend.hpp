@@ -108,6 +108,12 @@ class Backend {
   // The same with separate padding along H and W (for 1xS and Rx1 kernels).
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
                       int stride, int pad_h, int pad_w);
+  // y = conv(x, w) + b + z   z [N,K,P,Q] (overwrite; b may be undefined; z must not overlap y).
+  // A convolution with its bias and a residual add in one op: cuDNN can run both in the
+  // convolution's epilogue (cudnnConvolutionBiasActivationForward), which saves the separate
+  // passes over y.
+  void conv2d_forward_add(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& z,
+                          const Tensor& y, int stride, int pad);
   // dx[N,C,H,W] = conv_transpose(dy[N,K,P,Q], w)                (overwrite)
   void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, int stride,
                             int pad);
@@ -125,9 +131,6 @@ class Backend {
   // y[n,c,...] = leaky_relu(x[n,c,...] + b[c])   x, y [N, C, ...], b [C]   (y may alias x)
   // (a convolution's bias added in the activation that follows it)
   void bias_leaky_relu_forward(const Tensor& x, const Tensor& b, const Tensor& y, float slope);
-  // y = a + b; act = leaky_relu(y)   (a residual add and the next activation; y may alias a or b)
-  void add_leaky_relu_forward(const Tensor& a, const Tensor& b, const Tensor& y, const Tensor& act,
-                              float slope);
   // dx = dy * (x > 0 ? 1 : slope) + other   (a LeakyReLU's backward and the residual gradient
   // sum; x as for leaky_relu_backward; dx may alias dy or other)
   void leaky_relu_backward_add(const Tensor& x, const Tensor& dy, const Tensor& other,
@@ -236,8 +239,9 @@ class Backend {
   virtual void copy_impl(const Tensor& src, const Tensor& dst) = 0;
   virtual void axpy_impl(float alpha, const Tensor& x, const Tensor& y) = 0;
   virtual void add_impl(const Tensor& a, const Tensor& b, const Tensor& y) = 0;
+  // b and z may be null (no bias, no residual).
   virtual void conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
-                                   const float* b, float* y) = 0;
+                                   const float* b, const float* z, float* y) = 0;
   virtual void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                          float* dx) = 0;
   // db may be null.
@@ -250,8 +254,6 @@ class Backend {
   virtual void bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW,
                                             const float* x, const float* b, float* y,
                                             float slope) = 0;
-  virtual void add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
-                                           float* act, float slope) = 0;
   virtual void leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
                                             const float* other, float* dx, float slope) = 0;
   virtual void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) = 0;

@@ -55,16 +55,17 @@ IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
 // GPU these passes are limited by bandwidth, not arithmetic, so bytes / peak bandwidth is a
 // floor on their time, whatever the kernels.
 //   custom: jem's own kernels, as WideResNet runs them. Per image, forward: the first block's
-//     LeakyReLU (read, write: 2 passes); per block, conv1's bias + LeakyReLU (2) and the
-//     residual add fused with the next LeakyReLU (read 2, write 2: 4); pooling reads the
-//     features. Input backward: per block, the LeakyReLU backward after conv1 (read 2, write 1:
+//     LeakyReLU (read, write: 2 passes); per block, conv1's bias + LeakyReLU (2) and, after the
+//     residual add, the next LeakyReLU (2); pooling reads the features. Input backward: per block, the LeakyReLU backward after conv1 (read 2, write 1:
 //     3) and the block input's LeakyReLU backward fused with the sum of its two gradients (4);
 //     the final LeakyReLU backward (3) and pooling's (write 1). Per SGLD step the update (read x
 //     and the gradient, write x: 3). Per iteration `optimizer_passes` passes over the parameters
 //     (Adam 7, SGD 5, plus 1 to zero the gradient and 5 for a moving average).
-//   bias: the bias adds of the stem, conv2 and shortcut convolutions (read and write each
-//     output: 2; conv1's bias is added in its activation) and, in the training step, every
-//     convolution's bias gradient (read dy: 1); cuDNN runs these on a GPU, not jem's kernels.
+//   bias: the bias adds of the stem and shortcut convolutions (read and write each output: 2;
+//     conv1's bias is added in its activation); conv2's bias and residual add, in cuDNN's fused
+//     epilogue (read the residual: 1; unfused, ConvEngine's bias_residual_add reads and writes
+//     the output and reads the residual: 3, in jem's kernels, see cudnn_conv.hpp); in the
+//     training step, every convolution's bias gradient (read dy: 1). cuDNN runs these on a GPU.
 // Chains run forward + input backward per step; rows forward + full backward (the same
 // elementwise passes: weight gradients are GEMMs).
 struct IterationTraffic {

@@ -91,10 +91,11 @@ IterationTraffic jem_iteration_traffic(const WrnConfig &cfg, int sgld_chains,
       fwd += 2 * out;
       bwd += 3 * out + 4 * in;
     } else if (ends_with(l.name, ".conv2")) {
-      // The residual add fused with the next LeakyReLU: read conv2's output
-      // and the other path, write the sum and the activation.
-      bias_fwd += 2 * out;
-      fwd += 4 * out;
+      // Bias and residual in cuDNN's epilogue (the fused call: it reads the
+      // other path once); then the next LeakyReLU (read the sum, write the
+      // activation).
+      bias_fwd += out;
+      fwd += 2 * out;
       features = out;
     } else { // shortcut
       bias_fwd += 2 * out;

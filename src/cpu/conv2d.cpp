@@ -118,7 +118,7 @@ bool CpuBackend::use_direct3x3(const ConvGeom& g) const {
 }
 
 void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
-                                     const float* b, float* y) {
+                                     const float* b, const float* z, float* y) {
   const int PQ = g.P() * g.Q();
   const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
@@ -127,10 +127,11 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
     float* wp = scratch(0, kSlotPacked, direct3x3_packed_weight_size(g));
     direct3x3_pack_weights(g, w, wp);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n)
-      direct3x3_image(g, x + n * x_stride, wp, b,
+    for (int n = 0; n < g.N; ++n) {
+      direct3x3_image(g, x + n * x_stride, wp, b, z ? z + n * y_stride : nullptr,
                       scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(g)),
                       y + n * y_stride);
+    }
     return;
   }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
@@ -143,7 +144,17 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
       im2col(g, xn, buf);
       col = buf;
     }
-    for (int k = 0; k < g.K; ++k) std::fill_n(yn + static_cast<std::int64_t>(k) * PQ, PQ, b ? b[k] : 0.0f);
+    // y starts as bias + residual; the GEMM adds the convolution (beta = 1).
+    for (int k = 0; k < g.K; ++k) {
+      float* yk = yn + static_cast<std::int64_t>(k) * PQ;
+      const float bk = b ? b[k] : 0.0f;
+      if (z) {
+        const float* zk = z + n * y_stride + static_cast<std::int64_t>(k) * PQ;
+        for (int i = 0; i < PQ; ++i) yk[i] = zk[i] + bk;
+      } else {
+        std::fill_n(yk, PQ, bk);
+      }
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.K, PQ, CRR, 1.0f, w, CRR, col, PQ,
                 1.0f, yn, PQ);
   }
@@ -206,7 +217,7 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
       continue;
     }
     if (wp != nullptr) {
-      direct3x3_image(tg, dyn, wp, nullptr,
+      direct3x3_image(tg, dyn, wp, nullptr, nullptr,
                       scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(tg)), dxn);
       continue;
     }

@@ -132,10 +132,11 @@ namespace {
 //   xoff[t]: offset in the padded image of output vector t's top-left tap
 //   yoff[t]: offset of output vector t in one output channel; qn[t]: its valid pixels (1..8)
 //   wk: [C][NR * NS][4] packed weights of this block of output channels
+//   z: null, or a residual laid out as y, added as the sums are stored
 template <int TB, int NR, int NS, bool kStride2>
 [[gnu::target("avx2,fma"), gnu::always_inline]] inline void block(
     const float* xpad, std::int64_t xc_stride, int Wp, int Wh, int C, const float* wk, const float* bias,
-    int kvalid, float* y, std::int64_t yk_stride, const std::int64_t* xoff,
+    int kvalid, const float* z, float* y, std::int64_t yk_stride, const std::int64_t* xoff,
     const std::int64_t* yoff, const int* qn) {
   __m256 acc[TB][kKB];
 #pragma GCC unroll 4
@@ -174,12 +175,15 @@ template <int TB, int NR, int NS, bool kStride2>
   for (int j = 0; j < kKB; ++j) {
     if (j >= kvalid) break;
     float* yk = y + j * yk_stride;
+    const float* zk = z != nullptr ? z + j * yk_stride : nullptr;
 #pragma GCC unroll 3
     for (int t = 0; t < TB; ++t) {
       if (qn[t] == kV) {
+        if (zk != nullptr) acc[t][j] = _mm256_add_ps(acc[t][j], _mm256_loadu_ps(zk + yoff[t]));
         _mm256_storeu_ps(yk + yoff[t], acc[t][j]);
       } else {
         const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - qn[t]));
+        if (zk != nullptr) acc[t][j] = _mm256_add_ps(acc[t][j], _mm256_maskload_ps(zk + yoff[t], m));
         _mm256_maskstore_ps(yk + yoff[t], m, acc[t][j]);
       }
     }
@@ -207,11 +211,12 @@ void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* x
 
 // Every output vector of K channels [K][P][Q], 4 channels x kTB vectors at a time (the last
 // block may hold fewer vectors): y = sum over C input channels and the NR x NS taps of
-// wp[K / 4][C][NR * NS][4] * the padded input, + b (may be null). Output row p starts at padded
-// row p * row_step.
+// wp[K / 4][C][NR * NS][4] * the padded input, + b, + z (each may be null; z [K][P][Q]). Output
+// row p starts at padded row p * row_step.
 template <int NR, int NS, bool kStride2>
 [[gnu::target("avx2,fma")]] void conv_tiles(const float* xpad, std::int64_t xc_stride, int Wp, int Wh, int row_step,
-                                            int C, const float* wp, const float* b, int K, int P, int Q, float* y) {
+                                            int C, const float* wp, const float* b, const float* z, int K, int P,
+                                            int Q, float* y) {
   const int nq = (Q + kV - 1) / kV;
   const int tiles = P * nq;
   const std::int64_t yk_stride = static_cast<std::int64_t>(P) * Q;
@@ -232,23 +237,24 @@ template <int NR, int NS, bool kStride2>
       const float* wk = wp + static_cast<std::int64_t>(kb) * C * NR * NS * kKB;
       const float* bk = b != nullptr ? b + k0 : nullptr;
       float* yk = y + k0 * yk_stride;
+      const float* zk = z != nullptr ? z + k0 * yk_stride : nullptr;
       if (tb == kTB)
-        block<kTB, NR, NS, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+        block<kTB, NR, NS, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, zk, yk, yk_stride, xoff, yoff, qn);
       else
-        block<1, NR, NS, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, yk, yk_stride, xoff, yoff, qn);
+        block<1, NR, NS, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, zk, yk, yk_stride, xoff, yoff, qn);
     }
   }
 }
 
 [[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
-                                                      const float* wp, const float* b,
+                                                      const float* wp, const float* b, const float* z,
                                                       float* xpad, float* y) {
   const PaddedGeom pg(g);
   pad_image(g, pg, x, xpad);
   if (g.stride == 2)
-    conv_tiles<3, 3, true>(xpad, pg.channel(), pg.Wp, pg.Wh, 2, g.C, wp, b, g.K, g.P(), g.Q(), y);
+    conv_tiles<3, 3, true>(xpad, pg.channel(), pg.Wp, pg.Wh, 2, g.C, wp, b, z, g.K, g.P(), g.Q(), y);
   else
-    conv_tiles<3, 3, false>(xpad, pg.channel(), pg.Wp, 0, 1, g.C, wp, b, g.K, g.P(), g.Q(), y);
+    conv_tiles<3, 3, false>(xpad, pg.channel(), pg.Wp, 0, 1, g.C, wp, b, z, g.K, g.P(), g.Q(), y);
 }
 
 // The data gradient of a stride-2 convolution, one image, by output phase: the pixels of dx
@@ -274,10 +280,10 @@ template <int NR, int NS, bool kStride2>
       if (M == 0 || N == 0) continue;
       const float* w = wp + s.phase_offset(a, b);
       // plane[C][M][N]: the phase's pixels, then spread into dx.
-      if (a == 0 && b == 0) conv_tiles<1, 1, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
-      if (a == 0 && b == 1) conv_tiles<1, 2, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
-      if (a == 1 && b == 0) conv_tiles<2, 1, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
-      if (a == 1 && b == 1) conv_tiles<2, 2, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, g.C, M, N, plane);
+      if (a == 0 && b == 0) conv_tiles<1, 1, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, nullptr, g.C, M, N, plane);
+      if (a == 0 && b == 1) conv_tiles<1, 2, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, nullptr, g.C, M, N, plane);
+      if (a == 1 && b == 0) conv_tiles<2, 1, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, nullptr, g.C, M, N, plane);
+      if (a == 1 && b == 1) conv_tiles<2, 2, false>(dyp, s.dy_channel(), s.Wq, 0, 1, g.K, w, nullptr, nullptr, g.C, M, N, plane);
       for (int c = 0; c < g.C; ++c)
         for (int m = 0; m < M; ++m) {
           const float* src = plane + (static_cast<std::int64_t>(c) * M + m) * N;
@@ -367,8 +373,8 @@ bool direct3x3_applies(const ConvGeom& g) {
 }
 
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,
-                     float* scratch, float* y) {
-  direct3x3_image_avx2(g, x, wp, b, scratch, y);
+                     const float* z, float* scratch, float* y) {
+  direct3x3_image_avx2(g, x, wp, b, z, scratch, y);
 }
 
 void direct3x3_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch,
@@ -383,7 +389,8 @@ void direct3x3_s2_data_grad_image(const ConvGeom& g, const float* dy, const floa
 #else  // no AVX2 build: the im2col path handles every convolution
 
 bool direct3x3_applies(const ConvGeom&) { return false; }
-void direct3x3_image(const ConvGeom&, const float*, const float*, const float*, float*, float*) {
+void direct3x3_image(const ConvGeom&, const float*, const float*, const float*, const float*, float*,
+                     float*) {
   JEM_FAIL("direct3x3_image: not built for this architecture (direct3x3_applies is false)");
 }
 void direct3x3_filter_grad_image(const ConvGeom&, const float*, const float*, float*, float*) {

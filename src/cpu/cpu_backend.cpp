@@ -133,16 +133,6 @@ void CpuBackend::bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::i
   }
 }
 
-void CpuBackend::add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
-                                             float* act, float slope) {
-#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float v = a[i] + b[i];
-    y[i] = v;
-    act[i] = leaky_relu(v, slope);
-  }
-}
-
 void CpuBackend::leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
                                               const float* other, float* dx, float slope) {
 #pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)

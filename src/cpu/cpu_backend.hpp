@@ -34,7 +34,7 @@ class CpuBackend final : public Backend {
   void axpy_impl(float alpha, const Tensor& x, const Tensor& y) override;
   void add_impl(const Tensor& a, const Tensor& b, const Tensor& y) override;
   void conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w, const float* b,
-                           float* y) override;
+                           const float* z, float* y) override;
   void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                  float* dx) override;
   void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy, float* dw,
@@ -44,8 +44,6 @@ class CpuBackend final : public Backend {
                                 float slope) override;
   void bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW, const float* x,
                                     const float* b, float* y, float slope) override;
-  void add_leaky_relu_forward_impl(std::int64_t n, const float* a, const float* b, float* y,
-                                   float* act, float slope) override;
   void leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
                                     const float* other, float* dx, float slope) override;
   void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;

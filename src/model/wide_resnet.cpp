@@ -170,8 +170,8 @@ Tensor WideResNet::forward(const Tensor& x) {
 
   Tensor cur = rows(stem_out_, B);                                   // [B, 16, S, S]
   backend_.conv2d_forward(x, p(stem_.w), p(stem_.b), cur, 1, 1);
-  // The first block's activation; each later one (and the final one) is computed in the same
-  // pass as the residual add before it.
+  // The first block's activation; each later one (and the final one) follows the residual add
+  // before it.
   backend_.leaky_relu_forward(cur, rows(blocks_.front().a1, B), slope);
   const Tensor none;
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
@@ -180,17 +180,18 @@ Tensor WideResNet::forward(const Tensor& x) {
     const Tensor h1 = tmp1_.view(0, a2.shape());                     // [B, planes, H, H]
     backend_.conv2d_forward(a1, p(b.conv1.w), none, h1, 1, 1);       // bias added below
     backend_.bias_leaky_relu_forward(h1, p(b.conv1.b), a2, slope);   // lrelu(h1 + b1)
-    backend_.conv2d_forward(a2, p(b.conv2.w), p(b.conv2.b), out, b.stride, 1);  // [B, planes, H/s, H/s]
-    // out += shortcut, and the next activation: the next block's a1, or the final one.
-    const Tensor next = i + 1 < blocks_.size() ? rows(blocks_[i + 1].a1, B) : rows(final_act_, B);
+    // out = conv2(a2) + b2 + the other path (the block's input, or its 1x1 shortcut, which
+    // reads the raw input, not lrelu(x)), in one op.                     [B, planes, H/s, H/s]
     if (b.shortcut.w) {
-      // The 1x1 shortcut reads the block's raw input, not lrelu(x).
-      const Tensor sc = tmp1_.view(0, out.shape());
+      const Tensor sc = tmp1_.view(0, out.shape());  // h1 is consumed: reuse tmp1
       backend_.conv2d_forward(cur, p(b.shortcut.w), p(b.shortcut.b), sc, b.stride, 0);
-      backend_.add_leaky_relu_forward(out, sc, out, next, slope);
+      backend_.conv2d_forward_add(a2, p(b.conv2.w), p(b.conv2.b), sc, out, b.stride, 1);
     } else {
-      backend_.add_leaky_relu_forward(out, cur, out, next, slope);
+      backend_.conv2d_forward_add(a2, p(b.conv2.w), p(b.conv2.b), cur, out, b.stride, 1);
     }
+    // The next activation: the next block's a1, or the final one.
+    const Tensor next = i + 1 < blocks_.size() ? rows(blocks_[i + 1].a1, B) : rows(final_act_, B);
+    backend_.leaky_relu_forward(out, next, slope);
     cur = out;
   }
   const Tensor fa = rows(final_act_, B);                              // [B, 64k, S/4, S/4]

@@ -1,0 +1,33 @@
+// A convolution's unfused epilogue with a residual: y += b[c] + z, one pass. ConvEngine runs it
+// after the searched cuDNN algorithm when cuDNN's fused bias + residual call is slower
+// (cudnn_conv.hpp); the CPU backend adds both inside its convolution.
+#include "kernel_util.cuh"
+#include "kernels.hpp"
+
+namespace jem::kernels {
+namespace {
+
+// Element i lies in plane i / HW, whose channel is plane % C (32-bit division, as in
+// activation.cu; the host checks that the index fits). b may be null.
+__global__ void bias_residual_add_kernel(std::uint32_t n, std::uint32_t C, std::uint32_t HW,
+                                         const float* b, const float* z, float* y) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) {
+    const float bias = b ? b[(std::uint32_t(i) / HW) % C] : 0.0f;
+    y[i] = (y[i] + bias) + z[i];  // the order of cuDNN's unfused ops: conv + bias, then + z
+  }
+}
+
+}  // namespace
+
+void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const float* z, float* y,
+                       cudaStream_t stream) {
+  const std::int64_t n = std::int64_t(N) * C * HW;
+  if (n <= 0) return;
+  JEM_CHECK(n <= std::int64_t(0xFFFFFFFF), "bias_residual_add: ", n,
+            " elements exceed the kernel's 32-bit index");
+  bias_residual_add_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+      std::uint32_t(n), std::uint32_t(C), std::uint32_t(HW), b, z, y);
+  JEM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace jem::kernels
