@@ -169,6 +169,9 @@ class NcclCommunicator final : public Communicator {
       const cudaError_t q = cudaEventQuery(done_);
       if (q == cudaSuccess) return;
       if (q != cudaErrorNotReady) JEM_CUDA_CHECK(q);
+      // "Not ready" is an answer, not an error; should the runtime also have put it in the
+      // thread's last-error slot, the next kernel launch's check would report it.
+      if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
       poll(what, start);
     }
   }

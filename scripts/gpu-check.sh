@@ -4,13 +4,14 @@
 #     (.gpu-bundle/build.tar.xz; the lent GPU machines have the CUDA libraries but none of jem's
 #     other dependencies and cannot download them), or else a Release build for sm_90 made here
 #     (build-gpu);
-#  2. every test, the CUDA ones included (not the crash test, which CI runs, nor the mpirun tests
-#     where there is no mpiexec), and the cuDNN algorithms the Wide-ResNet tests choose;
-#  3. the NCCL checks (scripts/nccl-check.sh);
-#  4. the GPU benchmarks: bench_ops' CUDA ops, jem bench of WRN-28-10 in TF32 and FP32, and
-#     bench/compare.sh against PyTorch when python3 has a CUDA PyTorch;
-#  5. with the time left: Nsight Compute's time per kernel of one timed WRN-28-10 iteration (the
-#     custom kernels' share), and the custom kernels' tests under compute-sanitizer memcheck.
+#  2. in the order of what the issues need most, each under its own time limit: the CUDA tests
+#     (JEM_REQUIRE_CUDA=1: no GPU fails them instead of skipping them); jem bench of WRN-28-10 in
+#     TF32 (the 0.30 s target; JEM_CUDNN_VERBOSE=1 logs cuDNN's choices); the time per kernel of
+#     one timed iteration (Nsight Systems, else Nsight Compute: the custom kernels' share); the
+#     NCCL checks (scripts/nccl-check.sh); bench/compare.sh against PyTorch when python3 has a
+#     CUDA PyTorch; jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; the CPU
+#     tests (not the crash test, which CI runs, nor the mpirun tests); the cuDNN algorithms of the
+#     Wide-ResNet tests; the custom kernels' tests under compute-sanitizer memcheck.
 #
 #   scripts/gpu-check.sh OUT_DIR
 #
@@ -30,6 +31,9 @@ if [[ $# -ne 1 ]]; then
 fi
 mkdir -p "$1/logs"
 out=$(cd "$1" && pwd)
+# The library path as this machine set it: PyTorch runs with it, not with the CUDA library folders
+# that jem's executables are given below (they could hold other versions than PyTorch's own).
+orig_ld_library_path=${LD_LIBRARY_PATH:-}
 cd "$(dirname "$0")/.."
 build="build-gpu"
 jobs=$(nproc)
@@ -104,12 +108,24 @@ tarfile.open(sys.argv[1]).extractall(**kw)" "$3/build.tar.xz"
       echo "linked $1 -> $PWD"
     fi
     cat "$3/manifest.txt"' unpack "$src" "$build" "$bundle"
+  # A bundle made from other sources than this checkout would test other code: say so (the run
+  # goes on, and the step's failure marks the summary).
+  run_step bundle_source 30 bash -c '
+    want=$(sed -n "s/^source_hash=//p" "$1/manifest.txt")
+    have=$(scripts/source-hash.sh)
+    echo "bundle:   ${want:-none}"; echo "checkout: $have"
+    [[ -n $want && $want == "$have" ]] ||
+      { echo "the bundle was not made from these sources: run scripts/gpu-bundle.sh again"; exit 1; }' \
+    bundle_source "$bundle"
   # cuDNN, cuBLAS, NCCL, NVRTC and the CUDA runtime come from this machine: the toolkit's
   # folders, or the NVIDIA wheels next to PyTorch.
   lib_dirs=()
-  roots=(/usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu)
+  # The NVIDIA wheels first: where PyTorch's own cuDNN and NCCL are, they are the ones this
+  # machine's GPU setup is known to run.
+  roots=()
   while IFS= read -r sp; do [[ -d $sp/nvidia ]] && roots+=("$sp/nvidia"); done < <(
     python3 -c 'import site; print("\n".join(site.getsitepackages()))' 2>/dev/null || true)
+  roots+=(/usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu)
   for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9 libnccl.so.2 libnvrtc.so.13; do
     hit=$(find "${roots[@]}" -maxdepth 4 -name "$so" 2>/dev/null | head -1 || true)
     [[ -n $hit ]] && lib_dirs+=("$(dirname "$hit")")
@@ -157,66 +173,93 @@ else
   run_step build 270 cmake --build "$build" -j"$jobs"
 fi
 
-# ---- tests -----------------------------------------------------------------------------------
+# ---- in the order of what the issues need most ------------------------------------------------
 run_step info 20 "$build/jem" info
 cp "$out/logs/info.log" "$out/jem-info.txt" 2>/dev/null || true
-# The CUDA tests first, then the rest with the time left (a step cut short loses its counts).
-# Not here: the crash test (CPU-only and slow) and the mpirun tests (their mpiexec is the build
-# machine's, and one of them waits out a hang on purpose); CI runs both.
-run_step ctest_cuda 150 ctest --test-dir "$build" --output-on-failure -j"$jobs" --timeout 120 \
-  -R 'Cuda' --output-junit "$out/ctest-cuda-junit.xml"
-run_step ctest_cpu 100 ctest --test-dir "$build" --output-on-failure -j"$jobs" --timeout 90 \
-  -LE crash -E 'Cuda|^Distributed[.]' --output-junit "$out/ctest-cpu-junit.xml"
-# Which algorithm cuDNN picked per convolution shape (FP32 and TF32), for the record.
-run_step cudnn_algorithms 40 env JEM_CUDNN_VERBOSE=1 "$build/tests/test_cuda_backend" \
-  --gtest_filter='Reference/CudaWideResNet.*'
+# The CUDA tests; a machine whose CUDA runtime cannot start fails them instead of skipping them
+# (JEM_GPU_CHECK_REQUIRE_CUDA=0, as scripts/gpu-rehearsal.sh sets it, lets them skip).
+run_step ctest_cuda 150 env JEM_REQUIRE_CUDA="${JEM_GPU_CHECK_REQUIRE_CUDA:-1}" ctest --test-dir "$build" --output-on-failure \
+  -j"$jobs" --timeout 120 -R 'Cuda' --output-junit "$out/ctest-cuda-junit.xml"
+
+bench_files=()
+# The full JEM iteration of WRN-28-10 (the official recipe) in TF32: the 0.30 s target. The
+# verbose cuDNN log has each shape's algorithm and the fused-or-not choice of conv2's epilogue.
+run_step jem_bench_tf32 60 env JEM_CUDA_MATH=tf32 JEM_CUDNN_VERBOSE=1 "$build/jem" bench \
+  --config configs/cifar10.toml --device cuda --iterations 5 --warmup 2 \
+  --json "$out/jem_bench_wrn28x10_tf32.json"
+bench_files+=("jem_bench_wrn28x10_tf32.json")
+
+# Where the iteration's GPU time goes: every kernel of jem bench's timed part (it brackets it
+# with cudaProfilerStart/Stop, so the warm-up's cuDNN searches stay out), from which the custom
+# kernels' share follows (target: under 5%; scripts/gpu_check_headlines.py reads nsys' kernel
+# summary). Nsight Systems traces at little cost; Nsight Compute, the fallback, replays every
+# kernel and may not finish one iteration's ~3000 launches within its limit.
+nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | tail -1 || true)
+ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
+if [[ -n $nsys_bin && -x $nsys_bin ]]; then
+  run_step kernel_profile 90 bash -c '
+    set -e
+    "$1" profile --trace cuda --capture-range cudaProfilerApi --capture-range-end stop \
+      --force-overwrite true --output "$2/kernel_profile" \
+      env JEM_CUDA_MATH=tf32 "$3" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1
+    "$1" stats --report cuda_gpu_kern_sum --format csv --output "$2/kernel_profile" "$2/kernel_profile.nsys-rep"
+    rm -f "$2/kernel_profile.nsys-rep" "$2/kernel_profile.sqlite"' kernel_profile "$nsys_bin" "$out" "$build/jem"
+elif [[ -n $ncu_bin && -x $ncu_bin ]]; then
+  run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 "$ncu_bin" --profile-from-start off --clock-control none --cache-control none \
+    --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$out/kernel_profile.csv" \
+    "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1
+else
+  echo "gpu-check: kernel_profile skipped (neither nsys nor ncu found)" >&2
+fi
 
 # NCCL: a 1-GPU job through the NCCL path, and a 2-GPU job where the machine has several GPUs.
 run_step nccl 60 scripts/nccl-check.sh "$build" "$out/nccl"
 
-# ---- benchmarks ------------------------------------------------------------------------------
-bench_files=()
-if [[ -d "$build/bench" ]]; then
-  while IFS= read -r exe; do
-    name=$(basename "$exe")
-    # bench_model times the CPU alone, and bench_ops every op on the CPU too: here only the GPU's,
-    # each for 0.1 s (Google Benchmark's default 0.5 s would not fit every shape in the budget).
-    [[ $name == bench_model ]] && continue
-    filter=()
-    [[ $name == bench_ops ]] && filter=(--benchmark_filter=/cuda/ --benchmark_min_time=0.1)
-    run_step "$name" 120 sh -c '"$@" --benchmark_format=json >"$0"' "$out/$name.json" "$exe" "${filter[@]}"
-    bench_files+=("$name.json")
-  done < <(find "$build/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
+# Side by side with PyTorch (the 3x target), when this machine's python3 has a CUDA PyTorch.
+# PyTorch runs with the machine's own library path; jem through a wrapper that sets its own.
+run_step torch_check 30 env LD_LIBRARY_PATH="$orig_ld_library_path" python3 -c '
+import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+assert torch.cuda.is_available(), "torch.cuda.is_available() is False"'
+if [[ ${step_rc[torch_check]} -eq 0 ]]; then
+  jem_wrapper="$out/jem-with-cuda-libraries"
+  printf '#!/usr/bin/env bash\nLD_LIBRARY_PATH=%q exec %q "$@"\n' "${LD_LIBRARY_PATH:-}" "$PWD/$build/jem" >"$jem_wrapper"
+  chmod +x "$jem_wrapper"
+  run_step compare_pytorch_tf32 150 env LD_LIBRARY_PATH="$orig_ld_library_path" bench/compare.sh \
+    --device cuda --tf32 on --python python3 --jem "$jem_wrapper" --rounds 2 \
+    --outdir "$out/compare_tf32" --config configs/cifar10.toml --iterations 5 --warmup 2
+  rm -f "$jem_wrapper"
 fi
-# The full JEM iteration of WRN-28-10 (the official recipe), TF32 and FP32, and side by side
-# with PyTorch when this machine's python3 has a CUDA PyTorch (bench/README.md).
-for math in tf32 fp32; do
-  run_step "jem_bench_$math" 60 env JEM_CUDA_MATH=$math "$build/jem" bench --config configs/cifar10.toml \
-    --device cuda --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_$math.json"
-  bench_files+=("jem_bench_wrn28x10_$math.json")
-done
+
+run_step jem_bench_fp32 60 env JEM_CUDA_MATH=fp32 "$build/jem" bench --config configs/cifar10.toml \
+  --device cuda --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_fp32.json"
+bench_files+=("jem_bench_wrn28x10_fp32.json")
 # The same iteration at batch 1: its kernels are tiny, so its time is mostly launches and the
 # host's work, an upper bound of what capturing the iteration in a CUDA Graph could save.
 run_step jem_bench_tf32_batch1 40 env JEM_CUDA_MATH=tf32 "$build/jem" bench --config configs/cifar10.toml \
   --device cuda --batch_size 1 --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_tf32_batch1.json"
 bench_files+=("jem_bench_wrn28x10_tf32_batch1.json")
-if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  run_step compare_pytorch_tf32 150 bench/compare.sh --device cuda --tf32 on --python python3 \
-    --jem "$build/jem" --rounds 2 --outdir "$out/compare_tf32" --config configs/cifar10.toml \
-    --iterations 5 --warmup 2
+
+# Google Benchmark executables: bench_ops' CUDA ops on WRN-28-10's shapes, each for 0.1 s
+# (bench_model times the CPU alone).
+if [[ -d "$build/bench" ]]; then
+  while IFS= read -r exe; do
+    name=$(basename "$exe")
+    [[ $name == bench_model ]] && continue
+    filter=()
+    [[ $name == bench_ops ]] && filter=(--benchmark_filter=/cuda/wrn28x10/ --benchmark_min_time=0.1)
+    run_step "$name" 90 sh -c '"$@" --benchmark_format=json >"$0"' "$out/$name.json" "$exe" "${filter[@]}"
+    bench_files+=("$name.json")
+  done < <(find "$build/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
 fi
 
-# ---- where the iteration's GPU time goes: every kernel of one timed WRN-28-10 iteration ------------
-# Nsight Compute records the kernels of jem bench's timed part only (the bench brackets it with
-# cudaProfilerStart/Stop; the warm-up's cuDNN searches stay out), one metric, one pass each:
-# kernel_profile.csv has each kernel's count and time, from which the custom kernels' share of
-# the iteration follows (target: under 5%). Needs a runtime where ncu reads the counters.
-ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
-if [[ -n $ncu_bin && -x $ncu_bin ]]; then
-  run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 "$ncu_bin" --profile-from-start off --clock-control none --cache-control none \
-    --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$out/kernel_profile.csv" \
-    "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1
-fi
+# With the time left: the CPU tests on this machine (CI runs them too; here they check the
+# bundle), not the crash test nor the mpirun tests (their mpiexec is the build machine's). About
+# 25 s on 16 cores; JEM_GPU_CHECK_CTEST_CPU_S gives a slower machine (the rehearsal's) more.
+run_step ctest_cpu "${JEM_GPU_CHECK_CTEST_CPU_S:-100}" ctest --test-dir "$build" --output-on-failure -j"$jobs" --timeout 90 \
+  -LE crash -E 'Cuda|^Distributed[.]' --output-junit "$out/ctest-cpu-junit.xml"
+# Which algorithm cuDNN picked per convolution shape of the Wide-ResNet tests (FP32 and TF32).
+run_step cudnn_algorithms 40 env JEM_CUDNN_VERBOSE=1 "$build/tests/test_cuda_backend" \
+  --gtest_filter='Reference/CudaWideResNet.*'
 
 # ---- compute-sanitizer: out-of-bounds and uninitialised reads in the custom kernels --------------
 # Last, with what is left of the budget: the kernels' tests under memcheck (cuDNN's searches

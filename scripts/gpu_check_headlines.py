@@ -3,12 +3,16 @@
 
     python3 scripts/gpu_check_headlines.py OUT_DIR
 
-Reads OUT_DIR/jem_bench_wrn28x10_{tf32,fp32,tf32_batch1}.json (jem bench --json) and
-OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh), whichever exist, and prints each
-bench's times, rates, memory and allocations, the PyTorch / jem ratio, and the issue targets
-(WRN-28-10 TF32: <= 0.30 s per iteration, < 24 GiB, >= 3x PyTorch). Missing or unreadable
-files give null entries, never an error: the summary must be written whatever failed.
+Reads OUT_DIR/jem_bench_wrn28x10_{tf32,fp32,tf32_batch1}.json (jem bench --json),
+OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh) and
+OUT_DIR/kernel_profile_cuda_gpu_kern_sum.csv (nsys stats' kernel summary of one timed
+iteration), whichever exist, and prints each bench's times, rates, memory and allocations, the
+PyTorch / jem ratio, the custom kernels' share of the kernel time, and the issue targets
+(WRN-28-10 TF32: <= 0.30 s per iteration, < 24 GiB, >= 3x PyTorch, custom kernels < 5%).
+Missing or unreadable files give null entries, never an error: the summary must be written
+whatever failed.
 """
+import csv
 import glob
 import json
 import os
@@ -63,10 +67,41 @@ def pytorch_ratio(directory):
     return statistics.median(ratios) if ratios else None
 
 
+# jem's own kernels: those of kernels/ (namespace jem::kernels) and the Thrust / CUB ones it
+# launches; everything else is cuDNN's and cuBLAS's.
+CUSTOM_KERNEL = re.compile(r"\bjem::|\bcub::|\bthrust::|^(cub|thrust)[A-Za-z_]*::")
+
+
+def kernel_share(path):
+    """From nsys' cuda_gpu_kern_sum CSV: the custom kernels' share of all kernel time."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    total = custom = 0.0
+    kernels = 0
+    for row in rows:
+        try:
+            ns = float(row["Total Time (ns)"].replace(",", ""))
+            name = row["Name"]
+        except (KeyError, ValueError, AttributeError):
+            continue
+        kernels += 1
+        total += ns
+        if CUSTOM_KERNEL.search(name):
+            custom += ns
+    if total <= 0:
+        return None
+    return {"custom_fraction": custom / total, "custom_ms": custom / 1e6,
+            "all_kernels_ms": total / 1e6, "kernels": kernels}
+
+
 def main(out):
     benches = {name: bench_headline(load(os.path.join(out, f"jem_bench_{name}.json")))
                for name in ("wrn28x10_tf32", "wrn28x10_fp32", "wrn28x10_tf32_batch1")}
     ratio = pytorch_ratio(os.path.join(out, "compare_tf32"))
+    share = kernel_share(os.path.join(out, "kernel_profile_cuda_gpu_kern_sum.csv"))
     tf32 = benches["wrn28x10_tf32"]
     targets = {
         "iteration_at_most_0.30_s": None if not tf32 or tf32["ms_per_iteration"] is None
@@ -74,9 +109,10 @@ def main(out):
         "peak_memory_under_24_gib": None if not tf32 or tf32["peak_memory_gib"] is None
         else tf32["peak_memory_gib"] < 24.0,
         "at_least_3x_pytorch": None if ratio is None else ratio >= 3.0,
+        "custom_kernels_under_5_percent": None if share is None else share["custom_fraction"] < 0.05,
     }
-    print(json.dumps({"jem_bench": benches, "pytorch_over_jem_tf32": ratio, "targets": targets},
-                     indent=2))
+    print(json.dumps({"jem_bench": benches, "pytorch_over_jem_tf32": ratio,
+                      "kernel_profile": share, "targets": targets}, indent=2))
 
 
 if __name__ == "__main__":

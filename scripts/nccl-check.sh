@@ -33,6 +33,8 @@ eval_batch = 64
 TOML
 # FP32 math: TF32 convolutions would differ between batch shapes by far more than the tolerance.
 export JEM_CUDA_MATH=fp32
+# NCCL's own reason when its set-up fails (else the log holds only "unhandled system error").
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 ck=checkpoints/ckpt_000000005.safetensors
 mpi_flags=()
 if command -v mpirun >/dev/null && mpirun --version 2>&1 | grep -qE "Open MPI|OpenRTE"; then

@@ -227,6 +227,33 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   EXPECT_DOUBLE_EQ(h["pytorch_over_jem_tf32"].get<double>(), 4.0);
   EXPECT_EQ(h["targets"]["at_least_3x_pytorch"], true);
   EXPECT_EQ(h["targets"]["iteration_at_most_0.30_s"], jem_ms <= 300.0);
+  EXPECT_TRUE(h["kernel_profile"].is_null());  // no profile written
+  EXPECT_TRUE(h["targets"]["custom_kernels_under_5_percent"].is_null());
+  fs::remove_all(dir);
+}
+
+// The custom kernels' share, from nsys stats' kernel summary (its CSV columns; names as nsys
+// demangles them): jem::kernels, Thrust and CUB kernels against cuDNN's and cuBLAS's.
+TEST(Bench, GpuCheckHeadlinesKernelShare) {
+  const std::string dir = jem::test::temp_dir("headlines_profile");
+  std::ofstream(dir + "/kernel_profile_cuda_gpu_kern_sum.csv")
+      << "Time (%),Total Time (ns),Instances,Avg (ns),Med (ns),Min (ns),Max (ns),StdDev (ns),Name\n"
+      << "80.0,\"800,000\",10,80000.0,80000.0,1,1,0.0,sm90_xmma_fprop_implicit_gemm_tf32f32_tf32f32_f32_nchwkcrs_nchw\n"
+      << "12.0,120000,5,24000.0,24000.0,1,1,0.0,\"cudnn::engines_precompiled::nchwToNhwcKernel(float const*, float*)\"\n"
+      << "5.0,50000,20,2500.0,2500.0,1,1,0.0,\"jem::kernels::(anonymous namespace)::sgld_kernel(int, long, float*, "
+         "const float*, float, float, bool, jem::NoiseKey)\"\n"
+      << "3.0,30000,4,7500.0,7500.0,1,1,0.0,\"void cub::CUB_300000_SM_900::detail::transform::transform_kernel<...>\"\n";
+  std::string out;
+  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
+                                   &out),
+            0)
+      << out;
+  const auto h = nlohmann::json::parse(out);
+  EXPECT_EQ(h["kernel_profile"]["kernels"], 4);
+  EXPECT_DOUBLE_EQ(h["kernel_profile"]["all_kernels_ms"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(h["kernel_profile"]["custom_ms"].get<double>(), 0.08);
+  EXPECT_DOUBLE_EQ(h["kernel_profile"]["custom_fraction"].get<double>(), 0.08);
+  EXPECT_EQ(h["targets"]["custom_kernels_under_5_percent"], false);
   fs::remove_all(dir);
 }
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <ostream>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -35,12 +36,24 @@ inline std::string no_cuda_reason() {
   return why.empty() ? "the CUDA runtime reports no device" : why;
 }
 
+// True when the environment says a GPU must be there (JEM_REQUIRE_CUDA=1, as gpu-check.sh sets
+// it): then a missing or unusable device fails the CUDA tests instead of skipping them, so that a
+// GPU machine whose runtime cannot start does not report "0 failed".
+inline bool cuda_required() {
+  const char* v = std::getenv("JEM_REQUIRE_CUDA");
+  return v != nullptr && *v != '\0' && std::string(v) != "0";
+}
+
 // First statement of every test that needs a GPU (GTEST_SKIP returns from the calling function,
 // so this must be a macro; in a fixture's SetUp it skips the test body).
-#define JEM_SKIP_WITHOUT_CUDA()                                             \
-  do {                                                                      \
-    const std::string jem_why_ = ::jem::test::no_cuda_reason();             \
-    if (!jem_why_.empty()) GTEST_SKIP() << "no CUDA device: " << jem_why_;  \
+#define JEM_SKIP_WITHOUT_CUDA()                                                        \
+  do {                                                                                 \
+    const std::string jem_why_ = ::jem::test::no_cuda_reason();                        \
+    if (!jem_why_.empty()) {                                                           \
+      if (::jem::test::cuda_required())                                                \
+        GTEST_FAIL() << "no CUDA device, and JEM_REQUIRE_CUDA is set: " << jem_why_;   \
+      GTEST_SKIP() << "no CUDA device: " << jem_why_;                                  \
+    }                                                                                  \
   } while (0)
 
 // ---- tolerances ----------------------------------------------------------------------------------

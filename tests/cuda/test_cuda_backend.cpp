@@ -3,6 +3,7 @@
 // tolerances of cuda_test_support.hpp; the Wide-ResNet against PyTorch's reference vectors; and
 // device selection. Every test that needs a GPU skips, with the reason, when none is usable:
 // only the device-selection tests without a GPU run on a machine that has none.
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -979,6 +980,22 @@ TEST(CudaDeviceSelection, CudaRequestWithoutGpuThrowsClearError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("CUDA error"), std::string::npos) << e.what();
   }
+}
+
+// JEM_REQUIRE_CUDA=1 (gpu-check.sh sets it) turns the skip of a test that needs a GPU into a
+// failure, so that a GPU machine whose runtime cannot start does not report "0 failed".
+static void needs_cuda() { JEM_SKIP_WITHOUT_CUDA(); }
+
+TEST(CudaDeviceSelection, RequiredCudaFailsInsteadOfSkipping) {
+  if (no_cuda_reason().empty()) GTEST_SKIP() << "a CUDA device is present: nothing would skip";
+  const char* before = std::getenv("JEM_REQUIRE_CUDA");
+  const std::string saved = before ? before : "";
+  ::setenv("JEM_REQUIRE_CUDA", "1", 1);
+  EXPECT_FATAL_FAILURE(needs_cuda(), "JEM_REQUIRE_CUDA is set");
+  ::setenv("JEM_REQUIRE_CUDA", "0", 1);
+  EXPECT_FALSE(cuda_required());
+  if (before) ::setenv("JEM_REQUIRE_CUDA", saved.c_str(), 1);
+  else ::unsetenv("JEM_REQUIRE_CUDA");
 }
 
 TEST(CudaDeviceSelection, AutoPicksGpuOrFallsBackToCpu) {
