@@ -29,6 +29,9 @@
 #include <vector>
 
 #include "cpu_conv_variants.hpp"
+#ifdef JEM_HAVE_CUDA
+#include "../cuda/cuda_backend.hpp"
+#endif
 #include "jem/flops.hpp"
 #include "jem/runtime.hpp"
 #include "jem/wide_resnet.hpp"
@@ -91,6 +94,18 @@ template <class Op> void loop(benchmark::State &state, Backend &be, Op op) {
   }
 }
 
+// The CUDA backend's way of running a convolution with a bias and a residual
+// (ConvEpilogue); nothing on the CPU.
+constexpr int kTimed = 0, kFused = 1, kUnfused = 2;
+void set_epilogue([[maybe_unused]] Backend &be, [[maybe_unused]] int e) {
+#ifdef JEM_HAVE_CUDA
+  if (auto *cuda = dynamic_cast<jem::cuda::CudaBackend *>(&be))
+    cuda->set_conv_epilogue(e == kFused     ? jem::cuda::ConvEpilogue::Fused
+                            : e == kUnfused ? jem::cuda::ConvEpilogue::Unfused
+                                            : jem::cuda::ConvEpilogue::Timed);
+#endif
+}
+
 void flop_counter(benchmark::State &state, double flops) {
   state.counters["FLOP/s"] =
       benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
@@ -126,21 +141,31 @@ void register_convs(const Device &d, const Model &m) {
         layer.name.compare(layer.name.size() - 6, 6, ".conv2") == 0 &&
         seen_tail.insert(tag).second) {
       // A block's tail: conv2, its bias, the residual add and the next
-      // LeakyReLU. The model's way (the residual in the convolution op, on a
-      // GPU in cuDNN's epilogue when that is faster) beside the separate ops.
-      reg("conv2_tail" + suffix + "/conv_add+leaky_relu",
-          [=](benchmark::State &st) {
-            const Tensor x = random_tensor(*be, xs, 1),
-                         w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
-            const Tensor b = random_tensor(*be, Shape{g.K}, 3),
-                         z = random_tensor(*be, ys, 5), y = be->empty(ys),
-                         act = be->empty(ys);
-            loop(st, *be, [&] {
-              be->conv2d_forward_add(x, w, b, z, y, g.stride, g.pad_h);
-              be->leaky_relu_forward(y, act, 0.2f);
-            });
-            flop_counter(st, flops);
+      // LeakyReLU. The model's way (the residual in the convolution op) beside
+      // the separate ops; on a GPU also each of the convolution op's two ways
+      // (cuDNN's fused epilogue, the searched algorithm + bias_residual_add),
+      // of which the backend keeps the faster (cudnn_conv.hpp).
+      auto conv_add_tail = [=](int epilogue) {
+        return [=](benchmark::State &st) {
+          set_epilogue(*be, epilogue);
+          const Tensor x = random_tensor(*be, xs, 1),
+                       w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+          const Tensor b = random_tensor(*be, Shape{g.K}, 3),
+                       z = random_tensor(*be, ys, 5), y = be->empty(ys),
+                       act = be->empty(ys);
+          loop(st, *be, [&] {
+            be->conv2d_forward_add(x, w, b, z, y, g.stride, g.pad_h);
+            be->leaky_relu_forward(y, act, 0.2f);
           });
+          set_epilogue(*be, kTimed);
+          flop_counter(st, flops);
+        };
+      };
+      reg("conv2_tail" + suffix + "/conv_add+leaky_relu", conv_add_tail(kTimed));
+      if (d.tag == "cuda") {
+        reg("conv2_tail" + suffix + "/conv_add+leaky_relu/fused", conv_add_tail(kFused));
+        reg("conv2_tail" + suffix + "/conv_add+leaky_relu/unfused", conv_add_tail(kUnfused));
+      }
       reg("conv2_tail" + suffix + "/conv+add+leaky_relu",
           [=](benchmark::State &st) {
             const Tensor x = random_tensor(*be, xs, 1),

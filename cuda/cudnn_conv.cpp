@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -113,10 +114,11 @@ const Perf* pick(const std::vector<Perf>& perf, int returned, bool fp32, bool wa
   return nullptr;
 }
 
-// log2 of a pointer's alignment, capped at 8 (256 bytes, cudaMalloc's), in 4 bits per pointer:
-// a plan searched on 256-byte-aligned pointers is not reused for pointers that are only
-// 16-byte aligned (views at float offsets in the flat parameter buffer), in case the chosen
-// kernel needs more than that. A null pointer is class 15.
+// log2 of a pointer's alignment, capped at 8 (256 bytes, cudaMalloc's), in 4 bits per pointer
+// (up to 5 pointers): a plan searched on 256-byte-aligned pointers is not reused for pointers
+// that are only 16-byte aligned (views at float offsets in the flat parameter buffer), in case
+// the chosen kernel needs more than that. A null pointer is class 15. The price: weights of
+// one shape at differently aligned offsets get a search each (at start-up only).
 int alignment_classes(std::initializer_list<const void*> ptrs) {
   int key = 0, shift = 0;
   for (const void* p : ptrs) {
@@ -201,9 +203,10 @@ ConvEngine::~ConvEngine() {
 }
 
 ConvEngine::Plan& ConvEngine::plan(Op op, const ConvGeom& g, const float* a, const float* b,
-                                   float* out, const float* extra) {
+                                   float* out, const float* extra, const float* extra2) {
   const Key key{int(op), g.N,      g.C,      g.H,      g.W,     g.K,
-                g.R,     g.S,      g.stride, g.pad_h, g.pad_w, alignment_classes({a, b, out, extra})};
+                g.R,     g.S,      g.stride, g.pad_h, g.pad_w,
+                alignment_classes({a, b, out, extra, extra2})};
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
   auto p = std::make_unique<Plan>(g);
@@ -301,13 +304,16 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
 
 void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, const float* b,
                          const float* z, float* y) {
-  Plan& p = z ? plan(Op::ForwardAdd, g, x, w, y, z) : plan(Op::Forward, g, x, w, y);
+  // With a residual, the bias pointer is in the key too: a call without a bias never meets a
+  // plan chosen fused (the fused call needs one), and the fused call reads it at its alignment.
+  Plan& p = z ? plan(Op::ForwardAdd, g, x, w, y, z, b) : plan(Op::Forward, g, x, w, y);
   if (z && b && !p.epilogue_chosen) choose_epilogue(g, p, x, w, b, z, y);
+  const bool fused = p.fused && z && b;
   const cudnnStatus_t st =
-      cudnnStatus_t(p.fused ? run_fused(p, x, w, b, z, y) : run_unfused(p, x, w, b, z, y));
+      cudnnStatus_t(fused ? run_fused(p, x, w, b, z, y) : run_unfused(p, x, w, b, z, y));
   if (st != CUDNN_STATUS_SUCCESS)
     JEM_FAIL("cuDNN error in ", op_name(z ? 3 : 0), " ", describe(g),
-             p.fused ? " (cudnnConvolutionBiasActivationForward)" : "", ": ",
+             fused ? " (cudnnConvolutionBiasActivationForward)" : "", ": ",
              cudnnGetErrorString(st), " (status ", int(st), ")");
 }
 
@@ -388,20 +394,32 @@ void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, con
     p.algo = p.searched_algo;
     p.workspace = p.searched_workspace;
     p.fused = false;
+    workspace_.ensure(p.workspace, stream_);  // a no-op, unless growing it for the fused call failed
   };
   // The fused call: IMPLICIT_PRECOMP_GEMM (the only algorithm cuDNN runs with an identity
   // activation); tensor-op math in TF32 mode, FMA in FP32 mode (deterministic either way).
   const cudnnMathType_t fused_math = math_ == MathMode::FP32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
   const int fused_algo = int(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
-  auto use_fused = [&]() -> bool {  // false: cuDNN cannot run it for this shape
+  // False (and the plan left as searched) when cuDNN cannot run it for this shape or its
+  // workspace does not fit.
+  auto use_fused = [&]() -> bool {
     JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, fused_math));
     std::size_t need = 0;
-    if (cudnnGetConvolutionForwardWorkspaceSize(handle_, p.x.d, p.w.d, p.conv.d, p.y.d,
-                                                cudnnConvolutionFwdAlgo_t(fused_algo),
-                                                &need) != CUDNN_STATUS_SUCCESS ||
-        need > kMaxWorkspace)
+    bool ok = cudnnGetConvolutionForwardWorkspaceSize(handle_, p.x.d, p.w.d, p.conv.d, p.y.d,
+                                                      cudnnConvolutionFwdAlgo_t(fused_algo),
+                                                      &need) == CUDNN_STATUS_SUCCESS &&
+              need <= kMaxWorkspace;
+    if (ok) {
+      try {
+        workspace_.ensure(need, stream_);
+      } catch (const Error&) {  // out of memory: the searched plan needs less
+        ok = false;
+      }
+    }
+    if (!ok) {
+      use_searched();
       return false;
-    workspace_.ensure(need, stream_);
+    }
     p.algo = fused_algo;
     p.workspace = need;
     p.fused = true;
@@ -439,13 +457,15 @@ void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, con
   JEM_CHECK(unfused_ms >= 0.0f, "conv2d_forward_add: the searched algorithm failed for ", describe(g));
   if (fused_ms >= 0.0f && fused_ms < unfused_ms) use_fused();
   p.epilogue_chosen = true;
-  if (verbose_)
+  if (verbose_) {
+    char fused_time[32] = "unsupported";
+    if (fused_ms >= 0.0f) std::snprintf(fused_time, sizeof fused_time, "%.3f ms", double(fused_ms));
     std::fprintf(stderr,
-                 "jem: cuDNN conv2d_forward_add %s: %s (fused bias + residual: %s%.3f ms; algo %d + "
+                 "jem: cuDNN conv2d_forward_add %s: %s (fused bias + residual: %s; algo %d + "
                  "bias_residual_add: %.3f ms)\n",
-                 describe(g).c_str(), p.fused ? "fused" : "unfused",
-                 fused_ms < 0.0f ? "unsupported, " : "", double(fused_ms), p.searched_algo,
+                 describe(g).c_str(), p.fused ? "fused" : "unfused", fused_time, p.searched_algo,
                  double(unfused_ms));
+  }
 }
 
 void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {

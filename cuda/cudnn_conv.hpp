@@ -1,11 +1,14 @@
-// The three convolution ops on cuDNN (the legacy convolution API of libcudnn_cnn). All of the
-// backend's cuDNN code lives behind this class.
+// The convolution ops on cuDNN (the legacy convolution API of libcudnn_cnn): forward (with an
+// optional residual), backward-data, backward-filter. All of the backend's cuDNN code lives
+// behind this class.
 //
 // Per shape, ONCE: descriptors are built and the algorithm is chosen by cuDNN's benchmarked
 // search (cudnnFind*AlgorithmEx on the call's own pointers, so the pointer alignment it measured
-// is the one it runs with; each pointer's alignment, up to 256 bytes, is part of the cache
-// key). After that a call is the cuDNN call itself: no allocation, no search, no
-// synchronisation.
+// is the one it runs with; the alignment, up to 256 bytes, of each pointer the op reads or
+// writes is part of the cache key). After that a call is the cuDNN call itself: no allocation,
+// no search, no synchronisation. In FP32 mode the search prefers deterministic algorithms, so a
+// process repeats its own bits; another process may time another algorithm (or epilogue)
+// fastest and round differently.
 //
 // Workspace: one buffer shared by every shape, grown at the first call of a shape whose chosen
 // algorithm needs more (never in a steady-state loop). The search itself borrows a temporary
@@ -49,7 +52,9 @@ class ConvEngine {
   // than the searched algorithm: hence the timing). JEM_CUDNN_VERBOSE=1 prints the choice.
   void forward(const ConvGeom& g, const float* x, const float* w, const float* b, const float* z,
                float* y);
-  // Later forward calls with a residual use this choice (the default is Timed).
+  // Later forward calls with a bias and a residual use this choice (the default is Timed): the
+  // first call of each shape after it chooses again (timing synchronises the stream). Without a
+  // bias the call always runs unfused (the fused call needs one).
   void set_epilogue(ConvEpilogue e);
   // dx = conv_transpose(dy, w)   (overwrite)
   void backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
@@ -68,9 +73,9 @@ class ConvEngine {
   using Key = std::array<int, 12>;
 
   // The cached plan of (op, g, alignment), searched on first use with the call's pointers
-  // (`extra`: z of ForwardAdd, else null).
+  // (extra, extra2: z and the bias of ForwardAdd, else null).
   Plan& plan(Op op, const ConvGeom& g, const float* a, const float* b, float* out,
-             const float* extra = nullptr);
+             const float* extra = nullptr, const float* extra2 = nullptr);
   void search(Op op, const ConvGeom& g, Plan& p, const float* a, const float* b, float* out);
   // ForwardAdd with a bias: sets the plan to the fused call or to the searched algorithm, as
   // epilogue_ says (Timed: times both on the call's pointers and keeps the faster).

@@ -56,8 +56,9 @@ IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
 // floor on their time, whatever the kernels.
 //   custom: jem's own kernels, as WideResNet runs them. Per image, forward: the first block's
 //     LeakyReLU (read, write: 2 passes); per block, conv1's bias + LeakyReLU (2) and, after the
-//     residual add, the next LeakyReLU (2); pooling reads the features. Input backward: per block, the LeakyReLU backward after conv1 (read 2, write 1:
-//     3) and the block input's LeakyReLU backward fused with the sum of its two gradients (4);
+//     residual add, the next LeakyReLU (2); pooling reads the features. Input backward: per
+//     block, the LeakyReLU backward after conv1 (read 2, write 1: 3) and the block input's
+//     LeakyReLU backward fused with the sum of its two gradients (4);
 //     the final LeakyReLU backward (3) and pooling's (write 1). Per SGLD step the update (read x
 //     and the gradient, write x: 3). Per iteration `optimizer_passes` passes over the parameters
 //     (Adam 7, SGD 5, plus 1 to zero the gradient and 5 for a moving average).

@@ -136,8 +136,8 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   std::int64_t allocations_before = backend.memory_counters().allocations;
   for (int i = 0; i < opt.warmup + opt.iterations; ++i) {
     const auto iter = std::uint32_t(i);
-    // A profiler started with ncu --profile-from-start off records the timed iterations only
-    // (not the warm-up's cuDNN searches).
+    // A profiler started with ncu --profile-from-start off, or nsys --capture-range
+    // cudaProfilerApi, records the timed iterations only (not the warm-up's cuDNN searches).
     if (i == opt.warmup) {
       backend.profiler_start();
       allocations_before = backend.memory_counters().allocations;
