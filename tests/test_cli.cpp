@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "jem/blas_kernels.hpp"
 #include "jem/runtime.hpp"
 #include "jem/train_config.hpp"
 #include "synthetic_data.hpp"
@@ -85,6 +86,31 @@ TEST_F(Cli, BadInputGivesOneLineErrorAndNonZeroExit) {
   EXPECT_NE(out.find("none.safetensors"), std::string::npos) << out;
   EXPECT_NE(run_command(jem_cmd("train --resume " + root_ + "/r --config " + jem::test::source_path("configs/fashion-mnist.toml")), &out), 0);
   EXPECT_NE(out.find("do not pass --config"), std::string::npos) << out;
+}
+
+// OpenBLAS's fallback to its generic kernels on a CPU it does not know (jem/blas_kernels.hpp):
+// which kernel set jem asks for, and that the program does ask for it.
+TEST(OpenBlasKernels, CoretypeForTheFallback) {
+  EXPECT_EQ(openblas_coretype_for("Prescott", true, true), "SkylakeX");
+  EXPECT_EQ(openblas_coretype_for("Prescott", true, false), "Haswell");
+  EXPECT_EQ(openblas_coretype_for("Prescott", false, false), "");  // an SSE3-only CPU: right as it is
+  for (const char* known : {"Haswell", "SkylakeX", "Cooperlake", "Zen", "Sandybridge"})
+    EXPECT_EQ(openblas_coretype_for(known, true, true), "") << known;  // detected: left alone
+}
+
+TEST(OpenBlasKernels, TheProgramNeverRunsTheFallbackOnAnAvx2Cpu) {
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+    GTEST_SKIP() << "no AVX2 + FMA: OpenBLAS's generic kernels are the right ones here";
+  std::string out;
+  ASSERT_EQ(run_command("env -u OPENBLAS_CORETYPE " + jem_cmd("info"), &out), 0) << out;
+  const auto at = out.find("OpenBLAS: ");
+  ASSERT_NE(at, std::string::npos) << out;
+  const std::string line = out.substr(at, out.find('\n', at) - at);
+  EXPECT_EQ(line.find("Prescott"), std::string::npos) << line;
+  // A kernel set the user chose is kept.
+  ASSERT_EQ(run_command("OPENBLAS_CORETYPE=Haswell " + jem_cmd("info"), &out), 0) << out;
+  EXPECT_NE(out.find("Haswell"), std::string::npos) << out;
 }
 
 TEST_F(Cli, DeviceCudaWithoutGpuFailsClearlyAndAutoFallsBack) {
