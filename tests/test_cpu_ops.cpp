@@ -242,8 +242,9 @@ int backward_filter_terms(const ConvGeom& g) {
          naive::conv_out_size(g.W, g.S, g.stride, g.pad_w);
 }
 
-// Every case runs on both convolution paths of the CPU backend: the direct 3x3 kernel (where it
-// applies: 3x3, stride 1, pad 1, on an AVX2 CPU) and im2col + sgemm.
+// Every case runs on every convolution path of the CPU backend: the direct 3x3 kernel (where it
+// applies: 3x3, stride 1 or 2, pad 1, on an AVX2 CPU; "best" takes its AVX-512 version for rows
+// wider than 8 outputs on an AVX-512 CPU, "avx2" never does) and im2col + sgemm.
 class CpuOpsConv : public ::testing::TestWithParam<std::tuple<ConvCase, CpuConvKernels>> {
  protected:
   std::unique_ptr<Backend> be = make_cpu_backend(2, std::get<1>(GetParam()));
@@ -385,10 +386,12 @@ INSTANTIATE_TEST_SUITE_P(
                       // Stride-2 images of 1 and 2 pixels: data-gradient phases that are empty.
                       ConvCase{2, 3, 1, 5, 3, 2, 1},
                       ConvCase{2, 3, 2, 4, 3, 2, 1}),
-    ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col)),
+    ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col, CpuConvKernels::kDirectAvx2)),
     [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
       return conv_tag(std::get<0>(info.param)) +
-             (std::get<1>(info.param) == CpuConvKernels::kBest ? "_best" : "_im2col");
+             (std::get<1>(info.param) == CpuConvKernels::kBest     ? "_best"
+              : std::get<1>(info.param) == CpuConvKernels::kIm2col ? "_im2col"
+                                                                   : "_avx2");
     });
 
 // Scratch buffers are reused between calls: a big convolution followed by a small one (and the

@@ -114,7 +114,7 @@ constexpr int kSlotCol = 0, kSlotPartial = 1, kSlotFlipped = 2, kSlotPacked = 3;
 }  // namespace
 
 bool CpuBackend::use_direct3x3(const ConvGeom& g) const {
-  return kernels_ == CpuConvKernels::kBest && direct3x3_applies(g);
+  return kernels_ != CpuConvKernels::kIm2col && direct3x3_applies(g);
 }
 
 void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
@@ -130,7 +130,7 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
     for (int n = 0; n < g.N; ++n) {
       direct3x3_image(g, x + n * x_stride, wp, b, z ? z + n * y_stride : nullptr,
                       scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(g)),
-                      y + n * y_stride);
+                      y + n * y_stride, kernels_ == CpuConvKernels::kBest);
     }
     return;
   }
@@ -218,7 +218,8 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
     }
     if (wp != nullptr) {
       direct3x3_image(tg, dyn, wp, nullptr, nullptr,
-                      scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(tg)), dxn);
+                      scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(tg)), dxn,
+                      kernels_ == CpuConvKernels::kBest);
       continue;
     }
     if (as_forward) {

@@ -33,10 +33,13 @@ void direct3x3_pack_weights(const ConvGeom& g, const float* w, float* wp);
 // Floats of per-thread scratch for one image (the zero-padded input).
 std::size_t direct3x3_scratch_size(const ConvGeom& g);
 // One image: y[K, P, Q] = conv3x3(x[C, H, W], w) + b + z. `b` and `z` may be null (no bias, no
-// residual; z [K, P, Q] is added as each output vector is stored, so it costs one read).
+// residual; z [K, P, Q] is added as each output vector is stored, so it costs one read). Rows
+// wider than 8 outputs run 16-pixel AVX-512 vectors where the CPU has them, else 8-pixel AVX2
+// ones (both read the same packed weights and padded input).
 // wp: from direct3x3_pack_weights; scratch: direct3x3_scratch_size(g) floats.
+// `avx512 = false` keeps to the AVX2 kernel.
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,
-                     const float* z, float* scratch, float* y);
+                     const float* z, float* scratch, float* y, bool avx512 = true);
 
 // The weight gradient of one image, added: dw[K, C, 3, 3] += sum_{p,q} dy[k, p, q] *
 // x[c, p + r - 1, q + s - 1]. Same padded copy of x as the forward pass (scratch:
