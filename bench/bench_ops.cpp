@@ -145,17 +145,24 @@ void register_convs(const Device &d, const Model &m) {
       // the separate ops; on a GPU also each of the convolution op's two ways
       // (cuDNN's fused epilogue, the searched algorithm + bias_residual_add),
       // of which the backend keeps the faster (cudnn_conv.hpp).
+      struct Tail {
+        Tensor x, w, b, z, y, act;
+      };
+      auto tail_tensors = [=] {
+        return Tail{random_tensor(*be, xs, 1),
+                    random_tensor(*be, ws, 2, -0.1f, 0.1f),
+                    random_tensor(*be, Shape{g.K}, 3),
+                    random_tensor(*be, ys, 5),
+                    be->empty(ys),
+                    be->empty(ys)};
+      };
       auto conv_add_tail = [=](int epilogue) {
         return [=](benchmark::State &st) {
           set_epilogue(*be, epilogue);
-          const Tensor x = random_tensor(*be, xs, 1),
-                       w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
-          const Tensor b = random_tensor(*be, Shape{g.K}, 3),
-                       z = random_tensor(*be, ys, 5), y = be->empty(ys),
-                       act = be->empty(ys);
+          const Tail t = tail_tensors();
           loop(st, *be, [&] {
-            be->conv2d_forward_add(x, w, b, z, y, g.stride, g.pad_h);
-            be->leaky_relu_forward(y, act, 0.2f);
+            be->conv2d_forward_add(t.x, t.w, t.b, t.z, t.y, g.stride, g.pad_h);
+            be->leaky_relu_forward(t.y, t.act, 0.2f);
           });
           set_epilogue(*be, kTimed);
           flop_counter(st, flops);
@@ -168,15 +175,11 @@ void register_convs(const Device &d, const Model &m) {
       }
       reg("conv2_tail" + suffix + "/conv+add+leaky_relu",
           [=](benchmark::State &st) {
-            const Tensor x = random_tensor(*be, xs, 1),
-                         w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
-            const Tensor b = random_tensor(*be, Shape{g.K}, 3),
-                         z = random_tensor(*be, ys, 5), y = be->empty(ys),
-                         act = be->empty(ys);
+            const Tail t = tail_tensors();
             loop(st, *be, [&] {
-              be->conv2d_forward(x, w, b, y, g.stride, g.pad_h);
-              be->add(y, z, y);
-              be->leaky_relu_forward(y, act, 0.2f);
+              be->conv2d_forward(t.x, t.w, t.b, t.y, g.stride, g.pad_h);
+              be->add(t.y, t.z, t.y);
+              be->leaky_relu_forward(t.y, t.act, 0.2f);
             });
             flop_counter(st, flops);
           });

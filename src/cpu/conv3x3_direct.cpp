@@ -218,6 +218,19 @@ void pad_image(const ConvGeom& g, const PaddedGeom& pg, const float* x, float* x
     }
 }
 
+// Output vectors t0 .. t0 + tb - 1 of a row-major walk over P rows of nq vectors of V pixels:
+// each one's offset in the padded input (row p starts at padded row p * row_step) and in one
+// output channel, and its valid pixels (the last vector of a row may hold fewer than V).
+inline void tile_group(int t0, int tb, int nq, int V, int row_step, int Wp, int Q, std::int64_t* xoff,
+                       std::int64_t* yoff, int* qn) {
+  for (int t = 0; t < tb; ++t) {
+    const int p = (t0 + t) / nq, q = (t0 + t) % nq * V;
+    xoff[t] = static_cast<std::int64_t>(p) * row_step * Wp + q;
+    yoff[t] = static_cast<std::int64_t>(p) * Q + q;
+    qn[t] = std::min(V, Q - q);
+  }
+}
+
 // Every output vector of K channels [K][P][Q], 4 channels x kTB vectors at a time (the last
 // block may hold fewer vectors): y = sum over C input channels and the NR x NS taps of
 // wp[K / 4][C][NR * NS][4] * the padded input, + b, + z (each may be null; z [K][P][Q]). Output
@@ -234,12 +247,7 @@ template <int NR, int NS, bool kStride2>
     const int tb = std::min(kTB, tiles - t0);
     std::int64_t xoff[kTB] = {}, yoff[kTB] = {};
     int qn[kTB] = {};
-    for (int t = 0; t < tb; ++t) {
-      const int p = (t0 + t) / nq, q = (t0 + t) % nq * kV;
-      xoff[t] = static_cast<std::int64_t>(p) * row_step * Wp + q;
-      yoff[t] = static_cast<std::int64_t>(p) * Q + q;
-      qn[t] = std::min(kV, Q - q);
-    }
+    tile_group(t0, tb, nq, kV, row_step, Wp, Q, xoff, yoff, qn);
     for (int kb = 0; kb < KB; ++kb) {
       const int k0 = kb * kKB;
       const int kvalid = std::min(kKB, K - k0);
@@ -317,12 +325,7 @@ template <bool kStride2>
     const int tb = std::min(kTB16, tiles - t0);
     std::int64_t xoff[kTB16] = {}, yoff[kTB16] = {};
     int qn[kTB16] = {};
-    for (int t = 0; t < tb; ++t) {
-      const int p = (t0 + t) / nq, q = (t0 + t) % nq * kV16;
-      xoff[t] = static_cast<std::int64_t>(p) * row_step * Wp + q;
-      yoff[t] = static_cast<std::int64_t>(p) * Q + q;
-      qn[t] = std::min(kV16, Q - q);
-    }
+    tile_group(t0, tb, nq, kV16, row_step, Wp, Q, xoff, yoff, qn);
     for (int kb = 0; kb < KB; ++kb) {
       const int k0 = kb * kKB;
       const int kvalid = std::min(kKB, K - k0);
