@@ -385,7 +385,13 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{1, 3, 17, 5, 3, 2, 1},
                       // Stride-2 images of 1 and 2 pixels: data-gradient phases that are empty.
                       ConvCase{2, 3, 1, 5, 3, 2, 1},
-                      ConvCase{2, 3, 2, 4, 3, 2, 1}),
+                      ConvCase{2, 3, 2, 4, 3, 2, 1},
+                      // The AVX-512 flat weight gradient (conv3x3_wgrad512.hpp): chunks of 2
+                      // images of 28x28 with a partial last one (3 images on the second of 2
+                      // threads) and channel blocks of 3 + 2 + 2; stride-2 chunks of one 63x63
+                      // image each (odd, so the last padded row and column are zero).
+                      ConvCase{5, 3, 28, 7, 3, 1, 1},
+                      ConvCase{4, 2, 63, 4, 3, 2, 1}),
     ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col, CpuConvKernels::kDirectAvx2)),
     [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
       return conv_tag(std::get<0>(info.param)) +

@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "cpu/conv3x3_direct.hpp"
+#include "cpu/conv3x3_wgrad512.hpp"
 #include "cpu/cpu_backend.hpp"
 
 namespace jem::cpu {
@@ -250,6 +251,9 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
   // batch 64 (bench_ops conv_bwd_filter): W >= 16 direct 1.1-2x faster (WRN-28-2 32x32 and
   // 16x16, WRN-10-1 28x28); W = 14 (32->64) and W = 8 (128->128) the GEMM 5-13% faster.
   const bool direct = use_direct3x3(g) && g.stride == 1 && g.W >= 16;
+  // On AVX-512 CPUs the flat-layout kernel (conv3x3_wgrad512.hpp) takes every 3x3 pad-1
+  // convolution of stride 1 or 2, several images per pass.
+  const bool flat512 = kernels_ == CpuConvKernels::kBest && use_direct3x3(g) && wgrad512_applies(g);
   std::vector<float*> partial(static_cast<std::size_t>(T));
   // OpenMP may grant fewer threads than asked (nested regions, thread limits): only the threads
   // that exist own a partial sum, and only theirs are reduced.
@@ -263,8 +267,16 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
     float* part = scratch(t, kSlotPartial, wsize + static_cast<std::size_t>(g.K));
     std::fill_n(part, wsize + static_cast<std::size_t>(g.K), 0.0f);
     partial[static_cast<std::size_t>(t)] = part;
+    if (flat512) {
+      // The same contiguous split as schedule(static): thread t takes images [n0, n1).
+      const int nt = omp_get_num_threads();
+      const int n0 = static_cast<int>(static_cast<std::int64_t>(g.N) * t / nt);
+      const int n1 = static_cast<int>(static_cast<std::int64_t>(g.N) * (t + 1) / nt);
+      wgrad512_images(g, x, dy, n0, n1, scratch(t, kSlotCol, wgrad512_scratch_size(g, n1 - n0)), part,
+                      db != nullptr ? part + wsize : nullptr);
+    }
 #pragma omp for schedule(static)
-    for (int n = 0; n < g.N; ++n) {
+    for (int n = 0; n < (flat512 ? 0 : g.N); ++n) {
       const float* xn = x + n * x_stride;
       const float* dyn = dy + n * y_stride;
       if (direct) {
