@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "cpu/conv3x3_direct.hpp"
+#include "cpu/conv3x3_s2_flat512.hpp"
 #include "cpu/conv3x3_wgrad512.hpp"
 #include "cpu/cpu_backend.hpp"
 
@@ -118,12 +119,28 @@ bool CpuBackend::use_direct3x3(const ConvGeom& g) const {
   return kernels_ != CpuConvKernels::kIm2col && direct3x3_applies(g);
 }
 
+// The AVX-512 flat-layout kernels (kBest only, so that kDirectAvx2 keeps testing the AVX2 ones).
+bool CpuBackend::use_s2flat(const ConvGeom& g) const {
+  return kernels_ == CpuConvKernels::kBest && use_direct3x3(g) && s2flat_applies(g);
+}
+
 void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
                                      const float* b, const float* z, float* y) {
   const int PQ = g.P() * g.Q();
   const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
+  if (use_s2flat(g)) {
+    float* wp = scratch(0, kSlotPacked, s2flat_forward_packed_size(g));
+    s2flat_forward_pack(g, w, wp);
+    const int B = s2flat_chunk_images(g, threads_);
+    const int chunks = (g.N + B - 1) / B;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int i = 0; i < chunks; ++i)
+      s2flat_forward_chunk(g, x, wp, b, z, i * B, B,
+                           scratch(omp_get_thread_num(), kSlotCol, s2flat_forward_scratch_size(g, B)), y);
+    return;
+  }
   if (use_direct3x3(g)) {
     float* wp = scratch(0, kSlotPacked, direct3x3_packed_weight_size(g));
     direct3x3_pack_weights(g, w, wp);
@@ -197,6 +214,17 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
   if (as_forward && use_direct3x3(tg)) {
     wp = scratch(0, kSlotPacked, direct3x3_packed_weight_size(tg));
     direct3x3_pack_weights(tg, wt, wp);
+  }
+  if (use_s2flat(g)) {
+    float* wq = scratch(0, kSlotPacked, s2flat_data_grad_packed_size(g));
+    s2flat_data_grad_pack(g, w, wq);
+    const int B = s2flat_chunk_images(g, threads_);
+    const int chunks = (g.N + B - 1) / B;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int i = 0; i < chunks; ++i)
+      s2flat_data_grad_chunk(g, dy, wq, i * B, B,
+                             scratch(omp_get_thread_num(), kSlotCol, s2flat_data_grad_scratch_size(g, B)), dx);
+    return;
   }
   if (g.stride == 2 && use_direct3x3(g)) {
     float* wq = scratch(0, kSlotPacked, direct3x3_s2_data_grad_packed_size(g));
