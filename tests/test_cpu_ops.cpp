@@ -391,7 +391,14 @@ INSTANTIATE_TEST_SUITE_P(
                       // threads) and channel blocks of 3 + 2 + 2; stride-2 chunks of one 63x63
                       // image each (odd, so the last padded row and column are zero).
                       ConvCase{5, 3, 28, 7, 3, 1, 1},
-                      ConvCase{4, 2, 63, 4, 3, 2, 1}),
+                      ConvCase{4, 2, 63, 4, 3, 2, 1},
+                      // The AVX-512 channel-vectorised kernel (conv3x3_cvec512.hpp: rows of <= 8
+                      // pixels, >= 64 output channels): a partial channel group (70 = 64 + 6) and
+                      // 64 pixels in blocks of 6 (the last of 4); the data gradient, whose
+                      // output channels are C = 67; stride 2 with 8x8 outputs of an odd image.
+                      ConvCase{2, 5, 8, 70, 3, 1, 1},
+                      ConvCase{2, 67, 6, 64, 3, 1, 1},
+                      ConvCase{3, 3, 15, 65, 3, 2, 1}),
     ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col, CpuConvKernels::kDirectAvx2)),
     [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
       return conv_tag(std::get<0>(info.param)) +
