@@ -16,7 +16,11 @@
 // (cpu_conv_variants.hpp) run beside the backend's kernel under the same name
 // with another VARIANT; each is checked against the backend's result before it
 // is timed (a mismatch skips it with an error), so a faster variant is proven
-// before it replaces the kernel. Each timed iteration ends with
+// before it replaces the kernel. The CPU backend's own kernel choices run side
+// by side too: DEVICE cpu (its best kernels), cpu-im2col (im2col + sgemm) and
+// cpu-avx2 (no AVX-512 kernel), e.g.
+//   bench_ops --benchmark_filter='conv_bwd_filter/cpu[^/]*/wrn10x1'
+// Each timed iteration ends with
 // backend.synchronize(), so GPU times are the ops' own.
 #include <benchmark/benchmark.h>
 #include <omp.h>
@@ -468,6 +472,14 @@ int main(int argc, char **argv) {
       register_elementwise(d, m);
       register_flat(d, m);
     }
+  // The CPU backend's other convolution kernels on the same shapes, side by side with its
+  // choice (DEVICE "cpu"): im2col + sgemm everywhere, and the AVX2 direct kernels only (no
+  // AVX-512 kernel; on a CPU without AVX-512 the same as "cpu").
+  for (const Device &d :
+       {Device{"cpu-im2col", jem::make_cpu_backend(0, jem::CpuConvKernels::kIm2col)},
+        Device{"cpu-avx2", jem::make_cpu_backend(0, jem::CpuConvKernels::kDirectAvx2)}})
+    for (const Model &m : kModels)
+      register_convs(d, m);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

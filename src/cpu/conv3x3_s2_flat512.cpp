@@ -114,7 +114,7 @@ void s2flat_data_grad_pack(const ConvGeom& g, const float* w, float* wq) {
 std::size_t s2flat_data_grad_scratch_size(const ConvGeom& g, int B) {
   const GradGeom gg(g, B);
   const std::int64_t cp = static_cast<std::int64_t>(channel_blocks(g.C)) * kKB;
-  return static_cast<std::size_t>(g.K * gg.Ld + cp * gg.L + cp + kV);
+  return static_cast<std::size_t>(g.K * gg.Ld + 2 * cp * gg.L + cp + kV);
 }
 
 #if JEM_S2FLAT
@@ -227,34 +227,46 @@ void s2flat_data_grad_chunk(const ConvGeom& g, const float* dy, const float* wq,
   if (nb <= 0) return;
   const GradGeom gg(g, nb);
   float* dyb = aligned(scratch);
-  float* out = dyb + g.K * gg.Ld;  // [C rounded up to 4][L], then the zero biases
-  flat::pack_planes(dy, g.K, g.P(), g.Q(), n0, nb, gg.Hb, gg.Wb, 1, 1, gg.Ld, dyb);
   const int CB = channel_blocks(g.C);
-  float* zero = out + static_cast<std::int64_t>(CB) * kKB * gg.L;  // [CB * 4] zero biases
+  const std::int64_t out_floats = static_cast<std::int64_t>(CB) * kKB * gg.L;
+  float* out[2] = {dyb + g.K * gg.Ld, dyb + g.K * gg.Ld + out_floats};  // phases (a, 0) and (a, 1)
+  float* zero = out[1] + out_floats;  // [CB * 4] zero biases
   std::fill_n(zero, CB * kKB, 0.0f);
+  flat::pack_planes(dy, g.K, g.P(), g.Q(), n0, nb, gg.Hb, gg.Wb, 1, 1, gg.Ld, dyb);
   const float* wph = wq;
-  for (const Phase& ph : kPhases) {
-    const float* tap[4];
-    for (int t = 0; t < ph.nt; ++t) tap[t] = dyb + (ph.r[t] == 2 ? 0 : gg.Wb) + (ph.s[t] == 2 ? 0 : 1);
-    switch (ph.nt) {
-      case 4: blocks<4>(tap, gg.L, gg.Ld, g.K, CB, wph, zero, out); break;
-      case 2: blocks<2>(tap, gg.L, gg.Ld, g.K, CB, wph, zero, out); break;
-      default: blocks<1>(tap, gg.L, gg.Ld, g.K, CB, wph, zero, out); break;
+  for (int a = 0; a < 2; ++a) {
+    // Both column phases of dx rows with (h + 1) % 2 == a, so that each dx row is written once,
+    // left to right.
+    for (int b = 0; b < 2; ++b) {
+      const Phase& ph = kPhases[a * 2 + b];
+      const float* tap[4];
+      for (int t = 0; t < ph.nt; ++t) tap[t] = dyb + (ph.r[t] == 2 ? 0 : gg.Wb) + (ph.s[t] == 2 ? 0 : 1);
+      switch (ph.nt) {
+        case 4: blocks<4>(tap, gg.L, gg.Ld, g.K, CB, wph, zero, out[b]); break;
+        case 2: blocks<2>(tap, gg.L, gg.Ld, g.K, CB, wph, zero, out[b]); break;
+        default: blocks<1>(tap, gg.L, gg.Ld, g.K, CB, wph, zero, out[b]); break;
+      }
+      wph += static_cast<std::int64_t>(CB) * g.K * ph.nt * kKB;
     }
-    // Phase output (i, j) is dx pixel (2i + a - 1, 2j + b - 1), where that lies in the image.
+    // Phase (a, b)'s output (i, j) is dx pixel (2i + a - 1, 2j + b - 1): in row h = 2i + a - 1,
+    // even columns w come from phase (a, 1) at j = w / 2, odd ones from (a, 0) at j = (w + 1) / 2.
     for (int c = 0; c < g.C; ++c)
-        for (int n = 0; n < nb; ++n) {
-          const float* src = out + c * gg.L + n * gg.image();
-          float* dst = dx + (static_cast<std::int64_t>(n0 + n) * g.C + c) * g.H * g.W;
-          for (int i = 0; i <= g.P(); ++i) {
-            const int h = 2 * i + ph.a - 1;
-            if (h < 0 || h >= g.H) continue;
-            const int j0 = ph.b == 0 ? 1 : 0;  // column 2j - 1 < 0 for j = 0 in phase b = 0
-            for (int jj = j0; 2 * jj + ph.b - 1 < g.W; ++jj)
-              dst[static_cast<std::int64_t>(h) * g.W + 2 * jj + ph.b - 1] = src[i * gg.Wb + jj];
+      for (int n = 0; n < nb; ++n) {
+        const std::int64_t at = c * gg.L + n * gg.image();
+        float* dxc = dx + (static_cast<std::int64_t>(n0 + n) * g.C + c) * g.H * g.W;
+        for (int i = 0; i <= g.P(); ++i) {
+          const int h = 2 * i + a - 1;
+          if (h < 0 || h >= g.H) continue;
+          const float* odd = out[0] + at + i * gg.Wb + 1;  // odd[m]: column 2m + 1
+          const float* even = out[1] + at + i * gg.Wb;     // even[m]: column 2m
+          float* row = dxc + static_cast<std::int64_t>(h) * g.W;
+          for (int m = 0; 2 * m + 1 < g.W; ++m) {
+            row[2 * m] = even[m];
+            row[2 * m + 1] = odd[m];
           }
+          if (g.W % 2 == 1) row[g.W - 1] = even[g.W / 2];
         }
-    wph += static_cast<std::int64_t>(channel_blocks(g.C)) * g.K * ph.nt * kKB;
+      }
   }
 }
 
