@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include "jem/backend.hpp"
+#include "jem/blas_kernels.hpp"
 #include "jem/wide_resnet.hpp"
 
 namespace {
@@ -64,4 +65,11 @@ BENCHMARK_CAPTURE(run_k, wrn10x1_sgld_step_im2col, kWrn10x1, Pass::ForwardInputB
 BENCHMARK_CAPTURE(run_k, wrn10x1_train_step_192_im2col, kWrn10x1, Pass::ForwardBackward, 192, jem::CpuConvKernels::kIm2col)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(run_k, wrn28x2_forward_input_backward_im2col, kWrn28x2, Pass::ForwardInputBackward, 64, jem::CpuConvKernels::kIm2col)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  jem::rerun_with_openblas_coretype(argv);  // OpenBLAS's own kernels, as `jem bench` has them
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -36,6 +36,7 @@
 #ifdef JEM_HAVE_CUDA
 #include "../cuda/cuda_backend.hpp"
 #endif
+#include "jem/blas_kernels.hpp"
 #include "jem/flops.hpp"
 #include "jem/runtime.hpp"
 #include "jem/wide_resnet.hpp"
@@ -463,6 +464,7 @@ void register_flat(const Device &d, const Model &m) {
 } // namespace
 
 int main(int argc, char **argv) {
+  jem::rerun_with_openblas_coretype(argv);  // OpenBLAS's own kernels, as `jem bench` has them
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv))
     return 1;

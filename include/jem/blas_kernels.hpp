@@ -6,7 +6,8 @@
 // (SSE3) kernels there: the quickstart iteration took 192-223 ms with them against 158-178 ms
 // with the SkylakeX kernels on such a machine (2 threads, measured). The jem program therefore
 // runs itself again with OPENBLAS_CORETYPE set when the library fell back on a CPU with AVX2 and
-// FMA (src/cli/main.cpp). Library users can set the variable themselves.
+// FMA (rerun_with_openblas_coretype below; the CLI and the benchmark programs call it). Library
+// users can set the variable themselves.
 #pragma once
 
 #include <string>
@@ -20,5 +21,11 @@ std::string openblas_coretype_for(const std::string& corename, bool avx2_fma, bo
 
 // The same for this process: its OpenBLAS and its CPU; "" also when OPENBLAS_CORETYPE is set.
 std::string openblas_coretype_override();
+
+// Call first thing in main(): when openblas_coretype_override() names a kernel set, sets
+// OPENBLAS_CORETYPE and runs this program again with the same argv (it does not return then).
+// The variable, once set, stops a second round; if the new image cannot start, this one goes on
+// with the slower kernels. Used by the jem CLI and the benchmark programs.
+void rerun_with_openblas_coretype(char** argv);
 
 }  // namespace jem

@@ -1,8 +1,6 @@
 // The jem command line: subcommands are registered by src/cli/cmd_*.cpp.
 #include <CLI/CLI.hpp>
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -12,12 +10,8 @@
 
 int main(int argc, char** argv) {
   // OpenBLAS fell back to its generic kernels on a CPU it does not know: run again with the
-  // kernel set the CPU supports (jem/blas_kernels.hpp). The variable, once set, stops a second
-  // round; if the new image cannot start, this one goes on with the slower kernels.
-  if (const std::string core = jem::openblas_coretype_override(); !core.empty()) {
-    ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
-    ::execv("/proc/self/exe", argv);
-  }
+  // kernel set the CPU supports (jem/blas_kernels.hpp).
+  jem::rerun_with_openblas_coretype(argv);
   CLI::App app{"jem: Joint Energy-based Model trainer (CPU and CUDA)", "jem"};
   app.require_subcommand(1);
   app.set_version_flag("--version", JEM_VERSION);

@@ -1,6 +1,8 @@
 // See jem/blas_kernels.hpp.
 #include "jem/blas_kernels.hpp"
 
+#include <unistd.h>
+
 #include <cblas.h>
 
 #include <cstdlib>
@@ -24,6 +26,13 @@ std::string openblas_coretype_override() {
 #else
   return "";
 #endif
+}
+
+void rerun_with_openblas_coretype(char** argv) {
+  if (const std::string core = openblas_coretype_override(); !core.empty()) {
+    ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+    ::execv("/proc/self/exe", argv);
+  }
 }
 
 }  // namespace jem
