@@ -242,9 +242,14 @@ int backward_filter_terms(const ConvGeom& g) {
          naive::conv_out_size(g.W, g.S, g.stride, g.pad_w);
 }
 
-// Every case runs on every convolution path of the CPU backend: the direct 3x3 kernel (where it
-// applies: 3x3, stride 1 or 2, pad 1, on an AVX2 CPU; "best" takes its AVX-512 version for rows
-// wider than 8 outputs on an AVX-512 CPU, "avx2" never does) and im2col + sgemm.
+// Every case runs on every convolution path of the CPU backend: "im2col" (im2col + sgemm),
+// "avx2" (the AVX2 direct 3x3 kernels where they apply: 3x3, stride 1 or 2, pad 1, on an AVX2
+// CPU) and "best". On an AVX-512 CPU "best" takes, for 3x3 pad-1 convolutions: the flat weight
+// gradient (conv3x3_wgrad512) at stride 1 and 2; the flat stride-2 forward and data gradient
+// (conv3x3_s2_flat512); the channel-vectorised kernel (conv3x3_cvec512) for the forward and
+// stride-1 data gradient where rows have <= 8 pixels and >= 64 output channels; the AVX-512
+// direct kernel for other stride-1 rows wider than 8 pixels; AVX2 otherwise. (On a CPU without
+// AVX-512, "best" is "avx2": CpuOpsConvKernels.Avx512KernelsRun says so.)
 class CpuOpsConv : public ::testing::TestWithParam<std::tuple<ConvCase, CpuConvKernels>> {
  protected:
   std::unique_ptr<Backend> be = make_cpu_backend(2, std::get<1>(GetParam()));
@@ -398,7 +403,17 @@ INSTANTIATE_TEST_SUITE_P(
                       // output channels are C = 67; stride 2 with 8x8 outputs of an odd image.
                       ConvCase{2, 5, 8, 70, 3, 1, 1},
                       ConvCase{2, 67, 6, 64, 3, 1, 1},
-                      ConvCase{3, 3, 15, 65, 3, 2, 1}),
+                      ConvCase{3, 3, 15, 65, 3, 2, 1},
+                      // ... groups of 3 and 2 vectors (100 = 64 + 36 output channels; the data
+                      // gradient's 90 = 64 + 26), fewer pixels than one block of 6 (5x5: the
+                      // last block holds 1; 1x1), a last vector of exactly 16 lanes (80).
+                      ConvCase{2, 3, 5, 100, 3, 1, 1},
+                      ConvCase{2, 90, 4, 64, 3, 1, 1},
+                      ConvCase{2, 64, 1, 64, 3, 1, 1},
+                      ConvCase{2, 3, 2, 80, 3, 2, 1},
+                      // The flat weight gradient's partial last chunk at stride 2 (2 images of
+                      // 32x32 blocks per chunk, 3 images per thread).
+                      ConvCase{6, 2, 61, 3, 3, 2, 1}),
     ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col, CpuConvKernels::kDirectAvx2)),
     [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
       return conv_tag(std::get<0>(info.param)) +
@@ -406,6 +421,44 @@ INSTANTIATE_TEST_SUITE_P(
               : std::get<1>(info.param) == CpuConvKernels::kIm2col ? "_im2col"
                                                                    : "_avx2");
     });
+
+// The "best" kernels on an AVX-512 CPU are not the AVX2 ones: on each shape that a new AVX-512
+// kernel takes, the result's bits differ from the AVX2 path's (another summation order), while
+// CpuOpsConv checks both against the naive loops. Skipped (and said so) on CPUs without
+// AVX-512, where those cases run the AVX2 and im2col paths only.
+TEST(CpuOpsConvKernels, Avx512KernelsRun) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU: the AVX-512 kernels were not tested";
+#else
+  GTEST_SKIP() << "not an x86-64 build: the AVX-512 kernels were not tested";
+#endif
+  auto best = make_cpu_backend(2, CpuConvKernels::kBest), avx2 = make_cpu_backend(2, CpuConvKernels::kDirectAvx2);
+  struct Case {
+    ConvCase cc;
+    bool fwd, dx, dw;  // which results a new AVX-512 kernel computes
+  };
+  for (const Case& k : {Case{{3, 8, 28, 8, 3, 1, 1}, false, false, true},  // flat weight gradient
+                        // flat stride 2 (its forward adds the products in the AVX2 kernel's
+                        // order, bias, channels, taps, so only its gradients' bits differ)
+                        Case{{3, 6, 14, 10, 3, 2, 1}, false, true, true},
+                        Case{{2, 64, 6, 64, 3, 1, 1}, true, true, true}}) {  // channel-vectorised
+    const ConvGeom g = geom(k.cc);
+    const ConvData d(g, 61);
+    const std::string tag = conv_tag(k.cc);
+    if (k.fwd) {
+      EXPECT_NE(cpu_conv_forward(*best, g, d.x, d.w, d.b), cpu_conv_forward(*avx2, g, d.x, d.w, d.b)) << tag;
+    }
+    if (k.dx) {
+      EXPECT_NE(cpu_conv_backward_data(*best, g, d.dy, d.w), cpu_conv_backward_data(*avx2, g, d.dy, d.w)) << tag;
+    }
+    if (k.dw) {
+      const Vec zw(d.w.size(), 0.0f), zb(d.b.size(), 0.0f);
+      EXPECT_NE(cpu_conv_backward_filter(*best, g, d.x, d.dy, zw, zb).dw,
+                cpu_conv_backward_filter(*avx2, g, d.x, d.dy, zw, zb).dw)
+          << tag;
+    }
+  }
+}
 
 // Scratch buffers are reused between calls: a big convolution followed by a small one (and the
 // other way round) must give the same small result as a fresh backend.
@@ -1087,7 +1140,10 @@ struct OpResult {
 
 std::vector<OpResult> run_every_op(Backend& be) {
   std::vector<OpResult> out;
-  for (const ConvCase& cc : {ConvCase{5, 3, 7, 6, 3, 1, 1}, ConvCase{5, 6, 7, 10, 1, 2, 0}}) {
+  // A 3x3 and a 1x1 shortcut; a stride-2 3x3 (the flat AVX-512 kernels' chunks depend on the
+  // thread count: 5 images on 1 thread, 3 + 2 on 2) and a channel-vectorised one.
+  for (const ConvCase& cc : {ConvCase{5, 3, 7, 6, 3, 1, 1}, ConvCase{5, 6, 7, 10, 1, 2, 0},
+                             ConvCase{5, 3, 7, 6, 3, 2, 1}, ConvCase{3, 5, 8, 70, 3, 1, 1}}) {
     const ConvGeom g = geom(cc);
     const ConvData d(g, 141);
     const Vec y = naive::conv2d_forward(g, d.x, d.w, d.b);

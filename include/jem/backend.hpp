@@ -285,7 +285,8 @@ class Backend {
 // Which convolution kernels the CPU backend may use: kBest takes the direct 3x3 kernel
 // (src/cpu/conv3x3_direct.hpp) where it applies, in its AVX-512 version where the CPU has one,
 // and on AVX-512 CPUs the flat-layout kernels (conv3x3_wgrad512.hpp: weight gradients;
-// conv3x3_s2_flat512.hpp: stride-2 forward and data gradient); kIm2col forces im2col + sgemm
+// conv3x3_s2_flat512.hpp: stride-2 forward and data gradient) and the channel-vectorised one
+// (conv3x3_cvec512.hpp: rows of <= 8 pixels, >= 64 output channels); kIm2col forces im2col + sgemm
 // everywhere, so that tests and benchmarks can hold the paths side by side.
 // kDirectAvx2: the AVX2 direct kernels only, never an AVX-512 one (so tests cover both on an
 // AVX-512 CPU).

@@ -113,8 +113,9 @@ void col2im(const ConvGeom& g, const float* col, float* dx) {
   }
 }
 
-// Scratch slots (per thread): 0 im2col columns or the padded image of the direct kernel,
-// 1 partial weight gradients, 2 the flipped kernel of backward-data, 3 direct-kernel weights.
+// Scratch slots (per thread): 0 im2col columns, the padded image of the direct kernel or the
+// flat-layout chunk of the AVX-512 kernels, 1 partial weight gradients, 2 the flipped kernel of
+// backward-data, 3 the direct, flat or channel-vectorised kernels' packed weights.
 // Slots 2 and 3 are filled by thread 0's entry before a parallel loop and only read inside it.
 constexpr int kSlotCol = 0, kSlotPartial = 1, kSlotFlipped = 2, kSlotPacked = 3;
 
@@ -329,7 +330,8 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
     std::fill_n(part, wsize + static_cast<std::size_t>(g.K), 0.0f);
     partial[static_cast<std::size_t>(t)] = part;
     if (flat512) {
-      // The same contiguous split as schedule(static): thread t takes images [n0, n1).
+      // A contiguous split fixed by N and the team size (deterministic, like schedule(static)):
+      // thread t takes images [n0, n1).
       const int nt = omp_get_num_threads();
       const int n0 = static_cast<int>(static_cast<std::int64_t>(g.N) * t / nt);
       const int n1 = static_cast<int>(static_cast<std::int64_t>(g.N) * (t + 1) / nt);

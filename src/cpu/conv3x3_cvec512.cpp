@@ -25,10 +25,6 @@ constexpr int kPX = 6;   // output pixels per register block
 
 int groups(int K) { return (K + kKG - 1) / kKG; }
 
-float* aligned(float* p) {
-  return p + (kV - reinterpret_cast<std::uintptr_t>(p) / sizeof(float) % kV) % kV;
-}
-
 }  // namespace
 
 std::size_t cvec_packed_size(const ConvGeom& g) {
@@ -53,11 +49,6 @@ std::size_t cvec_scratch_size(const ConvGeom& g) {
 #if JEM_CVEC
 
 namespace {
-
-bool cpu_has_avx512f() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
 
 // One register block: KV vectors of 16 output channels (from k0) x kPX output pixels j0 ..
 // j0 + n - 1 (n <= kPX; the block repeats the last pixel to fill up and drops it).
@@ -116,14 +107,13 @@ template <int KV>
 
 bool cvec_applies(const ConvGeom& g) {
   return g.R == 3 && g.S == 3 && (g.stride == 1 || g.stride == 2) && g.pad_h == 1 && g.pad_w == 1 &&
-         cpu_has_avx512f();
+         flat::cpu_has_avx512f();
 }
 
 void cvec_image(const ConvGeom& g, const float* x, const float* wp, const float* b, const float* z,
                 float* scratch, float* y) {
-  JEM_CHECK(cvec_applies(g), "cvec_image: not a 3x3 pad-1 stride-1/2 convolution on an AVX-512 CPU");
   const flat::InputGeom ig(g, 1, kV);
-  float* xb = aligned(scratch);
+  float* xb = flat::align64(scratch);
   flat::pack_input(g, ig, x, 0, 1, xb);
   const float* tap[9];
   for (int r = 0; r < 3; ++r)

@@ -9,7 +9,8 @@
 // 64 output channels x 6 output pixels (24 accumulators); per tap and input channel it loads 4
 // weight vectors and broadcasts 6 input pixels for 24 FMAs. The input is read in place from the
 // flat layout of one image (flat_layout.hpp: one padded plane at stride 1, four parity planes
-// at stride 2); the results are scattered to the NCHW output (one scatter per 9 x C x 16 FMAs).
+// at stride 2); the results are scattered to the NCHW output (one 16-lane scatter per 9 x C
+// vector FMAs of its accumulator).
 //
 // The data gradient of a stride-1 convolution is a stride-1 convolution of dy (conv2d.cpp), so
 // this kernel computes it too.
@@ -34,6 +35,7 @@ void cvec_pack(const ConvGeom& g, const float* w, float* wp);
 // Floats of per-thread scratch for one image.
 std::size_t cvec_scratch_size(const ConvGeom& g);
 // One image: y[K, P, Q] = conv3x3(x[C, H, W]) + b + z (b and z may be null).
+// Precondition: cvec_applies(g) (the caller checks, outside its OpenMP region).
 void cvec_image(const ConvGeom& g, const float* x, const float* wp, const float* b, const float* z,
                 float* scratch, float* y);
 

@@ -263,11 +263,12 @@ template <int NR, int NS, bool kStride2>
   }
 }
 
-// block() with 16-pixel vectors, for the forward kernel's 3x3 taps: acc[t][j] starts at the
-// bias, takes every tap's products, and is stored (+ z) under the output vector's lane mask.
-template <int TB, bool kStride2>
+// block() with 16-pixel vectors, for the stride-1 forward kernel's 3x3 taps: acc[t][j] starts at
+// the bias, takes every tap's products, and is stored (+ z) under the output vector's lane mask.
+// (Stride 2 goes to the flat-layout kernels on AVX-512 CPUs: conv3x3_s2_flat512.hpp.)
+template <int TB>
 [[gnu::target("avx512f,avx2,fma"), gnu::always_inline]] inline void block16(
-    const float* xpad, std::int64_t xc_stride, int Wp, int Wh, int C, const float* wk, const float* bias,
+    const float* xpad, std::int64_t xc_stride, int Wp, int C, const float* wk, const float* bias,
     int kvalid, const float* z, float* y, std::int64_t yk_stride, const std::int64_t* xoff,
     const std::int64_t* yoff, const int* qn) {
   __m512 acc[TB][kKB];
@@ -285,7 +286,7 @@ template <int TB, bool kStride2>
 #pragma GCC unroll 3
       for (int s = 0; s < 3; ++s) {
         const float* wt = wc + (r * 3 + s) * kKB;
-        const std::int64_t tap = r * Wp + (kStride2 ? (s == 1 ? Wh : s == 2 ? 1 : 0) : s);
+        const std::int64_t tap = r * Wp + s;
         __m512 xv[TB];
 #pragma GCC unroll 4
         for (int t = 0; t < TB; ++t) xv[t] = _mm512_loadu_ps(xc + xoff[t] + tap);
@@ -312,10 +313,8 @@ template <int TB, bool kStride2>
   }
 }
 
-// conv_tiles() with 16-pixel vectors (3x3 taps, the forward pass).
-template <bool kStride2>
-[[gnu::target("avx512f,avx2,fma")]] void conv_tiles16(const float* xpad, std::int64_t xc_stride, int Wp, int Wh,
-                                                      int row_step, int C, const float* wp, const float* b,
+// conv_tiles() with 16-pixel vectors (3x3 taps, the stride-1 forward pass).
+[[gnu::target("avx512f,avx2,fma")]] void conv_tiles16(const float* xpad, std::int64_t xc_stride, int Wp, int C, const float* wp, const float* b,
                                                       const float* z, int K, int P, int Q, float* y) {
   const int nq = (Q + kV16 - 1) / kV16;
   const int tiles = P * nq;
@@ -325,7 +324,7 @@ template <bool kStride2>
     const int tb = std::min(kTB16, tiles - t0);
     std::int64_t xoff[kTB16] = {}, yoff[kTB16] = {};
     int qn[kTB16] = {};
-    tile_group(t0, tb, nq, kV16, row_step, Wp, Q, xoff, yoff, qn);
+    tile_group(t0, tb, nq, kV16, 1, Wp, Q, xoff, yoff, qn);
     for (int kb = 0; kb < KB; ++kb) {
       const int k0 = kb * kKB;
       const int kvalid = std::min(kKB, K - k0);
@@ -334,10 +333,10 @@ template <bool kStride2>
       float* yk = y + k0 * yk_stride;
       const float* zk = z != nullptr ? z + k0 * yk_stride : nullptr;
       if (tb == kTB16) {
-        block16<kTB16, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, zk, yk, yk_stride, xoff, yoff, qn);
+        block16<kTB16>(xpad, xc_stride, Wp, C, wk, bk, kvalid, zk, yk, yk_stride, xoff, yoff, qn);
       } else {  // the last 1 .. kTB16 - 1 vectors, one at a time
         for (int t = 0; t < tb; ++t)
-          block16<1, kStride2>(xpad, xc_stride, Wp, Wh, C, wk, bk, kvalid, zk, yk, yk_stride, xoff + t,
+          block16<1>(xpad, xc_stride, Wp, C, wk, bk, kvalid, zk, yk, yk_stride, xoff + t,
                                yoff + t, qn + t);
       }
     }
@@ -349,10 +348,7 @@ template <bool kStride2>
                                                                 const float* z, float* xpad, float* y) {
   const PaddedGeom pg(g);
   pad_image(g, pg, x, xpad);
-  if (g.stride == 2)
-    conv_tiles16<true>(xpad, pg.channel(), pg.Wp, pg.Wh, 2, g.C, wp, b, z, g.K, g.P(), g.Q(), y);
-  else
-    conv_tiles16<false>(xpad, pg.channel(), pg.Wp, 0, 1, g.C, wp, b, z, g.K, g.P(), g.Q(), y);
+  conv_tiles16(xpad, pg.channel(), pg.Wp, g.C, wp, b, z, g.K, g.P(), g.Q(), y);
 }
 
 [[gnu::target("avx2,fma")]] void direct3x3_image_avx2(const ConvGeom& g, const float* x,
@@ -488,8 +484,9 @@ bool direct3x3_applies(const ConvGeom& g) {
 
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,
                      const float* z, float* scratch, float* y, bool avx512) {
-  // Output rows wider than 8 pixels: 16-pixel vectors where the CPU has them.
-  if (avx512 && g.Q() > kV && cpu_has_avx512f())
+  // Stride-1 output rows wider than 8 pixels: 16-pixel vectors where the CPU has them. (On such
+  // CPUs the CPU backend's best kernels send stride 2 to conv3x3_s2_flat512.hpp.)
+  if (avx512 && g.stride == 1 && g.Q() > kV && cpu_has_avx512f())
     direct3x3_image_avx512(g, x, wp, b, z, scratch, y);
   else
     direct3x3_image_avx2(g, x, wp, b, z, scratch, y);

@@ -33,7 +33,7 @@ void direct3x3_pack_weights(const ConvGeom& g, const float* w, float* wp);
 // Floats of per-thread scratch for one image (the zero-padded input).
 std::size_t direct3x3_scratch_size(const ConvGeom& g);
 // One image: y[K, P, Q] = conv3x3(x[C, H, W], w) + b + z. `b` and `z` may be null (no bias, no
-// residual; z [K, P, Q] is added as each output vector is stored, so it costs one read). Rows
+// residual; z [K, P, Q] is added as each output vector is stored, so it costs one read). Stride-1 rows
 // wider than 8 outputs run 16-pixel AVX-512 vectors where the CPU has them, else 8-pixel AVX2
 // ones (both read the same packed weights and padded input).
 // wp: from direct3x3_pack_weights; scratch: direct3x3_scratch_size(g) floats.

@@ -48,8 +48,8 @@ struct GradGeom {
 // (a = 0) or {1} (a = 1); the same for columns. Taps in row-major order.
 struct Phase {
   int a, b, nt;
-  int r[4], s[4];
-  Phase(int a_, int b_) : a(a_), b(b_), nt(0) {
+  int r[4]{}, s[4]{};
+  constexpr Phase(int a_, int b_) : a(a_), b(b_), nt(0) {
     for (int rr = a; rr < 3; rr += 2)
       for (int ss = b; ss < 3; ss += 2) {
         r[nt] = rr;
@@ -58,11 +58,7 @@ struct Phase {
       }
   }
 };
-const Phase kPhases[4] = {Phase(0, 0), Phase(0, 1), Phase(1, 0), Phase(1, 1)};  // 4, 2, 2, 1 taps
-
-float* aligned(float* p) {
-  return p + (kV - reinterpret_cast<std::uintptr_t>(p) / sizeof(float) % kV) % kV;
-}
+constexpr Phase kPhases[4] = {Phase(0, 0), Phase(0, 1), Phase(1, 0), Phase(1, 1)};  // 4, 2, 2, 1 taps
 
 }  // namespace
 
@@ -121,11 +117,6 @@ std::size_t s2flat_data_grad_scratch_size(const ConvGeom& g, int B) {
 
 namespace {
 
-bool cpu_has_avx512f() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
-
 // out[j][i0 + i] = bias[j] + sum_{c < C, t < NT} wk[c][t][j] * tap[t][i0 + c*cs + i], for j < 4 and
 // the kBlock positions i from i0.
 template <int NT>
@@ -136,7 +127,7 @@ template <int NT>
 #pragma GCC unroll 4
   for (int j = 0; j < kKB; ++j) {
     const __m512 bj = _mm512_set1_ps(bias[j]);
-#pragma GCC unroll 6
+#pragma GCC unroll 5
     for (int v = 0; v < kTV; ++v) acc[j][v] = bj;
   }
   for (int c = 0; c < C; ++c) {
@@ -146,7 +137,7 @@ template <int NT>
     for (int t = 0; t < NT; ++t) {
       const float* xp = tap[t] + at;
       __m512 xv[kTV];
-#pragma GCC unroll 6
+#pragma GCC unroll 5
       for (int v = 0; v < kTV; ++v) {
         xv[v] = _mm512_loadu_ps(xp + v * kV);
         // In a register, not folded into each of the 4 FMAs that use it (4 loads instead of 1).
@@ -156,14 +147,14 @@ template <int NT>
       for (int j = 0; j < kKB; ++j) {
         __m512 wv = _mm512_set1_ps(wc[t * kKB + j]);
         asm("" : "+v"(wv));  // one broadcast, not an embedded broadcast in each of 6 FMAs
-#pragma GCC unroll 6
+#pragma GCC unroll 5
         for (int v = 0; v < kTV; ++v) acc[j][v] = _mm512_fmadd_ps(wv, xv[v], acc[j][v]);
       }
     }
   }
 #pragma GCC unroll 4
   for (int j = 0; j < kKB; ++j)
-#pragma GCC unroll 6
+#pragma GCC unroll 5
     for (int v = 0; v < kTV; ++v) _mm512_storeu_ps(out + j * ld + i0 + v * kV, acc[j][v]);
 }
 
@@ -182,17 +173,16 @@ void blocks(const float* const* tap, std::int64_t L, std::int64_t cs, int C, int
 }  // namespace
 
 bool s2flat_applies(const ConvGeom& g) {
-  return g.R == 3 && g.S == 3 && g.stride == 2 && g.pad_h == 1 && g.pad_w == 1 && cpu_has_avx512f();
+  return g.R == 3 && g.S == 3 && g.stride == 2 && g.pad_h == 1 && g.pad_w == 1 && flat::cpu_has_avx512f();
 }
 
 void s2flat_forward_chunk(const ConvGeom& g, const float* x, const float* wp, const float* b, const float* z,
                           int n0, int B, float* scratch, float* y) {
-  JEM_CHECK(s2flat_applies(g), "s2flat_forward_chunk: not a 3x3 pad-1 stride-2 convolution on an AVX-512 CPU");
   const int nb = std::min(B, g.N - n0);
   if (nb <= 0) return;
   const int P = g.P(), Q = g.Q();
   const flat::InputGeom ig(g, nb, kBlock);
-  float* xb = aligned(scratch);
+  float* xb = flat::align64(scratch);
   float* out = xb + ig.floats(g);  // [K rounded up to 4][L], then the bias
   flat::pack_input(g, ig, x, n0, nb, xb);
   const float* tap[9];
@@ -222,11 +212,10 @@ void s2flat_forward_chunk(const ConvGeom& g, const float* x, const float* wp, co
 
 void s2flat_data_grad_chunk(const ConvGeom& g, const float* dy, const float* wq, int n0, int B, float* scratch,
                             float* dx) {
-  JEM_CHECK(s2flat_applies(g), "s2flat_data_grad_chunk: not a 3x3 pad-1 stride-2 convolution on an AVX-512 CPU");
   const int nb = std::min(B, g.N - n0);
   if (nb <= 0) return;
   const GradGeom gg(g, nb);
-  float* dyb = aligned(scratch);
+  float* dyb = flat::align64(scratch);
   const int CB = channel_blocks(g.C);
   const std::int64_t out_floats = static_cast<std::int64_t>(CB) * kKB * gg.L;
   float* out[2] = {dyb + g.K * gg.Ld, dyb + g.K * gg.Ld + out_floats};  // phases (a, 0) and (a, 1)

@@ -7,8 +7,9 @@
 // where the stride-1 layers run at 55-60. In the flat layout one vector loop covers a chunk of
 // whole images, so a 7x7 output costs 64 positions (8x8 blocks) instead of 7 half-empty rows.
 //
-// Register block: 4 output channels x 6 vectors of 16 positions = 24 accumulators; per input
-// channel and tap, 6 input loads, 4 weight broadcasts and 24 FMAs.
+// Register block: 4 output channels x 5 vectors of 16 positions = 20 accumulators; per input
+// channel and tap, 5 input loads, 4 weight broadcasts and 20 FMAs. (6 vectors, 24 accumulators,
+// left GCC too few of the 32 registers: it spilled inside the loop.)
 //
 //   forward:        y[k, p, q] = b[k] + z[k, p, q] + sum_{c, r, s} w[k, c, r, s] x[c, 2p+r-1, 2q+s-1]
 //                   over the 4 parity planes of x (9 taps).
@@ -29,14 +30,16 @@ namespace jem::cpu {
 // True when g is a 3x3, pad-1, stride-2 convolution and this CPU has AVX-512F.
 bool s2flat_applies(const ConvGeom& g);
 
-// Images per chunk when `threads` threads share g.N images: whole chunks of about 2048 output
-// positions, but at least one chunk per thread.
+// Images per chunk when `threads` threads share g.N images: at most ceil(N / threads) images (so
+// that every thread gets work where N allows), about 2048 output positions and 1 MiB of input.
 int s2flat_chunk_images(const ConvGeom& g, int threads);
 
 // Forward. wp: s2flat_forward_packed_size(g) floats from s2flat_forward_pack(g, w, wp);
 // scratch: s2flat_forward_scratch_size(g, B) floats per thread for chunks of B images.
 // s2flat_forward_chunk computes images [n0, min(n0 + B, N)) of y (and adds b, z: either may be
 // null).
+// Precondition of the chunk functions: s2flat_applies(g) (the caller checks, outside its OpenMP
+// region).
 std::size_t s2flat_forward_packed_size(const ConvGeom& g);
 void s2flat_forward_pack(const ConvGeom& g, const float* w, float* wp);
 std::size_t s2flat_forward_scratch_size(const ConvGeom& g, int B);

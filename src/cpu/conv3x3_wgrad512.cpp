@@ -17,6 +17,8 @@
 #endif
 
 namespace jem::cpu {
+
+#if JEM_WGRAD512
 namespace {
 
 using flat::kV;
@@ -69,14 +71,8 @@ void pack_chunk(const ConvGeom& g, const flat::InputGeom& ig, const float* x, co
 
 }  // namespace
 
-#if JEM_WGRAD512
 
 namespace {
-
-bool cpu_has_avx512f() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
 
 // The sum of a vector's 16 lanes. (GCC 12's _mm512_reduce_add_ps and unmasked 512-bit shuffles
 // start from _mm512_undefined_ps, which -Wuninitialized flags inside GCC's own header; the
@@ -154,7 +150,7 @@ void chunk_passes(const ConvGeom& g, const flat::InputGeom& ig, std::int64_t len
 
 bool wgrad512_applies(const ConvGeom& g) {
   return g.R == 3 && g.S == 3 && (g.stride == 1 || g.stride == 2) && g.pad_h == 1 && g.pad_w == 1 &&
-         cpu_has_avx512f();
+         flat::cpu_has_avx512f();
 }
 
 std::size_t wgrad512_scratch_size(const ConvGeom& g, int images) {
@@ -163,13 +159,12 @@ std::size_t wgrad512_scratch_size(const ConvGeom& g, int images) {
 
 void wgrad512_images(const ConvGeom& g, const float* x, const float* dy, int n0, int n1, float* scratch,
                      float* dw, float* db) {
-  JEM_CHECK(wgrad512_applies(g), "wgrad512_images: not a 3x3 pad-1 stride-1/2 convolution on an AVX-512 CPU");
   if (n1 <= n0) return;
   const int B = chunk_images(g, n1 - n0);
   const flat::InputGeom ig(g, B, kV);
   // Every channel's row starts on a cache line (L and Lx are multiples of 16 floats), so the dy
   // loads never split one.
-  float* dyb = scratch + (kV - reinterpret_cast<std::uintptr_t>(scratch) / sizeof(float) % kV) % kV;
+  float* dyb = flat::align64(scratch);
   float* xb = dyb + static_cast<std::int64_t>(g.K) * ig.L;
   for (int n = n0; n < n1; n += B) {
     const int b = std::min(B, n1 - n);

@@ -35,6 +35,7 @@ std::size_t wgrad512_scratch_size(const ConvGeom& g, int images);
 // dw[K, C, 3, 3] += sum_n dw_n; db[K] += sum_n sum_{p,q} dy_n (db may be null).
 // scratch: wgrad512_scratch_size(g, n1 - n0) floats. The order of the sums depends only on g and
 // on [n0, n1), so a fixed split of the images gives the same result every run.
+// Precondition: wgrad512_applies(g) (the caller checks, outside its OpenMP region).
 void wgrad512_images(const ConvGeom& g, const float* x, const float* dy, int n0, int n1,
                      float* scratch, float* dw, float* db);
 

@@ -83,7 +83,8 @@ class CpuBackend final : public Backend {
                       float noise_std, bool clamp, const NoiseKey& key) override;
 
  private:
-  // Per-thread scratch (im2col columns, partial weight gradients). Grown on first use of a
+  // Per-thread scratch (im2col columns, padded images and flat chunks of the direct kernels,
+  // packed weights, partial weight gradients; slots in conv2d.cpp). Grown on first use of a
   // shape and then reused: after the first iteration the training loop allocates nothing.
   float* scratch(int thread, int slot, std::size_t n);
 

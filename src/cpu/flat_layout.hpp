@@ -1,5 +1,5 @@
 // The "flat" layout of a chunk of images that the AVX-512 3x3 kernels share
-// (conv3x3_wgrad512.hpp, conv3x3_s2_flat512.hpp).
+// (conv3x3_wgrad512.hpp, conv3x3_s2_flat512.hpp, conv3x3_cvec512.hpp), and their helpers.
 //
 // Each image of a channel is stored in a block of Hb rows of Wb floats, the blocks of the chunk's
 // images back to back, so that a 3x3 tap is one fixed offset from any output position, across
@@ -24,14 +24,31 @@ constexpr int kV = 16;  // floats per AVX-512 register
 
 inline std::int64_t round_up(std::int64_t n, std::int64_t m) { return (n + m - 1) / m * m; }
 
-// An image row (7 to 32 floats here): a loop the compiler vectorises in place, where memcpy's
-// call and size dispatch cost as much as the copy.
+// The first float of p (or after it) on a 64-byte boundary, so that rows whose length is a
+// multiple of kV floats start on cache lines. Scratch sizes include kV floats for it.
+inline float* align64(float* p) {
+  return p + (kV - reinterpret_cast<std::uintptr_t>(p) / sizeof(float) % kV) % kV;
+}
+
+// Whether this CPU runs AVX-512F (the kernels that use this layout need it).
+inline bool cpu_has_avx512f() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// An image row (7 to 32 floats in the Wide-ResNets): a loop the compiler vectorises in place,
+// where memcpy's call and size dispatch cost as much as the copy.
 inline void copy_row(const float* src, int n, float* dst) {
 #pragma omp simd
   for (int i = 0; i < n; ++i) dst[i] = src[i];
 }
 
-// The input planes of a chunk of B images of g: [planes][C][Lx].
+// The input planes of a chunk of B images of g: [planes][C][Lx]. g: 3x3, pad 1, stride 1 or 2
+// (the callers check; any other stride would be laid out as stride 2).
 struct InputGeom {
   int Hb = 0, Wb = 0;   // rows and row width of one image's block
   int planes = 1;       // 1 (stride 1) or 4 (stride 2)
