@@ -172,6 +172,13 @@ void CudaBackend::synchronize() {
   sync_and_check();
 }
 
+std::int64_t CudaBackend::device_memory_used_bytes() const {
+  bind();
+  std::size_t free_b = 0, total_b = 0;
+  JEM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return static_cast<std::int64_t>(total_b - free_b);
+}
+
 // Without a profiler attached these do nothing. A profiler's refusal must not stop a benchmark:
 // its result is ignored (and cleared, so that the next check does not report it).
 void CudaBackend::profiler_start() {

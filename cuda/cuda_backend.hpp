@@ -65,6 +65,9 @@ class CudaBackend final : public Backend {
     return static_cast<std::int64_t>(peak_allocated_bytes(device_));
   }
   MemoryCounters memory_counters() const override { return allocation_counts(device_); }
+  // total - free from cudaMemGetInfo on this backend's device: also the CUDA context, cuBLAS'
+  // and cuDNN's internal memory, which peak_memory_bytes does not see.
+  std::int64_t device_memory_used_bytes() const override;
 
  protected:
   void fill_impl(const Tensor& t, float value) override;

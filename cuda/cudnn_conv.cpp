@@ -98,20 +98,29 @@ bool uses_tensor_cores(cudnnMathType_t m) {
 // works does it fall back to the fastest non-deterministic one. In FP32 mode it also prefers
 // results timed with FMA math: the search may time an algorithm with CUDNN_DEFAULT_MATH too,
 // which on sm_80+ lets TF32 kernels in, and the chosen algorithm runs with FMA math (a
-// default-math result is taken only when no FMA one qualifies).
+// default-math result is taken only when no FMA one qualifies; its time may then be a TF32
+// kernel's, so the FP32 choice can be slower than the best FMA algorithm: JEM_CUDNN_VERBOSE
+// shows the math each choice was timed with).
+//
+// Returns the indices of the qualifying results, best first (each at most once): search()
+// takes the first one whose workspace query succeeds under the math type it will run with.
 template <typename Perf>
-const Perf* pick(const std::vector<Perf>& perf, int returned, bool fp32, bool want_deterministic) {
+std::vector<int> candidates(const std::vector<Perf>& perf, int returned, bool fp32, bool want_deterministic) {
+  std::vector<int> order;
+  std::vector<bool> taken(std::size_t(std::max(returned, 0)), false);
   for (int pass = want_deterministic ? 0 : 1; pass < 2; ++pass)
     for (int strict = fp32 ? 1 : 0; strict >= 0; --strict)
       for (int i = 0; i < returned; ++i) {
         const Perf& p = perf[std::size_t(i)];
+        if (taken[std::size_t(i)]) continue;
         if (p.status != CUDNN_STATUS_SUCCESS || p.memory > ConvEngine::kMaxWorkspace) continue;
         if (fp32 && uses_tensor_cores(p.mathType)) continue;
         if (strict && p.mathType != CUDNN_FMA_MATH) continue;
         if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC) continue;
-        return &p;
+        taken[std::size_t(i)] = true;
+        order.push_back(i);
       }
-  return nullptr;
+  return order;
 }
 
 // log2 of a pointer's alignment, capped at 8 (256 bytes, cudaMalloc's), in 4 bits per pointer
@@ -225,17 +234,43 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   count_transient_allocation();  // the search's buffers, for Backend::memory_counters
   SearchBuffer ws;
   int count = 0, returned = 0;
-  cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+  cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;  // the chosen one runs with
+  cudnnMathType_t timed_math = math;  // ... and was timed with
   const char* chosen_determinism = "";
   float ms = 0.0f;
-  std::size_t searched_memory = 0;  // the workspace the search ran the chosen algorithm with
-  // The chosen result of any of the three searches (their perf structs share these fields).
-  auto take = [&](const auto& best) {
-    p.algo = int(best.algo);
-    math = best.mathType;
-    ms = best.time;
-    searched_memory = best.memory;
-    chosen_determinism = best.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+  // The workspace `algo` needs when run with `run_math` (set on the descriptor, where it stays
+  // for the chosen one). The size query, not only the search's figure: the two can differ (the
+  // math type is set again here), and too small a workspace makes the call fail where too large
+  // costs only memory, so the plan takes the larger.
+  auto workspace_query = [&](int algo, cudnnMathType_t run_math, std::size_t* need) {
+    JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, run_math));
+    if (op == Op::Forward || op == Op::ForwardAdd)
+      return cudnnGetConvolutionForwardWorkspaceSize(handle_, p.x.d, p.w.d, p.conv.d, p.y.d,
+                                                     cudnnConvolutionFwdAlgo_t(algo), need);
+    if (op == Op::BackwardData)
+      return cudnnGetConvolutionBackwardDataWorkspaceSize(handle_, p.w.d, p.y.d, p.conv.d, p.x.d,
+                                                          cudnnConvolutionBwdDataAlgo_t(algo), need);
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(handle_, p.x.d, p.y.d, p.conv.d, p.w.d,
+                                                          cudnnConvolutionBwdFilterAlgo_t(algo), need);
+  };
+  // The first qualifying result (see candidates()) that cuDNN also accepts with the math type it
+  // will run with (in FP32 mode FMA math, always; else the math it was timed with). The three
+  // searches' perf structs share these fields.
+  auto choose = [&](const auto& perf) -> bool {
+    for (const int i : candidates(perf, returned, fp32, fp32)) {
+      const auto& r = perf[std::size_t(i)];
+      const cudnnMathType_t run_math = fp32 ? CUDNN_FMA_MATH : r.mathType;
+      std::size_t need = 0;
+      if (workspace_query(int(r.algo), run_math, &need) != CUDNN_STATUS_SUCCESS) continue;
+      p.algo = int(r.algo);
+      p.workspace = std::max(need, r.memory);
+      math = run_math;
+      timed_math = r.mathType;
+      ms = r.time;
+      chosen_determinism = r.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic";
+      return true;
+    }
+    return false;
   };
 
   if (op == Op::Forward || op == Op::ForwardAdd) {
@@ -244,9 +279,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     JEM_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(handle_, p.x.d, a, p.w.d, b, p.conv.d,
                                                            p.y.d, out, count, &returned,
                                                            perf.data(), ws.ptr, ws.bytes));
-    const auto* best = pick(perf, returned, fp32, fp32);
-    JEM_CHECK(best, "conv2d_forward: cuDNN found no usable algorithm for ", describe(g));
-    take(*best);
+    JEM_CHECK(choose(perf), "conv2d_forward: cuDNN found no usable algorithm for ", describe(g));
   } else if (op == Op::BackwardData) {
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle_, &count));
     std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
@@ -255,9 +288,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
                                                                 p.conv.d, p.x.d, out, count,
                                                                 &returned, perf.data(), ws.ptr,
                                                                 ws.bytes));
-    const auto* best = pick(perf, returned, fp32, fp32);
-    JEM_CHECK(best, "conv2d_backward_data: cuDNN found no usable algorithm for ", describe(g));
-    take(*best);
+    JEM_CHECK(choose(perf), "conv2d_backward_data: cuDNN found no usable algorithm for ", describe(g));
   } else {
     JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(handle_, &count));
     std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::size_t(std::max(count, 1)));
@@ -272,34 +303,18 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
         &returned, perf.data(), ws.ptr, ws.bytes);
     cudaFree(scratch);
     JEM_CUDNN_CHECK(st);
-    const auto* best = pick(perf, returned, fp32, fp32);
-    JEM_CHECK(best, "conv2d_backward_filter: cuDNN found no usable algorithm for ", describe(g));
-    take(*best);
+    JEM_CHECK(choose(perf), "conv2d_backward_filter: cuDNN found no usable algorithm for ", describe(g));
   }
 
-  // Run with the math type the algorithm was timed with; in FP32 mode FMA math, always.
-  JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, fp32 ? CUDNN_FMA_MATH : math));
-  std::size_t need = 0;
-  if (op == Op::Forward || op == Op::ForwardAdd)
-    JEM_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(
-        handle_, p.x.d, p.w.d, p.conv.d, p.y.d, cudnnConvolutionFwdAlgo_t(p.algo), &need));
-  else if (op == Op::BackwardData)
-    JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
-        handle_, p.w.d, p.y.d, p.conv.d, p.x.d, cudnnConvolutionBwdDataAlgo_t(p.algo), &need));
-  else
-    JEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
-        handle_, p.x.d, p.y.d, p.conv.d, p.w.d, cudnnConvolutionBwdFilterAlgo_t(p.algo), &need));
-  // The size query for the chosen algorithm and math type, but never less than the search ran it
-  // with: the two can differ (the math type is set again above), and too small a workspace
-  // makes the call fail where too large costs only memory.
-  p.workspace = std::max(need, searched_memory);
   p.searched_algo = p.algo;
   p.searched_workspace = p.workspace;
-  p.searched_math = fp32 ? CUDNN_FMA_MATH : math;
+  p.searched_math = math;
   if (verbose_)
-    std::fprintf(stderr, "jem: cuDNN %s %s: algo %d (%s, %s math, %.3f ms, %zu KiB workspace)\n",
-                 op_name(int(op)), describe(g).c_str(), p.algo, chosen_determinism,
-                 fp32 ? "FMA" : math_name(math), double(ms), p.workspace >> 10);
+    std::fprintf(stderr,
+                 "jem: cuDNN %s %s: algo %d (%s, runs with %s math, %.3f ms timed with %s math, "
+                 "%zu KiB workspace)\n",
+                 op_name(int(op)), describe(g).c_str(), p.algo, chosen_determinism, math_name(math),
+                 double(ms), math_name(timed_math), p.workspace >> 10);
 }
 
 void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, const float* b,

@@ -9,7 +9,8 @@
 #     TF32 (the 0.30 s target; JEM_CUDNN_VERBOSE=1 logs cuDNN's choices); the time per kernel of
 #     one timed iteration (Nsight Systems, else Nsight Compute: the custom kernels' share); the
 #     NCCL checks (scripts/nccl-check.sh); bench/compare.sh against PyTorch when python3 has a
-#     CUDA PyTorch; jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; the CPU
+#     CUDA PyTorch; jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
+#     graph-API fusions (bench/cudnn_fusion_probe); the CPU
 #     tests (not the crash test, which CI runs, nor the mpirun tests); the cuDNN algorithms of the
 #     Wide-ResNet tests; the custom kernels' tests under compute-sanitizer memcheck.
 #
@@ -255,6 +256,15 @@ if [[ -d "$build/bench" ]]; then
     run_step "$name" 90 sh -c '"$@" --benchmark_format=json >"$0"' "$out/$name.json" "$exe" "${filter[@]}"
     bench_files+=("$name.json")
   done < <(find "$build/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
+fi
+
+# cuDNN's graph-API fusions of the model's elementwise passes (bench/cudnn_fusion_probe.cpp):
+# which patterns build per layout on this GPU, each fused plan's time against the backend's
+# current ops, and their agreement; also this GPU's cuDNN device properties, for deviceless
+# probing elsewhere (configs/devices/h200.json was written from the H200's specifications).
+if [[ -x "$build/bench/cudnn_fusion_probe" ]]; then
+  run_step cudnn_fusion 90 "$build/bench/cudnn_fusion_probe" --time --candidates 1 \
+    --json "$out/cudnn_fusion.json" --save-device-properties "$out/device_properties.json"
 fi
 
 # With the time left: the CPU tests on this machine (CI runs them too; here they check the

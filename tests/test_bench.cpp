@@ -190,6 +190,7 @@ TEST(Bench, TimesEveryPhaseOfEveryIteration) {
                    jem_iteration_flops(w, 2, 2, 8).total());
   EXPECT_DOUBLE_EQ(r.peak_device_flops, 0.0); // a CPU: unknown
   EXPECT_GT(r.peak_memory_bytes, 0);          // VmHWM of this process
+  EXPECT_EQ(r.device_memory_used_bytes, -1);  // no device: not measured (null in the JSON)
   EXPECT_EQ(r.timed_allocations, 0);          // every buffer exists after the warm-up
 }
 
@@ -228,7 +229,65 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   EXPECT_EQ(h["targets"]["at_least_3x_pytorch"], true);
   EXPECT_EQ(h["targets"]["iteration_at_most_0.30_s"], jem_ms <= 300.0);
   EXPECT_TRUE(h["kernel_profile"].is_null());  // no profile written
+  EXPECT_TRUE(h["cudnn_fusion"].is_null());    // no fusion probe written
   EXPECT_TRUE(h["targets"]["custom_kernels_under_5_percent"].is_null());
+  fs::remove_all(dir);
+}
+
+// The 24 GiB target counts the device's own in-use reading (context and libraries included) when
+// it exceeds jem's registry peak: a small registry peak alone does not pass it.
+TEST(Bench, GpuCheckHeadlinesMemoryTargetCountsTheDeviceReading) {
+  const std::string dir = jem::test::temp_dir("headlines_memory");
+  auto be = make_cpu_backend(1);
+  const TrainConfig c = tiny_config();
+  const BenchOptions opt{1, 0};
+  auto j = nlohmann::json::parse(bench_json(run_bench(*be, c, opt), c, opt));
+  EXPECT_TRUE(j["device_memory_used_bytes"].is_null());  // the CPU backend: not a device
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  for (const double used_gib : {2.0, 25.0}) {
+    j["peak_memory_bytes"] = std::int64_t(1.5 * gib);
+    j["device_memory_used_bytes"] = std::int64_t(used_gib * gib);
+    std::ofstream(dir + "/jem_bench_wrn28x10_tf32.json") << j.dump();
+    std::string out;
+    ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
+                                     &out),
+              0)
+        << out;
+    const auto h = nlohmann::json::parse(out);
+    EXPECT_NEAR(h["jem_bench"]["wrn28x10_tf32"]["device_memory_used_gib"].get<double>(), used_gib, 1e-9);
+    EXPECT_EQ(h["targets"]["peak_memory_under_24_gib"], used_gib < 24.0) << used_gib;
+  }
+  fs::remove_all(dir);
+}
+
+// The fused-convolution probe's results (bench/cudnn_fusion_probe --time), grouped per pattern
+// and layout: how many shapes ran fused, the median speed-up, the worst disagreement.
+TEST(Bench, GpuCheckHeadlinesFusionSummary) {
+  const std::string dir = jem::test::temp_dir("headlines_fusion");
+  auto result = [](const char* shape, const char* layout, nlohmann::json timing) {
+    return nlohmann::json{{"shape", shape}, {"pattern", "conv+bias+lrelu"}, {"layout", layout}, {"timing", timing}};
+  };
+  const nlohmann::json j{{"results",
+                          {result("a", "NHWC", {{"speedup", 1.5}, {"max_error_over_rms", 0.002}}),
+                           result("b", "NHWC", {{"speedup", 2.5}, {"max_error_over_rms", 0.004}}),
+                           result("c", "NHWC", {{"speedup", 0.5}, {"max_error_over_rms", 0.001}}),
+                           result("a", "NCHW", {{"fused", "unsupported: no engine configuration proposed"}})}}};
+  std::ofstream(dir + "/cudnn_fusion.json") << j.dump();
+  std::string out;
+  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
+                                   &out),
+            0)
+      << out;
+  const auto h = nlohmann::json::parse(out)["cudnn_fusion"];
+  const auto& nhwc = h["conv+bias+lrelu NHWC"];
+  EXPECT_EQ(nhwc["ran"], 3);
+  EXPECT_EQ(nhwc["of"], 3);
+  EXPECT_DOUBLE_EQ(nhwc["median_speedup"].get<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(nhwc["max_error_over_rms"].get<double>(), 0.004);
+  const auto& nchw = h["conv+bias+lrelu NCHW"];
+  EXPECT_EQ(nchw["ran"], 0);
+  EXPECT_EQ(nchw["of"], 1);
+  EXPECT_TRUE(nchw["median_speedup"].is_null());
   fs::remove_all(dir);
 }
 

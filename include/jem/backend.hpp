@@ -84,6 +84,10 @@ class Backend {
   // The default, for backends whose tensors live in host memory, is the process's peak resident
   // set (VmHWM in /proc/self/status); a device backend reports its allocator's peak instead.
   virtual std::int64_t peak_memory_bytes() const;
+  // Bytes in use on the backend's device as its driver reports them now (every allocation of
+  // every library in every process on it, and the context), or -1 where that means nothing
+  // (the CPU backend, whose peak_memory_bytes already is the process's whole footprint).
+  virtual std::int64_t device_memory_used_bytes() const { return -1; }
   // The CPU backend counts its own tensors; the CUDA backend counts everything allocated on its
   // device through it and other CUDA backends of the process (tensors, cuDNN workspace,
   // reduction scratch; not the CUDA context or the libraries' internal memory).

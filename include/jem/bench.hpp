@@ -56,6 +56,9 @@ struct BenchResult {
   IterationTraffic traffic;            // the elementwise passes' bytes (flops.hpp)
   double peak_device_bandwidth = 0;    // bytes/s; 0: unknown
   std::int64_t peak_memory_bytes = -1; // Backend::peak_memory_bytes()
+  // Backend::device_memory_used_bytes() after the timed iterations (-1: not a device backend):
+  // what the whole process holds on the GPU, context and libraries included.
+  std::int64_t device_memory_used_bytes = -1;
   // Backend allocations made during the timed iterations (Backend::memory_counters): 0 when the
   // iteration allocates nothing after warm-up, as it must.
   std::int64_t timed_allocations = 0;

@@ -183,6 +183,7 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   }
   backend.profiler_stop();
   r.peak_memory_bytes = backend.peak_memory_bytes();
+  r.device_memory_used_bytes = backend.device_memory_used_bytes();
   r.timed_allocations = backend.memory_counters().allocations - allocations_before;
   return r;
 }
@@ -237,6 +238,9 @@ std::string bench_json(const BenchResult &r, const TrainConfig &cfg,
                               : json(nullptr);
   j["peak_memory_bytes"] =
       r.peak_memory_bytes >= 0 ? json(r.peak_memory_bytes) : json(nullptr);
+  j["device_memory_used_bytes"] = r.device_memory_used_bytes >= 0
+                                      ? json(r.device_memory_used_bytes)
+                                      : json(nullptr);
   j["allocations_during_timed_iterations"] = r.timed_allocations;
   j["elementwise_bytes_per_iteration"] = {{"custom", r.traffic.custom},
                                           {"bias", r.traffic.bias}};
@@ -296,6 +300,13 @@ std::string bench_report(const BenchResult &r) {
   if (r.peak_memory_bytes >= 0) {
     std::snprintf(buf, sizeof buf, "peak memory %.1f MiB; ",
                   double(r.peak_memory_bytes) / (1024.0 * 1024.0));
+    os << buf;
+  }
+  if (r.device_memory_used_bytes >= 0) {
+    std::snprintf(buf, sizeof buf,
+                  "%.1f MiB in use on the device (context and libraries "
+                  "included); ",
+                  double(r.device_memory_used_bytes) / (1024.0 * 1024.0));
     os << buf;
   }
   os << r.timed_allocations

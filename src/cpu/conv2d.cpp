@@ -31,6 +31,16 @@
 namespace jem::cpu {
 namespace {
 
+// run(first_image, images, thread) over the stride-2 flat kernels' chunks of images
+// (s2flat_chunk_images each, the last one possibly short), one chunk per task.
+template <class Run>
+void for_each_s2flat_chunk(const ConvGeom& g, int threads, Run&& run) {
+  const int B = s2flat_chunk_images(g, threads);
+  const int chunks = (g.N + B - 1) / B;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int i = 0; i < chunks; ++i) run(i * B, B, omp_get_thread_num());
+}
+
 bool is_pointwise(const ConvGeom& g) {
   return g.R == 1 && g.S == 1 && g.stride == 1 && g.pad_h == 0 && g.pad_w == 0;
 }
@@ -158,12 +168,10 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
   if (use_s2flat(g)) {
     float* wp = scratch(0, kSlotPacked, s2flat_forward_packed_size(g));
     s2flat_forward_pack(g, w, wp);
-    const int B = s2flat_chunk_images(g, threads_);
-    const int chunks = (g.N + B - 1) / B;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int i = 0; i < chunks; ++i)
-      s2flat_forward_chunk(g, x, wp, b, z, i * B, B,
-                           scratch(omp_get_thread_num(), kSlotCol, s2flat_forward_scratch_size(g, B)), y);
+    for_each_s2flat_chunk(g, threads_, [&](int n0, int B, int thread) {
+      s2flat_forward_chunk(g, x, wp, b, z, n0, B,
+                           scratch(thread, kSlotCol, s2flat_forward_scratch_size(g, B)), y);
+    });
     return;
   }
   if (use_direct3x3(g)) {
@@ -252,12 +260,10 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
   if (use_s2flat(g)) {
     float* wq = scratch(0, kSlotPacked, s2flat_data_grad_packed_size(g));
     s2flat_data_grad_pack(g, w, wq);
-    const int B = s2flat_chunk_images(g, threads_);
-    const int chunks = (g.N + B - 1) / B;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int i = 0; i < chunks; ++i)
-      s2flat_data_grad_chunk(g, dy, wq, i * B, B,
-                             scratch(omp_get_thread_num(), kSlotCol, s2flat_data_grad_scratch_size(g, B)), dx);
+    for_each_s2flat_chunk(g, threads_, [&](int n0, int B, int thread) {
+      s2flat_data_grad_chunk(g, dy, wq, n0, B,
+                             scratch(thread, kSlotCol, s2flat_data_grad_scratch_size(g, B)), dx);
+    });
     return;
   }
   if (g.stride == 2 && use_direct3x3(g)) {

@@ -1,0 +1,217 @@
+// cuDNN graph-API fusions (cuda/conv_fusion.hpp).
+//
+// Deviceless (every machine with cuDNN >= 9.8, so CI too): the operation graphs of every pattern
+// are accepted by cuDNN's validation, and plans of the precompiled engines finalize for an H200
+// described by configs/devices/h200.json. On a GPU: every plan that builds computes what the
+// backend's unfused ops compute on the CPU.
+#include <cudnn.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "../../cuda/conv_fusion.hpp"
+#include "../../cuda/cuda_check.hpp"
+#include "cuda_test_support.hpp"
+
+namespace jem::test {
+namespace {
+
+using cuda::FusionPattern;
+using cuda::FusionTarget;
+using cuda::Layout;
+
+ConvGeom conv3x3(int N, int C, int H, int K, int stride) {
+  ConvGeom g;
+  g.N = N, g.C = C, g.H = H, g.W = H, g.K = K, g.R = 3, g.S = 3, g.stride = stride, g.pad_h = 1, g.pad_w = 1;
+  return g;
+}
+
+FusionTarget h200() { return FusionTarget::from_json_file(source_path("configs/devices/h200.json")); }
+
+TEST(CudaConvFusionDeviceless, DevicePropertiesLoadAndRoundTrip) {
+  const FusionTarget t = h200();
+  const std::string j = t.json();
+  const auto parsed = nlohmann::json::parse(j);
+  EXPECT_EQ(parsed.at("multiProcessorCount"), 132) << j;
+  EXPECT_EQ(parsed.at("deviceVer"), 900) << j;  // sm_90
+  EXPECT_EQ(parsed.at("deviceName"), "NVIDIA H200") << j;
+  // What cuDNN serializes loads again.
+  EXPECT_NO_THROW(FusionTarget::from_json(j, "round trip"));
+}
+
+TEST(CudaConvFusionDeviceless, BadDevicePropertiesNameTheFileAndTheMember) {
+  try {
+    FusionTarget::from_json("{}", "my-gpu.json");
+    FAIL() << "empty properties accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("my-gpu.json"), std::string::npos) << m;
+    EXPECT_NE(m.find("maxGridSize"), std::string::npos) << m;  // cuDNN's reason: the first missing member
+  }
+  try {
+    FusionTarget::from_json_file("/nonexistent/gpu.json");
+    FAIL() << "a missing file accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/gpu.json"), std::string::npos) << e.what();
+  }
+}
+
+// cuDNN validates each operation graph (shapes, strides, uids, the ops' attributes) when it is
+// finalized, before any engine or device is involved: a wrong stride, a tensor wired to the
+// wrong port or a missing attribute fails here.
+TEST(CudaConvFusionDeviceless, EveryPatternsGraphIsValid) {
+  const FusionTarget t = h200();
+  for (const ConvGeom& g : {conv3x3(4, 16, 8, 16, 1), conv3x3(4, 16, 8, 32, 2)})
+    for (const FusionPattern p : cuda::all_fusion_patterns())
+      for (const Layout l : {Layout::NCHW, Layout::NHWC}) {
+        const auto s = cuda::probe_fusion(t, p, l, g, 0.2f, 1);
+        EXPECT_EQ(s.graph_status, "ok") << to_string(p) << " " << to_string(l) << " stride " << g.stride;
+      }
+}
+
+// The plain and the bias-fused convolution get plans from precompiled engines (no driver
+// needed), in both layouts, for WRN-28-10 shapes on an H200.
+TEST(CudaConvFusionDeviceless, PrecompiledEnginesPlanConvolutionsForH200) {
+  const FusionTarget t = h200();
+  for (const ConvGeom& g : {conv3x3(64, 160, 32, 160, 1), conv3x3(64, 160, 32, 320, 2)})
+    for (const FusionPattern p : {FusionPattern::Conv, FusionPattern::ConvBias})
+      for (const Layout l : {Layout::NCHW, Layout::NHWC}) {
+        const auto s = cuda::probe_fusion(t, p, l, g, 0.2f, 2);
+        const std::string what = std::string(to_string(p)) + " " + to_string(l) + " stride " + std::to_string(g.stride);
+        EXPECT_GT(s.configs, 0) << what;
+        ASSERT_FALSE(s.candidates.empty()) << what;
+        EXPECT_TRUE(s.any_plan(true)) << what << ": " << s.candidates[0].status << " " << s.candidates[0].reason;
+        for (const auto& c : s.candidates) {
+          if (c.plan_built) {
+            EXPECT_GE(c.workspace, 0) << what;
+          }
+        }
+      }
+}
+
+// ---- on a GPU ------------------------------------------------------------------------------------
+
+Vec random_vec(std::size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  Vec v(n);
+  for (float& f : v) f = nd(rng);
+  return v;
+}
+
+struct DeviceVec {
+  float* p = nullptr;
+  explicit DeviceVec(const Vec& v) {
+    JEM_CUDA_CHECK(cudaMalloc(&p, std::max<std::size_t>(v.size(), 1) * sizeof(float)));
+    JEM_CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  ~DeviceVec() { cudaFree(p); }
+  DeviceVec(const DeviceVec&) = delete;
+  DeviceVec& operator=(const DeviceVec&) = delete;
+  Vec get(std::size_t n) const {
+    Vec v(n);
+    JEM_CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return v;
+  }
+};
+
+double norm(const Vec& v) {
+  double s = 0;
+  for (float f : v) s += double(f) * f;
+  return std::sqrt(s);
+}
+
+// Every fused plan that builds against the CPU backend's unfused ops (cuda::run_unfused).
+//
+// Tolerance: the pointwise tail (bias and residual adds, LeakyReLU or its gradient) is
+// 1-Lipschitz in the convolution's output and rounds once or twice in fp32, so
+//   ||fused - cpu|| <= ||conv error|| + 4 u ||cpu||,
+// and the convolution's error is bounded as in the backend tests (sum_tol: TF32 for
+// tensor-core engines, FP32 otherwise) relative to the norm of the convolution's own output,
+// with the RSS ratio computed from the convolution of squared inputs.
+TEST(CudaConvFusion, FusedPlansMatchTheCpuBackend) {
+  JEM_SKIP_WITHOUT_CUDA();
+  cudnnHandle_t handle = nullptr;
+  JEM_CUDNN_CHECK(cudnnCreate(&handle));
+  auto cpu = make_backend("cpu", 1);
+  const float slope = 0.2f;
+  std::mt19937 rng(11);
+  int built = 0;
+  for (const ConvGeom& g : {conv3x3(2, 16, 8, 16, 1), conv3x3(2, 16, 8, 32, 2)}) {
+    const int P = g.P(), Q = g.Q();
+    const std::size_t nx = std::size_t(g.N) * g.C * g.H * g.W, ny = std::size_t(g.N) * g.K * P * Q,
+                      nw = std::size_t(g.K) * g.C * 9;
+    for (const FusionPattern p : cuda::all_fusion_patterns()) {
+      const bool backward = p == FusionPattern::DgradDrelu || p == FusionPattern::DgradDreluAdd;
+      const Vec x = random_vec(nx, rng), w = random_vec(nw, rng), b = random_vec(std::size_t(g.K), rng),
+                z = random_vec(backward ? nx : ny, rng), dy = random_vec(ny, rng);
+      // The CPU reference, and the bare convolution (of the data and of its squares) for the
+      // tolerance.
+      const Shape xs{g.N, g.C, g.H, g.W}, ys{g.N, g.K, P, Q};
+      cuda::PatternTensors t{cpu->empty(xs), cpu->empty({g.K, g.C, 3, 3}), cpu->empty({g.K}),
+                             cpu->empty(backward ? xs : ys), cpu->empty(ys), cpu->empty(ys),
+                             cpu->empty(ys), cpu->empty(xs), cpu->empty(xs)};
+      cpu->upload(x.data(), t.x);
+      cpu->upload(w.data(), t.w);
+      cpu->upload(b.data(), t.b);
+      cpu->upload(z.data(), t.z);
+      cpu->upload(dy.data(), t.dy);
+      cuda::run_unfused(*cpu, p, g, slope, t);
+      const Vec want = cpu->to_vector(backward ? t.dx : t.y);
+      cuda::PatternTensors c2{backward ? cpu->empty(xs) : t.x, t.w, t.b, t.z, t.dy, cpu->empty(ys),
+                              cpu->empty(ys), cpu->empty(xs), cpu->empty(xs)};
+      auto conv_only = [&](const Vec& a, const Vec& ww) {
+        cpu->upload(a.data(), backward ? c2.dy : c2.x);
+        cpu->upload(ww.data(), c2.w);
+        cuda::run_unfused(*cpu, backward ? FusionPattern::DgradDrelu : FusionPattern::Conv, g, 1.0f, c2);
+        return cpu->to_vector(backward ? c2.dx : c2.y);  // slope 1: the bare dgrad
+      };
+      if (backward) cpu->fill(c2.x, 1.0f);  // mask > 0 everywhere: lrelu' = 1
+      const Vec conv = conv_only(backward ? dy : x, w);
+      const Vec conv_sq = conv_only(squares(backward ? dy : x), squares(w));
+
+      for (const Layout l : {Layout::NCHW, Layout::NHWC}) {
+        const std::string what = std::string(to_string(p)) + " " + to_string(l) + " stride " + std::to_string(g.stride);
+        std::string why;
+        auto fused = cuda::FusedConv::build(handle, p, l, g, slope, /*allow_tensor_cores=*/true, &why);
+        if (!fused) {
+          std::printf("[ info ] %s: no plan (%s)\n", what.c_str(), why.c_str());
+          continue;
+        }
+        ++built;
+        DeviceVec dx_(cuda::from_nchw(x, g.N, g.C, g.H, g.W, l)), dw_(cuda::from_nchw(w, g.K, g.C, 3, 3, l)),
+            db_(b), dz_(backward ? cuda::from_nchw(z, g.N, g.C, g.H, g.W, l) : cuda::from_nchw(z, g.N, g.K, P, Q, l)),
+            ddy_(cuda::from_nchw(dy, g.N, g.K, P, Q, l)), out(Vec(backward ? nx : ny, std::nanf(""))),
+            pre(Vec(ny, std::nanf(""))), ws(Vec(fused->workspace_bytes() / sizeof(float) + 1));
+        cuda::FusedConv::Args a;
+        if (backward) a.dy = ddy_.p, a.w = dw_.p, a.m = dx_.p, a.z = dz_.p, a.dx = out.p;
+        else a.x = dx_.p, a.w = dw_.p, a.b = db_.p, a.z = dz_.p, a.y = out.p, a.t = pre.p;
+        fused->run(handle, a, ws.p);
+        JEM_CUDA_CHECK(cudaDeviceSynchronize());
+        const Vec got = backward ? cuda::to_nchw(out.get(nx), g.N, g.C, g.H, g.W, l)
+                                 : cuda::to_nchw(out.get(ny), g.N, g.K, P, Q, l);
+        Vec diff(got.size());
+        for (std::size_t i = 0; i < got.size(); ++i) diff[i] = got[i] - want[i];
+        const int k = backward ? g.K * 9 : g.C * 9;
+        const double bound = sum_tol(MathMode::TF32, k, rss_ratio(conv_sq, conv)) * norm(conv) + 4 * kU * norm(want);
+        EXPECT_LE(norm(diff), bound) << what << " (engine " << fused->engine() << ")";
+        if (p == FusionPattern::ConvBiasAddLrelu) {  // the pre-activation output too
+          const Vec t_got = cuda::to_nchw(pre.get(ny), g.N, g.K, P, Q, l);
+          const Vec t_want = cpu->to_vector(t.t);
+          Vec dt(t_got.size());
+          for (std::size_t i = 0; i < dt.size(); ++i) dt[i] = t_got[i] - t_want[i];
+          EXPECT_LE(norm(dt), bound) << what << " (t)";
+        }
+      }
+    }
+  }
+  // The plain convolution runs in every layout on every GPU cuDNN supports.
+  EXPECT_GE(built, 2);
+  cudnnDestroy(handle);
+}
+
+}  // namespace
+}  // namespace jem::test
