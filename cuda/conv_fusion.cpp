@@ -15,6 +15,7 @@
 
 #include <cudnn.h>
 
+#include <algorithm>
 #include <deque>
 #include <fstream>
 #include <sstream>
@@ -161,10 +162,6 @@ void pointwise_op(GraphParts& parts, cudnnPointwiseMode_t mode, double slope, co
   parts.op(std::move(op));
 }
 
-bool is_backward(FusionPattern p) {
-  return p == FusionPattern::DgradDrelu || p == FusionPattern::DgradDreluAdd;
-}
-
 // The uids a pattern's variant pack binds, in the order of FusedConv::Args' use.
 std::vector<std::int64_t> uids_of(FusionPattern p) {
   switch (p) {
@@ -185,10 +182,22 @@ struct Graph {
   Desc og{CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR};
 };
 
+std::unique_ptr<Graph> build_graph(FusionPattern pattern, Layout l, const ConvGeom& g, float slope,
+                                   cudnnHandle_t handle);
+
 // The operation graph of `pattern` (bound to `handle` when given: a plan built on a device).
-// Throws Refused when cuDNN refuses the graph itself.
+// Throws Refused when cuDNN refuses the graph or one of its operations.
 std::unique_ptr<Graph> graph(FusionPattern pattern, Layout l, const ConvGeom& g, float slope,
                              cudnnHandle_t handle) {
+  try {
+    return build_graph(pattern, l, g, slope, handle);
+  } catch (const Error& e) {
+    throw Refused{e.what()};
+  }
+}
+
+std::unique_ptr<Graph> build_graph(FusionPattern pattern, Layout l, const ConvGeom& g, float slope,
+                                   cudnnHandle_t handle) {
   auto result = std::make_unique<Graph>();
   GraphParts& parts = result->parts;
   const std::vector<std::int64_t> xd{g.N, g.C, g.H, g.W}, yd{g.N, g.K, g.P(), g.Q()},
@@ -349,6 +358,19 @@ const char* to_string(FusionPattern p) {
 
 const char* to_string(Layout l) { return l == Layout::NCHW ? "NCHW" : "NHWC"; }
 
+bool is_backward(FusionPattern p) {
+  return p == FusionPattern::DgradDrelu || p == FusionPattern::DgradDreluAdd;
+}
+
+FusionPattern fusion_pattern_from_string(const std::string& name) {
+  for (const FusionPattern p : all_fusion_patterns())
+    if (name == to_string(p)) return p;
+  JEM_FAIL("unknown fusion pattern '", name, "' (conv, conv+bias, conv+bias+lrelu, conv+bias+add+lrelu, ",
+           "dgrad+drelu, dgrad+drelu+add)");
+}
+
+bool deviceless_supported() { return cudnnGetVersion() >= 90800; }
+
 std::vector<FusionPattern> all_fusion_patterns() {
   return {FusionPattern::Conv,           FusionPattern::ConvBias,   FusionPattern::ConvBiasLrelu,
           FusionPattern::ConvBiasAddLrelu, FusionPattern::DgradDrelu, FusionPattern::DgradDreluAdd};
@@ -357,6 +379,8 @@ std::vector<FusionPattern> all_fusion_patterns() {
 // ---- FusionTarget --------------------------------------------------------------------------------
 
 FusionTarget FusionTarget::from_json(const std::string& json, const std::string& what) {
+  JEM_CHECK(deviceless_supported(), what, ": cuDNN ", cudnnGetVersion(),
+            " cannot build plans from device properties (9.8 or later)");
   Desc d(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR);
   cudnnStatus_t st = cudnnBackendSetAttribute(d.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION,
                                               CUDNN_TYPE_CHAR, std::int64_t(json.size()), json.data());
@@ -377,8 +401,13 @@ FusionTarget FusionTarget::from_json_file(const std::string& path) {
 }
 
 FusionTarget FusionTarget::from_handle(cudnnContext* handle) {
+  JEM_CHECK(deviceless_supported(), "cuDNN ", cudnnGetVersion(), " has no device-property descriptors (9.8 or later)");
+  int device = 0;
+  JEM_CUDA_CHECK(cudaGetDevice(&device));
+  const std::int64_t id = device;
   Desc d(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR);
-  d.set(CUDNN_ATTR_DEVICEPROP_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  d.set(CUDNN_ATTR_DEVICEPROP_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle)
+      .set(CUDNN_ATTR_DEVICEPROP_DEVICE_ID, CUDNN_TYPE_INT64, 1, &id);
   d.finalize("device properties of the handle's device");
   FusionTarget t;
   t.desc_ = d.release();
@@ -414,6 +443,10 @@ bool FusionSupport::any_plan(bool allow_tensor_cores) const {
   return false;
 }
 
+namespace {
+void probe_engines(FusionSupport& s, const Graph& gr, const FusionTarget& target, int max_candidates);
+}  // namespace
+
 FusionSupport probe_fusion(const FusionTarget& target, FusionPattern pattern, Layout layout,
                            const ConvGeom& g, float slope, int max_candidates) {
   FusionSupport s;
@@ -428,8 +461,26 @@ FusionSupport probe_fusion(const FusionTarget& target, FusionPattern pattern, La
     return s;
   }
   s.graph_status = "ok";
-  std::vector<Desc> cfgs = engine_configs(gr->og, &target);
+  try {
+    probe_engines(s, *gr, target, max_candidates);
+  } catch (const Error& e) {  // a refusal past the graph (a configuration's attributes, say)
+    s.graph_status = std::string("ok; then: ") + e.what();
+  }
+  return s;
+}
+
+namespace {
+// The heuristics' configurations of a finalized graph, their engines, and up to max_candidates
+// plans.
+void probe_engines(FusionSupport& s, const Graph& gr, const FusionTarget& target, int max_candidates) {
+  std::vector<Desc> cfgs = engine_configs(gr.og, &target);
   s.configs = int(cfgs.size());
+  for (const Desc& cfg : cfgs) {
+    EngineCandidate c = describe_engine(cfg);
+    bool seen = false;
+    for (const EngineCandidate& e : s.engines) seen = seen || e.engine == c.engine;
+    if (!seen) s.engines.push_back(std::move(c));
+  }
   for (std::size_t i = 0; i < cfgs.size() && int(i) < max_candidates; ++i) {
     EngineCandidate c = describe_engine(cfgs[i]);
     Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
@@ -445,8 +496,8 @@ FusionSupport probe_fusion(const FusionTarget& target, FusionPattern pattern, La
     }
     s.candidates.push_back(std::move(c));
   }
-  return s;
 }
+}  // namespace
 
 // ---- FusedConv -----------------------------------------------------------------------------------
 
@@ -455,6 +506,9 @@ struct FusedConv::State {
   std::unique_ptr<Graph> graph;
   std::vector<Desc> configs;
   Desc plan{CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR};
+  // The last variant pack and the pointers it binds (the workspace last).
+  std::unique_ptr<Desc> pack;
+  std::vector<void*> pack_ptrs;
 };
 
 FusedConv::FusedConv() = default;
@@ -462,7 +516,8 @@ FusedConv::~FusedConv() = default;
 
 std::unique_ptr<FusedConv> FusedConv::build(cudnnContext* handle, FusionPattern pattern,
                                             Layout layout, const ConvGeom& g, float slope,
-                                            bool allow_tensor_cores, std::string* why) {
+                                            bool allow_tensor_cores, std::string* why,
+                                            int max_attempts) {
   auto state = std::make_unique<State>();
   try {
     state->graph = graph(pattern, layout, g, slope, handle);
@@ -473,11 +528,18 @@ std::unique_ptr<FusedConv> FusedConv::build(cudnnContext* handle, FusionPattern 
   std::vector<Desc>& cfgs = state->configs;
   cfgs = engine_configs(state->graph->og, nullptr);
   std::string last = cfgs.empty() ? "no engine configuration proposed" : "";
+  std::vector<std::int64_t> failed;
+  int attempts = 0;
   for (Desc& cfg : cfgs) {
     const EngineCandidate c = describe_engine(cfg);
     if (c.tensor_cores && !allow_tensor_cores) {
-      last = "only tensor-core (TF32) engines";
+      if (last.empty()) last = "only tensor-core (TF32) engines";
       continue;
+    }
+    if (std::find(failed.begin(), failed.end(), c.engine) != failed.end()) continue;
+    if (attempts++ == max_attempts) {
+      last += " (gave up after " + std::to_string(max_attempts) + " plans)";
+      break;
     }
     Desc& plan = state->plan;
     plan = Desc(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
@@ -485,6 +547,7 @@ std::unique_ptr<FusedConv> FusedConv::build(cudnnContext* handle, FusionPattern 
     if (st != CUDNN_STATUS_SUCCESS) {
       last = std::string("engine ") + std::to_string(c.engine) + ": " + cudnnGetErrorString(st) +
              " (" + last_error() + ")";
+      failed.push_back(c.engine);
       continue;
     }
     std::int64_t n = 0, ws = 0;
@@ -495,6 +558,8 @@ std::unique_ptr<FusedConv> FusedConv::build(cudnnContext* handle, FusionPattern 
     f->state_ = std::move(state);
     f->workspace_ = std::size_t(ws);
     f->engine_ = c.engine;
+    f->tensor_cores_ = c.tensor_cores;
+    f->runtime_compiled_ = c.runtime_compiled;
     return f;
   }
   if (why) *why = last;
@@ -502,7 +567,7 @@ std::unique_ptr<FusedConv> FusedConv::build(cudnnContext* handle, FusionPattern 
 }
 
 
-void FusedConv::run(cudnnContext* handle, const Args& a, void* workspace) const {
+void FusedConv::run(cudnnContext* handle, const Args& a, void* workspace) {
   const std::vector<std::int64_t> uids = uids_of(pattern_);
   std::vector<void*> ptrs;
   for (const std::int64_t uid : uids) {
@@ -522,12 +587,18 @@ void FusedConv::run(cudnnContext* handle, const Args& a, void* workspace) const 
     JEM_CHECK(p != nullptr, "fused ", to_string(pattern_), ": tensor uid ", uid, " is not given");
     ptrs.push_back(const_cast<void*>(p));
   }
-  Desc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-  pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, std::int64_t(ptrs.size()), ptrs.data())
-      .set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, std::int64_t(uids.size()), uids.data())
-      .set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
-  pack.finalize("variant pack");
-  JEM_CUDNN_CHECK(cudnnBackendExecute(handle, state_->plan.get(), pack.get()));
+  std::vector<void*> key = ptrs;
+  key.push_back(workspace);
+  if (!state_->pack || state_->pack_ptrs != key) {
+    auto pack = std::make_unique<Desc>(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+    pack->set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, std::int64_t(ptrs.size()), ptrs.data())
+        .set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, std::int64_t(uids.size()), uids.data())
+        .set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
+    pack->finalize("variant pack");
+    state_->pack = std::move(pack);
+    state_->pack_ptrs = std::move(key);
+  }
+  JEM_CUDNN_CHECK(cudnnBackendExecute(handle, state_->plan.get(), state_->pack->get()));
 }
 
 // ---- helpers -------------------------------------------------------------------------------------
@@ -553,25 +624,22 @@ std::vector<float> to_nchw(const std::vector<float>& v, int N, int C, int H, int
 }
 
 void run_unfused(Backend& be, FusionPattern p, const ConvGeom& g, float slope, const PatternTensors& t) {
+  JEM_CHECK(g.pad_h == g.pad_w, "run_unfused: padding ", g.pad_h, ",", g.pad_w, " is not square");
   const Tensor none;
   switch (p) {
     case FusionPattern::Conv: be.conv2d_forward(t.x, t.w, none, t.y, g.stride, g.pad_h); break;
     case FusionPattern::ConvBias: be.conv2d_forward(t.x, t.w, t.b, t.y, g.stride, g.pad_h); break;
-    case FusionPattern::ConvBiasLrelu:  // the model's conv1: bias added with the activation
-      be.conv2d_forward(t.x, t.w, none, t.t, g.stride, g.pad_h);
-      be.bias_leaky_relu_forward(t.t, t.b, t.y, slope);
+    case FusionPattern::ConvBiasLrelu:  // the model's conv1 (the bias joins the activation)
+      be.conv2d_forward_leaky_relu(t.x, t.w, t.b, none, none, t.y, g.stride, g.pad_h, slope);
       break;
     case FusionPattern::ConvBiasAddLrelu:  // conv2 with its residual, then the next activation
-      be.conv2d_forward_add(t.x, t.w, t.b, t.z, t.t, g.stride, g.pad_h);
-      be.leaky_relu_forward(t.t, t.y, slope);
+      be.conv2d_forward_leaky_relu(t.x, t.w, t.b, t.z, t.t, t.y, g.stride, g.pad_h, slope);
       break;
-    case FusionPattern::DgradDrelu:
-      be.conv2d_backward_data(t.dy, t.w, t.dx, g.stride, g.pad_h);
-      be.leaky_relu_backward(t.x, t.dx, t.dx, slope);
+    case FusionPattern::DgradDrelu:  // conv2's data gradient through conv1's activation
+      be.conv2d_backward_data_leaky_relu(t.dy, t.w, t.x, none, t.dx, g.stride, g.pad_h, slope);
       break;
-    case FusionPattern::DgradDreluAdd:
-      be.conv2d_backward_data(t.dy, t.w, t.scratch, g.stride, g.pad_h);
-      be.leaky_relu_backward_add(t.x, t.scratch, t.z, t.dx, slope);
+    case FusionPattern::DgradDreluAdd:  // conv1's, through the block input's, plus the other path
+      be.conv2d_backward_data_leaky_relu(t.dy, t.w, t.x, t.z, t.dx, g.stride, g.pad_h, slope);
       break;
   }
 }

@@ -42,6 +42,12 @@ enum class FusionPattern {
 const char* to_string(FusionPattern p);
 const char* to_string(Layout l);
 std::vector<FusionPattern> all_fusion_patterns();
+// The pattern named by to_string(); throws naming `name` when there is none.
+FusionPattern fusion_pattern_from_string(const std::string& name);
+bool is_backward(FusionPattern p);
+
+// Deviceless plans (device-property descriptors) need cuDNN 9.8 or later, at run time.
+bool deviceless_supported();
 
 // Where execution plans are built for: a device (by its cuDNN handle), or deviceless, a device
 // described by the JSON of its cuDNN device properties (what from_handle() can save on a GPU
@@ -83,15 +89,20 @@ struct FusionSupport {
   FusionPattern pattern = FusionPattern::Conv;
   Layout layout = Layout::NCHW;
   ConvGeom geom;
-  std::string graph_status;  // "ok", or why the operation graph itself was refused
-  int configs = 0;           // engine configurations proposed (heuristics mode A + fallback)
-  std::vector<EngineCandidate> candidates;  // the first max_candidates of them, in order
+  std::string graph_status;  // "ok", or why cuDNN refused the operation graph (or one of its ops)
+  // Engine configurations proposed: heuristics mode A's, then the fallback list's (which repeats
+  // engines of mode A's with default knobs).
+  int configs = 0;
+  // The distinct engines among them, in order of first appearance, with their notes (no plan
+  // built: plan_built false, status empty).
+  std::vector<EngineCandidate> engines;
+  std::vector<EngineCandidate> candidates;  // plans tried for the first max_candidates configs
   bool any_plan(bool allow_tensor_cores) const;
 };
 
 // Builds the pattern's operation graph for `g` (slope: LeakyReLU's negative slope), asks the
-// heuristics, and tries to finalize a plan for up to `max_candidates` configurations. Never
-// throws for what cuDNN does not support (that is the answer); throws for misuse.
+// heuristics, and tries to finalize a plan for up to `max_candidates` configurations (0: none,
+// only the graph and the heuristics). Never throws for what cuDNN refuses (that is the answer).
 FusionSupport probe_fusion(const FusionTarget& target, FusionPattern pattern, Layout layout,
                            const ConvGeom& g, float slope, int max_candidates);
 
@@ -99,10 +110,13 @@ FusionSupport probe_fusion(const FusionTarget& target, FusionPattern pattern, La
 // propose whose plan finalizes (tensor-core engines only when allowed: TF32 math).
 class FusedConv {
  public:
-  // nullptr when no configuration works; *why then says what cuDNN answered.
+  // nullptr when no configuration works; *why then says what cuDNN answered. At most
+  // `max_attempts` plans are tried (each may be a runtime compilation, ~1 s), one per engine:
+  // a configuration of an engine that already failed is skipped.
   static std::unique_ptr<FusedConv> build(cudnnContext* handle, FusionPattern pattern,
                                           Layout layout, const ConvGeom& g, float slope,
-                                          bool allow_tensor_cores, std::string* why);
+                                          bool allow_tensor_cores, std::string* why,
+                                          int max_attempts = 3);
   ~FusedConv();
   FusedConv(const FusedConv&) = delete;
   FusedConv& operator=(const FusedConv&) = delete;
@@ -117,8 +131,11 @@ class FusedConv {
   };
   std::size_t workspace_bytes() const { return workspace_; }
   std::int64_t engine() const { return engine_; }
-  // Runs on the handle's stream; `workspace` must hold workspace_bytes().
-  void run(cudnnContext* handle, const Args& a, void* workspace) const;
+  bool tensor_cores() const { return tensor_cores_; }  // TF32 on fp32 data
+  bool runtime_compiled() const { return runtime_compiled_; }
+  // Runs on the handle's stream; `workspace` must hold workspace_bytes(). The variant pack (the
+  // pointers) is built once and rebuilt only when a pointer changes.
+  void run(cudnnContext* handle, const Args& a, void* workspace);
 
  private:
   struct State;  // the execution plan and the graph it was built from
@@ -127,17 +144,20 @@ class FusedConv {
   std::unique_ptr<State> state_;
   std::size_t workspace_ = 0;
   std::int64_t engine_ = -1;
+  bool tensor_cores_ = false, runtime_compiled_ = false;
 };
 
 // Host-side layout changes of [N, C, H, W] data (the probe and the tests).
 std::vector<float> from_nchw(const std::vector<float>& v, int N, int C, int H, int W, Layout to);
 std::vector<float> to_nchw(const std::vector<float>& v, int N, int C, int H, int W, Layout from);
 
-// A pattern computed by a backend's own ops, all NCHW: what the CUDA backend runs today, and the
-// reference of the fused plans. In: x (the mask m of the backward patterns), w, b, z, dy. Out: y
-// and t (forward) or dx (backward). DgradDreluAdd also needs `scratch` [N, C, H, W].
+// A pattern computed by a backend's own ops, all NCHW: what the model calls (the LeakyReLU
+// patterns through Backend::conv2d_forward_leaky_relu and conv2d_backward_data_leaky_relu, which
+// the CUDA backend runs unfused today), and the reference of the fused plans. In: x (the mask m
+// of the backward patterns), w, b, z, dy. Out: y, and t for ConvBiasAddLrelu (forward), or dx
+// (backward). Square padding only (pad_h == pad_w).
 struct PatternTensors {
-  Tensor x, w, b, z, dy, y, t, dx, scratch;
+  Tensor x, w, b, z, dy, y, t, dx;
 };
 void run_unfused(Backend& be, FusionPattern p, const ConvGeom& g, float slope, const PatternTensors& t);
 

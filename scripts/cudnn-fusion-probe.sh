@@ -9,9 +9,10 @@
 # --stub-libcuda    let cuDNN's runtime-compiled (fusion) engines take part: without a driver
 #                   library cuDNN skips them before compiling anything. With the toolkit's stub
 #                   libcuda.so (every call of which fails) they compile their kernels through
-#                   NVRTC and fail only at loading them, with CUDA_ERROR_STUB_LIBRARY (34): the
-#                   proof that cuDNN supports and compiles the pattern for that GPU. The stub is
-#                   given to this probe alone, through LD_LIBRARY_PATH; jem never loads it.
+#                   NVRTC and fail only at loading them, with CUDA_ERROR_STUB_LIBRARY (34): cuDNN
+#                   proposes the pattern for that GPU and compiles its kernels (whether they run
+#                   only a GPU tells). The stub is given to this probe alone, through
+#                   LD_LIBRARY_PATH; jem never loads it.
 #                   About a minute per 30 runtime-compiled plans on 2 cores.
 # PROBE ARGS        passed on, e.g. --json OUT.json --candidates 2 --shapes small
 set -euo pipefail

@@ -127,7 +127,9 @@ tarfile.open(sys.argv[1]).extractall(**kw)" "$3/build.tar.xz"
   roots=(/usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu)
   while IFS= read -r sp; do [[ -d $sp/nvidia ]] && roots+=("$sp/nvidia"); done < <(
     python3 -c 'import site; print("\n".join(site.getsitepackages()))' 2>/dev/null || true)
-  for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9 libnccl.so.2 libnvrtc.so.13; do
+  # (cuDNN loads its runtime-fusion engines and NVRTC's builtins itself: their folders join too.)
+  for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9 libnccl.so.2 libnvrtc.so.13 \
+    libcudnn_engines_runtime_compiled.so.9 'libnvrtc-builtins.so.13*'; do
     hit=$(find "${roots[@]}" -maxdepth 4 -name "$so" 2>/dev/null | head -1 || true)
     [[ -n $hit ]] && lib_dirs+=("$(dirname "$hit")")
   done
@@ -157,7 +159,7 @@ tarfile.open(sys.argv[1]).extractall(**kw)" "$3/build.tar.xz"
     # Listed by the loader the executables run with (ldd would use this machine'"'"'s).
     ld=$2/ld/ld-linux-x86-64.so.2
     echo "interpreter: $(readlink "$ld")"
-    for f in "$1/jem" "$1"/tests/test_* "$1"/tests/mpi/dist_driver "$1"/bench/bench_*; do
+    for f in "$1/jem" "$1"/tests/test_* "$1"/tests/mpi/dist_driver "$1"/bench/bench_* "$1"/bench/cudnn_fusion_probe; do
       [[ -x $f ]] || continue
       if "$ld" --list "$f" 2>&1 | grep "not found"; then echo "in $f"; bad=1; fi
     done
@@ -245,6 +247,21 @@ run_step jem_bench_tf32_batch1 40 env JEM_CUDA_MATH=tf32 "$build/jem" bench --co
   --device cuda --batch_size 1 --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_tf32_batch1.json"
 bench_files+=("jem_bench_wrn28x10_tf32_batch1.json")
 
+# cuDNN's graph-API fusions of the model's elementwise passes (bench/cudnn_fusion_probe.cpp,
+# docs/cudnn-fusion.md): for the four LeakyReLU patterns in NHWC (the only layout cuDNN fuses
+# them in), on each WRN-28-10 shape they apply to, the fused plan's time against the backend's
+# current ops and their agreement; in TF32, then FP32 for two patterns with what is left. Also
+# this GPU's cuDNN device properties, for deviceless probing elsewhere (configs/devices/h200.json
+# was written from the H200's specifications). The JSON is rewritten after every case, so a
+# timeout keeps what was done.
+if [[ -x "$build/bench/cudnn_fusion_probe" ]]; then
+  run_step cudnn_fusion 150 "$build/bench/cudnn_fusion_probe" --time --math tf32 --candidates 0 --layouts NHWC \
+    --patterns conv+bias+lrelu,conv+bias+add+lrelu,dgrad+drelu,dgrad+drelu+add \
+    --json "$out/cudnn_fusion.json" --save-device-properties "$out/device_properties.json"
+  run_step cudnn_fusion_fp32 60 "$build/bench/cudnn_fusion_probe" --time --math fp32 --candidates 0 --layouts NHWC \
+    --patterns conv+bias+lrelu,dgrad+drelu --json "$out/cudnn_fusion_fp32.json"
+fi
+
 # Google Benchmark executables: bench_ops' CUDA ops on WRN-28-10's shapes, each for 0.1 s
 # (bench_model times the CPU alone).
 if [[ -d "$build/bench" ]]; then
@@ -256,15 +273,6 @@ if [[ -d "$build/bench" ]]; then
     run_step "$name" 90 sh -c '"$@" --benchmark_format=json >"$0"' "$out/$name.json" "$exe" "${filter[@]}"
     bench_files+=("$name.json")
   done < <(find "$build/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
-fi
-
-# cuDNN's graph-API fusions of the model's elementwise passes (bench/cudnn_fusion_probe.cpp):
-# which patterns build per layout on this GPU, each fused plan's time against the backend's
-# current ops, and their agreement; also this GPU's cuDNN device properties, for deviceless
-# probing elsewhere (configs/devices/h200.json was written from the H200's specifications).
-if [[ -x "$build/bench/cudnn_fusion_probe" ]]; then
-  run_step cudnn_fusion 90 "$build/bench/cudnn_fusion_probe" --time --candidates 1 \
-    --json "$out/cudnn_fusion.json" --save-device-properties "$out/device_properties.json"
 fi
 
 # With the time left: the CPU tests on this machine (CI runs them too; here they check the

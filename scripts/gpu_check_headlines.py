@@ -6,7 +6,7 @@
 Reads OUT_DIR/jem_bench_wrn28x10_{tf32,fp32,tf32_batch1}.json (jem bench --json),
 OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh) and
 OUT_DIR/kernel_profile_cuda_gpu_kern_sum.csv (nsys stats' kernel summary of one timed
-iteration) and OUT_DIR/cudnn_fusion.json (bench/cudnn_fusion_probe --time), whichever exist, and
+iteration) and OUT_DIR/cudnn_fusion{,_fp32}.json (bench/cudnn_fusion_probe --time), whichever exist, and
 prints each bench's times, rates, memory and allocations, the PyTorch / jem ratio, the custom
 kernels' share of the kernel time, the fused convolutions that ran with their speed-ups over
 the backend's current ops and their agreement with them, and the issue targets
@@ -104,8 +104,9 @@ def kernel_share(path):
 
 
 def fusion_summary(path):
-    """From cudnn_fusion_probe's JSON: per pattern and layout, the shapes whose fused plan ran,
-    the median speed-up over the backend's current ops and the worst error (max |diff| / RMS)."""
+    """From cudnn_fusion_probe's JSON: per pattern and layout, how many shapes' fused plans ran,
+    the median speed-up over the backend's current ops, the worst relative error, and whether
+    every one that ran agreed (finite outputs, error within the probe's bound)."""
     j = load(path)
     if not j:
         return None
@@ -113,17 +114,20 @@ def fusion_summary(path):
     for r in j.get("results", []):
         t = r.get("timing") or {}
         key = f'{r.get("pattern")} {r.get("layout")}'
-        g = groups.setdefault(key, {"ran": 0, "of": 0, "speedups": [], "max_error_over_rms": None})
+        g = groups.setdefault(key, {"ran": 0, "of": 0, "speedups": [], "max_rel_error": None,
+                                    "all_ok": None})
         g["of"] += 1
-        if isinstance(t.get("speedup"), (int, float)):
-            g["ran"] += 1
-            g["speedups"].append(t["speedup"])
-            e = t.get("max_error_over_rms")
-            if isinstance(e, (int, float)):
-                g["max_error_over_rms"] = max(e, g["max_error_over_rms"] or 0.0)
+        if not isinstance(t.get("speedup"), (int, float)):
+            continue
+        g["ran"] += 1
+        g["speedups"].append(t["speedup"])
+        e = t.get("rel_error")
+        if isinstance(e, (int, float)):
+            g["max_rel_error"] = max(e, g["max_rel_error"] or 0.0)
+        g["all_ok"] = (g["all_ok"] is not False) and t.get("ok") is True
     return {k: {"ran": g["ran"], "of": g["of"],
                 "median_speedup": statistics.median(g["speedups"]) if g["speedups"] else None,
-                "max_error_over_rms": g["max_error_over_rms"]}
+                "max_rel_error": g["max_rel_error"], "all_ok": g["all_ok"]}
             for k, g in groups.items()}
 
 
@@ -146,6 +150,7 @@ def main(out):
     print(json.dumps({"jem_bench": benches, "pytorch_over_jem_tf32": ratio,
                       "kernel_profile": share,
                       "cudnn_fusion": fusion_summary(os.path.join(out, "cudnn_fusion.json")),
+                      "cudnn_fusion_fp32": fusion_summary(os.path.join(out, "cudnn_fusion_fp32.json")),
                       "targets": targets}, indent=2))
 
 

@@ -152,6 +152,77 @@ void Backend::conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tens
   conv2d_backward_data_impl(g, dy.data<float>(), w.data<float>(), dx.data<float>());
 }
 
+// True when the float ranges of a and b share an element (undefined tensors share nothing).
+static bool overlaps(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return false;
+  const float *a0 = a.data<float>(), *b0 = b.data<float>();
+  return a0 < b0 + b.numel() && b0 < a0 + a.numel();
+}
+
+void Backend::conv2d_forward_leaky_relu(const Tensor& x, const Tensor& w, const Tensor& b,
+                                        const Tensor& z, const Tensor& t, const Tensor& y,
+                                        int stride, int pad, float slope) {
+  const char* op = "conv2d_forward_leaky_relu";
+  check_tensor(x, op, "x");
+  check_tensor(w, op, "w");
+  if (b.defined()) check_tensor(b, op, "b");
+  if (z.defined()) check_tensor(z, op, "z");
+  if (t.defined()) check_tensor(t, op, "t");
+  check_tensor(y, op, "y");
+  const ConvGeom g = conv_geom(op, x, w, y, stride, pad, pad);
+  if (b.defined()) JEM_CHECK(b.numel() == g.K, op, ": bias ", b.shape().str(), " for ", g.K, " filters");
+  if (z.defined()) JEM_CHECK(z.shape() == y.shape(), op, ": z ", z.shape().str(), " vs y ", y.shape().str());
+  if (t.defined()) JEM_CHECK(t.shape() == y.shape(), op, ": t ", t.shape().str(), " vs y ", y.shape().str());
+  // The convolution writes its output before the activation reads it, and adds z while it does.
+  JEM_CHECK(!overlaps(z, y) && !overlaps(z, t), op, ": z overlaps an output");
+  JEM_CHECK(!overlaps(t, y), op, ": t overlaps y");
+  if (g.N == 0) return;
+  conv2d_forward_leaky_relu_impl(g, x.data<float>(), w.data<float>(), b.defined() ? b.data<float>() : nullptr,
+                                 z.defined() ? z.data<float>() : nullptr, t.defined() ? t.data<float>() : nullptr,
+                                 y.data<float>(), slope);
+}
+
+void Backend::conv2d_backward_data_leaky_relu(const Tensor& dy, const Tensor& w, const Tensor& m,
+                                              const Tensor& z, const Tensor& dx, int stride, int pad,
+                                              float slope) {
+  const char* op = "conv2d_backward_data_leaky_relu";
+  check_tensor(dy, op, "dy");
+  check_tensor(w, op, "w");
+  check_tensor(m, op, "m");
+  if (z.defined()) check_tensor(z, op, "z");
+  check_tensor(dx, op, "dx");
+  const ConvGeom g = conv_geom(op, dx, w, dy, stride, pad, pad);
+  JEM_CHECK(m.shape() == dx.shape(), op, ": m ", m.shape().str(), " vs dx ", dx.shape().str());
+  if (z.defined()) JEM_CHECK(z.shape() == dx.shape(), op, ": z ", z.shape().str(), " vs dx ", dx.shape().str());
+  // The data gradient is written into dx before m and z are read.
+  JEM_CHECK(!overlaps(m, dx) && !overlaps(z, dx), op, ": m or z overlaps dx");
+  if (g.N == 0) return;
+  conv2d_backward_data_leaky_relu_impl(g, dy.data<float>(), w.data<float>(), m.data<float>(),
+                                       z.defined() ? z.data<float>() : nullptr, dx.data<float>(), slope);
+}
+
+void Backend::conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float* x, const float* w,
+                                             const float* b, const float* z, float* t, float* y,
+                                             float slope) {
+  const std::int64_t PQ = std::int64_t(g.P()) * g.Q(), n = std::int64_t(g.N) * g.K * PQ;
+  if (b && !z && !t) {  // conv1's way: the bias joins the activation's pass
+    conv2d_forward_impl(g, x, w, nullptr, nullptr, y);
+    bias_leaky_relu_forward_impl(std::int64_t(g.N) * g.K, g.K, PQ, y, b, y, slope);
+    return;
+  }
+  float* out = t ? t : y;
+  conv2d_forward_impl(g, x, w, b, z, out);
+  leaky_relu_forward_impl(n, out, y, slope);
+}
+
+void Backend::conv2d_backward_data_leaky_relu_impl(const ConvGeom& g, const float* dy, const float* w,
+                                                   const float* m, const float* z, float* dx, float slope) {
+  const std::int64_t n = std::int64_t(g.N) * g.C * g.H * g.W;
+  conv2d_backward_data_impl(g, dy, w, dx);
+  if (z) leaky_relu_backward_add_impl(n, m, dx, z, dx, slope);
+  else leaky_relu_backward_impl(n, m, dx, dx, slope);
+}
+
 void Backend::conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Tensor& dw,
                                      const Tensor& db, int stride, int pad) {
   check_tensor(x, "conv2d_backward_filter", "x");

@@ -261,17 +261,17 @@ TEST(Bench, GpuCheckHeadlinesMemoryTargetCountsTheDeviceReading) {
 }
 
 // The fused-convolution probe's results (bench/cudnn_fusion_probe --time), grouped per pattern
-// and layout: how many shapes ran fused, the median speed-up, the worst disagreement.
+// and layout: how many shapes ran fused, the median speed-up, the worst error, whether all agreed.
 TEST(Bench, GpuCheckHeadlinesFusionSummary) {
   const std::string dir = jem::test::temp_dir("headlines_fusion");
   auto result = [](const char* shape, const char* layout, nlohmann::json timing) {
     return nlohmann::json{{"shape", shape}, {"pattern", "conv+bias+lrelu"}, {"layout", layout}, {"timing", timing}};
   };
   const nlohmann::json j{{"results",
-                          {result("a", "NHWC", {{"speedup", 1.5}, {"max_error_over_rms", 0.002}}),
-                           result("b", "NHWC", {{"speedup", 2.5}, {"max_error_over_rms", 0.004}}),
-                           result("c", "NHWC", {{"speedup", 0.5}, {"max_error_over_rms", 0.001}}),
-                           result("a", "NCHW", {{"fused", "unsupported: no engine configuration proposed"}})}}};
+                          {result("a", "NHWC", {{"speedup", 1.5}, {"rel_error", 0.002}, {"ok", true}}),
+                           result("b", "NHWC", {{"speedup", 2.5}, {"rel_error", 0.004}, {"ok", true}}),
+                           result("c", "NHWC", {{"speedup", 0.5}, {"rel_error", 0.001}, {"ok", false}}),
+                           result("a", "NCHW", {{"fused", "no plan: no engine configuration proposed"}})}}};
   std::ofstream(dir + "/cudnn_fusion.json") << j.dump();
   std::string out;
   ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
@@ -283,11 +283,13 @@ TEST(Bench, GpuCheckHeadlinesFusionSummary) {
   EXPECT_EQ(nhwc["ran"], 3);
   EXPECT_EQ(nhwc["of"], 3);
   EXPECT_DOUBLE_EQ(nhwc["median_speedup"].get<double>(), 1.5);
-  EXPECT_DOUBLE_EQ(nhwc["max_error_over_rms"].get<double>(), 0.004);
+  EXPECT_DOUBLE_EQ(nhwc["max_rel_error"].get<double>(), 0.004);
+  EXPECT_EQ(nhwc["all_ok"], false);  // one of the three disagreed
   const auto& nchw = h["conv+bias+lrelu NCHW"];
   EXPECT_EQ(nchw["ran"], 0);
   EXPECT_EQ(nchw["of"], 1);
   EXPECT_TRUE(nchw["median_speedup"].is_null());
+  EXPECT_TRUE(nchw["all_ok"].is_null());  // nothing ran: unknown, not agreed
   fs::remove_all(dir);
 }
 

@@ -285,6 +285,57 @@ TEST_P(CpuOpsConv, ForwardAddMatchesNaive) {
   }
 }
 
+// The fused convolution + LeakyReLU ops give the bits of the unfused ops they replace (the
+// Backend's contract; the CPU runs the activation on each image as soon as it is written, on
+// every kernel path), for every combination of bias, residual and pre-activation output.
+TEST_P(CpuOpsConv, FusedForwardLeakyReluIsTheUnfusedOps) {
+  const float slope = 0.2f;
+  const Vec zv = random_vector(numel(y_shape(g)), 5);
+  const Tensor x = be->from_vector(d.x, x_shape(g)), w = be->from_vector(d.w, w_shape(g));
+  for (const bool with_b : {true, false})
+    for (const bool with_z : {true, false})
+      for (const bool with_t : {true, false}) {
+        const std::string what = std::string("b ") + (with_b ? "yes" : "no") + ", z " + (with_z ? "yes" : "no") +
+                                 ", t " + (with_t ? "yes" : "no");
+        const Tensor b = with_b ? be->from_vector(d.b, Shape{g.K}) : Tensor();
+        const Tensor z = with_z ? be->from_vector(zv, y_shape(g)) : Tensor();
+        // The unfused ops: conv1's way (conv, then bias + activation) when there is only a
+        // bias; otherwise the convolution with its bias and residual, then the activation.
+        Tensor t_want = be->empty(y_shape(g)), y_want = be->empty(y_shape(g));
+        if (with_b && !with_z && !with_t) {
+          be->conv2d_forward(x, w, Tensor(), t_want, g.stride, g.pad_h);
+          be->bias_leaky_relu_forward(t_want, b, y_want, slope);
+        } else {
+          if (with_z) be->conv2d_forward_add(x, w, b, z, t_want, g.stride, g.pad_h);
+          else be->conv2d_forward(x, w, b, t_want, g.stride, g.pad_h);
+          be->leaky_relu_forward(t_want, y_want, slope);
+        }
+        Tensor t = with_t ? be->empty(y_shape(g)) : Tensor(), y = be->empty(y_shape(g));
+        if (with_t) be->fill(t, kNaN);
+        be->fill(y, kNaN);
+        be->conv2d_forward_leaky_relu(x, w, b, z, t, y, g.stride, g.pad_h, slope);
+        expect_bit_identical(be->to_vector(y), be->to_vector(y_want), "y, " + what);
+        if (with_t) expect_bit_identical(be->to_vector(t), be->to_vector(t_want), "t, " + what);
+      }
+}
+
+TEST_P(CpuOpsConv, FusedBackwardDataLeakyReluIsTheUnfusedOps) {
+  const float slope = 0.2f;
+  const Tensor dy = be->from_vector(d.dy, y_shape(g)), w = be->from_vector(d.w, w_shape(g));
+  const Tensor m = be->from_vector(random_vector(numel(x_shape(g)), 6), x_shape(g));
+  for (const bool with_z : {true, false}) {
+    const Tensor z = with_z ? be->from_vector(random_vector(numel(x_shape(g)), 7), x_shape(g)) : Tensor();
+    Tensor want = be->empty(x_shape(g));
+    be->conv2d_backward_data(dy, w, want, g.stride, g.pad_h);
+    if (with_z) be->leaky_relu_backward_add(m, want, z, want, slope);
+    else be->leaky_relu_backward(m, want, want, slope);
+    Tensor dx = be->empty(x_shape(g));
+    be->fill(dx, kNaN);
+    be->conv2d_backward_data_leaky_relu(dy, w, m, z, dx, g.stride, g.pad_h, slope);
+    expect_bit_identical(be->to_vector(dx), be->to_vector(want), with_z ? "with z" : "without z");
+  }
+}
+
 TEST_P(CpuOpsConv, BackwardDataMatchesNaive) {
   const Vec got = cpu_conv_backward_data(*be, g, d.dy, d.w);
   const Vec want = naive::conv2d_backward_data(g, d.dy, d.w);
@@ -481,6 +532,38 @@ TEST(CpuOpsConvScratch, ReuseAcrossShapes) {
   const FilterGrad got = cpu_conv_backward_filter(*be, small, ds.x, ds.dy, zero_w, zero_b);
   expect_bit_identical(got.dw, want_g.dw, "dw");
   expect_bit_identical(got.db, want_g.db, "db");
+}
+
+// The fused ops read z (and m) after writing their outputs: overlaps are refused, by name.
+TEST(CpuOpsConvFused, OverlapsAreRefused) {
+  auto be = make_cpu_backend(1);
+  const ConvGeom g = geom(ConvCase{2, 3, 6, 3, 3, 1, 1});
+  const Tensor x = be->empty(x_shape(g)), w = be->empty(w_shape(g)), b = be->empty(Shape{g.K});
+  be->fill(x, 1.0f);
+  be->fill(w, 1.0f);
+  be->fill(b, 0.0f);
+  const Tensor buf = be->empty(Shape{2 * y_shape(g).numel()});
+  const Tensor y = buf.view(0, y_shape(g)), t = buf.view(numel(y_shape(g)), y_shape(g));
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([&] { be->conv2d_forward_leaky_relu(x, w, b, y, Tensor(), y, 1, 1, 0.2f); }).find("z overlaps"),
+            std::string::npos);
+  EXPECT_NE(message([&] { be->conv2d_forward_leaky_relu(x, w, b, Tensor(), y, y, 1, 1, 0.2f); }).find("t overlaps y"),
+            std::string::npos);
+  EXPECT_EQ(message([&] { be->conv2d_forward_leaky_relu(x, w, b, Tensor(), t, y, 1, 1, 0.2f); }), "no error");
+  const Tensor dy = be->empty(y_shape(g)), dx = be->empty(x_shape(g));
+  be->fill(dy, 1.0f);
+  EXPECT_NE(message([&] { be->conv2d_backward_data_leaky_relu(dy, w, dx, Tensor(), dx, 1, 1, 0.2f); })
+                .find("overlaps dx"),
+            std::string::npos);
+  EXPECT_NE(message([&] { be->conv2d_backward_data_leaky_relu(dy, w, x, dx, dx, 1, 1, 0.2f); }).find("overlaps dx"),
+            std::string::npos);
 }
 
 TEST(CpuOpsConvScratch, EmptyBatchIsANoOp) {

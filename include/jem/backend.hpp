@@ -121,6 +121,24 @@ class Backend {
   // dx[N,C,H,W] = conv_transpose(dy[N,K,P,Q], w)                (overwrite)
   void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Tensor& dx, int stride,
                             int pad);
+  // A convolution and the LeakyReLU after it, in one op (the Wide-ResNet's):
+  //   t = conv(x, w) + b + z,  y = leaky_relu(t)                  (overwrite)
+  // b, z and t may be undefined; with t undefined only y is stored. The result is the one of
+  // conv2d_forward(_add) into t followed by leaky_relu_forward(t, y), bit for bit, except that
+  // with b defined and neither z nor t the bias is added after the convolution's sum, as
+  // bias_leaky_relu_forward does. A backend runs the activation inside the convolution's output
+  // pass (the CPU: on each image while it is in cache), saving a pass over y. z must not overlap
+  // t or y, nor t overlap y.
+  void conv2d_forward_leaky_relu(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& z,
+                                 const Tensor& t, const Tensor& y, int stride, int pad, float slope);
+  // The data gradient through a convolution and the LeakyReLU before it:
+  //   dx = conv_transpose(dy, w) * (m > 0 ? 1 : slope) + z       (overwrite; z may be undefined)
+  // m as leaky_relu_backward's x (the activation's input, or its output). The result is the one
+  // of conv2d_backward_data into dx followed by leaky_relu_backward(_add) in place, bit for bit.
+  // Neither m nor z may overlap dx.
+  void conv2d_backward_data_leaky_relu(const Tensor& dy, const Tensor& w, const Tensor& m,
+                                       const Tensor& z, const Tensor& dx, int stride, int pad,
+                                       float slope);
   // dw[K,C,R,S] += x (*) dy ; db[K] += sum_{n,p,q} dy          (accumulate; db may be undefined)
   void conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Tensor& dw,
                               const Tensor& db, int stride, int pad);
@@ -248,6 +266,14 @@ class Backend {
                                    const float* b, const float* z, float* y) = 0;
   virtual void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                          float* dx) = 0;
+  // The fused ops above (b, z, t may be null). Their defaults run the unfused ops' _impls in
+  // turn; a backend overrides them to fuse.
+  virtual void conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float* x, const float* w,
+                                              const float* b, const float* z, float* t, float* y,
+                                              float slope);
+  virtual void conv2d_backward_data_leaky_relu_impl(const ConvGeom& g, const float* dy,
+                                                    const float* w, const float* m,
+                                                    const float* z, float* dx, float slope);
   // db may be null.
   virtual void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy,
                                            float* dw, float* db) = 0;

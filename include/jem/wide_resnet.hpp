@@ -142,8 +142,8 @@ class WideResNet {
   Tensor final_act_; // lrelu(last block out) [M, 64k, S/4, S/4]
   Tensor pooled_;    // [M, 64k]
   Tensor logits_;    // [M, classes]
-  // Scratch, each as large as the largest activation: gradients in backward; in forward tmp1_
-  // holds conv1's output before its activation, then the shortcut's output.
+  // Scratch, each as large as the largest activation: gradients in backward (tmp1_ a block's
+  // d(h1), tmp2_ its shortcut's data gradient); in forward tmp1_ holds the shortcut's output.
   Tensor grad_a_, grad_b_, tmp1_, tmp2_;
   Tensor dpooled_;   // [M, 64k]
   std::function<void(std::size_t)> grad_ready_;

@@ -27,6 +27,7 @@
 #include "cpu/conv3x3_s2_flat512.hpp"
 #include "cpu/conv3x3_wgrad512.hpp"
 #include "cpu/cpu_backend.hpp"
+#include "cpu/leaky_relu_spans.hpp"
 
 namespace jem::cpu {
 namespace {
@@ -150,8 +151,59 @@ bool CpuBackend::use_s2flat(const ConvGeom& g) const {
   return kernels_ == CpuConvKernels::kBest && use_direct3x3(g) && s2flat_applies(g);
 }
 
+// The fused ops' tail (see cpu_backend.hpp): forward, act = leaky_relu(out + bias[c]) (bias may
+// be null, act may be out); backward, out = leaky_relu'(m) out + z (z may be null). The spans are
+// the unfused ops' own (leaky_relu_spans.hpp), so the two ways give the same bits.
+struct CpuBackend::ConvTail {
+  bool backward = false;
+  float slope = 0.0f;
+  int channels = 0;         // per image: `channels` planes of `plane` elements
+  std::int64_t plane = 0;
+  const float* bias = nullptr;  // forward
+  float* act = nullptr;
+  const float* m = nullptr;     // backward
+  const float* z = nullptr;
+
+  void apply(float* out, int n0, int n1) const {
+    const std::int64_t per = channels * plane;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const std::int64_t o = n * per;
+      if (backward) {
+        if (z) leaky_relu_grad_add_span(per, m + o, out + o, z + o, out + o, slope);
+        else leaky_relu_grad_span(per, m + o, out + o, out + o, slope);
+      } else if (bias) {
+        for (int c = 0; c < channels; ++c)
+          bias_leaky_relu_span(plane, out + o + c * plane, bias[c], act + o + c * plane, slope);
+      } else {
+        leaky_relu_span(per, out + o, act + o, slope);
+      }
+    }
+  }
+};
+
 void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
                                      const float* b, const float* z, float* y) {
+  conv2d_forward_with(g, x, w, b, z, y, nullptr);
+}
+
+void CpuBackend::conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float* x, const float* w,
+                                                const float* b, const float* z, float* t, float* y,
+                                                float slope) {
+  ConvTail tail;
+  tail.slope = slope;
+  tail.channels = g.K;
+  tail.plane = std::int64_t(g.P()) * g.Q();
+  tail.act = y;
+  if (b && !z && !t) {  // the bias joins the activation, as bias_leaky_relu_forward
+    tail.bias = b;
+    conv2d_forward_with(g, x, w, nullptr, nullptr, y, &tail);
+  } else {
+    conv2d_forward_with(g, x, w, b, z, t ? t : y, &tail);
+  }
+}
+
+void CpuBackend::conv2d_forward_with(const ConvGeom& g, const float* x, const float* w, const float* b,
+                                     const float* z, float* y, const ConvTail* tail) {
   const int PQ = g.P() * g.Q();
   const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
@@ -160,9 +212,11 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
     float* wp = scratch(0, kSlotPacked, cvec_packed_size(g));
     cvec_pack(g, w, wp);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n)
+    for (int n = 0; n < g.N; ++n) {
       cvec_image(g, x + n * x_stride, wp, b, z ? z + n * y_stride : nullptr,
                  scratch(omp_get_thread_num(), kSlotCol, cvec_scratch_size(g)), y + n * y_stride);
+      if (tail) tail->apply(y, n, n + 1);
+    }
     return;
   }
   if (use_s2flat(g)) {
@@ -171,6 +225,7 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
     for_each_s2flat_chunk(g, threads_, [&](int n0, int B, int thread) {
       s2flat_forward_chunk(g, x, wp, b, z, n0, B,
                            scratch(thread, kSlotCol, s2flat_forward_scratch_size(g, B)), y);
+      if (tail) tail->apply(y, n0, std::min(n0 + B, g.N));
     });
     return;
   }
@@ -182,6 +237,7 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
       direct3x3_image(g, x + n * x_stride, wp, b, z ? z + n * y_stride : nullptr,
                       scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(g)),
                       y + n * y_stride, kernels_ == CpuConvKernels::kBest);
+      if (tail) tail->apply(y, n, n + 1);
     }
     return;
   }
@@ -208,11 +264,30 @@ void CpuBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const fl
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.K, PQ, CRR, 1.0f, w, CRR, col, PQ,
                 1.0f, yn, PQ);
+    if (tail) tail->apply(y, n, n + 1);
   }
 }
 
 void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                            float* dx) {
+  conv2d_backward_data_with(g, dy, w, dx, nullptr);
+}
+
+void CpuBackend::conv2d_backward_data_leaky_relu_impl(const ConvGeom& g, const float* dy, const float* w,
+                                                      const float* m, const float* z, float* dx,
+                                                      float slope) {
+  ConvTail tail;
+  tail.backward = true;
+  tail.slope = slope;
+  tail.channels = g.C;
+  tail.plane = std::int64_t(g.H) * g.W;
+  tail.m = m;
+  tail.z = z;
+  conv2d_backward_data_with(g, dy, w, dx, &tail);
+}
+
+void CpuBackend::conv2d_backward_data_with(const ConvGeom& g, const float* dy, const float* w, float* dx,
+                                           const ConvTail* tail) {
   const int PQ = g.P() * g.Q();
   const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
@@ -247,9 +322,11 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
     float* wp = scratch(0, kSlotPacked, cvec_packed_size(tg));
     cvec_pack(tg, wt, wp);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n)
+    for (int n = 0; n < g.N; ++n) {
       cvec_image(tg, dy + n * y_stride, wp, nullptr, nullptr,
                  scratch(omp_get_thread_num(), kSlotCol, cvec_scratch_size(tg)), dx + n * x_stride);
+      if (tail) tail->apply(dx, n, n + 1);
+    }
     return;
   }
   float* wp = nullptr;
@@ -263,6 +340,7 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
     for_each_s2flat_chunk(g, threads_, [&](int n0, int B, int thread) {
       s2flat_data_grad_chunk(g, dy, wq, n0, B,
                              scratch(thread, kSlotCol, s2flat_data_grad_scratch_size(g, B)), dx);
+      if (tail) tail->apply(dx, n0, std::min(n0 + B, g.N));
     });
     return;
   }
@@ -270,26 +348,28 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
     float* wq = scratch(0, kSlotPacked, direct3x3_s2_data_grad_packed_size(g));
     direct3x3_s2_data_grad_pack(g, w, wq);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n)
+    for (int n = 0; n < g.N; ++n) {
       direct3x3_s2_data_grad_image(g, dy + n * y_stride, wq,
                                    scratch(omp_get_thread_num(), kSlotCol, direct3x3_s2_data_grad_scratch_size(g)),
                                    dx + n * x_stride);
+      if (tail) tail->apply(dx, n, n + 1);
+    }
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-  for (int n = 0; n < g.N; ++n) {
+  // One image's data gradient by the first way that applies.
+  auto image = [&](int n) {
     const float* dyn = dy + n * y_stride;
     float* dxn = dx + n * x_stride;
     if (is_pointwise(g)) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRR, PQ, g.K, 1.0f, w, CRR, dyn, PQ,
                   0.0f, dxn, PQ);
-      continue;
+      return;
     }
     if (wp != nullptr) {
       direct3x3_image(tg, dyn, wp, nullptr, nullptr,
                       scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(tg)), dxn,
                       kernels_ == CpuConvKernels::kBest);
-      continue;
+      return;
     }
     if (as_forward) {
       const int KRR = g.K * g.R * g.S, HW = g.H * g.W;
@@ -297,12 +377,17 @@ void CpuBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, c
       im2col(tg, dyn, col);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.C, HW, KRR, 1.0f, wt, KRR, col, HW,
                   0.0f, dxn, HW);
-      continue;
+      return;
     }
     float* dcol = scratch(omp_get_thread_num(), kSlotCol, static_cast<std::size_t>(CRR) * PQ);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRR, PQ, g.K, 1.0f, w, CRR, dyn, PQ, 0.0f,
                 dcol, PQ);
     col2im(g, dcol, dxn);
+  };
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+  for (int n = 0; n < g.N; ++n) {
+    image(n);
+    if (tail) tail->apply(dx, n, n + 1);
   }
 }
 

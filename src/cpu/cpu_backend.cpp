@@ -11,6 +11,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "cpu/leaky_relu_spans.hpp"
 #include "jem/elementwise_math.hpp"
 
 namespace jem::cpu {
@@ -110,33 +111,39 @@ void CpuBackend::add_impl(const Tensor& a, const Tensor& b, const Tensor& y) {
   for (std::int64_t i = 0; i < n; ++i) yp[i] = ap[i] + bp[i];
 }
 
+// Runs span(begin, count) over [0, n): one contiguous span per thread, or one span when n is too
+// small for threads to pay.
+template <class Span>
+static void for_each_span(std::int64_t n, int threads, Span&& span) {
+  const int T = n > 65536 ? threads : 1;
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+  for (int t = 0; t < T; ++t) {
+    const std::int64_t begin = n * t / T, end = n * (t + 1) / T;
+    span(begin, end - begin);
+  }
+}
+
 void CpuBackend::leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) {
-#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
-  for (std::int64_t i = 0; i < n; ++i) y[i] = leaky_relu(x[i], slope);
+  for_each_span(n, threads_, [&](std::int64_t i, std::int64_t k) { leaky_relu_span(k, x + i, y + i, slope); });
 }
 
 void CpuBackend::leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy,
                                           float* dx, float slope) {
-#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
-  for (std::int64_t i = 0; i < n; ++i) dx[i] = leaky_relu_grad(x[i], dy[i], slope);
+  for_each_span(n, threads_,
+                [&](std::int64_t i, std::int64_t k) { leaky_relu_grad_span(k, x + i, dy + i, dx + i, slope); });
 }
 
 void CpuBackend::bias_leaky_relu_forward_impl(std::int64_t planes, int C, std::int64_t HW, const float* x,
                                               const float* b, float* y, float slope) {
 #pragma omp parallel for schedule(static) num_threads(threads_) if (planes * HW > 65536)
-  for (std::int64_t p = 0; p < planes; ++p) {
-    const float bias = b[p % C];
-    const float* xp = x + p * HW;
-    float* yp = y + p * HW;
-#pragma omp simd
-    for (std::int64_t i = 0; i < HW; ++i) yp[i] = leaky_relu(xp[i] + bias, slope);
-  }
+  for (std::int64_t p = 0; p < planes; ++p) bias_leaky_relu_span(HW, x + p * HW, b[p % C], y + p * HW, slope);
 }
 
 void CpuBackend::leaky_relu_backward_add_impl(std::int64_t n, const float* x, const float* dy,
                                               const float* other, float* dx, float slope) {
-#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
-  for (std::int64_t i = 0; i < n; ++i) dx[i] = leaky_relu_grad(x[i], dy[i], slope) + other[i];
+  for_each_span(n, threads_, [&](std::int64_t i, std::int64_t k) {
+    leaky_relu_grad_add_span(k, x + i, dy + i, other + i, dx + i, slope);
+  });
 }
 
 void CpuBackend::global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) {

@@ -39,6 +39,14 @@ class CpuBackend final : public Backend {
                                  float* dx) override;
   void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy, float* dw,
                                    float* db) override;
+  // The fused ops: the activation (or its gradient) runs on each image right after the
+  // convolution wrote it, while it is in cache (conv2d.cpp).
+  void conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float* x, const float* w,
+                                      const float* b, const float* z, float* t, float* y,
+                                      float slope) override;
+  void conv2d_backward_data_leaky_relu_impl(const ConvGeom& g, const float* dy, const float* w,
+                                            const float* m, const float* z, float* dx,
+                                            float slope) override;
   void leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) override;
   void leaky_relu_backward_impl(std::int64_t n, const float* x, const float* dy, float* dx,
                                 float slope) override;
@@ -87,6 +95,14 @@ class CpuBackend final : public Backend {
   // packed weights, partial weight gradients; slots in conv2d.cpp). Grown on first use of a
   // shape and then reused: after the first iteration the training loop allocates nothing.
   float* scratch(int thread, int slot, std::size_t n);
+
+  // What a fused op does to images [n0, n1) of the convolution's output once they are written
+  // (conv2d.cpp); null for the plain convolutions.
+  struct ConvTail;
+  void conv2d_forward_with(const ConvGeom& g, const float* x, const float* w, const float* b,
+                           const float* z, float* y, const ConvTail* tail);
+  void conv2d_backward_data_with(const ConvGeom& g, const float* dy, const float* w, float* dx,
+                                 const ConvTail* tail);
 
   bool use_direct3x3(const ConvGeom& g) const;
   bool use_s2flat(const ConvGeom& g) const;

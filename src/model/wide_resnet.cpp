@@ -168,30 +168,28 @@ Tensor WideResNet::forward(const Tensor& x) {
   input_ = x;
   batch_ = B;
 
-  Tensor cur = rows(stem_out_, B);                                   // [B, 16, S, S]
-  backend_.conv2d_forward(x, p(stem_.w), p(stem_.b), cur, 1, 1);
-  // The first block's activation; each later one (and the final one) follows the residual add
-  // before it.
-  backend_.leaky_relu_forward(cur, rows(blocks_.front().a1, B), slope);
+  // Each convolution runs with the activation that follows it, in one op
+  // (conv2d_forward_leaky_relu): the stem and each block's conv2 keep their pre-activation
+  // output too (the next residual), conv1 only its activation.
   const Tensor none;
+  Tensor cur = rows(stem_out_, B);                                   // [B, 16, S, S]
+  backend_.conv2d_forward_leaky_relu(x, p(stem_.w), p(stem_.b), none, cur, rows(blocks_.front().a1, B), 1, 1,
+                                     slope);
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
     const Tensor a1 = rows(b.a1, B), a2 = rows(b.a2, B), out = rows(b.out, B);
-    const Tensor h1 = tmp1_.view(0, a2.shape());                     // [B, planes, H, H]
-    backend_.conv2d_forward(a1, p(b.conv1.w), none, h1, 1, 1);       // bias added below
-    backend_.bias_leaky_relu_forward(h1, p(b.conv1.b), a2, slope);   // lrelu(h1 + b1)
+    // a2 = lrelu(conv1(a1) + b1)                                        [B, planes, H, H]
+    backend_.conv2d_forward_leaky_relu(a1, p(b.conv1.w), p(b.conv1.b), none, none, a2, 1, 1, slope);
     // out = conv2(a2) + b2 + the other path (the block's input, or its 1x1 shortcut, which
-    // reads the raw input, not lrelu(x)), in one op.                     [B, planes, H/s, H/s]
-    if (b.shortcut.w) {
-      const Tensor sc = tmp1_.view(0, out.shape());  // h1 is consumed: reuse tmp1
-      backend_.conv2d_forward(cur, p(b.shortcut.w), p(b.shortcut.b), sc, b.stride, 0);
-      backend_.conv2d_forward_add(a2, p(b.conv2.w), p(b.conv2.b), sc, out, b.stride, 1);
-    } else {
-      backend_.conv2d_forward_add(a2, p(b.conv2.w), p(b.conv2.b), cur, out, b.stride, 1);
-    }
-    // The next activation: the next block's a1, or the final one.
+    // reads the raw input, not lrelu(x)); next = lrelu(out), the next block's a1 or the final
+    // activation.                                                       [B, planes, H/s, H/s]
     const Tensor next = i + 1 < blocks_.size() ? rows(blocks_[i + 1].a1, B) : rows(final_act_, B);
-    backend_.leaky_relu_forward(out, next, slope);
+    Tensor other = cur;
+    if (b.shortcut.w) {
+      other = tmp1_.view(0, out.shape());
+      backend_.conv2d_forward(cur, p(b.shortcut.w), p(b.shortcut.b), other, b.stride, 0);
+    }
+    backend_.conv2d_forward_leaky_relu(a2, p(b.conv2.w), p(b.conv2.b), other, out, next, b.stride, 1, slope);
     cur = out;
   }
   const Tensor fa = rows(final_act_, B);                              // [B, 64k, S/4, S/4]
@@ -241,26 +239,23 @@ void WideResNet::backward_impl(const Tensor& dlogits, const Tensor& dx, bool wei
     const Block& b = blocks_[std::size_t(i)];
     const Tensor x = i == 0 ? rows(stem_out_, B) : rows(blocks_[std::size_t(i - 1)].out, B);
     const Tensor a1 = rows(b.a1, B), a2 = rows(b.a2, B);
-    // conv2: d(a2) into tmp1, then through lrelu into d(h1) in place (a2 > 0 where h1 > 0).
-    const Tensor d_a2 = tmp1_.view(0, a2.shape());
+    // conv2: d(h1) = lrelu'(a2) conv2^T(dcur) into tmp1, in one op (a2 > 0 where h1 > 0).
+    const Tensor d_h1 = tmp1_.view(0, a2.shape());
     if (weights) backend_.conv2d_backward_filter(a2, dcur, g(b.conv2.w), g(b.conv2.b), b.stride, 1);
-    backend_.conv2d_backward_data(dcur, p(b.conv2.w), d_a2, b.stride, 1);
-    backend_.leaky_relu_backward(a2, d_a2, d_a2, slope);
-    // conv1: d(a1) into tmp2 (its bias gradient is d(h1)'s sums, as for a bias in the conv).
-    const Tensor d_a1 = tmp2_.view(0, a1.shape());
-    if (weights) backend_.conv2d_backward_filter(a1, d_a2, g(b.conv1.w), g(b.conv1.b), 1, 1);
-    backend_.conv2d_backward_data(d_a2, p(b.conv1.w), d_a1, 1, 1);
-    // d(x) = lrelu'(x) d(a1) + the other path's gradient (shortcut or identity), in one pass
-    // into the other ping-pong buffer.
-    const Tensor dprev = pingpong[1 - cur]->view(0, x.shape());
+    backend_.conv2d_backward_data_leaky_relu(dcur, p(b.conv2.w), a2, none, d_h1, b.stride, 1, slope);
+    // conv1 (its bias gradient is d(h1)'s sums, as for a bias in the conv).
+    if (weights) backend_.conv2d_backward_filter(a1, d_h1, g(b.conv1.w), g(b.conv1.b), 1, 1);
+    // The other path's gradient: the shortcut's (into tmp2), or dcur itself.
+    Tensor d_other = dcur;
     if (b.shortcut.w) {
-      const Tensor d_sc = tmp1_.view(0, x.shape());  // d_a2 is consumed: reuse tmp1
+      d_other = tmp2_.view(0, x.shape());
       if (weights) backend_.conv2d_backward_filter(x, dcur, g(b.shortcut.w), g(b.shortcut.b), b.stride, 0);
-      backend_.conv2d_backward_data(dcur, p(b.shortcut.w), d_sc, b.stride, 0);
-      backend_.leaky_relu_backward_add(x, d_a1, d_sc, dprev, slope);
-    } else {
-      backend_.leaky_relu_backward_add(x, d_a1, dcur, dprev, slope);
+      backend_.conv2d_backward_data(dcur, p(b.shortcut.w), d_other, b.stride, 0);
     }
+    // d(x) = lrelu'(x) conv1^T(d(h1)) + the other path's gradient, in one op into the other
+    // ping-pong buffer.
+    const Tensor dprev = pingpong[1 - cur]->view(0, x.shape());
+    backend_.conv2d_backward_data_leaky_relu(d_h1, p(b.conv1.w), x, d_other, dprev, 1, 1, slope);
     cur = 1 - cur;
     dcur = dprev;
     if (hook) grad_ready_(b.conv1.w->offset);  // the block's first parameter

@@ -371,6 +371,53 @@ TEST_P(CudaConv, ForwardAddMatchesCpuWithEachEpilogue) {
   engine.set_conv_epilogue(ConvEpilogue::Timed);
 }
 
+// The fused convolution + LeakyReLU ops (the model's calls) against the CPU's. LeakyReLU and its
+// gradient scale each output by 1 or the slope, so the convolution's error bound carries over;
+// the RSS ratio is taken against the activated output, whose norm the slope shrinks.
+TEST_P(CudaConv, FusedLeakyReluOpsMatchCpu) {
+  const float slope = 0.2f;
+  const Vec zy = random_vector(s.y.numel(), 18), zx = random_vector(s.x.numel(), 19),
+            m = random_vector(s.x.numel(), 20);
+  auto forward_lrelu = [&](Backend& be, const Vec& x_, const Vec& w_, const Vec& b_, const Vec& z_, bool with_t,
+                           float sl) {
+    const Tensor t = with_t ? nan_tensor(be, s.y) : Tensor(), y = nan_tensor(be, s.y);
+    be.conv2d_forward_leaky_relu(be.from_vector(x_, s.x), be.from_vector(w_, s.w),
+                                 b_.empty() ? Tensor() : be.from_vector(b_, s.b),
+                                 z_.empty() ? Tensor() : be.from_vector(z_, s.y), t, y, c.stride, c.pad, sl);
+    return std::make_pair(be.to_vector(y), with_t ? be.to_vector(t) : Vec{});
+  };
+  for (const bool with_b : {true, false})
+    for (const bool with_z : {true, false})
+      for (const bool with_t : {true, false}) {
+        const std::string what = std::string("conv2d_forward_leaky_relu") + (with_b ? ", b" : "") +
+                                 (with_z ? ", z" : "") + (with_t ? ", t" : "");
+        const Vec bias = with_b ? b : Vec{}, z = with_z ? zy : Vec{};
+        const auto want = forward_lrelu(*cpu, x, w, bias, z, with_t, slope);
+        // slope 1: the bare sums of squares (every term's square, each one positive).
+        const Vec sq = forward_lrelu(*cpu, squares(x), squares(w), squares(bias), squares(z), false, 1.0f).first;
+        const auto got = forward_lrelu(*gpu, x, w, bias, z, with_t, slope);
+        const int k = c.C * c.R * c.R + 2;
+        expect_close(got.first, want.first, sum_tol(math, k, rss_ratio(sq, want.first)), what + " (y)");
+        if (with_t) expect_close(got.second, want.second, sum_tol(math, k, rss_ratio(sq, want.second)), what + " (t)");
+      }
+  auto backward_lrelu = [&](Backend& be, const Vec& dy_, const Vec& w_, const Vec& z_) {
+    const Tensor dx = nan_tensor(be, s.x);
+    be.conv2d_backward_data_leaky_relu(be.from_vector(dy_, s.y), be.from_vector(w_, s.w), be.from_vector(m, s.x),
+                                       z_.empty() ? Tensor() : be.from_vector(z_, s.x), dx, c.stride, c.pad, slope);
+    return be.to_vector(dx);
+  };
+  for (const bool with_z : {true, false}) {
+    const Vec z = with_z ? zx : Vec{};
+    const Vec want = backward_lrelu(*cpu, dy, w, z);
+    // Every term's square: the data gradient's (unscaled by the slope: an upper bound) and z's.
+    Vec sq = backward_data(*cpu, squares(dy), squares(w));
+    if (with_z)
+      for (std::size_t i = 0; i < sq.size(); ++i) sq[i] += zx[i] * zx[i];
+    expect_close(backward_lrelu(*gpu, dy, w, z), want, sum_tol(math, c.K * c.R * c.R + 1, rss_ratio(sq, want)),
+                 with_z ? "conv2d_backward_data_leaky_relu, z" : "conv2d_backward_data_leaky_relu");
+  }
+}
+
 TEST_P(CudaConv, BackwardDataMatchesCpu) {
   const Vec want = backward_data(*cpu, dy, w);
   const double ratio = rss_ratio(backward_data(*cpu, squares(dy), squares(w)), want);
