@@ -176,6 +176,7 @@ void Backend::conv2d_forward_leaky_relu(const Tensor& x, const Tensor& w, const 
   // The convolution writes its output before the activation reads it, and adds z while it does.
   JEM_CHECK(!overlaps(z, y) && !overlaps(z, t), op, ": z overlaps an output");
   JEM_CHECK(!overlaps(t, y), op, ": t overlaps y");
+  JEM_CHECK(!overlaps(x, y) && !overlaps(x, t), op, ": x overlaps an output");
   if (g.N == 0) return;
   conv2d_forward_leaky_relu_impl(g, x.data<float>(), w.data<float>(), b.defined() ? b.data<float>() : nullptr,
                                  z.defined() ? z.data<float>() : nullptr, t.defined() ? t.data<float>() : nullptr,
@@ -196,6 +197,7 @@ void Backend::conv2d_backward_data_leaky_relu(const Tensor& dy, const Tensor& w,
   if (z.defined()) JEM_CHECK(z.shape() == dx.shape(), op, ": z ", z.shape().str(), " vs dx ", dx.shape().str());
   // The data gradient is written into dx before m and z are read.
   JEM_CHECK(!overlaps(m, dx) && !overlaps(z, dx), op, ": m or z overlaps dx");
+  JEM_CHECK(!overlaps(dy, dx), op, ": dy overlaps dx");
   if (g.N == 0) return;
   conv2d_backward_data_leaky_relu_impl(g, dy.data<float>(), w.data<float>(), m.data<float>(),
                                        z.defined() ? z.data<float>() : nullptr, dx.data<float>(), slope);

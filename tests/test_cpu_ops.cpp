@@ -556,6 +556,13 @@ TEST(CpuOpsConvFused, OverlapsAreRefused) {
             std::string::npos);
   EXPECT_NE(message([&] { be->conv2d_forward_leaky_relu(x, w, b, Tensor(), y, y, 1, 1, 0.2f); }).find("t overlaps y"),
             std::string::npos);
+  EXPECT_NE(message([&] { be->conv2d_forward_leaky_relu(x, w, b, t, t, y, 1, 1, 0.2f); }).find("z overlaps"),
+            std::string::npos);
+  const Tensor xy = be->empty(y_shape(g));  // x's shape equals y's here (3 -> 3 channels, stride 1, pad 1)
+  be->fill(xy, 1.0f);
+  EXPECT_NE(message([&] { be->conv2d_forward_leaky_relu(xy, w, b, Tensor(), Tensor(), xy, 1, 1, 0.2f); })
+                .find("x overlaps"),
+            std::string::npos);
   EXPECT_EQ(message([&] { be->conv2d_forward_leaky_relu(x, w, b, Tensor(), t, y, 1, 1, 0.2f); }), "no error");
   const Tensor dy = be->empty(y_shape(g)), dx = be->empty(x_shape(g));
   be->fill(dy, 1.0f);
@@ -563,6 +570,11 @@ TEST(CpuOpsConvFused, OverlapsAreRefused) {
                 .find("overlaps dx"),
             std::string::npos);
   EXPECT_NE(message([&] { be->conv2d_backward_data_leaky_relu(dy, w, x, dx, dx, 1, 1, 0.2f); }).find("overlaps dx"),
+            std::string::npos);
+  const Tensor dyx = be->empty(x_shape(g));  // dy's shape equals dx's here
+  be->fill(dyx, 1.0f);
+  EXPECT_NE(message([&] { be->conv2d_backward_data_leaky_relu(dyx, w, x, Tensor(), dyx, 1, 1, 0.2f); })
+                .find("dy overlaps dx"),
             std::string::npos);
 }
 
@@ -1243,6 +1255,19 @@ std::vector<OpResult> run_every_op(Backend& be) {
     const naive::ConvFilterGrad mag = naive::conv2d_backward_filter(g, abs_of(d.x), abs_of(d.dy));
     out.push_back({"conv dw", fg.dw, sum_tolerance(backward_filter_terms(g), mag.dw, want.dw)});
     out.push_back({"conv db", fg.db, sum_tolerance(backward_filter_terms(g), mag.db, want.db)});
+    // The fused ops (the activation runs per image or chunk, whichever thread wrote it): their
+    // output, as the plain convolution's, within its tolerance and bit-identical across threads.
+    const Tensor zy = be.from_vector(random_vector(numel(y_shape(g)), 142), y_shape(g));
+    Tensor t = be.empty(y_shape(g)), ya = be.empty(y_shape(g));
+    be.conv2d_forward_leaky_relu(be.from_vector(d.x, x_shape(g)), be.from_vector(d.w, w_shape(g)),
+                                 be.from_vector(d.b, Shape{g.K}), zy, t, ya, g.stride, g.pad_h, 0.2f);
+    out.push_back({"conv lrelu y", be.to_vector(ya), out[out.size() - 4].tol});
+    const Tensor m = be.from_vector(random_vector(numel(x_shape(g)), 143), x_shape(g));
+    const Tensor zx = be.from_vector(random_vector(numel(x_shape(g)), 144), x_shape(g));
+    Tensor dxa = be.empty(x_shape(g));
+    be.conv2d_backward_data_leaky_relu(be.from_vector(d.dy, y_shape(g)), be.from_vector(d.w, w_shape(g)), m, zx,
+                                       dxa, g.stride, g.pad_h, 0.2f);
+    out.push_back({"conv lrelu dx", be.to_vector(dxa), out[out.size() - 4].tol});
   }
   const LinearCase lc{5, 33, 7};
   const LinearData ld(lc, 151);
@@ -1296,7 +1321,8 @@ TEST(CpuOpsThreads, OneAndTwoThreadsAgree) {
   const auto a = run_every_op(*one), b = run_every_op(*two);
   for (std::size_t i = 0; i < a.size(); ++i) {
     expect_close(a[i].got, b[i].got, 2 * b[i].tol, a[i].name + ": 1 vs 2 threads");
-    if (a[i].name == "conv y" || a[i].name == "conv dx")
+    if (a[i].name == "conv y" || a[i].name == "conv dx" || a[i].name == "conv lrelu y" ||
+        a[i].name == "conv lrelu dx")
       expect_bit_identical(a[i].got, b[i].got, a[i].name + ": 1 vs 2 threads");
   }
 }

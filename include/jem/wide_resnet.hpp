@@ -111,8 +111,8 @@ class WideResNet {
     int in_planes = 0, planes = 0, stride = 1, in_size = 0, out_size = 0;
     Conv conv1, conv2, shortcut;  // shortcut.w == nullptr: identity
     // Activations for max_batch images (forward keeps them for backward). conv1's output h1 =
-    // conv1(a1) + b1 is not kept: conv1 writes it without its bias into scratch, and one pass
-    // adds the bias and applies the LeakyReLU; its backward reads a2's sign, which is h1's.
+    // conv1(a1) + b1 is not kept: the fused op (Backend::conv2d_forward_leaky_relu) writes
+    // lrelu(h1) into a2 directly; its backward reads a2's sign, which is h1's.
     Tensor a1;   // lrelu(x)          [M, in, H, H]
     Tensor a2;   // lrelu(h1)         [M, planes, H, H]
     Tensor out;  // conv2(a2) + sc(x) [M, planes, H/s, H/s]

@@ -3,7 +3,7 @@
 // ops (conv2d.cpp, which run them on each image right after the convolution wrote it). One
 // definition for both keeps the two ways bit-identical.
 //
-// Each is compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time by the CPU
+// Each is compiled for AVX-512, AVX2 and baseline x86-64, and the CPU's widest is used
 // (leaky_relu_spans.cpp): the fused ops run them on cache-resident images, where the vector
 // width, not memory, bounds them.
 #pragma once
