@@ -506,9 +506,10 @@ struct FusedConv::State {
   std::unique_ptr<Graph> graph;
   std::vector<Desc> configs;
   Desc plan{CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR};
-  // The last variant pack and the pointers it binds (the workspace last).
-  std::unique_ptr<Desc> pack;
-  std::vector<void*> pack_ptrs;
+  // Variant packs by the pointers they bind (the workspace last): a caller alternating between a
+  // few buffer sets (ping-pong buffers, the probe's two input sets) reuses them.
+  static constexpr std::size_t kPacks = 4;
+  std::vector<std::pair<std::vector<void*>, std::unique_ptr<Desc>>> packs;
 };
 
 FusedConv::FusedConv() = default;
@@ -589,16 +590,19 @@ void FusedConv::run(cudnnContext* handle, const Args& a, void* workspace) {
   }
   std::vector<void*> key = ptrs;
   key.push_back(workspace);
-  if (!state_->pack || state_->pack_ptrs != key) {
+  auto& packs = state_->packs;
+  auto hit = std::find_if(packs.begin(), packs.end(), [&](const auto& p) { return p.first == key; });
+  if (hit == packs.end()) {
     auto pack = std::make_unique<Desc>(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
     pack->set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, std::int64_t(ptrs.size()), ptrs.data())
         .set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, std::int64_t(uids.size()), uids.data())
         .set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
     pack->finalize("variant pack");
-    state_->pack = std::move(pack);
-    state_->pack_ptrs = std::move(key);
+    if (packs.size() == State::kPacks) packs.erase(packs.begin());  // the oldest
+    packs.emplace_back(std::move(key), std::move(pack));
+    hit = packs.end() - 1;
   }
-  JEM_CUDNN_CHECK(cudnnBackendExecute(handle, state_->plan.get(), state_->pack->get()));
+  JEM_CUDNN_CHECK(cudnnBackendExecute(handle, state_->plan.get(), hit->second->get()));
 }
 
 // ---- helpers -------------------------------------------------------------------------------------

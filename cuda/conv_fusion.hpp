@@ -134,7 +134,7 @@ class FusedConv {
   bool tensor_cores() const { return tensor_cores_; }  // TF32 on fp32 data
   bool runtime_compiled() const { return runtime_compiled_; }
   // Runs on the handle's stream; `workspace` must hold workspace_bytes(). The variant pack (the
-  // pointers) is built once and rebuilt only when a pointer changes.
+  // pointers) is built at the first call with a set of pointers and kept (the last 4 sets).
   void run(cudnnContext* handle, const Args& a, void* workspace);
 
  private:
