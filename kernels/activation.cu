@@ -34,7 +34,7 @@ void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const 
   if (n <= 0 || C <= 0) return;
   JEM_CHECK(n <= std::int64_t(0xFFFFFFFF), "bias_leaky_relu_forward: ", n,
             " elements exceed the kernel's 32-bit index");
-  bias_leaky_relu_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+  JEM_LAUNCH(bias_leaky_relu_kernel, grid_for(n), kThreads, stream)(
       std::uint32_t(n), std::uint32_t(C), std::uint32_t(HW), x, b, y, slope);
   JEM_CUDA_CHECK_LAUNCH();
 }
@@ -42,7 +42,8 @@ void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const 
 void leaky_relu_backward_add(std::int64_t n, const float* x, const float* dy, const float* other,
                              float* dx, float slope, cudaStream_t stream) {
   if (n <= 0) return;
-  leaky_relu_backward_add_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, x, dy, other, dx, slope);
+  JEM_LAUNCH(leaky_relu_backward_add_kernel, grid_for(n), kThreads, stream)(
+      n, x, dy, other, dx, slope);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

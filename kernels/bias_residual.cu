@@ -25,7 +25,7 @@ void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const floa
   if (n <= 0) return;
   JEM_CHECK(n <= std::int64_t(0xFFFFFFFF), "bias_residual_add: ", n,
             " elements exceed the kernel's 32-bit index");
-  bias_residual_add_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+  JEM_LAUNCH(bias_residual_add_kernel, grid_for(n), kThreads, stream)(
       std::uint32_t(n), std::uint32_t(C), std::uint32_t(HW), b, z, y);
   JEM_CUDA_CHECK_LAUNCH();
 }

@@ -7,7 +7,11 @@
 // (The reductions, sum_squares and the fused energy/CE kernels, stay hand-written: thrust::reduce
 // allocates temporary storage per call and does not fix its summation order across GPUs.)
 #include <thrust/fill.h>
+#if defined(JEM_KERNEL_EMULATION)
+#include <thrust/system/cpp/execution_policy.h>
+#else
 #include <thrust/system/cuda/execution_policy.h>
+#endif
 #include <thrust/system_error.h>
 #include <thrust/transform.h>
 
@@ -21,7 +25,12 @@
 namespace jem::kernels {
 namespace {
 
+#if defined(JEM_KERNEL_EMULATION)
+// The emulation build (kernel_util.cuh) runs Thrust's sequential host system.
+auto on(cudaStream_t /*stream*/) { return thrust::cpp::par; }
+#else
 auto on(cudaStream_t stream) { return thrust::cuda::par_nosync.on(stream); }
+#endif
 
 // Thrust reports a failed launch by throwing thrust::system_error: rethrown as jem::Error with
 // this file and line, like every other CUDA error.

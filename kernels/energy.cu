@@ -132,8 +132,8 @@ unsigned row_blocks(int N) {
 void energy_forward_backward(int N, int K, const float* logits, float* energy, float* dlogits,
                              float grad_scale, float sq_scale, bool squared, cudaStream_t stream) {
   if (N <= 0 || K <= 0) return;
-  energy_kernel<<<row_blocks(N), kThreads, 0, stream>>>(N, K, logits, energy, dlogits, grad_scale,
-                                                        sq_scale, squared);
+  JEM_LAUNCH(energy_kernel, row_blocks(N), kThreads, stream)(
+      N, K, logits, energy, dlogits, grad_scale, sq_scale, squared);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
@@ -141,8 +141,8 @@ void cross_entropy_forward_backward(int N, int K, const float* logits, const std
                                     float* loss, float* dlogits, float grad_scale, int* error,
                                     cudaStream_t stream) {
   if (N <= 0 || K <= 0) return;
-  cross_entropy_kernel<<<row_blocks(N), kThreads, 0, stream>>>(N, K, logits, labels, loss, dlogits,
-                                                               grad_scale, error);
+  JEM_LAUNCH(cross_entropy_kernel, row_blocks(N), kThreads, stream)(
+      N, K, logits, labels, loss, dlogits, grad_scale, error);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
@@ -151,8 +151,8 @@ void class_energy_forward_backward(int N, int K, const float* logits, const std:
                                    cudaStream_t stream) {
   const std::int64_t total = std::int64_t(N) * K;
   if (total <= 0) return;
-  class_energy_kernel<<<grid_for(total), kThreads, 0, stream>>>(total, K, logits, labels, energy,
-                                                                dlogits, grad_scale, error);
+  JEM_LAUNCH(class_energy_kernel, grid_for(total), kThreads, stream)(
+      total, K, logits, labels, energy, dlogits, grad_scale, error);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

@@ -40,14 +40,14 @@ __global__ void copy_channels_kernel(std::int64_t run, std::int64_t dst_row, std
 void max_pool2d_forward(const PoolGeom& g, const float* x, float* y, cudaStream_t stream) {
   const std::int64_t n = std::int64_t(g.N) * g.C * g.P() * g.Q();
   if (n <= 0) return;
-  pool_kernel<true><<<grid_for(n), kThreads, 0, stream>>>(g, g.P(), g.Q(), n, x, y);
+  JEM_LAUNCH(pool_kernel<true>, grid_for(n), kThreads, stream)(g, g.P(), g.Q(), n, x, y);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
 void avg_pool2d_forward(const PoolGeom& g, const float* x, float* y, cudaStream_t stream) {
   const std::int64_t n = std::int64_t(g.N) * g.C * g.P() * g.Q();
   if (n <= 0) return;
-  pool_kernel<false><<<grid_for(n), kThreads, 0, stream>>>(g, g.P(), g.Q(), n, x, y);
+  JEM_LAUNCH(pool_kernel<false>, grid_for(n), kThreads, stream)(g, g.P(), g.Q(), n, x, y);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
@@ -55,7 +55,7 @@ void resize_bilinear_forward(std::int64_t NC, int H, int W, int P, int Q, const 
                              cudaStream_t stream) {
   const std::int64_t n = NC * P * Q;
   if (n <= 0) return;
-  resize_kernel<<<grid_for(n), kThreads, 0, stream>>>(H, W, P, Q, n, x, y);
+  JEM_LAUNCH(resize_kernel, grid_for(n), kThreads, stream)(H, W, P, Q, n, x, y);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
@@ -63,7 +63,7 @@ void copy_channels(int N, int Cs, int Cd, std::int64_t HW, int offset, const flo
                    cudaStream_t stream) {
   const std::int64_t run = std::int64_t(Cs) * HW, n = std::int64_t(N) * run;
   if (n <= 0) return;
-  copy_channels_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+  JEM_LAUNCH(copy_channels_kernel, grid_for(n), kThreads, stream)(
       run, std::int64_t(Cd) * HW, std::int64_t(offset) * HW, n, src, dst);
   JEM_CUDA_CHECK_LAUNCH();
 }

@@ -1,12 +1,25 @@
 // Helpers shared by the .cu files: launch geometry, warp reductions, device error reports.
 #pragma once
 
+#if defined(JEM_KERNEL_EMULATION)
+#include "emulation/cuda_emulation.hpp"  // the kernels compiled as host C++ (tests/emulation/)
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
 
 #include "cuda_check.hpp"
+
+// Every launch site: JEM_LAUNCH(kernel, grid, block, stream)(arguments...), no dynamic shared
+// memory. nvcc builds get the <<<...>>> launch; the emulation build runs the grid on the CPU.
+#if defined(JEM_KERNEL_EMULATION)
+#define JEM_LAUNCH(kernel, grid, block, stream) \
+  ::jem::emu::Launch(#kernel, kernel, grid, block, stream)
+#else
+#define JEM_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#endif
 
 namespace jem::kernels {
 

@@ -27,13 +27,13 @@ __global__ void column_sums_kernel(int N, int O, const float* dy, float* db) {
 void broadcast_rows(int N, int O, const float* b, float* y, cudaStream_t stream) {
   const std::int64_t n = std::int64_t(N) * O;
   if (n <= 0) return;
-  broadcast_rows_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, O, b, y);
+  JEM_LAUNCH(broadcast_rows_kernel, grid_for(n), kThreads, stream)(n, O, b, y);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
 void column_sums_accumulate(int N, int O, const float* dy, float* db, cudaStream_t stream) {
   if (N <= 0 || O <= 0) return;
-  column_sums_kernel<<<grid_for(O, 128), 128, 0, stream>>>(N, O, dy, db);
+  JEM_LAUNCH(column_sums_kernel, grid_for(O, 128), 128, stream)(N, O, dy, db);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

@@ -73,14 +73,14 @@ __global__ void sum_partials_kernel(std::int64_t count, const double* partials, 
 void adam_step(std::int64_t n, float* p, const float* g, float* m, float* v, const AdamStep& step,
                cudaStream_t stream) {
   if (n <= 0) return;
-  adam_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, p, g, m, v, step);
+  JEM_LAUNCH(adam_kernel, grid_for(n), kThreads, stream)(n, p, g, m, v, step);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
 void sgd_step(std::int64_t n, float* p, const float* g, float* buf, float lr, float momentum,
               float weight_decay, cudaStream_t stream) {
   if (n <= 0) return;
-  sgd_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, p, g, buf, lr, momentum, weight_decay);
+  JEM_LAUNCH(sgd_kernel, grid_for(n), kThreads, stream)(n, p, g, buf, lr, momentum, weight_decay);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
@@ -96,10 +96,10 @@ void sum_squares(std::int64_t n, const float* x, double* partials, double* resul
   }
   const std::int64_t chunks = sum_squares_partials(n);
   JEM_CHECK(chunks <= 0x7FFFFFFF, "sum_squares: ", n, " elements are too many");
-  sum_squares_chunks_kernel<<<static_cast<unsigned>(chunks), kReduceThreads, 0, stream>>>(n, x,
-                                                                                         partials);
+  JEM_LAUNCH(sum_squares_chunks_kernel, static_cast<unsigned>(chunks), kReduceThreads, stream)(
+      n, x, partials);
   JEM_CUDA_CHECK_LAUNCH();
-  sum_partials_kernel<<<1, kReduceThreads, 0, stream>>>(chunks, partials, result);
+  JEM_LAUNCH(sum_partials_kernel, 1, kReduceThreads, stream)(chunks, partials, result);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

@@ -31,7 +31,7 @@ void global_avg_pool_forward(int N, int C, int HW, const float* x, float* y, cud
   const float inv = 1.0f / static_cast<float>(HW);
   const std::int64_t warps_per_block = kThreads / kWarp;
   const auto blocks = static_cast<unsigned>((planes + warps_per_block - 1) / warps_per_block);
-  gap_forward_kernel<<<blocks, kThreads, 0, stream>>>(planes, HW, inv, x, y);
+  JEM_LAUNCH(gap_forward_kernel, blocks, kThreads, stream)(planes, HW, inv, x, y);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
@@ -40,7 +40,7 @@ void global_avg_pool_backward(int N, int C, int HW, const float* dy, float* dx,
   const std::int64_t n = std::int64_t(N) * C * HW;
   if (n <= 0) return;
   const float inv = 1.0f / static_cast<float>(HW);
-  gap_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, HW, inv, dy, dx);
+  JEM_LAUNCH(gap_backward_kernel, grid_for(n), kThreads, stream)(n, HW, inv, dy, dx);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

@@ -86,24 +86,24 @@ void buffer_gather(int B, std::int64_t per, const float* buffer, std::int64_t sl
                    const std::int32_t* index, const std::int32_t* reinit, float* out,
                    const NoiseKey& key, int* error, cudaStream_t stream) {
   if (B <= 0 || per <= 0) return;
-  gather_kernel<<<sample_grid(B, per), kThreads, 0, stream>>>(B, per, buffer, slots, index, reinit,
-                                                              out, key, error);
+  JEM_LAUNCH(gather_kernel, sample_grid(B, per), kThreads, stream)(
+      B, per, buffer, slots, index, reinit, out, key, error);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
 void buffer_scatter(int B, std::int64_t per, const float* x, const std::int32_t* index,
                     float* buffer, std::int64_t slots, int* error, cudaStream_t stream) {
   if (B <= 0 || per <= 0) return;
-  scatter_kernel<<<sample_grid(B, per), kThreads, 0, stream>>>(B, per, x, index, buffer, slots,
-                                                               error);
+  JEM_LAUNCH(scatter_kernel, sample_grid(B, per), kThreads, stream)(
+      B, per, x, index, buffer, slots, error);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
 void sgld_step(int B, std::int64_t per, float* x, const float* grad, float step_size,
                float noise_std, bool clamp, const NoiseKey& key, cudaStream_t stream) {
   if (B <= 0 || per <= 0) return;
-  sgld_kernel<<<sample_grid(B, (per + 3) / 4), kThreads, 0, stream>>>(B, per, x, grad, step_size,
-                                                                      noise_std, clamp, key);
+  JEM_LAUNCH(sgld_kernel, sample_grid(B, (per + 3) / 4), kThreads, stream)(
+      B, per, x, grad, step_size, noise_std, clamp, key);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,260 @@
+// The grid runner and runtime stand-ins of cuda_emulation.hpp.
+//
+// A launch starts one OS thread per thread of a block and reuses them for every
+// block. Three kinds of barrier:
+//   * `next_block` (all threads of the block, every block): its completion
+//   step, which runs on
+//     one thread while the others wait, sets up the next block (fresh block and
+//     warp barriers, cleared exit flags), so no thread can start block b + 1
+//     while another still runs block b;
+//   * the block barrier of __syncthreads, and one barrier per warp for the
+//   shuffles: rebuilt for
+//     every block, because a thread that returns early leaves them for good
+//     (arrive_and_drop).
+#include "cuda_emulation.hpp"
+
+#include <atomic>
+#include <barrier>
+#include <cstdlib>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace jem::emu {
+namespace {
+
+constexpr int kWarp = 32;
+
+// The calling (host) thread's last error, as cudaGetLastError keeps it, and its
+// message.
+thread_local cudaError_t last_error = cudaSuccess;
+thread_local std::string last_message;
+
+class GridRun;
+thread_local GridRun *current_run = nullptr;  // the launch this emulated thread belongs to
+thread_local int current_thread = 0;          // its linear index in the block
+
+class GridRun {
+ public:
+  GridRun(const char *kernel, dim3 grid, dim3 block, const std::function<void()> &body)
+      : kernel_(kernel),
+        grid_(grid),
+        block_(block),
+        body_(body),
+        threads_(int(block.x * block.y * block.z)),
+        blocks_(std::int64_t(grid.x) * grid.y * grid.z),
+        slots_(std::size_t(threads_)),
+        exited_(std::make_unique<std::atomic<bool>[]>(std::size_t(threads_))),
+        next_block_(threads_, Advance{this}) {}
+
+  // Runs every block; returns the first error (empty when none).
+  std::string run() {
+    std::vector<std::thread> pool;
+    pool.reserve(std::size_t(threads_));
+    for (int t = 0; t < threads_; ++t) pool.emplace_back([this, t] { work(t); });
+    for (auto &th : pool) th.join();
+    return error_;
+  }
+
+  void syncthreads() { block_barrier_->arrive_and_wait(); }
+
+  std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask) {
+    const int t = current_thread, lane = t % kWarp, warp = t / kWarp;
+    slots_[std::size_t(t)] = bits;
+    warp_barriers_[std::size_t(warp)].arrive_and_wait();  // every live lane has written its value
+    const int src_lane = lane ^ lane_mask, src = warp * kWarp + src_lane;
+    std::uint64_t result = bits;
+    if (((mask >> lane) & 1u) == 0)
+      fail("lane " + std::to_string(lane) + " calls __shfl_xor_sync with a mask that omits it");
+    else if (lane_mask < 0 || src_lane >= kWarp || src >= threads_ ||
+             ((mask >> src_lane) & 1u) == 0)
+      fail("lane " + std::to_string(lane) + " shuffles with lane " + std::to_string(src_lane) +
+           ", outside the warp or the mask");
+    else if (exited_[std::size_t(src)].load(std::memory_order_relaxed))
+      fail("lane " + std::to_string(lane) + " of warp " + std::to_string(warp) +
+           " shuffles with lane " + std::to_string(src_lane) + ", which has exited");
+    else
+      result = slots_[std::size_t(src)];
+    warp_barriers_[std::size_t(warp)]
+        .arrive_and_wait();  // every lane has read before the next write
+    return result;
+  }
+
+  void fail(const std::string &what) {
+    const std::lock_guard<std::mutex> lock(error_mutex_);
+    if (error_.empty())
+      error_ = std::string(kernel_) + ", block (" + std::to_string(blockIdx.x) + ", " +
+               std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "), thread " +
+               std::to_string(current_thread) + ": " + what;
+  }
+
+ private:
+  // Completion step of next_block_: runs once all threads have finished the
+  // previous block.
+  struct Advance {
+    GridRun *run;
+    void operator()() noexcept { run->advance(); }
+  };
+
+  void advance() {
+    if (block_index_ + 1 >= blocks_) {
+      done_ = true;
+      return;
+    }
+    ++block_index_;
+    block_barrier_.emplace(threads_);
+    warp_barriers_.clear();
+    for (int w = 0; w * kWarp < threads_; ++w)
+      warp_barriers_.emplace_back(std::min(kWarp, threads_ - w * kWarp));
+    for (int t = 0; t < threads_; ++t)
+      exited_[std::size_t(t)].store(false, std::memory_order_relaxed);
+  }
+
+  void work(int t) {
+    current_run = this;
+    current_thread = t;
+    threadIdx = uint3{unsigned(t) % block_.x, (unsigned(t) / block_.x) % block_.y,
+                      unsigned(t) / (block_.x * block_.y)};
+    blockDim = block_;
+    gridDim = grid_;
+    for (;;) {
+      next_block_.arrive_and_wait();
+      if (done_) break;
+      const std::int64_t b = block_index_;
+      blockIdx = uint3{unsigned(b % grid_.x), unsigned(b / grid_.x % grid_.y),
+                       unsigned(b / (std::int64_t(grid_.x) * grid_.y))};
+      try {
+        body_();
+      } catch (const std::exception &e) {
+        fail(std::string("exception: ") + e.what());
+      } catch (...) {
+        fail("unknown exception");
+      }
+      // Returned: leave this block's barriers as an exited GPU thread does.
+      exited_[std::size_t(t)].store(true, std::memory_order_relaxed);
+      block_barrier_->arrive_and_drop();
+      warp_barriers_[std::size_t(t / kWarp)].arrive_and_drop();
+    }
+    current_run = nullptr;
+  }
+
+  const char *kernel_;
+  dim3 grid_;
+  dim3 block_;
+  const std::function<void()> &body_;
+  int threads_;
+  std::int64_t blocks_;
+  std::int64_t block_index_ = -1;
+  bool done_ = false;
+  std::vector<std::uint64_t> slots_;             // one shuffle value per thread
+  std::unique_ptr<std::atomic<bool>[]> exited_;  // per thread, for the current block
+  std::optional<std::barrier<>> block_barrier_;  // __syncthreads
+  std::deque<std::barrier<>> warp_barriers_;     // the shuffles (a deque: barriers do not move)
+  std::barrier<Advance> next_block_;
+  std::mutex error_mutex_;
+  std::string error_;
+};
+
+void set_error(cudaError_t e, std::string message) {
+  last_error = e;
+  last_message = std::move(message);
+}
+
+}  // namespace
+
+void run_grid(const char *kernel, dim3 grid, dim3 block, const std::function<void()> &body) {
+  // The limits of every GPU since compute capability 3.0
+  // (cudaErrorInvalidConfiguration there).
+  const std::int64_t threads = std::int64_t(block.x) * block.y * block.z;
+  if (threads < 1 || threads > 1024 || block.z > 64 || grid.x < 1 || grid.y < 1 || grid.z < 1 ||
+      grid.x > 0x7FFFFFFFu || grid.y > 65535 || grid.z > 65535) {
+    set_error(cudaErrorInvalidConfiguration,
+              std::string(kernel) + ": invalid launch configuration, grid (" +
+                  std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
+                  std::to_string(grid.z) + "), block (" + std::to_string(block.x) + ", " +
+                  std::to_string(block.y) + ", " + std::to_string(block.z) + ")");
+    return;
+  }
+  GridRun run(kernel, grid, block, body);
+  const std::string error = run.run();
+  if (!error.empty()) set_error(cudaErrorLaunchFailure, error);
+}
+
+void syncthreads() { current_run->syncthreads(); }
+
+std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask) {
+  return current_run->shuffle_xor(mask, bits, lane_mask);
+}
+
+cudaError_t get_last_error() {
+  const cudaError_t e = last_error;
+  last_error = cudaSuccess;
+  return e;
+}
+
+const char *error_name(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    default:
+      return "cudaError (emulated)";
+  }
+}
+
+// The message of the last failed launch (the emulation knows which thread
+// failed and why).
+const char *error_string(cudaError_t e) {
+  return e == cudaSuccess ? "no error" : last_message.c_str();
+}
+
+cudaError_t memset_async(void *p, int value, std::size_t bytes, cudaStream_t /*stream*/) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+// cudaMemcpy's contract: the ranges must not overlap. std::memcpy has the same
+// one, which AddressSanitizer checks (memcpy-param-overlap) in the sanitizer
+// build.
+cudaError_t memcpy_async(void *dst, const void *src, std::size_t bytes, cudaMemcpyKind /*kind*/,
+                         cudaStream_t /*stream*/) {
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t malloc_async(void **p, std::size_t bytes, cudaStream_t /*stream*/) {
+  *p = std::malloc(bytes);
+  if (*p == nullptr && bytes > 0) {
+    set_error(cudaErrorMemoryAllocation, "out of host memory");
+    return cudaErrorMemoryAllocation;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t free_async(void *p, cudaStream_t /*stream*/) {
+  std::free(p);
+  return cudaSuccess;
+}
+
+}  // namespace jem::emu
+
+int atomicCAS(int *address, int compare, int value) {
+  std::atomic_ref<int>(*address).compare_exchange_strong(compare, value);
+  return compare;  // the old value: compare_exchange leaves it in `compare`
+                   // either way
+}

@@ -1,0 +1,128 @@
+// Runs the CUDA backend's own kernels (kernels/*.cu) on the CPU, compiled as
+// plain C++, so that a machine without a GPU executes their index math,
+// grid-stride loops, reductions, shuffles and barriers (tests/emulation/).
+// Included by kernel_util.cuh instead of <cuda_runtime.h> when
+// JEM_KERNEL_EMULATION is defined; never part of the real (nvcc) build.
+//
+// The model. A launch runs its blocks one after another. The threads of a block
+// are real OS threads, so __syncthreads and warp shuffles are real barriers
+// between concurrently running code (a thread that waits for another that never
+// comes hangs, as on a GPU: the tests run under a ctest timeout). A thread that
+// returns early drops out of its block's and its warp's barriers, as an exited
+// thread does on the GPU; a shuffle that reads an exited lane or a lane outside
+// its mask is reported as a launch error instead of returning garbage.
+// __shared__ variables become function-local statics: one block runs at a time,
+// so one copy is the block's shared memory.
+//
+// What it checks: the kernels' logic (which thread writes which element, that
+// reductions see every input once, that barriers and shuffles are reached by
+// the threads that need them) and, in the sanitizer build, every memory access
+// (AddressSanitizer sees the kernels' reads and writes of host vectors, as
+// compute-sanitizer would on a GPU). What it cannot: speed, memory coalescing,
+// races between blocks (they never overlap here), nvcc's code generation (FMA
+// contraction, CUDA's expf / logf / sinf, which differ from glibc's in the last
+// bits; the
+// __CUDA_ARCH__ branches of the shared math), and the cuDNN / cuBLAS calls.
+#pragma once
+
+#if defined(__CUDACC__)
+#error "cuda_emulation.hpp compiles the kernels as host C++; nvcc builds use <cuda_runtime.h>"
+#endif
+
+// The runtime's types (dim3, uint3, cudaStream_t, cudaError_t). With a host
+// compiler its
+// __global__ / __device__ / __host__ / __forceinline__ expand to host-valid
+// code (nothing, or always_inline).
+#include <cuda_runtime.h>
+
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+
+// One block runs at a time: a function-local static is that block's shared
+// memory.
+#undef __shared__
+#define __shared__ static
+
+// The built-in index variables: per OS thread, i.e. per emulated CUDA thread.
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
+
+namespace jem::emu {
+
+// Runs `body` once per thread of the grid: blocks in order, the threads of each
+// block concurrently. Errors (a bad configuration, an exception or a faulty
+// shuffle in a thread) become the calling thread's last error, read by
+// get_last_error() like cudaGetLastError().
+void run_grid(const char *kernel, dim3 grid, dim3 block, const std::function<void()> &body);
+
+// What a launch site names: the kernel and its configuration; called with the
+// kernel's arguments. (The stream is ignored: every launch completes before it
+// returns.)
+template <class Kernel>
+class Launch {
+ public:
+  Launch(const char *name, Kernel kernel, dim3 grid, dim3 block, cudaStream_t /*stream*/)
+      : name_(name), kernel_(kernel), grid_(grid), block_(block) {}
+  template <class... Args>
+  void operator()(const Args &...args) const {
+    run_grid(name_, grid_, block_, [&] { kernel_(args...); });
+  }
+
+ private:
+  const char *name_;
+  Kernel kernel_;
+  dim3 grid_, block_;
+};
+
+// Device-side primitives (see the intrinsics below).
+void syncthreads();
+std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask);
+
+// The runtime calls the kernels' launchers make, on host memory (every pointer
+// is a host pointer here). Synchronous; the stream is ignored.
+cudaError_t get_last_error();
+const char *error_name(cudaError_t e);
+const char *error_string(cudaError_t e);
+cudaError_t memset_async(void *p, int value, std::size_t bytes, cudaStream_t stream);
+cudaError_t memcpy_async(void *dst, const void *src, std::size_t bytes, cudaMemcpyKind kind,
+                         cudaStream_t stream);
+cudaError_t malloc_async(void **p, std::size_t bytes, cudaStream_t stream);
+cudaError_t free_async(void *p, cudaStream_t stream);
+
+}  // namespace jem::emu
+
+// ---- the device intrinsics the kernels use
+// -----------------------------------------------------
+inline void __syncthreads() { jem::emu::syncthreads(); }
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(std::uint64_t));
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  bits = jem::emu::shuffle_xor(mask, bits, lane_mask);
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+int atomicCAS(int *address, int compare, int value);
+
+inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+// The runtime API, redirected to the emulation (the real one is not linked).
+#define cudaGetLastError ::jem::emu::get_last_error
+#define cudaGetErrorName ::jem::emu::error_name
+#define cudaGetErrorString ::jem::emu::error_string
+#define cudaMemsetAsync ::jem::emu::memset_async
+#define cudaMemcpyAsync ::jem::emu::memcpy_async
+#define cudaMallocAsync ::jem::emu::malloc_async
+#define cudaFreeAsync ::jem::emu::free_async
