@@ -25,13 +25,14 @@
 #include <thread>
 #include <vector>
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
-
 namespace jem::emu {
 namespace {
+
+// The built-in variables of the emulated thread running on this OS thread.
+thread_local uint3 thread_idx;
+thread_local uint3 block_idx;
+thread_local uint3 block_dims;
+thread_local uint3 grid_dims;
 
 constexpr int kWarp = 32;
 
@@ -123,16 +124,16 @@ class GridRun {
   void work(int t) {
     current_run = this;
     current_thread = t;
-    threadIdx = uint3{unsigned(t) % block_.x, (unsigned(t) / block_.x) % block_.y,
-                      unsigned(t) / (block_.x * block_.y)};
-    blockDim = block_;
-    gridDim = grid_;
+    thread_idx = uint3{unsigned(t) % block_.x, (unsigned(t) / block_.x) % block_.y,
+                       unsigned(t) / (block_.x * block_.y)};
+    block_dims = uint3{block_.x, block_.y, block_.z};
+    grid_dims = uint3{grid_.x, grid_.y, grid_.z};
     for (;;) {
       next_block_.arrive_and_wait();
       if (done_) break;
       const std::int64_t b = block_index_;
-      blockIdx = uint3{unsigned(b % grid_.x), unsigned(b / grid_.x % grid_.y),
-                       unsigned(b / (std::int64_t(grid_.x) * grid_.y))};
+      block_idx = uint3{unsigned(b % grid_.x), unsigned(b / grid_.x % grid_.y),
+                        unsigned(b / (std::int64_t(grid_.x) * grid_.y))};
       try {
         body_();
       } catch (const std::exception &e) {
@@ -171,6 +172,11 @@ void set_error(cudaError_t e, std::string message) {
 }
 
 }  // namespace
+
+const uint3 &thread_index() { return thread_idx; }
+const uint3 &block_index() { return block_idx; }
+const uint3 &block_dim() { return block_dims; }
+const uint3 &grid_dim() { return grid_dims; }
 
 void run_grid(const char *kernel, dim3 grid, dim3 block, const std::function<void()> &body) {
   // The limits of every GPU since compute capability 3.0

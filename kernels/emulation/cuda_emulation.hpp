@@ -48,11 +48,21 @@
 #undef __shared__
 #define __shared__ static
 
-// The built-in index variables: per OS thread, i.e. per emulated CUDA thread.
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
+// The built-in index variables, per OS thread, i.e. per emulated CUDA thread: read through
+// functions of cuda_emulation.cpp, which owns the thread_local values (a thread_local read
+// directly from another translation unit made UndefinedBehaviorSanitizer's null check fire on
+// its TLS address in GCC 12 builds). CUDA's blockDim and gridDim are dim3; uint3 here (the
+// kernels only read .x, .y, .z).
+namespace jem::emu {
+const uint3 &thread_index();
+const uint3 &block_index();
+const uint3 &block_dim();
+const uint3 &grid_dim();
+}  // namespace jem::emu
+#define threadIdx (::jem::emu::thread_index())
+#define blockIdx (::jem::emu::block_index())
+#define blockDim (::jem::emu::block_dim())
+#define gridDim (::jem::emu::grid_dim())
 
 namespace jem::emu {
 

@@ -42,7 +42,8 @@ constexpr double kU = 0x1p-24;  // unit roundoff of float32
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 const cudaStream_t kStream = nullptr;
 
-// ---- self-tests of the emulation -----------------------------------------------------------------
+// ---- self-tests of the emulation
+// -----------------------------------------------------------------
 
 // Each thread of the grid counts itself at its global (x, y, z) position.
 __global__ void count_threads_kernel(int* counts) {
@@ -115,7 +116,8 @@ TEST(Emulation, ReportsAnInvalidConfiguration) {
   EXPECT_EQ(*std::max_element(counts.begin(), counts.end()), 0) << "no thread may run";
 }
 
-// ---- helpers ---------------------------------------------------------------------------------------
+// ---- helpers
+// ---------------------------------------------------------------------------------------
 
 class EmulatedKernels : public ::testing::Test {
  protected:
@@ -141,11 +143,13 @@ void expect_within(const Vec& got, const Vec& want, double tol, double floor,
                    const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   for (std::size_t i = 0; i < got.size(); ++i)
-    ASSERT_LE(std::fabs(double(got[i]) - want[i]), tol * std::max(std::fabs(double(want[i])), floor))
+    ASSERT_LE(std::fabs(double(got[i]) - want[i]),
+              tol * std::max(std::fabs(double(want[i])), floor))
         << what << " element " << i << ": " << got[i] << " vs " << want[i];
 }
 
-// ---- elementwise.cu (through Thrust's host system here) -------------------------------------------
+// ---- elementwise.cu (through Thrust's host system here)
+// -------------------------------------------
 
 TEST_F(EmulatedKernels, FillsCopiesAndMaps) {
   constexpr std::int64_t n = 1001;
@@ -214,7 +218,8 @@ TEST_F(EmulatedKernels, AxpyWithinOneRounding) {
   // The kernel computes round(y + round(alpha x)) unless the compiler contracts it to one fused
   // multiply-add; the CPU's BLAS may do either: at most 3 u (|y| + |alpha x|) apart.
   for (std::int64_t i = 0; i < n; ++i)
-    ASSERT_LE(std::fabs(double(y[i]) - want[i]), 3 * kU * (std::fabs(y0[i]) + std::fabs(alpha * x[i])))
+    ASSERT_LE(std::fabs(double(y[i]) - want[i]),
+              3 * kU * (std::fabs(y0[i]) + std::fabs(alpha * x[i])))
         << "element " << i;
 }
 
@@ -242,7 +247,8 @@ TEST_F(EmulatedKernels, FusedActivationPassesAreTheCpuOps) {
     cpu->leaky_relu_backward_add(tensor(x, s), tensor(dy, s), cd, cd, slope);
     const Vec want = vec(cd);
     for (std::size_t i = 0; i < dx.size(); ++i)
-      ASSERT_LE(std::fabs(double(dx[i]) - want[i]), 2 * kU * (std::fabs(dy[i]) + std::fabs(other[i])))
+      ASSERT_LE(std::fabs(double(dx[i]) - want[i]),
+                2 * kU * (std::fabs(dy[i]) + std::fabs(other[i])))
           << s.str() << " element " << i;
   }
 }
@@ -267,7 +273,8 @@ TEST_F(EmulatedKernels, BiasResidualAddIsConvPlusBiasThenResidual) {
   }
 }
 
-// ---- pool.cu, image_ops.cu, linear.cu -------------------------------------------------------------
+// ---- pool.cu, image_ops.cu, linear.cu
+// -------------------------------------------------------------
 
 TEST_F(EmulatedKernels, GlobalAvgPool) {
   // 7 * 9 = 63 planes: 8 blocks of 8 warps, the last block with one warp idle; HW 1, 33 (a
@@ -302,11 +309,12 @@ TEST_F(EmulatedKernels, GlobalAvgPool) {
 TEST_F(EmulatedKernels, PoolingResizeAndChannelCopyAreTheCpuOps) {
   const Shape s{2, 3, 11, 9};
   const Vec x = random_vector(s.numel(), 15);
-  for (const auto& [kernel, stride, pad] : {std::tuple{3, 2, 0}, std::tuple{3, 1, 1}, std::tuple{2, 2, 1}}) {
+  for (const auto& [kernel, stride, pad] :
+       {std::tuple{3, 2, 0}, std::tuple{3, 1, 1}, std::tuple{2, 2, 1}}) {
     const PoolGeom g{2, 3, 11, 9, kernel, stride, pad};
     const Shape ys{2, 3, g.P(), g.Q()};
-    const std::string what = std::to_string(kernel) + "/" + std::to_string(stride) + "/" +
-                             std::to_string(pad);
+    const std::string what =
+        std::to_string(kernel) + "/" + std::to_string(stride) + "/" + std::to_string(pad);
     Vec y(ys.numel(), kNaN);
     const Tensor cy = cpu->empty(ys);
     kernels::max_pool2d_forward(g, x.data(), y.data(), kStream);
@@ -351,7 +359,8 @@ TEST_F(EmulatedKernels, LinearBiasBroadcastAndColumnSums) {
   expect_bit_equal(db, want, "column sums");
 }
 
-// ---- energy.cu -------------------------------------------------------------------------------------
+// ---- energy.cu
+// -------------------------------------------------------------------------------------
 
 // Logit rows: random, one dominant logit (the log1p path), ties at the maximum, a constant row.
 Vec loss_logits(int N, int K, std::uint64_t seed) {
@@ -374,8 +383,8 @@ enum class Loss { Energy, SquaredEnergy, CrossEntropy };
 
 // want: the exact gradient entries; size: what each entry's error is relative to.
 //   energy:          -gs p_k,                    size |gs| p_k
-//   squared energy:  -(gs + 2 sq E) p_k,         size (|gs| + 2 |sq E|) p_k  (gs + 2 sq E may cancel)
-//   cross-entropy:   gs (p_k - [k == y]),        size |gs| |p_k - [k == y]|
+//   squared energy:  -(gs + 2 sq E) p_k,         size (|gs| + 2 |sq E|) p_k  (gs + 2 sq E may
+//   cancel) cross-entropy:   gs (p_k - [k == y]),        size |gs| |p_k - [k == y]|
 void exact_loss_gradient(const Vec& logits, int N, int K, Loss loss, const IVec& labels, float gs,
                          float sq, Vec& want, std::vector<double>& size) {
   want.assign(std::size_t(N * K), 0.0f);
@@ -449,8 +458,8 @@ TEST_F(EmulatedKernels, EnergySquaredEnergyAndCrossEntropy) {
     for (int n = 0; n < N; ++n) labels[std::size_t(n)] = (3 * n + 1) % K;
     if (K > 2) labels[1] = 2 % K;  // row 1's label holds its dominant logit
     int error[kernels::kErrorWords] = {};
-    kernels::cross_entropy_forward_backward(N, K, logits.data(), labels.data(), E.data(),
-                                            dl.data(), 0.25f, error, kStream);
+    kernels::cross_entropy_forward_backward(N, K, logits.data(), labels.data(), E.data(), dl.data(),
+                                            0.25f, error, kStream);
     EXPECT_EQ(error[0], kernels::kNoError) << tag;
     cpu->cross_entropy_forward_backward(tensor(logits, ls), i32(labels), cE, cdl, 0.25f);
     expect_within(E, vec(cE), kLossTol, 1.0, "cross-entropy" + tag);
@@ -486,12 +495,14 @@ TEST_F(EmulatedKernels, BadLabelsAreReportedAndPoisonTheirRowOnly) {
     for (int n = 0; n < N; ++n) {
       const bool bad = n == 2 || n == 4;
       EXPECT_EQ(std::isnan(out[std::size_t(n)]), bad) << "row " << n;
-      for (int k = 0; k < K; ++k) ASSERT_EQ(std::isnan(dl[std::size_t(n * K + k)]), bad) << n << " " << k;
+      for (int k = 0; k < K; ++k)
+        ASSERT_EQ(std::isnan(dl[std::size_t(n * K + k)]), bad) << n << " " << k;
     }
   }
 }
 
-// ---- sampler.cu --------------------------------------------------------------------------------------
+// ---- sampler.cu
+// --------------------------------------------------------------------------------------
 
 TEST_F(EmulatedKernels, BufferGatherAndScatterAreTheCpuOps) {
   // per = 3 * 17 * 19 = 969 elements (4 blocks of 256, the last partial), 5 samples.
@@ -533,7 +544,7 @@ TEST_F(EmulatedKernels, BufferSlotsOutOfRangeAreReportedAndNeverWritten) {
   EXPECT_EQ(error[2], 4);
   for (std::int64_t e = 0; e < per; ++e) {
     ASSERT_EQ(out[std::size_t(e)], buffer[std::size_t(per + e)]);  // sample 0 = slot 1
-    ASSERT_TRUE(std::isnan(out[std::size_t(per + e)]));           // sample 1: poisoned
+    ASSERT_TRUE(std::isnan(out[std::size_t(per + e)]));            // sample 1: poisoned
   }
   // Scatter into a buffer followed by a guard region: nothing past the S slots changes.
   Vec guarded(std::size_t((S + 1) * per), 9.0f);
@@ -564,11 +575,13 @@ TEST_F(EmulatedKernels, SgldStepIsTheCpuStep) {
   }
 }
 
-// ---- optim.cu ----------------------------------------------------------------------------------------
+// ---- optim.cu
+// ----------------------------------------------------------------------------------------
 
 TEST_F(EmulatedKernels, AdamAndSgdAreTheCpuUpdates) {
   constexpr std::int64_t n = 1000;
-  const Vec p0 = random_vector(n, 36), g = random_vector(n, 37), m0 = random_vector(n, 38, -0.1f, 0.1f);
+  const Vec p0 = random_vector(n, 36), g = random_vector(n, 37),
+            m0 = random_vector(n, 38, -0.1f, 0.1f);
   Vec v0 = random_vector(n, 39, 0.0f, 0.01f);
   const Shape s{n};
   for (const float wd : {0.0f, 0.01f}) {
@@ -599,8 +612,8 @@ TEST_F(EmulatedKernels, AdamAndSgdAreTheCpuUpdates) {
 TEST_F(EmulatedKernels, SumSquaresOverManyChunks) {
   // 1 element; 3 chunks and a partial one; 300 chunks, more than the 256 threads of the second
   // pass, which then takes two partials per thread.
-  for (const std::int64_t n : {std::int64_t(1), 3 * kernels::kSumSquaresChunk + 17,
-                               300 * kernels::kSumSquaresChunk - 5}) {
+  for (const std::int64_t n :
+       {std::int64_t(1), 3 * kernels::kSumSquaresChunk + 17, 300 * kernels::kSumSquaresChunk - 5}) {
     const Vec x = random_vector(std::size_t(n), 40);
     std::vector<double> partials(std::size_t(kernels::sum_squares_partials(n)), kNaN);
     double result = kNaN, again = kNaN;
