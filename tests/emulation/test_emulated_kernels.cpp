@@ -23,6 +23,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -106,6 +107,35 @@ TEST(Emulation, ReportsAShuffleWithAnExitedLane) {
   EXPECT_NE(error.find("which has exited"), std::string::npos) << error;
   // The error is consumed: the next check passes, as cudaGetLastError clears it.
   EXPECT_NO_THROW(JEM_CUDA_CHECK_LAUNCH());
+}
+
+// Lane 0 shuffles with a mask of lanes 0..15 but xor 16 pairs it with lane 16, outside it.
+__global__ void shuffle_outside_mask_kernel(float* out) {
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_xor_sync(0x0000FFFFu, 1.0f, 16);
+}
+
+TEST(Emulation, ReportsAShuffleOutsideItsMask) {
+  std::vector<float> out(32, 0.0f);
+  JEM_LAUNCH(shuffle_outside_mask_kernel, 1, 32, kStream)(out.data());
+  const std::string error = error_of([] { JEM_CUDA_CHECK_LAUNCH(); });
+  EXPECT_NE(error.find("outside the warp or the mask"), std::string::npos) << error;
+}
+
+// Thread 40 of block 1 throws; the others run to the end.
+__global__ void throwing_kernel(int* out) {
+  if (blockIdx.x == 1 && threadIdx.x == 40) throw std::runtime_error("thrown in a kernel");
+  out[blockIdx.x * blockDim.x + threadIdx.x] = 1;
+}
+
+TEST(Emulation, ReportsAnExceptionWithItsBlockAndThread) {
+  std::vector<int> out(2 * 64, 0);
+  JEM_LAUNCH(throwing_kernel, 2, 64, kStream)(out.data());
+  const std::string error = error_of([] { JEM_CUDA_CHECK_LAUNCH(); });
+  EXPECT_NE(error.find("cudaErrorLaunchFailure"), std::string::npos) << error;
+  EXPECT_NE(error.find("throwing_kernel, block (1, 0, 0), thread 40: exception: thrown in a kernel"),
+            std::string::npos)
+      << error;
+  EXPECT_EQ(std::count(out.begin(), out.end(), 1), 2 * 64 - 1);
 }
 
 TEST(Emulation, ReportsAnInvalidConfiguration) {
