@@ -26,11 +26,19 @@ namespace jem::kernels {
 constexpr int kThreads = 256;  // threads per block of the elementwise kernels
 constexpr int kWarp = 32;
 
-// Blocks for a grid-stride loop over n elements. Capped: past a few blocks per SM more blocks
-// only add scheduling work, the loop covers the rest.
+// The most blocks a grid-stride launch uses along x (and the sampler's along y): past a few
+// blocks per SM more blocks only add scheduling work, the loop covers the rest. The emulation's
+// tests lower it, so that every grid-stride loop there takes several turns.
+#if defined(JEM_KERNEL_EMULATION)
+inline std::int64_t grid_block_cap() { return ::jem::emu::grid_block_cap(); }
+#else
+constexpr std::int64_t grid_block_cap() { return 65535; }
+#endif
+
+// Blocks for a grid-stride loop over n elements.
 inline unsigned grid_for(std::int64_t n, int threads = kThreads) {
   const std::int64_t blocks = (n + threads - 1) / threads;
-  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65535));
+  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, grid_block_cap()));
 }
 
 // Index and stride of a 1-D grid-stride loop, in 64 bits (tensors may exceed 2^31 elements).

@@ -77,7 +77,8 @@ __global__ void sgld_kernel(int B, std::int64_t per, float* x, const float* grad
 
 // x walks elements (or Philox blocks) of a sample, y the samples.
 dim3 sample_grid(int B, std::int64_t per_sample_items) {
-  return dim3(grid_for(per_sample_items), static_cast<unsigned>(B < 65535 ? B : 65535));
+  return dim3(grid_for(per_sample_items),
+              static_cast<unsigned>(std::min<std::int64_t>(B, grid_block_cap())));
 }
 
 }  // namespace

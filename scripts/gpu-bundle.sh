@@ -28,8 +28,9 @@ die() { echo "gpu-bundle: $*" >&2; exit 1; }
 command -v patchelf >/dev/null || die "patchelf not found (scripts/install-deps.sh --gpu-bundle)"
 command -v xz >/dev/null || die "xz not found (scripts/install-deps.sh --gpu-bundle)"
 if [[ ! -e $build ]]; then
+  # The emulated-device tests (tests/emulation) are for machines without a GPU: not bundled.
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DJEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DCMAKE_EXE_LINKER_FLAGS=-s >&2 || die "configuring $build failed"
+    -DJEM_EMULATED_DEVICE_TESTS=OFF -DCMAKE_EXE_LINKER_FLAGS=-s >&2 || die "configuring $build failed"
 fi
 [[ -f $build/CMakeCache.txt ]] || die "$build is not a CMake build directory"
 cmake --build "$build" -j"$(nproc)" >&2 || die "building $build failed"

@@ -182,7 +182,7 @@ cp "$out/logs/info.log" "$out/jem-info.txt" 2>/dev/null || true
 # The CUDA tests; a machine whose CUDA runtime cannot start fails them instead of skipping them
 # (JEM_GPU_CHECK_REQUIRE_CUDA=0, as scripts/gpu-rehearsal.sh sets it, lets them skip).
 run_step ctest_cuda 150 env JEM_REQUIRE_CUDA="${JEM_GPU_CHECK_REQUIRE_CUDA:-1}" ctest --test-dir "$build" --output-on-failure \
-  -j"$jobs" --timeout 120 -R 'Cuda' --output-junit "$out/ctest-cuda-junit.xml"
+  -j"$jobs" --timeout 120 -R 'Cuda' -E '^EmulatedDevice[.]' --output-junit "$out/ctest-cuda-junit.xml"
 
 bench_files=()
 # The full JEM iteration of WRN-28-10 (the official recipe) in TF32: the 0.30 s target. The

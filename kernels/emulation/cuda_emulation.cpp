@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <barrier>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <exception>
@@ -41,13 +42,24 @@ constexpr int kWarp = 32;
 thread_local cudaError_t last_error = cudaSuccess;
 thread_local std::string last_message;
 
+std::string hex(unsigned v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+std::atomic<std::int64_t> block_cap{65535};
+
+// One launch at a time in the process: __shared__ statics are per kernel, not per launch.
+std::mutex launch_mutex;
+
 class GridRun;
-thread_local GridRun *current_run = nullptr;  // the launch this emulated thread belongs to
+thread_local GridRun* current_run = nullptr;  // the launch this emulated thread belongs to
 thread_local int current_thread = 0;          // its linear index in the block
 
 class GridRun {
  public:
-  GridRun(const char *kernel, dim3 grid, dim3 block, const std::function<void()> &body)
+  GridRun(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body)
       : kernel_(kernel),
         grid_(grid),
         block_(block),
@@ -55,6 +67,7 @@ class GridRun {
         threads_(int(block.x * block.y * block.z)),
         blocks_(std::int64_t(grid.x) * grid.y * grid.z),
         slots_(std::size_t(threads_)),
+        sites_(std::size_t(threads_)),
         exited_(std::make_unique<std::atomic<bool>[]>(std::size_t(threads_))),
         next_block_(threads_, Advance{this}) {}
 
@@ -63,27 +76,42 @@ class GridRun {
     std::vector<std::thread> pool;
     pool.reserve(std::size_t(threads_));
     for (int t = 0; t < threads_; ++t) pool.emplace_back([this, t] { work(t); });
-    for (auto &th : pool) th.join();
+    for (auto& th : pool) th.join();
     return error_;
   }
 
   void syncthreads() { block_barrier_->arrive_and_wait(); }
 
-  std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask) {
+  // Warp-synchronous exchange: every lane that has not exited must take part (mask covering
+  // all of them: partial-mask shuffles are not emulated, and are reported), and all must be at
+  // the same shuffle (call site and lane mask), which the second check verifies.
+  std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask, unsigned site) {
     const int t = current_thread, lane = t % kWarp, warp = t / kWarp;
+    const int first = warp * kWarp, lanes = std::min(kWarp, threads_ - first);
+    for (int l = 0; l < lanes; ++l)
+      if (((mask >> l) & 1u) == 0 &&
+          !exited_[std::size_t(first + l)].load(std::memory_order_relaxed)) {
+        fail("lane " + std::to_string(lane) + " shuffles with mask " + hex(mask) +
+             ", which omits live lane " + std::to_string(l) +
+             " (partial-mask shuffles are not emulated)");
+        return bits;
+      }
     slots_[std::size_t(t)] = bits;
+    sites_[std::size_t(t)] = Site{site, lane_mask, mask};
     warp_barriers_[std::size_t(warp)].arrive_and_wait();  // every live lane has written its value
-    const int src_lane = lane ^ lane_mask, src = warp * kWarp + src_lane;
+    const int src_lane = lane ^ lane_mask, src = first + src_lane;
     std::uint64_t result = bits;
-    if (((mask >> lane) & 1u) == 0)
-      fail("lane " + std::to_string(lane) + " calls __shfl_xor_sync with a mask that omits it");
-    else if (lane_mask < 0 || src_lane >= kWarp || src >= threads_ ||
-             ((mask >> src_lane) & 1u) == 0)
+    if (lane_mask < 0 || src_lane >= lanes || ((mask >> src_lane) & 1u) == 0)
       fail("lane " + std::to_string(lane) + " shuffles with lane " + std::to_string(src_lane) +
            ", outside the warp or the mask");
     else if (exited_[std::size_t(src)].load(std::memory_order_relaxed))
       fail("lane " + std::to_string(lane) + " of warp " + std::to_string(warp) +
            " shuffles with lane " + std::to_string(src_lane) + ", which has exited");
+    else if (!(sites_[std::size_t(src)] == sites_[std::size_t(t)]))
+      fail("lane " + std::to_string(lane) + " (shuffle at line " + std::to_string(site) + ", xor " +
+           std::to_string(lane_mask) + ") meets lane " + std::to_string(src_lane) +
+           " at a different shuffle (line " + std::to_string(sites_[std::size_t(src)].line) +
+           ", xor " + std::to_string(sites_[std::size_t(src)].lane_mask) + ")");
     else
       result = slots_[std::size_t(src)];
     warp_barriers_[std::size_t(warp)]
@@ -91,7 +119,7 @@ class GridRun {
     return result;
   }
 
-  void fail(const std::string &what) {
+  void fail(const std::string& what) {
     const std::lock_guard<std::mutex> lock(error_mutex_);
     if (error_.empty())
       error_ = std::string(kernel_) + ", block (" + std::to_string(blockIdx.x) + ", " +
@@ -103,7 +131,7 @@ class GridRun {
   // Completion step of next_block_: runs once all threads have finished the
   // previous block.
   struct Advance {
-    GridRun *run;
+    GridRun* run;
     void operator()() noexcept { run->advance(); }
   };
 
@@ -136,7 +164,7 @@ class GridRun {
                         unsigned(b / (std::int64_t(grid_.x) * grid_.y))};
       try {
         body_();
-      } catch (const std::exception &e) {
+      } catch (const std::exception& e) {
         fail(std::string("exception: ") + e.what());
       } catch (...) {
         fail("unknown exception");
@@ -149,15 +177,22 @@ class GridRun {
     current_run = nullptr;
   }
 
-  const char *kernel_;
+  const char* kernel_;
   dim3 grid_;
   dim3 block_;
-  const std::function<void()> &body_;
+  const std::function<void()>& body_;
   int threads_;
   std::int64_t blocks_;
   std::int64_t block_index_ = -1;
   bool done_ = false;
+  struct Site {  // where a lane's shuffle was called, and how
+    unsigned line = 0;
+    int lane_mask = 0;
+    unsigned mask = 0;
+    bool operator==(const Site&) const = default;
+  };
   std::vector<std::uint64_t> slots_;             // one shuffle value per thread
+  std::vector<Site> sites_;                      // per thread: the shuffle its slot was written at
   std::unique_ptr<std::atomic<bool>[]> exited_;  // per thread, for the current block
   std::optional<std::barrier<>> block_barrier_;  // __syncthreads
   std::deque<std::barrier<>> warp_barriers_;     // the shuffles (a deque: barriers do not move)
@@ -166,41 +201,48 @@ class GridRun {
   std::string error_;
 };
 
-void set_error(cudaError_t e, std::string message) {
-  last_error = e;
-  last_message = std::move(message);
-}
-
 }  // namespace
 
-const uint3 &thread_index() { return thread_idx; }
-const uint3 &block_index() { return block_idx; }
-const uint3 &block_dim() { return block_dims; }
-const uint3 &grid_dim() { return grid_dims; }
+void set_last_error(cudaError_t e, const std::string& message) {
+  last_error = e;
+  last_message = message;
+}
 
-void run_grid(const char *kernel, dim3 grid, dim3 block, const std::function<void()> &body) {
+const uint3& thread_index() { return thread_idx; }
+const uint3& block_index() { return block_idx; }
+const uint3& block_dim() { return block_dims; }
+const uint3& grid_dim() { return grid_dims; }
+
+void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
   // The limits of every GPU since compute capability 3.0
   // (cudaErrorInvalidConfiguration there).
   const std::int64_t threads = std::int64_t(block.x) * block.y * block.z;
   if (threads < 1 || threads > 1024 || block.z > 64 || grid.x < 1 || grid.y < 1 || grid.z < 1 ||
       grid.x > 0x7FFFFFFFu || grid.y > 65535 || grid.z > 65535) {
-    set_error(cudaErrorInvalidConfiguration,
-              std::string(kernel) + ": invalid launch configuration, grid (" +
-                  std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
-                  std::to_string(grid.z) + "), block (" + std::to_string(block.x) + ", " +
-                  std::to_string(block.y) + ", " + std::to_string(block.z) + ")");
+    set_last_error(cudaErrorInvalidConfiguration,
+                   std::string(kernel) + ": invalid launch configuration, grid (" +
+                       std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
+                       std::to_string(grid.z) + "), block (" + std::to_string(block.x) + ", " +
+                       std::to_string(block.y) + ", " + std::to_string(block.z) + ")");
     return;
   }
+  const std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
   GridRun run(kernel, grid, block, body);
   const std::string error = run.run();
-  if (!error.empty()) set_error(cudaErrorLaunchFailure, error);
+  if (!error.empty()) set_last_error(cudaErrorLaunchFailure, error);
 }
 
 void syncthreads() { current_run->syncthreads(); }
 
-std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask) {
-  return current_run->shuffle_xor(mask, bits, lane_mask);
+std::int64_t grid_block_cap() { return block_cap.load(); }
+GridBlockCap::GridBlockCap(std::int64_t cap) : previous_(block_cap.exchange(cap)) {}
+GridBlockCap::~GridBlockCap() { block_cap.store(previous_); }
+
+std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask, unsigned site) {
+  return current_run->shuffle_xor(mask, bits, lane_mask, site);
 }
+
+cudaError_t peek_last_error() { return last_error; }
 
 cudaError_t get_last_error() {
   const cudaError_t e = last_error;
@@ -208,7 +250,7 @@ cudaError_t get_last_error() {
   return e;
 }
 
-const char *error_name(cudaError_t e) {
+const char* error_name(cudaError_t e) {
   switch (e) {
     case cudaSuccess:
       return "cudaSuccess";
@@ -225,11 +267,11 @@ const char *error_name(cudaError_t e) {
 
 // The message of the last failed launch (the emulation knows which thread
 // failed and why).
-const char *error_string(cudaError_t e) {
+const char* error_string(cudaError_t e) {
   return e == cudaSuccess ? "no error" : last_message.c_str();
 }
 
-cudaError_t memset_async(void *p, int value, std::size_t bytes, cudaStream_t /*stream*/) {
+cudaError_t memset_async(void* p, int value, std::size_t bytes, cudaStream_t /*stream*/) {
   std::memset(p, value, bytes);
   return cudaSuccess;
 }
@@ -237,29 +279,29 @@ cudaError_t memset_async(void *p, int value, std::size_t bytes, cudaStream_t /*s
 // cudaMemcpy's contract: the ranges must not overlap. std::memcpy has the same
 // one, which AddressSanitizer checks (memcpy-param-overlap) in the sanitizer
 // build.
-cudaError_t memcpy_async(void *dst, const void *src, std::size_t bytes, cudaMemcpyKind /*kind*/,
+cudaError_t memcpy_async(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind /*kind*/,
                          cudaStream_t /*stream*/) {
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
 
-cudaError_t malloc_async(void **p, std::size_t bytes, cudaStream_t /*stream*/) {
+cudaError_t malloc_async(void** p, std::size_t bytes, cudaStream_t /*stream*/) {
   *p = std::malloc(bytes);
   if (*p == nullptr && bytes > 0) {
-    set_error(cudaErrorMemoryAllocation, "out of host memory");
+    set_last_error(cudaErrorMemoryAllocation, "out of host memory");
     return cudaErrorMemoryAllocation;
   }
   return cudaSuccess;
 }
 
-cudaError_t free_async(void *p, cudaStream_t /*stream*/) {
+cudaError_t free_async(void* p, cudaStream_t /*stream*/) {
   std::free(p);
   return cudaSuccess;
 }
 
 }  // namespace jem::emu
 
-int atomicCAS(int *address, int compare, int value) {
+int atomicCAS(int* address, int compare, int value) {
   std::atomic_ref<int>(*address).compare_exchange_strong(compare, value);
   return compare;  // the old value: compare_exchange leaves it in `compare`
                    // either way

@@ -41,6 +41,8 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <source_location>
+#include <string>
 #include <type_traits>
 
 // One block runs at a time: a function-local static is that block's shared
@@ -54,10 +56,10 @@
 // its TLS address in GCC 12 builds). CUDA's blockDim and gridDim are dim3; uint3 here (the
 // kernels only read .x, .y, .z).
 namespace jem::emu {
-const uint3 &thread_index();
-const uint3 &block_index();
-const uint3 &block_dim();
-const uint3 &grid_dim();
+const uint3& thread_index();
+const uint3& block_index();
+const uint3& block_dim();
+const uint3& grid_dim();
 }  // namespace jem::emu
 #define threadIdx (::jem::emu::thread_index())
 #define blockIdx (::jem::emu::block_index())
@@ -70,7 +72,7 @@ namespace jem::emu {
 // block concurrently. Errors (a bad configuration, an exception or a faulty
 // shuffle in a thread) become the calling thread's last error, read by
 // get_last_error() like cudaGetLastError().
-void run_grid(const char *kernel, dim3 grid, dim3 block, const std::function<void()> &body);
+void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body);
 
 // What a launch site names: the kernel and its configuration; called with the
 // kernel's arguments. (The stream is ignored: every launch completes before it
@@ -78,33 +80,53 @@ void run_grid(const char *kernel, dim3 grid, dim3 block, const std::function<voi
 template <class Kernel>
 class Launch {
  public:
-  Launch(const char *name, Kernel kernel, dim3 grid, dim3 block, cudaStream_t /*stream*/)
+  Launch(const char* name, Kernel kernel, dim3 grid, dim3 block, cudaStream_t /*stream*/)
       : name_(name), kernel_(kernel), grid_(grid), block_(block) {}
   template <class... Args>
-  void operator()(const Args &...args) const {
+  void operator()(const Args&... args) const {
     run_grid(name_, grid_, block_, [&] { kernel_(args...); });
   }
 
  private:
-  const char *name_;
+  const char* name_;
   Kernel kernel_;
   dim3 grid_, block_;
 };
 
 // Device-side primitives (see the intrinsics below).
 void syncthreads();
-std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask);
+// `site` identifies the calling __shfl_xor_sync (its source line): lanes that meet at different
+// shuffles are reported instead of exchanging unrelated values.
+std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask, unsigned site);
+
+// The most blocks grid_for and the sampler's grids launch along x and y: 65535, as on a GPU,
+// unless a test lowers it (GridBlockCap) so that every grid-stride loop takes several turns.
+std::int64_t grid_block_cap();
+class GridBlockCap {
+ public:
+  explicit GridBlockCap(std::int64_t cap);
+  ~GridBlockCap();
+  GridBlockCap(const GridBlockCap&) = delete;
+  GridBlockCap& operator=(const GridBlockCap&) = delete;
+
+ private:
+  std::int64_t previous_;
+};
 
 // The runtime calls the kernels' launchers make, on host memory (every pointer
 // is a host pointer here). Synchronous; the stream is ignored.
 cudaError_t get_last_error();
-const char *error_name(cudaError_t e);
-const char *error_string(cudaError_t e);
-cudaError_t memset_async(void *p, int value, std::size_t bytes, cudaStream_t stream);
-cudaError_t memcpy_async(void *dst, const void *src, std::size_t bytes, cudaMemcpyKind kind,
+cudaError_t peek_last_error();
+// Records an error as the calling thread's last one (the emulated runtime of tests/emulation
+// shares this state with the kernels' launch checks).
+void set_last_error(cudaError_t e, const std::string& message);
+const char* error_name(cudaError_t e);
+const char* error_string(cudaError_t e);
+cudaError_t memset_async(void* p, int value, std::size_t bytes, cudaStream_t stream);
+cudaError_t memcpy_async(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
                          cudaStream_t stream);
-cudaError_t malloc_async(void **p, std::size_t bytes, cudaStream_t stream);
-cudaError_t free_async(void *p, cudaStream_t stream);
+cudaError_t malloc_async(void** p, std::size_t bytes, cudaStream_t stream);
+cudaError_t free_async(void* p, cudaStream_t stream);
 
 }  // namespace jem::emu
 
@@ -113,16 +135,17 @@ cudaError_t free_async(void *p, cudaStream_t stream);
 inline void __syncthreads() { jem::emu::syncthreads(); }
 
 template <class T>
-T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask,
+                  std::source_location where = std::source_location::current()) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(std::uint64_t));
   std::uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
-  bits = jem::emu::shuffle_xor(mask, bits, lane_mask);
+  bits = jem::emu::shuffle_xor(mask, bits, lane_mask, unsigned(where.line()));
   std::memcpy(&value, &bits, sizeof(T));
   return value;
 }
 
-int atomicCAS(int *address, int compare, int value);
+int atomicCAS(int* address, int compare, int value);
 
 inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -1,0 +1,84 @@
+// The cuBLAS calls of cuda/cuda_linear.cpp on the CPU: column-major SGEMM as the cuBLAS
+// documentation defines it, C = alpha op(A) op(B) + beta C (C not read when beta is 0), with the
+// leading dimensions checked as cuBLAS checks them (CUBLAS_STATUS_INVALID_VALUE). Sums in double,
+// rounded once; with CUBLAS_TF32_TENSOR_OP_MATH the inputs are first rounded to TF32.
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+struct cublasContext {
+  cudaStream_t stream = nullptr;
+  cublasMath_t math = CUBLAS_DEFAULT_MATH;
+};
+
+namespace {
+
+float to_tf32(float f) {  // round to nearest even at 10 mantissa bits
+  std::uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7f800000u) == 0x7f800000u) return f;
+  b += 0xfffu + ((b >> 13) & 1u);
+  b &= 0xffffe000u;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+}  // namespace
+
+extern "C" {
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t* h) {
+  *h = new cublasContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t h) {
+  delete h;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
+  h->stream = s;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) {
+  h->math = m;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasGetProperty(libraryPropertyType type, int* value) {
+  *value = type == MAJOR_VERSION   ? CUBLAS_VER_MAJOR
+           : type == MINOR_VERSION ? CUBLAS_VER_MINOR
+                                   : CUBLAS_VER_PATCH;
+  return CUBLAS_STATUS_SUCCESS;
+}
+const char* cublasGetStatusString(cublasStatus_t st) {
+  return st == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS (emulated cuBLAS)";
+}
+
+cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                              int n, int k, const float* alpha, const float* A, int lda,
+                              const float* B, int ldb, const float* beta, float* C, int ldc) {
+  if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  const bool at = ta != CUBLAS_OP_N, bt = tb != CUBLAS_OP_N;
+  if (lda < std::max(1, at ? k : m) || ldb < std::max(1, bt ? n : k) || ldc < std::max(1, m))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const bool tf32 = h->math == CUBLAS_TF32_TENSOR_OP_MATH;
+  auto in = [tf32](float v) { return tf32 ? to_tf32(v) : v; };
+  // op(A)[i, l] and op(B)[l, j], column-major.
+  auto a = [&](int i, int l) {
+    return in(at ? A[l + std::int64_t(i) * lda] : A[i + std::int64_t(l) * lda]);
+  };
+  auto b = [&](int l, int j) {
+    return in(bt ? B[j + std::int64_t(l) * ldb] : B[l + std::int64_t(j) * ldb]);
+  };
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      double s = 0.0;
+      for (int l = 0; l < k; ++l) s += double(a(i, l)) * b(l, j);
+      float& c = C[i + std::int64_t(j) * ldc];
+      c = *beta == 0.0f ? float(*alpha * s) : float(*alpha * s + double(*beta) * c);
+    }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+}  // extern "C"
