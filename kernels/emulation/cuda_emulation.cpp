@@ -1,24 +1,23 @@
 // The grid runner and runtime stand-ins of cuda_emulation.hpp.
 //
-// A launch starts one OS thread per thread of a block and reuses them for every
-// block. Three kinds of barrier:
-//   * `next_block` (all threads of the block, every block): its completion
-//   step, which runs on
-//     one thread while the others wait, sets up the next block (fresh block and
-//     warp barriers, cleared exit flags), so no thread can start block b + 1
-//     while another still runs block b;
-//   * the block barrier of __syncthreads, and one barrier per warp for the
-//   shuffles: rebuilt for
-//     every block, because a thread that returns early leaves them for good
-//     (arrive_and_drop).
+// A launch runs on a pool of OS threads, one per thread of a block, kept between launches, and
+// reused for every block. Three kinds of barrier:
+//   * `next_block` (all threads of the block, every block): its completion step, which runs on
+//     one thread while the others wait, sets up the next block (fresh block and warp barriers,
+//     cleared exit flags), so no thread can start block b + 1 while another still runs block b;
+//   * the block barrier of __syncthreads, and one barrier per warp for the shuffles: rebuilt for
+//     every block, because a thread that returns early leaves them for good (arrive_and_drop).
+// A kernel whose first launch used neither runs sequentially on the calling thread afterwards.
 #include "cuda_emulation.hpp"
 
 #include <atomic>
 #include <barrier>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <exception>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -53,6 +52,76 @@ std::atomic<std::int64_t> block_cap{65535};
 // One launch at a time in the process: __shared__ statics are per kernel, not per launch.
 std::mutex launch_mutex;
 
+// The OS threads that play the CUDA threads, kept between launches (starting 256 threads per
+// launch cost more than most emulated kernels). Grows to the largest block launched.
+class WorkerPool {
+ public:
+  static WorkerPool& instance() {
+    static WorkerPool pool;
+    return pool;
+  }
+
+  // Runs job(t) for t in [0, n) on n threads; returns when every call has returned. One caller
+  // at a time (run_grid holds the launch mutex).
+  void run(int n, const std::function<void(int)>& job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (int(threads_.size()) < n) {
+      const int index = int(threads_.size());
+      threads_.emplace_back([this, index] { serve(index); });
+    }
+    job_ = &job;
+    active_ = n;
+    remaining_ = n;
+    ++generation_;
+    start_.notify_all();
+    done_.wait(lock, [this] { return remaining_ == 0; });
+    job_ = nullptr;
+  }
+
+  ~WorkerPool() {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    start_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  WorkerPool() = default;
+
+  void serve(int index) {
+    std::uint64_t seen = 0;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      seen = generation_;  // a thread started for the current launch takes part in it
+      if (index < active_ && remaining_ > 0) --seen;
+    }
+    for (;;) {
+      const std::function<void(int)>* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        if (index >= active_) continue;
+        job = job_;
+      }
+      (*job)(index);
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (--remaining_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable start_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int)>* job_ = nullptr;
+  std::uint64_t generation_ = 0;
+  int active_ = 0, remaining_ = 0;
+  bool stop_ = false;
+};
+
 class GridRun;
 thread_local GridRun* current_run = nullptr;  // the launch this emulated thread belongs to
 thread_local int current_thread = 0;          // its linear index in the block
@@ -72,20 +141,47 @@ class GridRun {
         next_block_(threads_, Advance{this}) {}
 
   // Runs every block; returns the first error (empty when none).
+  // Concurrently: one OS thread per CUDA thread of a block, blocks in order.
   std::string run() {
-    std::vector<std::thread> pool;
-    pool.reserve(std::size_t(threads_));
-    for (int t = 0; t < threads_; ++t) pool.emplace_back([this, t] { work(t); });
-    for (auto& th : pool) th.join();
+    WorkerPool::instance().run(threads_, [this](int t) { work(t); });
     return error_;
   }
 
-  void syncthreads() { block_barrier_->arrive_and_wait(); }
+  // Sequentially, on the calling thread: every thread of every block in turn. Only for kernels
+  // that a concurrent launch showed to use no barrier or shuffle (the threads of a block then
+  // cannot observe each other's order); one that does anyway is stopped and reported.
+  std::string run_sequentially() {
+    sequential_ = true;
+    current_run = this;
+    block_dims = uint3{block_.x, block_.y, block_.z};
+    grid_dims = uint3{grid_.x, grid_.y, grid_.z};
+    for (std::int64_t b = 0; b < blocks_ && error_.empty(); ++b) {
+      block_idx = block_coordinates(b);
+      for (int t = 0; t < threads_; ++t) {
+        current_thread = t;
+        thread_idx = thread_coordinates(t);
+        call_body();
+      }
+    }
+    current_run = nullptr;
+    return error_;
+  }
+
+  // Whether a thread waited at a barrier or shuffled (then the kernel needs the concurrent run).
+  bool synchronized() const { return synchronized_.load(); }
+
+  void syncthreads() {
+    if (sequential_) stop_sequential("__syncthreads");
+    synchronized_.store(true, std::memory_order_relaxed);
+    block_barrier_->arrive_and_wait();
+  }
 
   // Warp-synchronous exchange: every lane that has not exited must take part (mask covering
   // all of them: partial-mask shuffles are not emulated, and are reported), and all must be at
   // the same shuffle (call site and lane mask), which the second check verifies.
   std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask, unsigned site) {
+    if (sequential_) stop_sequential("a warp shuffle");
+    synchronized_.store(true, std::memory_order_relaxed);
     const int t = current_thread, lane = t % kWarp, warp = t / kWarp;
     const int first = warp * kWarp, lanes = std::min(kWarp, threads_ - first);
     for (int l = 0; l < lanes; ++l)
@@ -128,8 +224,7 @@ class GridRun {
   }
 
  private:
-  // Completion step of next_block_: runs once all threads have finished the
-  // previous block.
+  // Completion step of next_block_: runs once all threads have finished the previous block.
   struct Advance {
     GridRun* run;
     void operator()() noexcept { run->advance(); }
@@ -149,26 +244,46 @@ class GridRun {
       exited_[std::size_t(t)].store(false, std::memory_order_relaxed);
   }
 
+  uint3 thread_coordinates(int t) const {
+    return uint3{unsigned(t) % block_.x, (unsigned(t) / block_.x) % block_.y,
+                 unsigned(t) / (block_.x * block_.y)};
+  }
+  uint3 block_coordinates(std::int64_t b) const {
+    return uint3{unsigned(b % grid_.x), unsigned(b / grid_.x % grid_.y),
+                 unsigned(b / (std::int64_t(grid_.x) * grid_.y))};
+  }
+
+  // Thrown out of a sequential run's kernel at its first barrier or shuffle.
+  struct SequentialStop {};
+  [[noreturn]] void stop_sequential(const char* what) {
+    fail(std::string("uses ") + what +
+         ", which its first launch did not (a kernel must use "
+         "barriers and shuffles on every launch or on none)");
+    throw SequentialStop{};
+  }
+
+  void call_body() {
+    try {
+      body_();
+    } catch (const SequentialStop&) {
+    } catch (const std::exception& e) {
+      fail(std::string("exception: ") + e.what());
+    } catch (...) {
+      fail("unknown exception");
+    }
+  }
+
   void work(int t) {
     current_run = this;
     current_thread = t;
-    thread_idx = uint3{unsigned(t) % block_.x, (unsigned(t) / block_.x) % block_.y,
-                       unsigned(t) / (block_.x * block_.y)};
+    thread_idx = thread_coordinates(t);
     block_dims = uint3{block_.x, block_.y, block_.z};
     grid_dims = uint3{grid_.x, grid_.y, grid_.z};
     for (;;) {
       next_block_.arrive_and_wait();
       if (done_) break;
-      const std::int64_t b = block_index_;
-      block_idx = uint3{unsigned(b % grid_.x), unsigned(b / grid_.x % grid_.y),
-                        unsigned(b / (std::int64_t(grid_.x) * grid_.y))};
-      try {
-        body_();
-      } catch (const std::exception& e) {
-        fail(std::string("exception: ") + e.what());
-      } catch (...) {
-        fail("unknown exception");
-      }
+      block_idx = block_coordinates(block_index_);
+      call_body();
       // Returned: leave this block's barriers as an exited GPU thread does.
       exited_[std::size_t(t)].store(true, std::memory_order_relaxed);
       block_barrier_->arrive_and_drop();
@@ -185,6 +300,8 @@ class GridRun {
   std::int64_t blocks_;
   std::int64_t block_index_ = -1;
   bool done_ = false;
+  bool sequential_ = false;
+  std::atomic<bool> synchronized_{false};
   struct Site {  // where a lane's shuffle was called, and how
     unsigned line = 0;
     int lane_mask = 0;
@@ -227,8 +344,14 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<voi
     return;
   }
   const std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
+  // Kernels whose first launch used no barrier and no shuffle run sequentially from then on (no
+  // thread switches: most launches are elementwise). Keyed by the launch site's kernel name.
+  static std::map<std::string, bool> barrier_free;
+  const auto known = barrier_free.find(kernel);
   GridRun run(kernel, grid, block, body);
-  const std::string error = run.run();
+  const bool sequential = known != barrier_free.end() && known->second;
+  const std::string error = sequential ? run.run_sequentially() : run.run();
+  if (known == barrier_free.end() && error.empty()) barrier_free[kernel] = !run.synchronized();
   if (!error.empty()) set_last_error(cudaErrorLaunchFailure, error);
 }
 

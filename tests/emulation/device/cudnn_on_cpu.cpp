@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -97,6 +98,17 @@ int tap(const Geom& g, int r, bool rows) {  // the filter index a tap reads (fli
   return rows ? g.R - 1 - r : g.S - 1 - r;
 }
 
+// The output positions o in [lo, hi) whose tap t reads an input inside [0, size): the input is
+// o * stride - pad + t * dil (the loops below then need no bounds test per element).
+void valid_range(int out, int size, int stride, int pad, int t, int dil, int* lo, int* hi) {
+  const int off = t * dil - pad;  // input index = o * stride + off
+  int a = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  int b = size - 1 - off < 0 ? 0 : (size - 1 - off) / stride + 1;
+  *lo = a;
+  *hi = b < out ? b : out;
+  if (*hi < *lo) *hi = *lo;
+}
+
 // acc[n, k, p, q] = sum_{c, r, s} x[n, c, p u - pad_h + r dil_h, q v - pad_w + s dil_w] w[k, c, r',
 // s']
 std::vector<double> forward_sum(const Geom& g, const float* x, const float* w) {
@@ -110,13 +122,15 @@ std::vector<double> forward_sum(const Geom& g, const float* x, const float* w) {
             const double wv =
                 w[((std::size_t(k) * g.C + c) * g.R + tap(g, r, true)) * g.S + tap(g, s, false)];
             const float* xp = x + (std::size_t(n) * g.C + c) * g.H * g.W;
-            for (int p = 0; p < g.P; ++p) {
-              const int ih = p * g.conv->u - g.conv->pad_h + r * g.conv->dil_h;
-              if (ih < 0 || ih >= g.H) continue;
-              for (int q = 0; q < g.Q; ++q) {
-                const int iw = q * g.conv->v - g.conv->pad_w + s * g.conv->dil_w;
-                if (iw >= 0 && iw < g.W) a[p * g.Q + q] += wv * xp[ih * g.W + iw];
-              }
+            int p0, p1, q0, q1;
+            valid_range(g.P, g.H, g.conv->u, g.conv->pad_h, r, g.conv->dil_h, &p0, &p1);
+            valid_range(g.Q, g.W, g.conv->v, g.conv->pad_w, s, g.conv->dil_w, &q0, &q1);
+            const int dh = r * g.conv->dil_h - g.conv->pad_h,
+                      dw = s * g.conv->dil_w - g.conv->pad_w;
+            for (int p = p0; p < p1; ++p) {
+              const std::ptrdiff_t row = std::ptrdiff_t(p * g.conv->u + dh) * g.W + dw;
+              double* ar = a + p * g.Q;
+              for (int q = q0; q < q1; ++q) ar[q] += wv * xp[row + q * g.conv->v];
             }
           }
     }
@@ -134,13 +148,15 @@ std::vector<double> backward_data_sum(const Geom& g, const float* dy, const floa
             const double wv =
                 w[((std::size_t(k) * g.C + c) * g.R + tap(g, r, true)) * g.S + tap(g, s, false)];
             const float* dp = dy + (std::size_t(n) * g.K + k) * g.P * g.Q;
-            for (int p = 0; p < g.P; ++p) {
-              const int ih = p * g.conv->u - g.conv->pad_h + r * g.conv->dil_h;
-              if (ih < 0 || ih >= g.H) continue;
-              for (int q = 0; q < g.Q; ++q) {
-                const int iw = q * g.conv->v - g.conv->pad_w + s * g.conv->dil_w;
-                if (iw >= 0 && iw < g.W) a[ih * g.W + iw] += wv * dp[p * g.Q + q];
-              }
+            int p0, p1, q0, q1;
+            valid_range(g.P, g.H, g.conv->u, g.conv->pad_h, r, g.conv->dil_h, &p0, &p1);
+            valid_range(g.Q, g.W, g.conv->v, g.conv->pad_w, s, g.conv->dil_w, &q0, &q1);
+            const int dh = r * g.conv->dil_h - g.conv->pad_h,
+                      dw = s * g.conv->dil_w - g.conv->pad_w;
+            for (int p = p0; p < p1; ++p) {
+              const std::ptrdiff_t row = std::ptrdiff_t(p * g.conv->u + dh) * g.W + dw;
+              const float* dr = dp + p * g.Q;
+              for (int q = q0; q < q1; ++q) a[row + q * g.conv->v] += wv * dr[q];
             }
           }
     }
@@ -154,16 +170,17 @@ std::vector<double> backward_filter_sum(const Geom& g, const float* x, const flo
       for (int r = 0; r < g.R; ++r)
         for (int s = 0; s < g.S; ++s) {
           double sum = 0.0;
+          int p0, p1, q0, q1;
+          valid_range(g.P, g.H, g.conv->u, g.conv->pad_h, r, g.conv->dil_h, &p0, &p1);
+          valid_range(g.Q, g.W, g.conv->v, g.conv->pad_w, s, g.conv->dil_w, &q0, &q1);
+          const int dh = r * g.conv->dil_h - g.conv->pad_h, dw = s * g.conv->dil_w - g.conv->pad_w;
           for (int n = 0; n < g.N; ++n) {
             const float* xp = x + (std::size_t(n) * g.C + c) * g.H * g.W;
             const float* dp = dy + (std::size_t(n) * g.K + k) * g.P * g.Q;
-            for (int p = 0; p < g.P; ++p) {
-              const int ih = p * g.conv->u - g.conv->pad_h + r * g.conv->dil_h;
-              if (ih < 0 || ih >= g.H) continue;
-              for (int q = 0; q < g.Q; ++q) {
-                const int iw = q * g.conv->v - g.conv->pad_w + s * g.conv->dil_w;
-                if (iw >= 0 && iw < g.W) sum += double(dp[p * g.Q + q]) * xp[ih * g.W + iw];
-              }
+            for (int p = p0; p < p1; ++p) {
+              const std::ptrdiff_t row = std::ptrdiff_t(p * g.conv->u + dh) * g.W + dw;
+              const float* dr = dp + p * g.Q;
+              for (int q = q0; q < q1; ++q) sum += double(dr[q]) * xp[row + q * g.conv->v];
             }
           }
           acc[((std::size_t(k) * g.C + c) * g.R + tap(g, r, true)) * g.S + tap(g, s, false)] = sum;
