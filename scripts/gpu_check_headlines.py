@@ -6,7 +6,7 @@
 Reads OUT_DIR/jem_bench_wrn28x10_{tf32,fp32,tf32_batch1}.json (jem bench --json),
 OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh) and
 OUT_DIR/kernel_profile_cuda_gpu_kern_sum.csv (nsys stats' kernel summary of one timed
-iteration) and OUT_DIR/cudnn_fusion{,_fp32}.json (bench/cudnn_fusion_probe --time), whichever exist, and
+iteration; else OUT_DIR/kernel_profile.csv, ncu's per-kernel summary of it) and OUT_DIR/cudnn_fusion{,_fp32}.json (bench/cudnn_fusion_probe --time), whichever exist, and
 prints each bench's times, rates, memory and allocations, the PyTorch / jem ratio, the custom
 kernels' share of the kernel time, the fused convolutions that ran with their speed-ups over
 the backend's current ops and their agreement with them, and the issue targets
@@ -78,21 +78,11 @@ def pytorch_ratio(directory):
 CUSTOM_KERNEL = re.compile(r"\bjem::|\bcub::|\bthrust::|^(cub|thrust)[A-Za-z_]*::")
 
 
-def kernel_share(path):
-    """From nsys' cuda_gpu_kern_sum CSV: the custom kernels' share of all kernel time."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return None
+def share_of(times, source):
+    """times: (kernel name, total ns) pairs -> the custom kernels' share of all kernel time."""
     total = custom = 0.0
     kernels = 0
-    for row in rows:
-        try:
-            ns = float(row["Total Time (ns)"].replace(",", ""))
-            name = row["Name"]
-        except (KeyError, ValueError, AttributeError):
-            continue
+    for name, ns in times:
         kernels += 1
         total += ns
         if CUSTOM_KERNEL.search(name):
@@ -100,7 +90,52 @@ def kernel_share(path):
     if total <= 0:
         return None
     return {"custom_fraction": custom / total, "custom_ms": custom / 1e6,
-            "all_kernels_ms": total / 1e6, "kernels": kernels}
+            "all_kernels_ms": total / 1e6, "kernels": kernels, "source": source}
+
+
+def nsys_times(path):
+    """nsys stats' cuda_gpu_kern_sum CSV: one row per kernel with its total time."""
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                yield row["Name"], float(row["Total Time (ns)"].replace(",", ""))
+            except (KeyError, ValueError, AttributeError):
+                continue
+
+
+NCU_UNIT_NS = {"ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6,
+               "s": 1e9, "second": 1e9}
+
+
+def ncu_times(path):
+    """ncu --print-summary per-kernel --csv (gpu__time_duration.sum): one row per kernel name
+    and launch configuration, its average time times its invocations. ncu's own notes
+    (==PROF==, ==WARNING==) precede the CSV lines."""
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.startswith('"')]
+    for row in csv.DictReader(lines):
+        try:
+            if row["Metric Name"] != "gpu__time_duration.sum":
+                continue
+            unit = NCU_UNIT_NS[row["Metric Unit"].strip()]
+            yield row["Kernel Name"], (float(row["Average"].replace(",", "")) * unit *
+                                       int(row["Invocations"].replace(",", "")))
+        except (KeyError, ValueError, AttributeError):
+            continue
+
+
+def kernel_share(out):
+    """The custom kernels' (jem's, Thrust's and CUB's) share of one timed iteration's kernel
+    time: from nsys' kernel summary where nsys ran, else from ncu's per-kernel summary."""
+    for name, reader, source in (("kernel_profile_cuda_gpu_kern_sum.csv", nsys_times, "nsys"),
+                                 ("kernel_profile.csv", ncu_times, "ncu")):
+        try:
+            share = share_of(list(reader(os.path.join(out, name))), source)
+        except OSError:
+            continue
+        if share is not None:
+            return share
+    return None
 
 
 def fusion_summary(path):
@@ -135,7 +170,7 @@ def main(out):
     benches = {name: bench_headline(load(os.path.join(out, f"jem_bench_{name}.json")))
                for name in ("wrn28x10_tf32", "wrn28x10_fp32", "wrn28x10_tf32_batch1")}
     ratio = pytorch_ratio(os.path.join(out, "compare_tf32"))
-    share = kernel_share(os.path.join(out, "kernel_profile_cuda_gpu_kern_sum.csv"))
+    share = kernel_share(out)
     tf32 = benches["wrn28x10_tf32"]
     targets = {
         "iteration_at_most_0.30_s": None if not tf32 or tf32["ms_per_iteration"] is None

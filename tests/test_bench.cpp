@@ -318,6 +318,44 @@ TEST(Bench, GpuCheckHeadlinesKernelShare) {
   fs::remove_all(dir);
 }
 
+// Where nsys is missing (the lent H200s have none on the PATH), gpu-check profiles with ncu: its
+// per-kernel summary (ncu's notes first, then CSV rows of kernel name, launch configuration,
+// invocations and the average gpu__time_duration.sum in the row's unit) gives the share too.
+TEST(Bench, GpuCheckHeadlinesKernelShareFromNcu) {
+  const std::string dir = jem::test::temp_dir("headlines_ncu");
+  const std::string header =
+      "\"Process ID\",\"Process Name\",\"Host Name\",\"Kernel Name\",\"Block Size\",\"Grid Size\","
+      "\"Device\",\"CC\",\"Invocations\",\"Section Name\",\"Metric Name\",\"Metric Unit\","
+      "\"Minimum\",\"Maximum\",\"Average\"\n";
+  auto row = [](const char* name, const char* invocations, const char* unit, const char* average) {
+    return std::string("\"1\",\"jem\",\"127.0.0.1\",\"") + name +
+           "\",\"(256, 1, 1)\",\"(8, 1, 1)\",\"0\",\"9.0\",\"" + invocations +
+           "\",\"Command line profiler metrics\",\"gpu__time_duration.sum\",\"" + unit + "\",\"0\",\"0\",\"" +
+           average + "\"\n";
+  };
+  std::ofstream(dir + "/kernel_profile.csv")
+      << "==WARNING== Note: Running with uncontrolled GPU caches.\n==PROF== Connected to process 1\n"
+      << header << row("sm90_xmma_dgrad_implicit_gemm_f32f32_tf32f32_f32_nhwckrsc_nhwc", "1,000", "ns", "700.00")
+      << row("jem::<unnamed>::bias_leaky_relu_kernel(unsigned int, const float *)", "10", "us", "10.00")
+      << row("void cub::transform_kernel<cub::policy_hub<1>, jem::<unnamed>::LeakyForwardOp>", "4", "ns",
+             "12,500.00")
+      << row("void engines_precompiled::nchwToNhwcKernel<float, float, float, 0, 1, 0>", "2", "ms", "0.05");
+  std::string out;
+  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
+                                   &out),
+            0)
+      << out;
+  // 0.7 ms + 0.1 ms + 0.05 ms + 0.1 ms = 0.95 ms, of which jem's and CUB's 0.15 ms.
+  const auto h = nlohmann::json::parse(out);
+  EXPECT_EQ(h["kernel_profile"]["kernels"], 4);
+  EXPECT_EQ(h["kernel_profile"]["source"], "ncu");
+  EXPECT_NEAR(h["kernel_profile"]["all_kernels_ms"].get<double>(), 0.95, 1e-12);
+  EXPECT_NEAR(h["kernel_profile"]["custom_ms"].get<double>(), 0.15, 1e-12);
+  EXPECT_NEAR(h["kernel_profile"]["custom_fraction"].get<double>(), 0.15 / 0.95, 1e-12);
+  EXPECT_EQ(h["targets"]["custom_kernels_under_5_percent"], false);
+  fs::remove_all(dir);
+}
+
 TEST(Bench, ConditionalChainsAndNoPxTerm) {
   auto be = make_cpu_backend(1);
   TrainConfig c = tiny_config();

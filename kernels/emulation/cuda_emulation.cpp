@@ -51,6 +51,7 @@ std::atomic<std::int64_t> block_cap{65535};
 
 // One launch at a time in the process: __shared__ statics are per kernel, not per launch.
 std::mutex launch_mutex;
+std::string last_launched;  // guarded by launch_mutex
 
 // The OS threads that play the CUDA threads, kept between launches (starting 256 threads per
 // launch cost more than most emulated kernels). Grows to the largest block launched.
@@ -344,6 +345,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<voi
     return;
   }
   const std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
+  last_launched = kernel;
   // Kernels whose first launch used no barrier and no shuffle run sequentially from then on (no
   // thread switches: most launches are elementwise). Keyed by the launch site's kernel name.
   static std::map<std::string, bool> barrier_free;
@@ -353,6 +355,11 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<voi
   const std::string error = sequential ? run.run_sequentially() : run.run();
   if (known == barrier_free.end() && error.empty()) barrier_free[kernel] = !run.synchronized();
   if (!error.empty()) set_last_error(cudaErrorLaunchFailure, error);
+}
+
+std::string last_launched_kernel() {
+  const std::lock_guard<std::mutex> lock(launch_mutex);
+  return last_launched;
 }
 
 void syncthreads() { current_run->syncthreads(); }

@@ -93,6 +93,10 @@ class Launch {
   dim3 grid_, block_;
 };
 
+// The kernel name of the latest launch that passed the configuration checks (tests check with
+// it which of a launcher's variants ran, as the float4 and the scalar elementwise kernels).
+std::string last_launched_kernel();
+
 // Device-side primitives (see the intrinsics below).
 void syncthreads();
 // `site` identifies the calling __shfl_xor_sync (its source line): lanes that meet at different

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "jem/backend.hpp"
+#include "jem/elementwise_math.hpp"
 #include "jem/error.hpp"
 #include "jem/philox.hpp"
 #include "kernel_util.cuh"
@@ -325,6 +326,75 @@ TEST_F(EmulatedKernels, BiasResidualAddIsConvPlusBiasThenResidual) {
           want[k] = (y0[k] + (with_bias ? b[std::size_t(c)] : 0.0f)) + z[k];
         }
     expect_bit_equal(y, want, with_bias ? "with bias" : "without bias");
+  }
+}
+
+// The three passes move a float4 per thread where the plane size (or n) is a multiple of 4 and
+// every address 16-byte aligned, else one float: both variants give the scalar results, and each
+// runs exactly where it should (a view one float into an aligned buffer takes the scalar kernel).
+TEST_F(EmulatedKernels, FusedPassesTakeTheirFloat4KernelExactlyWhereAligned) {
+  constexpr float slope = 0.2f;
+  struct Case {
+    int N, C;
+    std::int64_t HW;
+    std::size_t offset;  // floats into the buffers: 1 breaks the alignment
+    bool vec4;  // the bias passes' float4 kernel: HW a multiple of 4, aligned
+  };
+  for (const Case& k : {Case{2, 6, 64, 0, true}, Case{3, 5, 12, 0, true}, Case{1, 3, 4, 0, true},
+                        Case{2, 6, 64, 1, false}, Case{3, 5, 49, 0, false},
+                        Case{2, 3, 6, 0, false}}) {
+    const std::int64_t n = std::int64_t(k.N) * k.C * k.HW;
+    const std::string what = std::to_string(k.N) + "x" + std::to_string(k.C) + "x" +
+                             std::to_string(k.HW) + " offset " + std::to_string(k.offset);
+    const Vec xb = random_vector(std::size_t(n) + k.offset, 60),
+              db = random_vector(std::size_t(n) + k.offset, 61),
+              ob = random_vector(std::size_t(n) + k.offset, 62), b = random_vector(k.C, 63);
+    for (const Vec* v : {&xb, &db, &ob})
+      ASSERT_EQ(reinterpret_cast<std::uintptr_t>(v->data()) % 16, 0u) << "the test's buffers";
+    const float *x = xb.data() + k.offset, *dy = db.data() + k.offset, *other = ob.data() + k.offset;
+    // (leaky_relu_backward_add has no channels: n a multiple of 4 is enough, as for 2x3x6.)
+    auto ran = [&](const std::string& base, bool vec4) {
+      EXPECT_EQ(emu::last_launched_kernel(), base + (vec4 ? "_vec4_kernel" : "_kernel")) << what;
+    };
+
+    // bias + LeakyReLU, out of place and in place (y == x).
+    Vec yb(std::size_t(n) + k.offset, kNaN);
+    kernels::bias_leaky_relu_forward(std::int64_t(k.N) * k.C, k.C, k.HW, x, b.data(),
+                                     yb.data() + k.offset, slope, kStream);
+    ran("bias_leaky_relu", k.vec4);
+    Vec want(static_cast<std::size_t>(n)), in_place(xb);
+    for (std::int64_t i = 0; i < n; ++i)
+      want[std::size_t(i)] = leaky_relu(x[i] + b[std::size_t((i / k.HW) % k.C)], slope);
+    expect_bit_equal(Vec(yb.begin() + std::ptrdiff_t(k.offset), yb.end()), want,
+                     "bias_leaky_relu " + what);
+    kernels::bias_leaky_relu_forward(std::int64_t(k.N) * k.C, k.C, k.HW, in_place.data() + k.offset,
+                                     b.data(), in_place.data() + k.offset, slope, kStream);
+    expect_bit_equal(Vec(in_place.begin() + std::ptrdiff_t(k.offset), in_place.end()), want,
+                     "bias_leaky_relu in place " + what);
+
+    // LeakyReLU backward + other, into `other` (dx == other), against the shared scalar math.
+    Vec dxb(ob);
+    kernels::leaky_relu_backward_add(n, x, dy, dxb.data() + k.offset, dxb.data() + k.offset, slope,
+                                     kStream);
+    ran("leaky_relu_backward_add", n % 4 == 0 && k.offset == 0);
+    for (std::int64_t i = 0; i < n; ++i)
+      want[std::size_t(i)] = leaky_relu_grad(x[i], dy[i], slope) + other[i];
+    expect_bit_equal(Vec(dxb.begin() + std::ptrdiff_t(k.offset), dxb.end()), want,
+                     "leaky_relu_backward_add " + what);
+
+    // y += b + z, with and without a bias.
+    for (const bool with_bias : {true, false}) {
+      Vec rb(db);
+      kernels::bias_residual_add(k.N, k.C, k.HW, with_bias ? b.data() : nullptr, other,
+                                 rb.data() + k.offset, kStream);
+      ran("bias_residual_add", k.vec4);
+      for (std::int64_t i = 0; i < n; ++i)
+        want[std::size_t(i)] =
+            (dy[i] + (with_bias ? b[std::size_t((i / k.HW) % k.C)] : 0.0f)) + other[i];
+      expect_bit_equal(Vec(rb.begin() + std::ptrdiff_t(k.offset), rb.end()), want,
+                       std::string("bias_residual_add ") + (with_bias ? "with" : "without") +
+                           " bias " + what);
+    }
   }
 }
 
