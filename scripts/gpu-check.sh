@@ -15,6 +15,7 @@
 #     Wide-ResNet tests; the custom kernels' tests under compute-sanitizer memcheck.
 #
 #   scripts/gpu-check.sh OUT_DIR
+#   JEM_GPU_CHECK_ONLY='^(ctest_cuda|jem_bench_tf32)$' scripts/gpu-check.sh OUT_DIR   (those steps only)
 #
 # Writes OUT_DIR/summary.json (step exit codes and timings, ctest counts and failed tests,
 # benchmark files, headline numbers against the targets (scripts/gpu_check_headlines.py), the
@@ -53,6 +54,13 @@ declare -A step_rc step_s
 run_step() {
   local name=$1 limit=$2
   shift 2
+  # JEM_GPU_CHECK_ONLY (an extended regular expression of step names) runs those steps alone,
+  # for a short rerun: the build's own steps (unpack, bundle_source, libraries, configure,
+  # build) and info always run.
+  if [[ -n ${JEM_GPU_CHECK_ONLY:-} && ! $name =~ ^(unpack|bundle_source|libraries|configure|build|info)$ &&
+        ! $name =~ $JEM_GPU_CHECK_ONLY ]]; then
+    return 0
+  fi
   local left
   left=$(left_s)
   ((left < limit)) && limit=$left
@@ -228,7 +236,7 @@ run_step nccl 60 scripts/nccl-check.sh "$build" "$out/nccl"
 run_step torch_check 30 env LD_LIBRARY_PATH="$orig_ld_library_path" python3 -c '
 import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 assert torch.cuda.is_available(), "torch.cuda.is_available() is False"'
-if [[ ${step_rc[torch_check]} -eq 0 ]]; then
+if [[ ${step_rc[torch_check]:-1} -eq 0 ]]; then
   jem_wrapper="$out/jem-with-cuda-libraries"
   printf '#!/usr/bin/env bash\nLD_LIBRARY_PATH=%q exec %q "$@"\n' "${LD_LIBRARY_PATH:-}" "$PWD/$build/jem" >"$jem_wrapper"
   chmod +x "$jem_wrapper"
