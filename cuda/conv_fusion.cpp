@@ -400,14 +400,22 @@ FusionTarget FusionTarget::from_json_file(const std::string& path) {
   return from_json(ss.str(), path);
 }
 
+int set_device_property_device_id(void* descriptor, int device) {
+  const std::int32_t id = device;
+  return int(cudnnBackendSetAttribute(static_cast<cudnnBackendDescriptor_t>(descriptor),
+                                      CUDNN_ATTR_DEVICEPROP_DEVICE_ID, CUDNN_TYPE_INT32, 1, &id));
+}
+
 FusionTarget FusionTarget::from_handle(cudnnContext* handle) {
   JEM_CHECK(deviceless_supported(), "cuDNN ", cudnnGetVersion(), " has no device-property descriptors (9.8 or later)");
   int device = 0;
   JEM_CUDA_CHECK(cudaGetDevice(&device));
-  const std::int64_t id = device;
   Desc d(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR);
-  d.set(CUDNN_ATTR_DEVICEPROP_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle)
-      .set(CUDNN_ATTR_DEVICEPROP_DEVICE_ID, CUDNN_TYPE_INT64, 1, &id);
+  d.set(CUDNN_ATTR_DEVICEPROP_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  const auto st = cudnnStatus_t(set_device_property_device_id(d.get(), device));
+  if (st != CUDNN_STATUS_SUCCESS)
+    JEM_FAIL("cuDNN error setting the device id ", device, " of a device-property descriptor: ",
+             cudnnGetErrorString(st), " (status ", int(st), ")");
   d.finalize("device properties of the handle's device");
   FusionTarget t;
   t.desc_ = d.release();

@@ -49,6 +49,12 @@ bool is_backward(FusionPattern p);
 // Deviceless plans (device-property descriptors) need cuDNN 9.8 or later, at run time.
 bool deviceless_supported();
 
+// Sets a device-property descriptor's device id (CUDNN_ATTR_DEVICEPROP_DEVICE_ID). cuDNN takes
+// it as an INT32 and rejects an INT64 with CUDNN_STATUS_BAD_PARAM_ATTRIBUTE_TYPE (how the first
+// run on an H200 failed to save its properties). Returns cuDNN's status; from_handle() throws on
+// a failure. Needs no GPU.
+int set_device_property_device_id(void* descriptor, int device);
+
 // Where execution plans are built for: a device (by its cuDNN handle), or deviceless, a device
 // described by the JSON of its cuDNN device properties (what from_handle() can save on a GPU
 // machine, e.g. configs/devices/h200.json). Holds cuDNN's device-property descriptor.

@@ -51,6 +51,16 @@ TEST(CudaConvFusionDeviceless, DevicePropertiesLoadAndRoundTrip) {
   EXPECT_NO_THROW(FusionTarget::from_json(j, "round trip"));
 }
 
+// What FusionTarget::from_handle sets on a GPU, checked without one: cuDNN checks the attribute's
+// type when it is set (an INT64 device id failed on the first H200 run).
+TEST(CudaConvFusionDeviceless, DeviceIdAttributeIsAccepted) {
+  SKIP_WITHOUT_DEVICELESS();
+  cudnnBackendDescriptor_t d = nullptr;
+  ASSERT_EQ(cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &d), CUDNN_STATUS_SUCCESS);
+  EXPECT_EQ(cuda::set_device_property_device_id(d, 0), int(CUDNN_STATUS_SUCCESS));
+  cudnnBackendDestroyDescriptor(d);
+}
+
 TEST(CudaConvFusionDeviceless, BadDevicePropertiesNameTheFileAndTheMember) {
   SKIP_WITHOUT_DEVICELESS();
   try {
