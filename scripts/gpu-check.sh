@@ -10,7 +10,7 @@
 #     one timed iteration (Nsight Systems, else Nsight Compute: the custom kernels' share); the
 #     NCCL checks (scripts/nccl-check.sh); bench/compare.sh against PyTorch when python3 has a
 #     CUDA PyTorch; jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
-#     graph-API fusions (bench/cudnn_fusion_probe); the CPU
+#     graph-API fusions and its plain convolutions in NCHW and NHWC (bench/cudnn_fusion_probe); the CPU
 #     tests (not the crash test, which CI runs, nor the mpirun tests); the cuDNN algorithms of the
 #     Wide-ResNet tests; the custom kernels' tests under compute-sanitizer memcheck.
 #
@@ -268,6 +268,10 @@ if [[ -x "$build/bench/cudnn_fusion_probe" ]]; then
     --json "$out/cudnn_fusion.json" --save-device-properties "$out/device_properties.json"
   run_step cudnn_fusion_fp32 60 "$build/bench/cudnn_fusion_probe" --time --math fp32 --candidates 0 --layouts NHWC \
     --patterns conv+bias+lrelu,dgrad+drelu --json "$out/cudnn_fusion_fp32.json"
+  # The convolution alone through the graph API, in NCHW and in NHWC, against the backend's NCHW
+  # legacy call (cuDNN's layout transposes included): what an NHWC backend gains before fusing.
+  run_step cudnn_layout 60 "$build/bench/cudnn_fusion_probe" --time --math tf32 --candidates 0 \
+    --layouts NCHW,NHWC --patterns conv,conv+bias --json "$out/cudnn_layout.json"
 fi
 
 # Google Benchmark executables: bench_ops' CUDA ops on WRN-28-10's shapes, each for 0.1 s

@@ -6,7 +6,9 @@
 Reads OUT_DIR/jem_bench_wrn28x10_{tf32,fp32,tf32_batch1}.json (jem bench --json),
 OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh) and
 OUT_DIR/kernel_profile_cuda_gpu_kern_sum.csv (nsys stats' kernel summary of one timed
-iteration; else OUT_DIR/kernel_profile.csv, ncu's per-kernel summary of it) and OUT_DIR/cudnn_fusion{,_fp32}.json (bench/cudnn_fusion_probe --time), whichever exist, and
+iteration; else OUT_DIR/kernel_profile.csv, ncu's per-kernel summary of it) and
+OUT_DIR/cudnn_{fusion,fusion_fp32,layout}.json (bench/cudnn_fusion_probe --time), whichever
+exist, and
 prints each bench's times, rates, memory and allocations, the PyTorch / jem ratio, the custom
 kernels' share of the kernel time, the fused convolutions that ran with their speed-ups over
 the backend's current ops and their agreement with them, and the issue targets
@@ -186,6 +188,7 @@ def main(out):
                       "kernel_profile": share,
                       "cudnn_fusion": fusion_summary(os.path.join(out, "cudnn_fusion.json")),
                       "cudnn_fusion_fp32": fusion_summary(os.path.join(out, "cudnn_fusion_fp32.json")),
+                      "cudnn_layout": fusion_summary(os.path.join(out, "cudnn_layout.json")),
                       "targets": targets}, indent=2))
 
 
