@@ -31,6 +31,14 @@ if [[ $# -ne 1 ]]; then
   echo "usage: $0 OUT_DIR" >&2
   exit 2
 fi
+if [[ -n ${JEM_GPU_CHECK_ONLY:-} ]]; then
+  rc=0
+  [[ x =~ $JEM_GPU_CHECK_ONLY ]] || rc=$?
+  if ((rc == 2)); then
+    echo "gpu-check: JEM_GPU_CHECK_ONLY is not a valid regular expression: $JEM_GPU_CHECK_ONLY" >&2
+    exit 2
+  fi
+fi
 mkdir -p "$1/logs"
 out=$(cd "$1" && pwd)
 # The library path as this machine set it: PyTorch runs with it, not with the CUDA library folders
@@ -57,8 +65,10 @@ run_step() {
   # JEM_GPU_CHECK_ONLY (an extended regular expression of step names) runs those steps alone,
   # for a short rerun: the build's own steps (unpack, bundle_source, libraries, configure,
   # build) and info always run.
+  # torch_check runs with compare_pytorch_tf32, which needs it.
   if [[ -n ${JEM_GPU_CHECK_ONLY:-} && ! $name =~ ^(unpack|bundle_source|libraries|configure|build|info)$ &&
-        ! $name =~ $JEM_GPU_CHECK_ONLY ]]; then
+        ! $name =~ $JEM_GPU_CHECK_ONLY ]] &&
+     ! [[ $name == torch_check && compare_pytorch_tf32 =~ $JEM_GPU_CHECK_ONLY ]]; then
     return 0
   fi
   local left
@@ -203,8 +213,8 @@ bench_files+=("jem_bench_wrn28x10_tf32.json")
 # Where the iteration's GPU time goes: every kernel of jem bench's timed part (it brackets it
 # with cudaProfilerStart/Stop, so the warm-up's cuDNN searches stay out), from which the custom
 # kernels' share follows (target: under 5%; scripts/gpu_check_headlines.py reads nsys' kernel
-# summary). Nsight Systems traces at little cost; Nsight Compute, the fallback, replays every
-# kernel and may not finish one iteration's ~3000 launches within its limit.
+# summary, else ncu's). Nsight Systems traces at little cost; Nsight Compute, the fallback (the
+# lent H200s have no nsys), replays each of one iteration's ~6050 launches: 42-50 s there.
 nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | tail -1 || true)
 ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
 if [[ -n $nsys_bin && -x $nsys_bin ]]; then
@@ -218,7 +228,7 @@ if [[ -n $nsys_bin && -x $nsys_bin ]]; then
     "$1" stats --report cuda_gpu_kern_sum --format csv --output "$2/kernel_profile" "$2/kernel_profile.nsys-rep"' \
     kernel_profile "$nsys_bin" "$out" "$build/jem"
 elif [[ -n $ncu_bin && -x $ncu_bin ]]; then
-  # (Its per-kernel summary is kept for reading by hand; the headlines read nsys' only.)
+  # Its per-kernel summary (CSV) is what the headlines read when nsys is missing.
   run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 "$ncu_bin" --profile-from-start off --clock-control none --cache-control none \
     --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$out/kernel_profile.csv" \
     "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1
@@ -246,7 +256,7 @@ if [[ ${step_rc[torch_check]:-1} -eq 0 ]]; then
   rm -f "$jem_wrapper"
 fi
 
-run_step jem_bench_fp32 60 env JEM_CUDA_MATH=fp32 "$build/jem" bench --config configs/cifar10.toml \
+run_step jem_bench_fp32 60 env JEM_CUDA_MATH=fp32 JEM_CUDNN_VERBOSE=1 "$build/jem" bench --config configs/cifar10.toml \
   --device cuda --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_fp32.json"
 bench_files+=("jem_bench_wrn28x10_fp32.json")
 # The same iteration at batch 1: its kernels are tiny, so its time is mostly launches and the
@@ -368,9 +378,12 @@ all_ok=true
   done <<<"$failed_names"
   echo "]},"
   printf '  "benchmarks": ['
-  for i in "${!bench_files[@]}"; do
-    ((i > 0)) && printf ', '
-    printf '"%s"' "${bench_files[$i]}"
+  # Only the files that were written (a failed or skipped step leaves none).
+  sep=""
+  for f in "${bench_files[@]}"; do
+    [[ -f $out/$f ]] || continue
+    printf '%s"%s"' "$sep" "$f"
+    sep=", "
   done
   echo "],"
   echo "  \"headlines\": $headlines,"

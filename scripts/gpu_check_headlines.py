@@ -133,7 +133,7 @@ def kernel_share(out):
                                  ("kernel_profile.csv", ncu_times, "ncu")):
         try:
             share = share_of(list(reader(os.path.join(out, name))), source)
-        except OSError:
+        except (OSError, csv.Error, UnicodeDecodeError):
             continue
         if share is not None:
             return share

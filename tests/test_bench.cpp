@@ -353,6 +353,20 @@ TEST(Bench, GpuCheckHeadlinesKernelShareFromNcu) {
   EXPECT_NEAR(h["kernel_profile"]["custom_ms"].get<double>(), 0.15, 1e-12);
   EXPECT_NEAR(h["kernel_profile"]["custom_fraction"].get<double>(), 0.15 / 0.95, 1e-12);
   EXPECT_EQ(h["targets"]["custom_kernels_under_5_percent"], false);
+
+  // With both files, nsys' summary (a trace of the real run, not kernel replays) is the one read.
+  std::ofstream(dir + "/kernel_profile_cuda_gpu_kern_sum.csv")
+      << "Time (%),Total Time (ns),Instances,Avg (ns),Med (ns),Min (ns),Max (ns),StdDev (ns),Name\n"
+      << "96.0,960000,10,96000.0,96000.0,1,1,0.0,sm90_xmma_fprop_implicit_gemm\n"
+      << "4.0,40000,20,2000.0,2000.0,1,1,0.0,\"jem::kernels::(anonymous namespace)::sgld_kernel(int)\"\n";
+  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
+                                   &out),
+            0)
+      << out;
+  const auto both = nlohmann::json::parse(out);
+  EXPECT_EQ(both["kernel_profile"]["source"], "nsys");
+  EXPECT_NEAR(both["kernel_profile"]["custom_fraction"].get<double>(), 0.04, 1e-12);
+  EXPECT_EQ(both["targets"]["custom_kernels_under_5_percent"], true);
   fs::remove_all(dir);
 }
 

@@ -334,6 +334,8 @@ TEST_F(EmulatedKernels, BiasResidualAddIsConvPlusBiasThenResidual) {
 // runs exactly where it should (a view one float into an aligned buffer takes the scalar kernel).
 TEST_F(EmulatedKernels, FusedPassesTakeTheirFloat4KernelExactlyWhereAligned) {
   constexpr float slope = 0.2f;
+  // One block per grid: the float4 loops take several turns (2x6x256: 768 float4s, 3 turns).
+  const emu::GridBlockCap one_block(1);
   struct Case {
     int N, C;
     std::int64_t HW;
@@ -341,8 +343,8 @@ TEST_F(EmulatedKernels, FusedPassesTakeTheirFloat4KernelExactlyWhereAligned) {
     bool vec4;  // the bias passes' float4 kernel: HW a multiple of 4, aligned
   };
   for (const Case& k : {Case{2, 6, 64, 0, true}, Case{3, 5, 12, 0, true}, Case{1, 3, 4, 0, true},
-                        Case{2, 6, 64, 1, false}, Case{3, 5, 49, 0, false},
-                        Case{2, 3, 6, 0, false}}) {
+                        Case{2, 6, 256, 0, true}, Case{2, 6, 64, 1, false},
+                        Case{3, 5, 49, 0, false}, Case{2, 3, 6, 0, false}}) {
     const std::int64_t n = std::int64_t(k.N) * k.C * k.HW;
     const std::string what = std::to_string(k.N) + "x" + std::to_string(k.C) + "x" +
                              std::to_string(k.HW) + " offset " + std::to_string(k.offset);
@@ -395,6 +397,62 @@ TEST_F(EmulatedKernels, FusedPassesTakeTheirFloat4KernelExactlyWhereAligned) {
                        std::string("bias_residual_add ") + (with_bias ? "with" : "without") +
                            " bias " + what);
     }
+  }
+}
+
+// Each pointer a launcher reads or writes as float4 is in its alignment check: one of them a
+// float off (the others aligned) takes the scalar kernel, with the same results.
+TEST_F(EmulatedKernels, OneMisalignedPointerTakesTheScalarKernel) {
+  constexpr float slope = 0.2f;
+  const int N = 2, C = 3;
+  const std::int64_t HW = 16, n = N * C * HW;
+  const Vec x0 = random_vector(std::size_t(n), 70), d0 = random_vector(std::size_t(n), 71),
+            o0 = random_vector(std::size_t(n), 72), b = random_vector(C, 73);
+  // A copy of v at `off` floats into an aligned buffer (kept alive in `keep`).
+  std::vector<Vec> keep;
+  auto at = [&](const Vec& v, std::size_t off) -> float* {
+    Vec& buf = keep.emplace_back(v.size() + 1, kNaN);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(buf.data()) % 16, 0u);
+    std::copy(v.begin(), v.end(), buf.begin() + std::ptrdiff_t(off));
+    return buf.data() + off;
+  };
+  auto values = [&](const float* p) { return Vec(p, p + n); };
+  auto expect_scalar = [&](const std::string& kernel, const std::string& what) {
+    EXPECT_EQ(emu::last_launched_kernel(), kernel) << what;
+  };
+  Vec want(static_cast<std::size_t>(n));
+
+  for (int moved = 0; moved < 2; ++moved) {  // x, then y
+    const float* x = at(x0, moved == 0);
+    float* y = at(Vec(std::size_t(n), kNaN), moved == 1);
+    kernels::bias_leaky_relu_forward(N * C, C, HW, x, b.data(), y, slope, kStream);
+    expect_scalar("bias_leaky_relu_kernel", moved == 0 ? "x off" : "y off");
+    for (std::int64_t i = 0; i < n; ++i)
+      want[std::size_t(i)] = leaky_relu(x0[std::size_t(i)] + b[std::size_t((i / HW) % C)], slope);
+    expect_bit_equal(values(y), want, moved == 0 ? "bias_leaky_relu, x off" : "y off");
+  }
+  for (int moved = 0; moved < 4; ++moved) {  // x, dy, other, dx
+    const float* x = at(x0, moved == 0);
+    const float* dy = at(d0, moved == 1);
+    const float* other = at(o0, moved == 2);
+    float* dx = at(Vec(std::size_t(n), kNaN), moved == 3);
+    kernels::leaky_relu_backward_add(n, x, dy, other, dx, slope, kStream);
+    const std::string what = "leaky_relu_backward_add, pointer " + std::to_string(moved) + " off";
+    expect_scalar("leaky_relu_backward_add_kernel", what);
+    for (std::size_t i = 0; i < want.size(); ++i)
+      want[i] = leaky_relu_grad(x0[i], d0[i], slope) + o0[i];
+    expect_bit_equal(values(dx), want, what);
+  }
+  for (int moved = 0; moved < 2; ++moved) {  // z, then y
+    const float* z = at(o0, moved == 0);
+    float* y = at(d0, moved == 1);
+    kernels::bias_residual_add(N, C, HW, b.data(), z, y, kStream);
+    const std::string what = moved == 0 ? "bias_residual_add, z off" : "bias_residual_add, y off";
+    expect_scalar("bias_residual_add_kernel", what);
+    for (std::int64_t i = 0; i < n; ++i)
+      want[std::size_t(i)] =
+          (d0[std::size_t(i)] + b[std::size_t((i / HW) % C)]) + o0[std::size_t(i)];
+    expect_bit_equal(values(y), want, what);
   }
 }
 
