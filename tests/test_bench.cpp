@@ -194,6 +194,17 @@ TEST(Bench, TimesEveryPhaseOfEveryIteration) {
   EXPECT_EQ(r.timed_allocations, 0);          // every buffer exists after the warm-up
 }
 
+// scripts/gpu_check_headlines.py run on `dir`: its JSON in *h (a non-zero exit fails the caller,
+// which wraps the call in ASSERT_NO_FATAL_FAILURE).
+void run_headlines(const std::string& dir, nlohmann::json* h) {
+  std::string out;
+  ASSERT_EQ(jem::test::run_command(
+                "python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir, &out),
+            0)
+      << out;
+  *h = nlohmann::json::parse(out);
+}
+
 // gpu-check.sh's headline numbers, read from the files the GPU run writes: jem bench's JSON under
 // the names gpu-check gives them, and compare.sh's rounds (PyTorch's JSON has the same fields).
 TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
@@ -214,12 +225,8 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
     t["ms_per_iteration"]["total"] = jem_ms * slower[round - 1];
     std::ofstream(dir + "/compare_tf32/torch_" + std::to_string(round) + ".json") << t.dump();
   }
-  std::string out;
-  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
-                                   &out),
-            0)
-      << out;
-  const auto h = nlohmann::json::parse(out);
+  nlohmann::json h;
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
   const auto& tf32 = h["jem_bench"]["wrn28x10_tf32"];
   EXPECT_DOUBLE_EQ(tf32["ms_per_iteration"].get<double>(), jem_ms);
   EXPECT_EQ(tf32["allocations_during_timed_iterations"], 0);
@@ -248,12 +255,8 @@ TEST(Bench, GpuCheckHeadlinesMemoryTargetCountsTheDeviceReading) {
     j["peak_memory_bytes"] = std::int64_t(1.5 * gib);
     j["device_memory_used_bytes"] = std::int64_t(used_gib * gib);
     std::ofstream(dir + "/jem_bench_wrn28x10_tf32.json") << j.dump();
-    std::string out;
-    ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
-                                     &out),
-              0)
-        << out;
-    const auto h = nlohmann::json::parse(out);
+    nlohmann::json h;
+    ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
     EXPECT_NEAR(h["jem_bench"]["wrn28x10_tf32"]["device_memory_used_gib"].get<double>(), used_gib, 1e-9);
     EXPECT_EQ(h["targets"]["peak_memory_under_24_gib"], used_gib < 24.0) << used_gib;
   }
@@ -273,12 +276,9 @@ TEST(Bench, GpuCheckHeadlinesFusionSummary) {
                            result("c", "NHWC", {{"speedup", 0.5}, {"rel_error", 0.001}, {"ok", false}}),
                            result("a", "NCHW", {{"fused", "no plan: no engine configuration proposed"}})}}};
   std::ofstream(dir + "/cudnn_fusion.json") << j.dump();
-  std::string out;
-  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
-                                   &out),
-            0)
-      << out;
-  const auto h = nlohmann::json::parse(out)["cudnn_fusion"];
+  nlohmann::json headlines;
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &headlines));
+  const auto& h = headlines["cudnn_fusion"];
   const auto& nhwc = h["conv+bias+lrelu NHWC"];
   EXPECT_EQ(nhwc["ran"], 3);
   EXPECT_EQ(nhwc["of"], 3);
@@ -304,12 +304,8 @@ TEST(Bench, GpuCheckHeadlinesKernelShare) {
       << "5.0,50000,20,2500.0,2500.0,1,1,0.0,\"jem::kernels::(anonymous namespace)::sgld_kernel(int, long, float*, "
          "const float*, float, float, bool, jem::NoiseKey)\"\n"
       << "3.0,30000,4,7500.0,7500.0,1,1,0.0,\"void cub::CUB_300000_SM_900::detail::transform::transform_kernel<...>\"\n";
-  std::string out;
-  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
-                                   &out),
-            0)
-      << out;
-  const auto h = nlohmann::json::parse(out);
+  nlohmann::json h;
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
   EXPECT_EQ(h["kernel_profile"]["kernels"], 4);
   EXPECT_DOUBLE_EQ(h["kernel_profile"]["all_kernels_ms"].get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(h["kernel_profile"]["custom_ms"].get<double>(), 0.08);
@@ -340,13 +336,9 @@ TEST(Bench, GpuCheckHeadlinesKernelShareFromNcu) {
       << row("void cub::transform_kernel<cub::policy_hub<1>, jem::<unnamed>::LeakyForwardOp>", "4", "ns",
              "12,500.00")
       << row("void engines_precompiled::nchwToNhwcKernel<float, float, float, 0, 1, 0>", "2", "ms", "0.05");
-  std::string out;
-  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
-                                   &out),
-            0)
-      << out;
+  nlohmann::json h;
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
   // 0.7 ms + 0.1 ms + 0.05 ms + 0.1 ms = 0.95 ms, of which jem's and CUB's 0.15 ms.
-  const auto h = nlohmann::json::parse(out);
   EXPECT_EQ(h["kernel_profile"]["kernels"], 4);
   EXPECT_EQ(h["kernel_profile"]["source"], "ncu");
   EXPECT_NEAR(h["kernel_profile"]["all_kernels_ms"].get<double>(), 0.95, 1e-12);
@@ -359,11 +351,8 @@ TEST(Bench, GpuCheckHeadlinesKernelShareFromNcu) {
       << "Time (%),Total Time (ns),Instances,Avg (ns),Med (ns),Min (ns),Max (ns),StdDev (ns),Name\n"
       << "96.0,960000,10,96000.0,96000.0,1,1,0.0,sm90_xmma_fprop_implicit_gemm\n"
       << "4.0,40000,20,2000.0,2000.0,1,1,0.0,\"jem::kernels::(anonymous namespace)::sgld_kernel(int)\"\n";
-  ASSERT_EQ(jem::test::run_command("python3 " + jem::test::source_path("scripts/gpu_check_headlines.py") + " " + dir,
-                                   &out),
-            0)
-      << out;
-  const auto both = nlohmann::json::parse(out);
+  nlohmann::json both;
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &both));
   EXPECT_EQ(both["kernel_profile"]["source"], "nsys");
   EXPECT_NEAR(both["kernel_profile"]["custom_fraction"].get<double>(), 0.04, 1e-12);
   EXPECT_EQ(both["targets"]["custom_kernels_under_5_percent"], true);
