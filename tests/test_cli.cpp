@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string jem_cmd(const std::string& args) { return jem::test::jem_binary() + " " + args; }
+using jem::test::jem_cmd;
 
 // The last non-empty line of a command's output.
 std::string last_line(const std::string& out) {

@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string jem_cmd(const std::string& args) { return jem::test::jem_binary() + " " + args; }
+using jem::test::jem_cmd;
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path);

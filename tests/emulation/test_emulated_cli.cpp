@@ -16,7 +16,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string jem_cmd(const std::string& args) { return jem::test::jem_binary() + " " + args; }
+using jem::test::jem_cmd;
 
 // The number after `key` in the output ("test accuracy 0.1234" -> 0.1234), or -1.
 double number_after(const std::string& out, const std::string& key) {

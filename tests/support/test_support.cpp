@@ -13,6 +13,7 @@ namespace jem::test {
 std::string data_path(const std::string& name) { return std::string(JEM_TEST_DATA_DIR) + "/" + name; }
 
 std::string jem_binary() { return JEM_BINARY; }
+std::string jem_cmd(const std::string& args) { return jem_binary() + " " + args; }
 
 std::string source_path(const std::string& relative) { return std::string(JEM_SOURCE_DIR) + "/" + relative; }
 

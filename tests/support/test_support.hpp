@@ -19,6 +19,8 @@ std::string source_path(const std::string& relative);
 int run_command(const std::string& command, std::string* output);
 // Path of the built `jem` executable.
 std::string jem_binary();
+// The shell command that runs the jem program with `args` (for run_command).
+std::string jem_cmd(const std::string& args);
 // A fresh, empty temporary directory (removed at process exit is NOT promised).
 std::string temp_dir(const std::string& tag);
 
