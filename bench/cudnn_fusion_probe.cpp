@@ -35,7 +35,7 @@ namespace {
 
 using jem::ConvGeom;
 using jem::cuda::FusionPattern;
-using jem::cuda::Layout;
+using jem::Layout;
 using json = nlohmann::json;
 
 // A convolution of the model and the patterns that apply to it: conv1 (stride 1, C may differ

@@ -356,7 +356,6 @@ const char* to_string(FusionPattern p) {
   return "?";
 }
 
-const char* to_string(Layout l) { return l == Layout::NCHW ? "NCHW" : "NHWC"; }
 
 bool is_backward(FusionPattern p) {
   return p == FusionPattern::DgradDrelu || p == FusionPattern::DgradDreluAdd;
@@ -516,7 +515,7 @@ struct FusedConv::State {
   Desc plan{CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR};
   // Variant packs by the pointers they bind (the workspace last): a caller alternating between a
   // few buffer sets (ping-pong buffers, the probe's two input sets) reuses them.
-  static constexpr std::size_t kPacks = 4;
+  static constexpr std::size_t kPacks = 8;
   std::vector<std::pair<std::vector<void*>, std::unique_ptr<Desc>>> packs;
 };
 

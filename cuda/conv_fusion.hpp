@@ -27,7 +27,7 @@ struct cudnnContext;  // cudnnHandle_t is cudnnContext*
 
 namespace jem::cuda {
 
-enum class Layout { NCHW, NHWC };
+// Layouts are jem::Layout (tensor.hpp): NCHW, or NHWC (channels innermost).
 
 // The patterns, named after what the model computes now (src/model/wide_resnet.cpp):
 enum class FusionPattern {
@@ -40,7 +40,7 @@ enum class FusionPattern {
   DgradDreluAdd,     // dx = lrelu'(m) * conv_T(dy, w) + z    + leaky_relu_backward_add
 };
 const char* to_string(FusionPattern p);
-const char* to_string(Layout l);
+using jem::to_string;  // of a Layout
 std::vector<FusionPattern> all_fusion_patterns();
 // The pattern named by to_string(); throws naming `name` when there is none.
 FusionPattern fusion_pattern_from_string(const std::string& name);

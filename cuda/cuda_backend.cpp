@@ -10,6 +10,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "cuda_check.hpp"
 #include "cudnn_conv.hpp"
@@ -23,7 +24,8 @@ MathMode default_math_mode(int device) {
   return major >= 8 ? MathMode::TF32 : MathMode::FP32;
 }
 
-CudaBackend::CudaBackend(int device, MathMode math) : device_(device), math_(math) {
+CudaBackend::CudaBackend(int device, MathMode math, Layout layout)
+    : device_(device), math_(math), layout_(layout) {
   int count = 0;
   JEM_CUDA_CHECK(cudaGetDeviceCount(&count));
   JEM_CHECK(device >= 0 && device < count, "cuda:", device, " does not exist (", count,
@@ -88,7 +90,8 @@ void CudaBackend::release() noexcept {
 std::string CudaBackend::name() const {
   std::ostringstream os;
   os << "cuda:" << device_ << " (" << device_name_ << ", sm_" << cc_major_ << cc_minor_ << ", "
-     << sms_ << " SMs, " << to_string(math_) << " math)";
+     << sms_ << " SMs, " << to_string(math_) << " math"
+     << (layout_ == Layout::NHWC ? ", NHWC activations" : "") << ")";
   return os.str();
 }
 
@@ -144,10 +147,30 @@ Tensor CudaBackend::empty(Shape shape, DType dtype) {
   return Tensor(std::move(storage), 0, shape, dtype);
 }
 
+namespace {
+
+// [N, A, B] -> [N, B, A] on the host: an NCHW host array to the device's NHWC order (A = C,
+// B = H * W) and back (A = H * W, B = C).
+std::vector<float> host_transpose(const float* src, std::int64_t N, std::int64_t A, std::int64_t B) {
+  std::vector<float> dst(std::size_t(N * A * B));
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t i = 0; i < A; ++i)
+      for (std::int64_t j = 0; j < B; ++j) dst[std::size_t((n * B + j) * A + i)] = src[(n * A + i) * B + j];
+  return dst;
+}
+
+}  // namespace
+
 void CudaBackend::upload(const float* src, const Tensor& dst) {
   check_on_device(dst, "upload");
   bind();
   if (dst.bytes() == 0) return;
+  if (dst.channels_last()) {  // the host's NCHW order, stored channels-last
+    const std::vector<float> nhwc =
+        host_transpose(src, dst.dim(0), dst.dim(1), dst.dim(2) * dst.dim(3));
+    staging_->upload(dst.data<float>(), nhwc.data(), dst.bytes(), stream_);
+    return;
+  }
   staging_->upload(dst.data<float>(), src, dst.bytes(), stream_);
 }
 
@@ -161,6 +184,16 @@ void CudaBackend::upload_i32(const std::int32_t* src, const Tensor& dst) {
 void CudaBackend::download(const Tensor& src, float* dst) {
   check_on_device(src, "download");
   bind();
+  if (src.channels_last() && src.bytes() > 0) {  // returned in NCHW order
+    std::vector<float> nhwc(std::size_t(src.numel()));
+    JEM_CUDA_CHECK(cudaMemcpyAsync(nhwc.data(), src.data<float>(), src.bytes(),
+                                   cudaMemcpyDeviceToHost, stream_));
+    sync_and_check();
+    const std::vector<float> nchw =
+        host_transpose(nhwc.data(), src.dim(0), src.dim(2) * src.dim(3), src.dim(1));
+    std::memcpy(dst, nchw.data(), src.bytes());
+    return;
+  }
   if (src.bytes() > 0)
     JEM_CUDA_CHECK(cudaMemcpyAsync(dst, src.data<float>(), src.bytes(), cudaMemcpyDeviceToHost,
                                    stream_));
@@ -261,6 +294,14 @@ void CudaBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const f
   conv_->forward(g, x, w, b, z, y);
 }
 
+void CudaBackend::conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float* x, const float* w,
+                                                 const float* b, const float* z, float* t, float* y,
+                                                 float slope) {
+  bind();
+  if (conv_->forward_leaky_relu(g, x, w, b, z, t, y, slope)) return;
+  Backend::conv2d_forward_leaky_relu_impl(g, x, w, b, z, t, y, slope);
+}
+
 void CudaBackend::conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                             float* dx) {
   bind();
@@ -283,6 +324,17 @@ void CudaBackend::global_avg_pool_forward_impl(int N, int C, int HW, const float
 void CudaBackend::global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) {
   bind();
   kernels::global_avg_pool_backward(N, C, HW, dy, dx, stream_);
+}
+
+void CudaBackend::global_avg_pool_forward_nhwc_impl(int N, int C, int HW, const float* x, float* y) {
+  bind();
+  kernels::global_avg_pool_forward_nhwc(N, C, HW, x, y, stream_);
+}
+
+void CudaBackend::global_avg_pool_backward_nhwc_impl(int N, int C, int HW, const float* dy,
+                                                     float* dx) {
+  bind();
+  kernels::global_avg_pool_backward_nhwc(N, C, HW, dy, dx, stream_);
 }
 
 // ---- inference-only image ops (kernels/image_ops.cu) ---------------------------------------------
@@ -393,8 +445,17 @@ double CudaBackend::sum_squares_impl(std::int64_t n, const float* x) {
 
 // ---- factory -------------------------------------------------------------------------------------
 
-std::unique_ptr<Backend> make_cuda_backend(int device, MathMode math) {
-  return std::make_unique<CudaBackend>(device, math);
+std::unique_ptr<Backend> make_cuda_backend(int device, MathMode math, Layout layout) {
+  return std::make_unique<CudaBackend>(device, math, layout);
+}
+
+Layout layout_from_env() {
+  const char* env = std::getenv("JEM_CUDA_LAYOUT");
+  if (!env || !*env) return Layout::NCHW;
+  const std::string l(env);
+  if (l == "nchw" || l == "NCHW") return Layout::NCHW;
+  if (l == "nhwc" || l == "NHWC") return Layout::NHWC;
+  JEM_FAIL("JEM_CUDA_LAYOUT='", l, "': expected nchw or nhwc");
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
@@ -402,11 +463,12 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
   JEM_CUDA_CHECK(cudaGetDeviceCount(&count));
   JEM_CHECK(device >= 0 && device < count, "cuda:", device, " does not exist (", count,
             " CUDA device", count == 1 ? "" : "s", " found)");
+  const Layout layout = layout_from_env();
   const char* env = std::getenv("JEM_CUDA_MATH");
-  if (!env || !*env) return make_cuda_backend(device, default_math_mode(device));
+  if (!env || !*env) return make_cuda_backend(device, default_math_mode(device), layout);
   const std::string m(env);
-  if (m == "fp32" || m == "FP32") return make_cuda_backend(device, MathMode::FP32);
-  if (m == "tf32" || m == "TF32") return make_cuda_backend(device, MathMode::TF32);
+  if (m == "fp32" || m == "FP32") return make_cuda_backend(device, MathMode::FP32, layout);
+  if (m == "tf32" || m == "TF32") return make_cuda_backend(device, MathMode::TF32, layout);
   JEM_FAIL("JEM_CUDA_MATH='", m, "': expected fp32 or tf32");
 }
 

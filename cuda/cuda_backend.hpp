@@ -6,6 +6,12 @@
 //     does not wait for the stream unless it is a whole ring of uploads ahead of the device.
 //   * Convolutions: cuDNN (cudnn_conv.hpp). Linear layer: cuBLAS (cuda_linear.cpp). Everything
 //     else: the kernels of kernels/, which call the same per-element functions as the CPU.
+//   * Activation layout: NCHW (the default) or NHWC (channels-last, JEM_CUDA_LAYOUT=nhwc), in
+//     which cuDNN's tensor-core kernels read their operands without transposing them first (on
+//     an H200 its own NCHW<->NHWC transposes took 19% of a WRN-28-10 iteration's kernel time).
+//     The model allocates its activations in activation_layout(); every op also takes NHWC
+//     tensors where backend.hpp allows them, and upload()/download() convert to and from the
+//     host's NCHW order.
 //   * Math mode (convolutions and GEMMs only): TF32 uses tensor cores with inputs rounded to a
 //     10-bit mantissa (~1e-3 relative error, several times faster); FP32 is plain float FMA
 //     math, within a few ulp of the CPU, with deterministic cuDNN backward algorithms.
@@ -37,7 +43,7 @@ MathMode default_math_mode(int device);
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, MathMode math);
+  CudaBackend(int device, MathMode math, Layout layout = Layout::NCHW);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -47,6 +53,8 @@ class CudaBackend final : public Backend {
   std::string name() const override;
   int device_index() const { return device_; }
   MathMode math() const { return math_; }
+  bool supports_channels_last() const override { return true; }
+  Layout activation_layout() const override { return layout_; }
   cudaStream_t stream() const { return stream_; }
   // How convolutions with a bias and a residual run (cudnn_conv.hpp; default Timed). For tests
   // and benchmarks that compare the fused and unfused ways.
@@ -78,6 +86,10 @@ class CudaBackend final : public Backend {
                            const float* z, float* y) override;
   void conv2d_backward_data_impl(const ConvGeom& g, const float* dy, const float* w,
                                  float* dx) override;
+  // One cuDNN graph-API call where ConvEngine::forward_leaky_relu has a plan, else the unfused ops.
+  void conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float* x, const float* w,
+                                      const float* b, const float* z, float* t, float* y,
+                                      float slope) override;
   void conv2d_backward_filter_impl(const ConvGeom& g, const float* x, const float* dy, float* dw,
                                    float* db) override;
   void leaky_relu_forward_impl(std::int64_t n, const float* x, float* y, float slope) override;
@@ -89,6 +101,9 @@ class CudaBackend final : public Backend {
                                     const float* other, float* dx, float slope) override;
   void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) override;
   void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy, float* dx) override;
+  void global_avg_pool_forward_nhwc_impl(int N, int C, int HW, const float* x, float* y) override;
+  void global_avg_pool_backward_nhwc_impl(int N, int C, int HW, const float* dy,
+                                          float* dx) override;
   void max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) override;
   void avg_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) override;
   void resize_bilinear_forward_impl(std::int64_t NC, int H, int W, int P, int Q, const float* x,
@@ -135,6 +150,7 @@ class CudaBackend final : public Backend {
 
   int device_;
   MathMode math_;
+  Layout layout_;
   std::string device_name_;
   int cc_major_ = 0, cc_minor_ = 0, sms_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -149,9 +165,13 @@ class CudaBackend final : public Backend {
 
 // The backend on CUDA device `device` with the given math mode. Throws jem::Error when the
 // device does not exist or cannot be initialised.
-std::unique_ptr<Backend> make_cuda_backend(int device, MathMode math);
+std::unique_ptr<Backend> make_cuda_backend(int device, MathMode math,
+                                           Layout layout = Layout::NCHW);
+// The layout from the environment variable JEM_CUDA_LAYOUT ("nchw" or "nhwc"; NCHW when unset);
+// throws on any other value.
+Layout layout_from_env();
 // The same with the math mode from the environment variable JEM_CUDA_MATH ("fp32" or "tf32"),
-// or default_math_mode(device) when it is unset.
+// or default_math_mode(device) when it is unset, and the layout from layout_from_env().
 std::unique_ptr<Backend> make_cuda_backend(int device);
 
 }  // namespace jem::cuda

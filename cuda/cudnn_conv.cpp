@@ -14,10 +14,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <string>
 #include <vector>
 
+#include "conv_fusion.hpp"
 #include "cuda_check.hpp"
 #include "kernels.hpp"
 
@@ -25,11 +27,13 @@ namespace jem::cuda {
 namespace {
 
 // RAII owners of the descriptors.
+cudnnTensorFormat_t format_of(Layout l) { return l == Layout::NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW; }
+
 struct TensorDesc {
   cudnnTensorDescriptor_t d = nullptr;
-  TensorDesc(int n, int c, int h, int w) {
+  TensorDesc(int n, int c, int h, int w, Layout l) {
     JEM_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d));
-    JEM_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w));
+    JEM_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, format_of(l), CUDNN_DATA_FLOAT, n, c, h, w));
   }
   ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
   TensorDesc(const TensorDesc&) = delete;
@@ -38,9 +42,10 @@ struct TensorDesc {
 
 struct FilterDesc {
   cudnnFilterDescriptor_t d = nullptr;
-  FilterDesc(int k, int c, int r, int s) {  // [K, C, R, S]: R rows, S columns
+  // [K, C, R, S]: R rows, S columns; stored KCRS (NCHW) or KRSC (NHWC).
+  FilterDesc(int k, int c, int r, int s, Layout l) {
     JEM_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d));
-    JEM_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, k, c, r, s));
+    JEM_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, CUDNN_DATA_FLOAT, format_of(l), k, c, r, s));
   }
   ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
   FilterDesc(const FilterDesc&) = delete;
@@ -71,8 +76,9 @@ const char* op_name(int op) {
 
 std::string describe(const ConvGeom& g) {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "x[%d, %d, %d, %d] * w[%d, %d, %d, %d] stride %d pad %d,%d", g.N,
-                g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride, g.pad_h, g.pad_w);
+  std::snprintf(buf, sizeof buf, "x[%d, %d, %d, %d] * w[%d, %d, %d, %d] stride %d pad %d,%d%s", g.N,
+                g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride, g.pad_h, g.pad_w,
+                g.y_layout == Layout::NHWC ? " NHWC" : "");
   return buf;
 }
 
@@ -190,9 +196,11 @@ struct ConvEngine::Plan {
   cudnnMathType_t searched_math = CUDNN_DEFAULT_MATH;
   bool fused = false;            // ForwardAdd: one cudnnConvolutionBiasActivationForward call
   bool epilogue_chosen = false;  // ForwardAdd: choose_epilogue has run
+  // Every descriptor in the layout the op computes in (the output's, y or dy; see conv_layout).
   explicit Plan(const ConvGeom& geom)
-      : g(geom), x(g.N, g.C, g.H, g.W), y(g.N, g.K, g.P(), g.Q()), bias(1, g.K, 1, 1),
-        w(g.K, g.C, g.R, g.S), conv(g.pad_h, g.pad_w, g.stride) {}
+      : g(geom), x(g.N, g.C, g.H, g.W, g.y_layout), y(g.N, g.K, g.P(), g.Q(), g.y_layout),
+        bias(1, g.K, 1, 1, g.y_layout), w(g.K, g.C, g.R, g.S, g.y_layout),
+        conv(g.pad_h, g.pad_w, g.stride) {}
 };
 
 ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), math_(math) {
@@ -203,10 +211,13 @@ ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), ma
   identity_ = std::make_unique<Activation>();
   const char* v = std::getenv("JEM_CUDNN_VERBOSE");
   verbose_ = v && *v && std::string(v) != "0";
+  const char* f = std::getenv("JEM_CUDNN_FUSION");
+  fusion_ = !(f && std::string(f) == "0");
 }
 
 ConvEngine::~ConvEngine() {
   plans_.clear();  // descriptors before the handle
+  fused_.clear();
   identity_.reset();
   if (handle_) cudnnDestroy(handle_);
 }
@@ -215,7 +226,7 @@ ConvEngine::Plan& ConvEngine::plan(Op op, const ConvGeom& g, const float* a, con
                                    float* out, const float* extra, const float* extra2) {
   const Key key{int(op), g.N,      g.C,      g.H,      g.W,     g.K,
                 g.R,     g.S,      g.stride, g.pad_h, g.pad_w,
-                alignment_classes({a, b, out, extra, extra2})};
+                alignment_classes({a, b, out, extra, extra2}), int(g.y_layout)};
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
   auto p = std::make_unique<Plan>(g);
@@ -317,8 +328,34 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
                  double(ms), math_name(timed_math), p.workspace >> 10);
 }
 
-void ConvEngine::forward(const ConvGeom& g, const float* x, const float* w, const float* b,
+// ---- layouts ----------------------------------------------------------------------------------------
+// A convolution computes in its output's layout (y, or dy for the backward ops): an input in the
+// other layout is converted into operand_ first (the stem's NCHW images on a channels-last
+// backend), a data gradient wanted in the other layout is computed into operand_ and converted
+// after. In NHWC, cuDNN reads KRSC filters (its NHWC filter format, the one its channels-last
+// tensor-core kernels take): the KCRS filter of the flat buffer is converted into filter_ at each
+// call, and a weight gradient is computed there and added into the KCRS gradient transposed.
+
+const float* ConvEngine::to_layout(const float* src, int N, int C, std::int64_t HW, Layout from,
+                                   Layout to) {
+  if (from == to) return src;
+  auto* dst = static_cast<float*>(operand_.ensure(std::size_t(N) * C * HW * sizeof(float), stream_));
+  if (from == Layout::NCHW) kernels::batched_transpose(N, C, HW, src, dst, false, stream_);
+  else kernels::batched_transpose(N, HW, C, src, dst, false, stream_);
+  return dst;
+}
+
+const float* ConvEngine::filter_for(const ConvGeom& g, const float* w) {
+  if (g.y_layout == Layout::NCHW) return w;
+  auto* krsc = static_cast<float*>(filter_.ensure(std::size_t(g.K) * g.C * g.R * g.S * sizeof(float), stream_));
+  kernels::batched_transpose(g.K, g.C, std::int64_t(g.R) * g.S, w, krsc, false, stream_);
+  return krsc;
+}
+
+void ConvEngine::forward(const ConvGeom& g, const float* x_in, const float* w_in, const float* b,
                          const float* z, float* y) {
+  const float* x = to_layout(x_in, g.N, g.C, std::int64_t(g.H) * g.W, g.x_layout, g.y_layout);
+  const float* w = filter_for(g, w_in);
   // With a residual, the bias pointer is in the key too: a call without a bias never meets a
   // plan chosen fused (the fused call needs one), and the fused call reads it at its alignment.
   Plan& p = z ? plan(Op::ForwardAdd, g, x, w, y, z, b) : plan(Op::Forward, g, x, w, y);
@@ -340,8 +377,10 @@ int ConvEngine::run_unfused(Plan& p, const float* x, const float* w, const float
                                              p.workspace, &zero, p.y.d, y);
   if (st != CUDNN_STATUS_SUCCESS) return int(st);
   if (z) {
-    // y += b + z in one pass (b may be null).
-    kernels::bias_residual_add(p.g.N, p.g.K, std::int64_t(p.g.P()) * p.g.Q(), b, z, y, stream_);
+    // y += b + z in one pass (b may be null). Channels-last: N * P * Q pixels of K channels.
+    const std::int64_t PQ = std::int64_t(p.g.P()) * p.g.Q();
+    if (p.g.y_layout == Layout::NHWC) kernels::bias_residual_add(int(p.g.N * PQ), p.g.K, 1, b, z, y, stream_);
+    else kernels::bias_residual_add(p.g.N, p.g.K, PQ, b, z, y, stream_);
   } else if (b) {
     // y += b, broadcast over N, P, Q (no bias: the next op adds it, see Backend::conv2d_forward).
     st = cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y);
@@ -483,24 +522,84 @@ void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, con
   }
 }
 
-void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
+bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const float* w, const float* b,
+                                    const float* z, float* t, float* y, float slope) {
+  if (!fusion_ || math_ != MathMode::TF32 || g.x_layout != Layout::NHWC ||
+      g.y_layout != Layout::NHWC || !b || (z == nullptr) != (t == nullptr))
+    return false;
+  // The plans are built for 16-byte-aligned tensors (the filter is filter_'s copy: aligned). The
+  // model's are (its channel counts are multiples of 4); a view at an odd offset runs unfused.
+  for (const void* p : {static_cast<const void*>(x), static_cast<const void*>(b),
+                        static_cast<const void*>(z), static_cast<const void*>(t),
+                        static_cast<const void*>(y)})
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  const FusionPattern pattern = z ? FusionPattern::ConvBiasAddLrelu : FusionPattern::ConvBiasLrelu;
+  std::uint32_t slope_bits = 0;
+  std::memcpy(&slope_bits, &slope, sizeof slope_bits);
+  const std::array<std::int64_t, 12> key{int(pattern), g.N, g.C, g.H, g.W, g.K, g.R, g.S,
+                                         g.stride, g.pad_h, g.pad_w, slope_bits};
+  auto it = fused_.find(key);
+  if (it == fused_.end()) {
+    // Building may compile kernels (NVRTC, about a second) and synchronises: once per shape.
+    std::string why;
+    std::unique_ptr<FusedConv> f;
+    try {
+      f = FusedConv::build(handle_, pattern, Layout::NHWC, g, slope, true, &why);
+    } catch (const Error& e) {  // a cuDNN without the graph API, or one that fails halfway
+      why = e.what();
+    }
+    if (verbose_)
+      std::fprintf(stderr, "jem: cuDNN %s %s: %s\n", to_string(pattern), describe(g).c_str(),
+                   f ? ("graph-API plan, engine " + std::to_string(f->engine())).c_str()
+                     : ("no fused plan, unfused ops (" + why + ")").c_str());
+    it = fused_.emplace(key, std::move(f)).first;
+  }
+  FusedConv* f = it->second.get();
+  if (!f) return false;
+  FusedConv::Args a;
+  a.x = x;
+  a.w = filter_for(g, w);
+  a.b = b;
+  a.z = z;
+  a.t = t;
+  a.y = y;
+  f->run(handle_, a, workspace_.ensure(f->workspace_bytes(), stream_));
+  return true;
+}
+
+void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* w_in, float* dx_out) {
+  const float* w = filter_for(g, w_in);
+  const std::int64_t HW = std::int64_t(g.H) * g.W;
+  float* dx = dx_out;
+  if (g.x_layout != g.y_layout)
+    dx = static_cast<float*>(operand_.ensure(std::size_t(g.N) * g.C * HW * sizeof(float), stream_));
   Plan& p = plan(Op::BackwardData, g, dy, w, dx);
   const float one = 1.0f, zero = 0.0f;
   JEM_CUDNN_CHECK(cudnnConvolutionBackwardData(handle_, &one, p.w.d, w, p.y.d, dy, p.conv.d,
                                                cudnnConvolutionBwdDataAlgo_t(p.algo),
                                                workspace_.get(), p.workspace, &zero, p.x.d,
                                                dx));
+  if (dx == dx_out) return;
+  if (g.y_layout == Layout::NHWC) kernels::batched_transpose(g.N, HW, g.C, dx, dx_out, false, stream_);
+  else kernels::batched_transpose(g.N, g.C, HW, dx, dx_out, false, stream_);
 }
 
-void ConvEngine::backward_filter(const ConvGeom& g, const float* x, const float* dy, float* dw,
+void ConvEngine::backward_filter(const ConvGeom& g, const float* x_in, const float* dy, float* dw_kcrs,
                                  float* db) {
+  const float* x = to_layout(x_in, g.N, g.C, std::int64_t(g.H) * g.W, g.x_layout, g.y_layout);
+  const bool nhwc = g.y_layout == Layout::NHWC;
+  float* dw = dw_kcrs;
+  if (nhwc)
+    dw = static_cast<float*>(filter_.ensure(std::size_t(g.K) * g.C * g.R * g.S * sizeof(float), stream_));
   Plan& p = plan(Op::BackwardFilter, g, x, dy, dw);
-  // beta = 1: parameter gradients accumulate (backend.hpp).
-  const float one = 1.0f;
+  // beta = 1: parameter gradients accumulate (backend.hpp). In NHWC the KRSC gradient is written
+  // (beta = 0) and then added into the KCRS one.
+  const float one = 1.0f, zero = 0.0f;
   JEM_CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle_, &one, p.x.d, x, p.y.d, dy, p.conv.d,
                                                  cudnnConvolutionBwdFilterAlgo_t(p.algo),
-                                                 workspace_.get(), p.workspace, &one,
+                                                 workspace_.get(), p.workspace, nhwc ? &zero : &one,
                                                  p.w.d, dw));
+  if (nhwc) kernels::batched_transpose(g.K, std::int64_t(g.R) * g.S, g.C, dw, dw_kcrs, true, stream_);
   if (db) JEM_CUDNN_CHECK(cudnnConvolutionBackwardBias(handle_, &one, p.y.d, dy, &one, p.bias.d, db));
 }
 

@@ -1,6 +1,7 @@
 // The convolution ops on cuDNN (the legacy convolution API of libcudnn_cnn): forward (with an
 // optional residual), backward-data, backward-filter. All of the backend's cuDNN code lives
-// behind this class.
+// behind this class. Tensors may be NCHW or NHWC (ConvGeom's layouts): each op computes in its
+// output's layout, converting an input in the other one (cudnn_conv.cpp, "layouts").
 //
 // Per shape, ONCE: descriptors are built and the algorithm is chosen by cuDNN's benchmarked
 // search (cudnnFind*AlgorithmEx on the call's own pointers, so the pointer alignment it measured
@@ -18,6 +19,7 @@
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <cstdint>
 #include <map>
 #include <memory>
 
@@ -28,6 +30,8 @@
 struct cudnnContext;  // cudnnHandle_t is cudnnContext*
 
 namespace jem::cuda {
+
+class FusedConv;  // conv_fusion.hpp
 
 // How forward() with a bias and a residual runs (see there). Timed: the faster of the two, timed
 // at the first call of each shape (the default). Fused / Unfused: always that one (tests and
@@ -56,6 +60,16 @@ class ConvEngine {
   // first call of each shape after it chooses again (timing synchronises the stream). Without a
   // bias the call always runs unfused (the fused call needs one).
   void set_epilogue(ConvEpilogue e);
+  // The convolution and the LeakyReLU after it in one call of cuDNN's graph API (conv_fusion.hpp):
+  // y = lrelu(conv(x, w) + b) (z and t null: the model's conv1), or t = conv(x, w) + b + z and
+  // y = lrelu(t) (its conv2 with the residual). Only channels-last, TF32, with a bias: the
+  // configuration in which an H200 ran these fusions, 1.29x and 1.32x faster than the
+  // convolution followed by jem's kernel (docs/cudnn-fusion.md). Returns false, having run
+  // nothing, for any other call, or when cuDNN builds no plan for the shape (tried once per
+  // shape; JEM_CUDNN_VERBOSE=1 prints why): the caller then runs the unfused ops.
+  // JEM_CUDNN_FUSION=0 turns the fused calls off (benchmarks compare both).
+  bool forward_leaky_relu(const ConvGeom& g, const float* x, const float* w, const float* b,
+                          const float* z, float* t, float* y, float slope);
   // dx = conv_transpose(dy, w)   (overwrite)
   void backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
   // dw += x (*) dy, db += sum dy   (accumulate: beta = 1; db may be null)
@@ -69,8 +83,8 @@ class ConvEngine {
   enum class Op { Forward, BackwardData, BackwardFilter, ForwardAdd };
   struct Plan;
   struct Activation;
-  // {op, N, C, H, W, K, R, S, stride, pad_h, pad_w, alignment classes of the pointers}
-  using Key = std::array<int, 12>;
+  // {op, N, C, H, W, K, R, S, stride, pad_h, pad_w, alignment classes of the pointers, layout}
+  using Key = std::array<int, 13>;
 
   // The cached plan of (op, g, alignment), searched on first use with the call's pointers
   // (extra, extra2: z and the bias of ForwardAdd, else null).
@@ -87,6 +101,11 @@ class ConvEngine {
                   float* y);
   int run_fused(Plan& p, const float* x, const float* w, const float* b, const float* z,
                 float* y);
+  // src ([N, C, HW] in layout `from`) in layout `to`: src itself when they agree, else its
+  // conversion in operand_.
+  const float* to_layout(const float* src, int N, int C, std::int64_t HW, Layout from, Layout to);
+  // The filter as the op's layout wants it: w (KCRS) for NCHW, its KRSC copy in filter_ for NHWC.
+  const float* filter_for(const ConvGeom& g, const float* w);
 
   cudnnContext* handle_ = nullptr;
   cudaStream_t stream_;
@@ -95,7 +114,13 @@ class ConvEngine {
   std::map<Key, std::unique_ptr<Plan>> plans_;
   std::unique_ptr<Activation> identity_;  // the fused call's activation: none
   ConvEpilogue epilogue_ = ConvEpilogue::Timed;
+  // The graph-API plans of forward_leaky_relu by {pattern, N, C, H, W, K, R, S, stride, pad_h,
+  // pad_w, slope's bits}; null: none could be built.
+  std::map<std::array<std::int64_t, 12>, std::unique_ptr<FusedConv>> fused_;
+  bool fusion_ = true;  // JEM_CUDNN_FUSION != 0
   DeviceBuffer workspace_;
+  DeviceBuffer operand_;  // an input (or data gradient) converted between NCHW and NHWC
+  DeviceBuffer filter_;   // a KRSC filter, or a KRSC weight gradient, for NHWC convolutions
 };
 
 }  // namespace jem::cuda

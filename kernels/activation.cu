@@ -58,6 +58,21 @@ __global__ void leaky_relu_backward_add_vec4_kernel(std::int64_t n4, const float
   }
 }
 
+// Channels-last (NHWC, HW = 1 at the launcher: element i is channel i % C) over float4s, C a
+// multiple of 4: the four elements of a float4 are channels c..c+3 of one pixel.
+__global__ void bias_leaky_relu_cl4_kernel(std::uint32_t n4, std::uint32_t C, const float4* x,
+                                           const float* b, float4* y, float slope) {
+  for (std::int64_t i = global_thread(); i < n4; i += grid_stride()) {
+    const std::uint32_t c = (std::uint32_t(i) * 4u) % C;
+    float4 v = x[i];
+    v.x = leaky_relu(v.x + b[c], slope);
+    v.y = leaky_relu(v.y + b[c + 1], slope);
+    v.z = leaky_relu(v.z + b[c + 2], slope);
+    v.w = leaky_relu(v.w + b[c + 3], slope);
+    y[i] = v;
+  }
+}
+
 }  // namespace
 
 void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const float* x,
@@ -71,6 +86,11 @@ void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const 
     JEM_LAUNCH(bias_leaky_relu_vec4_kernel, grid_for(n4), kThreads, stream)(
         std::uint32_t(n4), std::uint32_t(C), std::uint32_t(HW / 4),
         reinterpret_cast<const float4*>(x), b, reinterpret_cast<float4*>(y), slope);
+  } else if (HW == 1 && C % 4 == 0 && vectorizable4(n, {x, y})) {
+    const std::int64_t n4 = n / 4;
+    JEM_LAUNCH(bias_leaky_relu_cl4_kernel, grid_for(n4), kThreads, stream)(
+        std::uint32_t(n4), std::uint32_t(C), reinterpret_cast<const float4*>(x), b,
+        reinterpret_cast<float4*>(y), slope);
   } else {
     JEM_LAUNCH(bias_leaky_relu_kernel, grid_for(n), kThreads, stream)(
         std::uint32_t(n), std::uint32_t(C), std::uint32_t(HW), x, b, y, slope);

@@ -33,6 +33,22 @@ __global__ void bias_residual_add_vec4_kernel(std::uint32_t n4, std::uint32_t C,
   }
 }
 
+// Channels-last (NHWC: HW = 1 at the launcher, element i is channel i % C) over float4s, C a
+// multiple of 4: the four elements of a float4 are channels c..c+3 of one pixel.
+__global__ void bias_residual_add_cl4_kernel(std::uint32_t n4, std::uint32_t C, const float* b,
+                                             const float4* z, float4* y) {
+  for (std::int64_t i = global_thread(); i < n4; i += grid_stride()) {
+    const std::uint32_t c = (std::uint32_t(i) * 4u) % C;
+    const float4 zv = z[i];
+    float4 v = y[i];
+    v.x = (v.x + (b ? b[c] : 0.0f)) + zv.x;
+    v.y = (v.y + (b ? b[c + 1] : 0.0f)) + zv.y;
+    v.z = (v.z + (b ? b[c + 2] : 0.0f)) + zv.z;
+    v.w = (v.w + (b ? b[c + 3] : 0.0f)) + zv.w;
+    y[i] = v;
+  }
+}
+
 }  // namespace
 
 void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const float* z, float* y,
@@ -46,6 +62,11 @@ void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const floa
     JEM_LAUNCH(bias_residual_add_vec4_kernel, grid_for(n4), kThreads, stream)(
         std::uint32_t(n4), std::uint32_t(C), std::uint32_t(HW / 4), b,
         reinterpret_cast<const float4*>(z), reinterpret_cast<float4*>(y));
+  } else if (HW == 1 && C % 4 == 0 && vectorizable4(n, {z, y})) {
+    const std::int64_t n4 = n / 4;
+    JEM_LAUNCH(bias_residual_add_cl4_kernel, grid_for(n4), kThreads, stream)(
+        std::uint32_t(n4), std::uint32_t(C), b, reinterpret_cast<const float4*>(z),
+        reinterpret_cast<float4*>(y));
   } else {
     JEM_LAUNCH(bias_residual_add_kernel, grid_for(n), kThreads, stream)(
         std::uint32_t(n), std::uint32_t(C), std::uint32_t(HW), b, z, y);

@@ -42,6 +42,7 @@ void leaky_relu_backward(const float* x, const float* dy, float* dx, std::int64_
 
 // ---- activation.cu: the fused passes of the Wide-ResNet (see Backend) --------------------------
 // y[p, i] = leaky_relu(x[p, i] + b[p % C]) over planes p < `planes` of HW elements (y may be x).
+// Channels-last tensors (NHWC) are planes = N * H * W * C of HW = 1 element: channel i % C.
 void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const float* x,
                              const float* b, float* y, float slope, cudaStream_t stream);
 // dx = leaky_relu_grad(x, dy) + other (dx may be dy or other).
@@ -50,6 +51,7 @@ void leaky_relu_backward_add(std::int64_t n, const float* x, const float* dy, co
 
 // ---- bias_residual.cu: a convolution's unfused epilogue (cudnn_conv.cpp) -----------------------
 // y[n, c, i] += b[c] + z[n, c, i] over N images of C planes of HW elements (b may be null).
+// Channels-last tensors (NHWC): N * H * W "images" of C planes of HW = 1 element.
 void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const float* z, float* y,
                        cudaStream_t stream);
 
@@ -57,6 +59,21 @@ void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const floa
 void global_avg_pool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t stream);
 void global_avg_pool_backward(int N, int C, int HW, const float* dy, float* dx,
                               cudaStream_t stream);
+// The same for channels-last x [N, HW, C] (NHWC); y and dy stay [N, C]. The forward sums each
+// (n, c) in the NCHW kernel's order (32 lane-strided partials, then the butterfly), so both
+// layouts give the same bits.
+void global_avg_pool_forward_nhwc(int N, int C, int HW, const float* x, float* y,
+                                  cudaStream_t stream);
+void global_avg_pool_backward_nhwc(int N, int C, int HW, const float* dy, float* dx,
+                                   cudaStream_t stream);
+
+// ---- layout.cu: NCHW <-> NHWC ------------------------------------------------------------------
+// dst[n, j, i] = src[n, i, j] for n < N, i < A, j < B: N matrices [A, B] to their transposes.
+// NCHW -> NHWC is (N, A = C, B = H * W), NHWC -> NCHW (N, A = H * W, B = C), KCRS filters to
+// KRSC (K, C, R * S). src and dst must not overlap. With `accumulate`, dst += the transpose (a
+// KRSC weight gradient added into the KCRS gradient buffer).
+void batched_transpose(std::int64_t N, std::int64_t A, std::int64_t B, const float* src, float* dst,
+                       bool accumulate, cudaStream_t stream);
 
 // ---- image_ops.cu (inference only: the FID Inception network) ---------------------------------
 void max_pool2d_forward(const PoolGeom& g, const float* x, float* y, cudaStream_t stream);

@@ -6,7 +6,8 @@
 #     (build-gpu);
 #  2. in the order of what the issues need most, each under its own time limit: the CUDA tests
 #     (JEM_REQUIRE_CUDA=1: no GPU fails them instead of skipping them); jem bench of WRN-28-10 in
-#     TF32 (the 0.30 s target; JEM_CUDNN_VERBOSE=1 logs cuDNN's choices); the time per kernel of
+#     TF32 (the 0.30 s target; JEM_CUDNN_VERBOSE=1 logs cuDNN's choices), then again with NHWC
+#     activations (JEM_CUDA_LAYOUT=nhwc); the time per kernel of
 #     one timed iteration (Nsight Systems, else Nsight Compute: the custom kernels' share); the
 #     NCCL checks (scripts/nccl-check.sh); bench/compare.sh against PyTorch when python3 has a
 #     CUDA PyTorch; jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
@@ -209,6 +210,18 @@ run_step jem_bench_tf32 60 env JEM_CUDA_MATH=tf32 JEM_CUDNN_VERBOSE=1 "$build/je
   --config configs/cifar10.toml --device cuda --iterations 5 --warmup 2 \
   --json "$out/jem_bench_wrn28x10_tf32.json"
 bench_files+=("jem_bench_wrn28x10_tf32.json")
+# The same with the activations channels-last (JEM_CUDA_LAYOUT=nhwc: no cuDNN transposes around
+# its tensor-core kernels; the filters converted to KRSC at each call; conv + bias + LeakyReLU
+# fused by cuDNN's graph API), then without the fusions (JEM_CUDNN_FUSION=0). Which layout
+# becomes the default is decided on these numbers.
+run_step jem_bench_tf32_nhwc 60 env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT=nhwc JEM_CUDNN_VERBOSE=1 "$build/jem" bench \
+  --config configs/cifar10.toml --device cuda --iterations 5 --warmup 2 \
+  --json "$out/jem_bench_wrn28x10_tf32_nhwc.json"
+bench_files+=("jem_bench_wrn28x10_tf32_nhwc.json")
+run_step jem_bench_tf32_nhwc_unfused 60 env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT=nhwc JEM_CUDNN_FUSION=0 \
+  "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 5 --warmup 2 \
+  --json "$out/jem_bench_wrn28x10_tf32_nhwc_unfused.json"
+bench_files+=("jem_bench_wrn28x10_tf32_nhwc_unfused.json")
 
 # Where the iteration's GPU time goes: every kernel of jem bench's timed part (it brackets it
 # with cudaProfilerStart/Stop, so the warm-up's cuDNN searches stay out), from which the custom

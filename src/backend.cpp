@@ -12,6 +12,30 @@ void Backend::check_tensor(const Tensor& t, const char* op, const char* what) co
             ", expected F32");
   JEM_CHECK(t.device() == device(), op, ": tensor '", what, "' lives on ", to_string(t.device()),
             ", backend is ", to_string(device()));
+  JEM_CHECK(!t.channels_last() || supports_channels_last(), op, ": tensor '", what,
+            "' is channels-last (NHWC), which the ", to_string(device()), " backend does not support");
+}
+
+void Backend::check_same_layout(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : ts) {
+    if (!t->defined()) continue;
+    if (!first) first = t;
+    JEM_CHECK(t->layout() == first->layout(), op, ": operands in different layouts (",
+              to_string(first->layout()), " and ", to_string(t->layout()), ")");
+  }
+}
+
+void Backend::check_nchw(const Tensor& t, const char* op, const char* what) {
+  JEM_CHECK(!t.channels_last(), op, ": tensor '", what, "' must be NCHW, got a channels-last (NHWC) one");
+}
+
+void Backend::global_avg_pool_forward_nhwc_impl(int, int, int, const float*, float*) {
+  JEM_FAIL("global_avg_pool_forward: ", name(), " has no channels-last version");
+}
+
+void Backend::global_avg_pool_backward_nhwc_impl(int, int, int, const float*, float*) {
+  JEM_FAIL("global_avg_pool_backward: ", name(), " has no channels-last version");
 }
 
 std::int64_t Backend::peak_memory_bytes() const {
@@ -52,6 +76,7 @@ void Backend::copy(const Tensor& src, const Tensor& dst) {
   check_tensor(src, "copy", "src");
   check_tensor(dst, "copy", "dst");
   JEM_CHECK(src.numel() == dst.numel(), "copy: ", src.shape().str(), " -> ", dst.shape().str());
+  check_same_layout("copy", {&src, &dst});
   copy_impl(src, dst);
 }
 
@@ -59,6 +84,7 @@ void Backend::axpy(float alpha, const Tensor& x, const Tensor& y) {
   check_tensor(x, "axpy", "x");
   check_tensor(y, "axpy", "y");
   JEM_CHECK(x.shape() == y.shape(), "axpy: x ", x.shape().str(), " vs y ", y.shape().str());
+  check_same_layout("axpy", {&x, &y});
   axpy_impl(alpha, x, y);
 }
 
@@ -68,6 +94,7 @@ void Backend::add(const Tensor& a, const Tensor& b, const Tensor& y) {
   check_tensor(y, "add", "y");
   JEM_CHECK(a.shape() == b.shape() && a.shape() == y.shape(), "add: a ", a.shape().str(), ", b ",
             b.shape().str(), ", y ", y.shape().str());
+  check_same_layout("add", {&a, &b, &y});
   add_impl(a, b, y);
 }
 
@@ -90,6 +117,9 @@ static ConvGeom conv_geom(const char* op, const Tensor& x_like, const Tensor& w,
   g.stride = stride;
   g.pad_h = pad_h;
   g.pad_w = pad_w;
+  g.x_layout = x_like.layout();
+  g.y_layout = y_like.layout();
+  Backend::check_nchw(w, op, "w");
   JEM_CHECK(w.dim(1) == g.C && g.R >= 1 && g.S >= 1, op, ": weight ", w.shape().str(),
             " does not fit input ", x_like.shape().str());
   // The window must fit the padded image at least once. (ConvGeom::P() alone cannot tell: C++
@@ -134,6 +164,7 @@ void Backend::conv2d_forward_add(const Tensor& x, const Tensor& w, const Tensor&
   if (b.defined())
     JEM_CHECK(b.numel() == g.K, "conv2d_forward_add: bias ", b.shape().str(), " for ", g.K, " filters");
   JEM_CHECK(z.shape() == y.shape(), "conv2d_forward_add: z ", z.shape().str(), " vs y ", y.shape().str());
+  check_same_layout("conv2d_forward_add", {&y, &z});
   // The unfused paths add z after writing y: an overlap would read outputs as residuals.
   const float *z0 = z.data<float>(), *y0 = y.data<float>();
   JEM_CHECK(z0 + z.numel() <= y0 || y0 + y.numel() <= z0, "conv2d_forward_add: z overlaps y");
@@ -173,6 +204,7 @@ void Backend::conv2d_forward_leaky_relu(const Tensor& x, const Tensor& w, const 
   if (b.defined()) JEM_CHECK(b.numel() == g.K, op, ": bias ", b.shape().str(), " for ", g.K, " filters");
   if (z.defined()) JEM_CHECK(z.shape() == y.shape(), op, ": z ", z.shape().str(), " vs y ", y.shape().str());
   if (t.defined()) JEM_CHECK(t.shape() == y.shape(), op, ": t ", t.shape().str(), " vs y ", y.shape().str());
+  check_same_layout(op, {&y, &z, &t});
   // The convolution writes its output before the activation reads it, and adds z while it does.
   JEM_CHECK(!overlaps(z, y) && !overlaps(z, t), op, ": z overlaps an output");
   JEM_CHECK(!overlaps(t, y), op, ": t overlaps y");
@@ -195,6 +227,7 @@ void Backend::conv2d_backward_data_leaky_relu(const Tensor& dy, const Tensor& w,
   const ConvGeom g = conv_geom(op, dx, w, dy, stride, pad, pad);
   JEM_CHECK(m.shape() == dx.shape(), op, ": m ", m.shape().str(), " vs dx ", dx.shape().str());
   if (z.defined()) JEM_CHECK(z.shape() == dx.shape(), op, ": z ", z.shape().str(), " vs dx ", dx.shape().str());
+  check_same_layout(op, {&dx, &m, &z});
   // The data gradient is written into dx before m and z are read.
   JEM_CHECK(!overlaps(m, dx) && !overlaps(z, dx), op, ": m or z overlaps dx");
   JEM_CHECK(!overlaps(dy, dx), op, ": dy overlaps dx");
@@ -209,7 +242,9 @@ void Backend::conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float* x, 
   const std::int64_t PQ = std::int64_t(g.P()) * g.Q(), n = std::int64_t(g.N) * g.K * PQ;
   if (b && !z && !t) {  // conv1's way: the bias joins the activation's pass
     conv2d_forward_impl(g, x, w, nullptr, nullptr, y);
-    bias_leaky_relu_forward_impl(std::int64_t(g.N) * g.K, g.K, PQ, y, b, y, slope);
+    // Channels-last: planes of one element each, channel = element % K.
+    if (g.y_layout == Layout::NHWC) bias_leaky_relu_forward_impl(n, g.K, 1, y, b, y, slope);
+    else bias_leaky_relu_forward_impl(std::int64_t(g.N) * g.K, g.K, PQ, y, b, y, slope);
     return;
   }
   float* out = t ? t : y;
@@ -247,6 +282,7 @@ void Backend::leaky_relu_forward(const Tensor& x, const Tensor& y, float slope) 
   check_tensor(y, "leaky_relu_forward", "y");
   JEM_CHECK(x.shape() == y.shape(), "leaky_relu_forward: x ", x.shape().str(), " vs y ",
             y.shape().str());
+  check_same_layout("leaky_relu_forward", {&x, &y});
   leaky_relu_forward_impl(x.numel(), x.data<float>(), y.data<float>(), slope);
 }
 
@@ -257,6 +293,7 @@ void Backend::leaky_relu_backward(const Tensor& x, const Tensor& dy, const Tenso
   check_tensor(dx, "leaky_relu_backward", "dx");
   JEM_CHECK(x.shape() == dy.shape() && x.shape() == dx.shape(), "leaky_relu_backward: x ",
             x.shape().str(), ", dy ", dy.shape().str(), ", dx ", dx.shape().str());
+  check_same_layout("leaky_relu_backward", {&x, &dy, &dx});
   leaky_relu_backward_impl(x.numel(), x.data<float>(), dy.data<float>(), dx.data<float>(), slope);
 }
 
@@ -267,6 +304,12 @@ void Backend::bias_leaky_relu_forward(const Tensor& x, const Tensor& b, const Te
   JEM_CHECK(x.shape().rank() >= 2 && x.shape() == y.shape() && b.numel() == x.dim(1),
             "bias_leaky_relu_forward: x ", x.shape().str(), ", b ", b.shape().str(), ", y ", y.shape().str(),
             " (want x == y [N, C, ...] and b [C])");
+  check_same_layout("bias_leaky_relu_forward", {&x, &y});
+  if (x.channels_last()) {  // planes of one element each: channel = element % C
+    bias_leaky_relu_forward_impl(x.numel(), int(x.dim(1)), 1, x.data<float>(), b.data<float>(),
+                                 y.data<float>(), slope);
+    return;
+  }
   const std::int64_t planes = x.dim(0) * x.dim(1);
   bias_leaky_relu_forward_impl(planes, int(x.dim(1)), planes > 0 ? x.numel() / planes : 0, x.data<float>(),
                                b.data<float>(), y.data<float>(), slope);
@@ -281,6 +324,7 @@ void Backend::leaky_relu_backward_add(const Tensor& x, const Tensor& dy, const T
   JEM_CHECK(x.shape() == dy.shape() && x.shape() == other.shape() && x.shape() == dx.shape(),
             "leaky_relu_backward_add: x ", x.shape().str(), ", dy ", dy.shape().str(), ", other ",
             other.shape().str(), ", dx ", dx.shape().str());
+  check_same_layout("leaky_relu_backward_add", {&x, &dy, &other, &dx});
   leaky_relu_backward_add_impl(x.numel(), x.data<float>(), dy.data<float>(), other.data<float>(),
                                dx.data<float>(), slope);
 }
@@ -292,8 +336,12 @@ void Backend::global_avg_pool_forward(const Tensor& x, const Tensor& y) {
   const Shape expect{x.dim(0), x.dim(1)};
   JEM_CHECK(y.shape() == expect, "global_avg_pool_forward: y ", y.shape().str(), ", expected ",
             expect.str());
-  global_avg_pool_forward_impl(int(x.dim(0)), int(x.dim(1)), int(x.dim(2) * x.dim(3)),
-                               x.data<float>(), y.data<float>());
+  if (x.channels_last())
+    global_avg_pool_forward_nhwc_impl(int(x.dim(0)), int(x.dim(1)), int(x.dim(2) * x.dim(3)),
+                                      x.data<float>(), y.data<float>());
+  else
+    global_avg_pool_forward_impl(int(x.dim(0)), int(x.dim(1)), int(x.dim(2) * x.dim(3)),
+                                 x.data<float>(), y.data<float>());
 }
 
 void Backend::global_avg_pool_backward(const Tensor& dy, const Tensor& dx) {
@@ -304,13 +352,19 @@ void Backend::global_avg_pool_backward(const Tensor& dy, const Tensor& dx) {
   const Shape expect{dx.dim(0), dx.dim(1)};
   JEM_CHECK(dy.shape() == expect, "global_avg_pool_backward: dy ", dy.shape().str(), ", expected ",
             expect.str());
-  global_avg_pool_backward_impl(int(dx.dim(0)), int(dx.dim(1)), int(dx.dim(2) * dx.dim(3)),
-                                dy.data<float>(), dx.data<float>());
+  if (dx.channels_last())
+    global_avg_pool_backward_nhwc_impl(int(dx.dim(0)), int(dx.dim(1)), int(dx.dim(2) * dx.dim(3)),
+                                       dy.data<float>(), dx.data<float>());
+  else
+    global_avg_pool_backward_impl(int(dx.dim(0)), int(dx.dim(1)), int(dx.dim(2) * dx.dim(3)),
+                                  dy.data<float>(), dx.data<float>());
 }
 
 // Checks x[N,C,H,W] and y[N,C,P,Q] of a pooling op against its window.
 static PoolGeom pool_geom(const char* op, const Tensor& x, const Tensor& y, int kernel, int stride,
                           int pad) {
+  Backend::check_nchw(x, op, "x");
+  Backend::check_nchw(y, op, "y");
   JEM_CHECK(x.shape().rank() == 4, op, ": x must be NCHW, got ", x.shape().str());
   JEM_CHECK(kernel >= 1 && stride >= 1 && pad >= 0, op, ": kernel ", kernel, " stride ", stride,
             " pad ", pad);
@@ -351,6 +405,8 @@ void Backend::avg_pool2d_forward(const Tensor& x, const Tensor& y, int kernel, i
 void Backend::resize_bilinear_forward(const Tensor& x, const Tensor& y) {
   check_tensor(x, "resize_bilinear_forward", "x");
   check_tensor(y, "resize_bilinear_forward", "y");
+  check_nchw(x, "resize_bilinear_forward", "x");
+  check_nchw(y, "resize_bilinear_forward", "y");
   JEM_CHECK(x.shape().rank() == 4 && y.shape().rank() == 4,
             "resize_bilinear_forward: x and y must be NCHW, got ", x.shape().str(), " and ",
             y.shape().str());
@@ -365,6 +421,8 @@ void Backend::resize_bilinear_forward(const Tensor& x, const Tensor& y) {
 void Backend::copy_channels(const Tensor& src, const Tensor& dst, int channel_offset) {
   check_tensor(src, "copy_channels", "src");
   check_tensor(dst, "copy_channels", "dst");
+  check_nchw(src, "copy_channels", "src");
+  check_nchw(dst, "copy_channels", "dst");
   JEM_CHECK(src.shape().rank() == 4 && dst.shape().rank() == 4,
             "copy_channels: src and dst must be NCHW, got ", src.shape().str(), " and ",
             dst.shape().str());

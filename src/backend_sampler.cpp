@@ -61,6 +61,8 @@ void Backend::buffer_gather(const Tensor& buffer, const Tensor& index, const Ten
                             const Tensor& out, const NoiseKey& key) {
   check_tensor(buffer, "buffer_gather", "buffer");
   check_tensor(out, "buffer_gather", "out");
+  check_nchw(buffer, "buffer_gather", "buffer");
+  check_nchw(out, "buffer_gather", "out");
   JEM_CHECK(buffer.shape().rank() >= 2 && out.shape().rank() == buffer.shape().rank() &&
                 buffer.dim(0) > 0,
             "buffer_gather: buffer ", buffer.shape().str(), ", out ", out.shape().str());
@@ -78,6 +80,8 @@ void Backend::buffer_gather(const Tensor& buffer, const Tensor& index, const Ten
 void Backend::buffer_scatter(const Tensor& x, const Tensor& index, const Tensor& buffer) {
   check_tensor(x, "buffer_scatter", "x");
   check_tensor(buffer, "buffer_scatter", "buffer");
+  check_nchw(x, "buffer_scatter", "x");
+  check_nchw(buffer, "buffer_scatter", "buffer");
   JEM_CHECK(buffer.shape().rank() >= 2 && x.shape().rank() == buffer.shape().rank() &&
                 buffer.dim(0) > 0,
             "buffer_scatter: x ", x.shape().str(), ", buffer ", buffer.shape().str());
@@ -94,6 +98,8 @@ void Backend::sgld_step(const Tensor& x, const Tensor& grad, float step_size, fl
                         bool clamp, const NoiseKey& key) {
   check_tensor(x, "sgld_step", "x");
   check_tensor(grad, "sgld_step", "grad");
+  check_nchw(x, "sgld_step", "x");
+  check_nchw(grad, "sgld_step", "grad");
   JEM_CHECK(x.shape() == grad.shape() && x.shape().rank() >= 1, "sgld_step: x ",
             x.shape().str(), " vs grad ", grad.shape().str());
   const int B = int(x.dim(0));

@@ -8,6 +8,7 @@ namespace jem {
 
 const char* to_string(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 const char* to_string(DType t) { return t == DType::F32 ? "F32" : "I32"; }
+const char* to_string(Layout l) { return l == Layout::NCHW ? "NCHW" : "NHWC"; }
 std::size_t dtype_size(DType) { return 4; }  // both supported dtypes are 32-bit
 
 Shape::Shape(std::initializer_list<std::int64_t> dims) {
@@ -88,8 +89,21 @@ Tensor Tensor::view(std::size_t offset, Shape shape) const {
   return Tensor(storage_, offset_ + offset, shape, dtype_);
 }
 
+Tensor Tensor::as_layout(Layout layout) const {
+  JEM_CHECK(layout == Layout::NCHW || shape_.rank() == 4, "a ", to_string(layout), " tensor must be 4-D, got ",
+            shape_.str());
+  Tensor t = *this;
+  t.layout_ = layout;
+  return t;
+}
+
 Tensor Tensor::reshape(Shape shape) const {
   JEM_CHECK(shape.numel() == numel(), "cannot reshape ", shape_.str(), " to ", shape.str());
+  if (channels_last()) {
+    if (shape == shape_) return *this;
+    JEM_CHECK(shape_[1] == 1 || shape_[2] * shape_[3] == 1, "cannot reshape the channels-last (NHWC) tensor ",
+              shape_.str(), " to ", shape.str(), ": its elements are not in row-major order");
+  }
   return Tensor(storage_, offset_, shape, dtype_);
 }
 
@@ -105,7 +119,9 @@ Tensor Tensor::slice(std::int64_t begin, std::int64_t end) const {
     case 3: s = Shape{end - begin, shape_[1], shape_[2]}; break;
     default: s = Shape{end - begin, shape_[1], shape_[2], shape_[3]}; break;
   }
-  return Tensor(storage_, offset_ + static_cast<std::size_t>(begin * row), s, dtype_);
+  Tensor t(storage_, offset_ + static_cast<std::size_t>(begin * row), s, dtype_);
+  t.layout_ = layout_;
+  return t;
 }
 
 }  // namespace jem

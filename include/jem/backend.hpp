@@ -3,6 +3,11 @@
 // Conventions (written once, followed by every op on every backend):
 //   * Tensors are dense, row-major, float32 unless stated: images NCHW, matrices [rows, cols],
 //     conv weights OIHW ([K, C, R, S]), linear weights [out, in] (as PyTorch stores them).
+//   * Layouts (tensor.hpp): shapes are always logical ([N, C, H, W]). A backend that
+//     supports_channels_last() also takes 4-D tensors stored NHWC, in the ops whose contract
+//     says so: the convolutions (x and y may differ: the backend converts), the elementwise ops
+//     and activations (all operands in one layout), bias_leaky_relu_forward and the global
+//     average pool. The images of the sampler and the Inception network's ops stay NCHW.
 //   * Parameter gradients ACCUMULATE (dw += ..., db += ...): the trainer zeroes the flat
 //     gradient buffer once per iteration and several passes may add into it.
 //   * Activation gradients OVERWRITE (dx = ...): each is produced by exactly one op.
@@ -11,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +42,8 @@ struct ConvGeom {
   int N = 0, C = 0, H = 0, W = 0;  // input
   int K = 0, R = 0, S = 0;         // output channels, kernel height, kernel width
   int stride = 1, pad_h = 0, pad_w = 0;
+  // How x (dx) and y (dy) are stored; the filters are always KCRS.
+  Layout x_layout = Layout::NCHW, y_layout = Layout::NCHW;
   int P() const { return (H + 2 * pad_h - R) / stride + 1; }
   int Q() const { return (W + 2 * pad_w - S) / stride + 1; }
   // Multiply-adds of the forward pass (backward-data and backward-filter cost the same).
@@ -66,6 +74,10 @@ class Backend {
 
   virtual Device device() const = 0;
   virtual std::string name() const = 0;  // "cpu (2 threads, OpenBLAS 0.3.21)"
+  // Whether the ops take channels-last (NHWC) tensors (see the conventions above).
+  virtual bool supports_channels_last() const { return false; }
+  // The layout a model should allocate its 4-D activations in: the backend's fastest.
+  virtual Layout activation_layout() const { return Layout::NCHW; }
 
   // ---- memory -------------------------------------------------------------------------------
   // Zero-filled tensor on this backend's device.
@@ -127,8 +139,10 @@ class Backend {
   // conv2d_forward(_add) into t followed by leaky_relu_forward(t, y), bit for bit, except that
   // with b defined and neither z nor t the bias is added after the convolution's sum, as
   // bias_leaky_relu_forward does. A backend runs the activation inside the convolution's output
-  // pass (the CPU: on each image while it is in cache), saving a pass over y. z must not overlap
-  // t or y, nor t overlap y.
+  // pass (the CPU: on each image while it is in cache), saving a pass over y. The CUDA backend
+  // with channels-last tensors and TF32 math runs all of it as one cuDNN graph-API call where
+  // cuDNN has a plan: then the bits are that plan's, within the convolution's TF32 tolerance of
+  // the unfused ops. z must not overlap t or y, nor t overlap y.
   void conv2d_forward_leaky_relu(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& z,
                                  const Tensor& t, const Tensor& y, int stride, int pad, float slope);
   // The data gradient through a convolution and the LeakyReLU before it:
@@ -238,6 +252,11 @@ class Backend {
   // x *= alpha
   void scale(const Tensor& x, float alpha);
 
+  // Throws unless every defined tensor of `ts` has the layout of the first.
+  static void check_same_layout(const char* op, std::initializer_list<const Tensor*> ts);
+  // Throws unless `t` is NCHW (the ops that take no other layout).
+  static void check_nchw(const Tensor& t, const char* op, const char* what);
+
  protected:
   virtual void adam_step_impl(std::int64_t n, float* p, const float* g, float* m, float* v,
                               const AdamStep& step) = 0;
@@ -289,6 +308,10 @@ class Backend {
   virtual void global_avg_pool_forward_impl(int N, int C, int HW, const float* x, float* y) = 0;
   virtual void global_avg_pool_backward_impl(int N, int C, int HW, const float* dy,
                                              float* dx) = 0;
+  // x (dx) channels-last [N, HW, C]; only called on a backend that supports_channels_last().
+  virtual void global_avg_pool_forward_nhwc_impl(int N, int C, int HW, const float* x, float* y);
+  virtual void global_avg_pool_backward_nhwc_impl(int N, int C, int HW, const float* dy,
+                                                  float* dx);
   virtual void max_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) = 0;
   virtual void avg_pool2d_forward_impl(const PoolGeom& g, const float* x, float* y) = 0;
   // x[NC, H, W] -> y[NC, P, Q] (NC = N * C planes).
@@ -307,7 +330,8 @@ class Backend {
   virtual void cross_entropy_impl(int N, int K, const float* logits, const std::int32_t* labels,
                                   float* loss, float* dlogits, float grad_scale) = 0;
 
-  // Throws unless `t` is defined, F32 and on this backend's device.
+  // Throws unless `t` is defined, F32 and on this backend's device, and channels-last only where
+  // the backend supports it.
   void check_tensor(const Tensor& t, const char* op, const char* what) const;
 };
 

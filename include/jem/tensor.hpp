@@ -1,6 +1,11 @@
 // Tensor: a shape-checked view over storage owned by one device.
 //
-// Layout is always dense row-major (NCHW for images, [rows, cols] for matrices). A Tensor holds
+// Storage is dense. The shape is always the logical one ([N, C, H, W] for images, [rows, cols] for
+// matrices); a 4-D tensor stores its elements either row-major in that order (NCHW, the default
+// and the only layout of the CPU backend) or channels-last (NHWC: element [n, c, h, w] at
+// ((n * H + h) * W + w) * C + c), which the CUDA backend may use for its activations
+// (Backend::activation_layout). Copies to and from the host (Backend::upload / download) always
+// see NCHW order, whatever the device stores. A Tensor holds
 // a shared reference to its Storage plus an element offset, so views of one flat buffer (every
 // parameter of the model lives in one) are cheap and keep the buffer alive.
 #pragma once
@@ -18,9 +23,11 @@ namespace jem {
 
 enum class Device { CPU, CUDA };
 enum class DType { F32, I32 };
+enum class Layout { NCHW, NHWC };
 
 const char* to_string(Device d);
 const char* to_string(DType t);
+const char* to_string(Layout l);  // "NCHW", "NHWC"
 std::size_t dtype_size(DType t);
 
 // Up to 4 dimensions; unused trailing dimensions are absent (rank says how many count).
@@ -78,6 +85,8 @@ class Tensor {
   std::int64_t dim(int i) const { return shape_[i]; }
   std::int64_t numel() const { return shape_.numel(); }
   DType dtype() const { return dtype_; }
+  Layout layout() const { return layout_; }
+  bool channels_last() const { return layout_ == Layout::NHWC; }
   Device device() const;
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * dtype_size(dtype_); }
 
@@ -85,11 +94,16 @@ class Tensor {
   template <typename T>
   T* data() const;
 
-  // A view of `shape.numel()` elements starting `offset` elements into this tensor.
+  // A view of `shape.numel()` elements starting `offset` elements into this tensor, in NCHW
+  // order (a fresh reading of the memory: the layout is not inherited).
   Tensor view(std::size_t offset, Shape shape) const;
-  // The same elements under another shape with the same element count.
+  // The same elements read in `layout`; NHWC needs a 4-D shape.
+  Tensor as_layout(Layout layout) const;
+  // The same elements under another shape with the same element count (row-major order). A
+  // channels-last tensor reshapes only where its order is the NCHW one too (C == 1 or
+  // H * W == 1); the result is NCHW.
   Tensor reshape(Shape shape) const;
-  // Rows [begin, end) of the first dimension.
+  // Rows [begin, end) of the first dimension (the layout is kept: an image is contiguous in both).
   Tensor slice(std::int64_t begin, std::int64_t end) const;
 
   const std::shared_ptr<Storage>& storage() const { return storage_; }
@@ -100,6 +114,7 @@ class Tensor {
   std::size_t offset_ = 0;  // in elements
   Shape shape_;
   DType dtype_ = DType::F32;
+  Layout layout_ = Layout::NCHW;
 };
 
 template <>

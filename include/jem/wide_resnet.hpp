@@ -122,6 +122,8 @@ class WideResNet {
   void plan_activations();
   Tensor p(const ParamSpec* s) const;
   Tensor g(const ParamSpec* s) const;
+  // The first shape.numel() floats of a scratch buffer as an activation (in the backend's layout).
+  Tensor act_view(const Tensor& scratch, const Shape& shape) const;
   void backward_impl(const Tensor& dlogits, const Tensor& dx, bool weights);
 
   WrnConfig config_;

@@ -94,9 +94,11 @@ void WideResNet::build_layout() {
 void WideResNet::plan_activations() {
   const std::int64_t M = max_batch_, S = config_.image_size;
   std::int64_t largest = M * config_.in_channels * S * S;
+  // In the backend's activation layout (NHWC on a channels-last CUDA backend); the input x and
+  // its gradient dx stay NCHW images (the backend converts at the stem).
   auto act = [&](std::int64_t c, std::int64_t h) {
     largest = std::max(largest, M * c * h * h);
-    return backend_.empty(Shape{M, c, h, h});
+    return backend_.empty(Shape{M, c, h, h}).as_layout(backend_.activation_layout());
   };
   stem_out_ = act(16, S);
   for (Block& b : blocks_) {
@@ -116,6 +118,10 @@ std::size_t WideResNet::activation_bytes() const {
                       logits_.bytes() + 4 * grad_a_.bytes();
   for (const Block& b : blocks_) bytes += b.a1.bytes() + b.a2.bytes() + b.out.bytes();
   return bytes;
+}
+
+Tensor WideResNet::act_view(const Tensor& scratch, const Shape& shape) const {
+  return scratch.view(0, shape).as_layout(backend_.activation_layout());
 }
 
 Tensor WideResNet::p(const ParamSpec* s) const { return params_.view(s->offset, s->shape); }
@@ -186,7 +192,7 @@ Tensor WideResNet::forward(const Tensor& x) {
     const Tensor next = i + 1 < blocks_.size() ? rows(blocks_[i + 1].a1, B) : rows(final_act_, B);
     Tensor other = cur;
     if (b.shortcut.w) {
-      other = tmp1_.view(0, out.shape());
+      other = act_view(tmp1_, out.shape());
       backend_.conv2d_forward(cur, p(b.shortcut.w), p(b.shortcut.b), other, b.stride, 0);
     }
     backend_.conv2d_forward_leaky_relu(a2, p(b.conv2.w), p(b.conv2.b), other, out, next, b.stride, 1, slope);
@@ -229,7 +235,7 @@ void WideResNet::backward_impl(const Tensor& dlogits, const Tensor& dx, bool wei
   // Pool and final lrelu: dcur = d(last block out).
   const Block& last = blocks_.back();
   const Shape last_shape = rows(last.out, B).shape();
-  Tensor dcur = grad_a_.view(0, last_shape);
+  Tensor dcur = act_view(grad_a_, last_shape);
   backend_.global_avg_pool_backward(dpooled, dcur);
   backend_.leaky_relu_backward(rows(last.out, B), dcur, dcur, slope);
 
@@ -240,7 +246,7 @@ void WideResNet::backward_impl(const Tensor& dlogits, const Tensor& dx, bool wei
     const Tensor x = i == 0 ? rows(stem_out_, B) : rows(blocks_[std::size_t(i - 1)].out, B);
     const Tensor a1 = rows(b.a1, B), a2 = rows(b.a2, B);
     // conv2: d(h1) = lrelu'(a2) conv2^T(dcur) into tmp1, in one op (a2 > 0 where h1 > 0).
-    const Tensor d_h1 = tmp1_.view(0, a2.shape());
+    const Tensor d_h1 = act_view(tmp1_, a2.shape());
     if (weights) backend_.conv2d_backward_filter(a2, dcur, g(b.conv2.w), g(b.conv2.b), b.stride, 1);
     backend_.conv2d_backward_data_leaky_relu(dcur, p(b.conv2.w), a2, none, d_h1, b.stride, 1, slope);
     // conv1 (its bias gradient is d(h1)'s sums, as for a bias in the conv).
@@ -248,13 +254,13 @@ void WideResNet::backward_impl(const Tensor& dlogits, const Tensor& dx, bool wei
     // The other path's gradient: the shortcut's (into tmp2), or dcur itself.
     Tensor d_other = dcur;
     if (b.shortcut.w) {
-      d_other = tmp2_.view(0, x.shape());
+      d_other = act_view(tmp2_, x.shape());
       if (weights) backend_.conv2d_backward_filter(x, dcur, g(b.shortcut.w), g(b.shortcut.b), b.stride, 0);
       backend_.conv2d_backward_data(dcur, p(b.shortcut.w), d_other, b.stride, 0);
     }
     // d(x) = lrelu'(x) conv1^T(d(h1)) + the other path's gradient, in one op into the other
     // ping-pong buffer.
-    const Tensor dprev = pingpong[1 - cur]->view(0, x.shape());
+    const Tensor dprev = act_view(*pingpong[1 - cur], x.shape());
     backend_.conv2d_backward_data_leaky_relu(d_h1, p(b.conv1.w), x, d_other, dprev, 1, 1, slope);
     cur = 1 - cur;
     dcur = dprev;

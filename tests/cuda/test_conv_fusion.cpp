@@ -22,7 +22,6 @@ namespace {
 
 using cuda::FusionPattern;
 using cuda::FusionTarget;
-using cuda::Layout;
 
 ConvGeom conv3x3(int N, int C, int H, int K, int stride) {
   ConvGeom g;

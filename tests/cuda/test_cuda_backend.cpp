@@ -265,6 +265,57 @@ TEST_F(CudaOps, FusedActivationPassesMatchCpu) {
   }
 }
 
+// v uploaded into a channels-last tensor (the host's order stays NCHW).
+Tensor nhwc_from(Backend& be, const Vec& v, const Shape& s) {
+  const Tensor t = be.empty(s).as_layout(Layout::NHWC);
+  be.upload(v.data(), t);
+  return t;
+}
+
+// The same passes on channels-last tensors (the bias indexed by element % C): the same bits as
+// the CPU's NCHW ones, element for element. Shape{2, 8, 5, 5} and {3, 4, 2, 3} have C % 4 == 0
+// (the float4 channels-last kernels), the others the scalar kernel.
+TEST_F(CudaOps, FusedActivationPassesMatchCpuChannelsLast) {
+  constexpr float slope = 0.2f;
+  for (const Shape& s : {Shape{3, 5, 7, 7}, Shape{2, 8, 5, 5}, Shape{3, 4, 2, 3}, Shape{1, 6, 1, 1}}) {
+    Vec x = random_vector(s.numel(), 23);
+    for (std::size_t i = 0; i < x.size(); i += 7) x[i] = 0.0f;
+    const Vec b = random_vector(std::size_t(s[1]), 24);
+    const Tensor cx = cpu->from_vector(x, s), gx = nhwc_from(*gpu, x, s);
+    auto [cb, gb] = both(b, Shape{s[1]});
+    const Tensor cy = cpu->empty(s), gy = nan_tensor(*gpu, s).as_layout(Layout::NHWC);
+    cpu->bias_leaky_relu_forward(cx, cb, cy, slope);
+    gpu->bias_leaky_relu_forward(gx, gb, gy, slope);
+    expect_bit_equal(gpu->to_vector(gy), cpu->to_vector(cy), "bias_leaky_relu NHWC " + s.str());
+    gpu->bias_leaky_relu_forward(gx, gb, gx, slope);  // y == x
+    expect_bit_equal(gpu->to_vector(gx), cpu->to_vector(cy), "bias_leaky_relu NHWC in place " + s.str());
+  }
+}
+
+// Layouts are checked: operands of an elementwise op in different layouts, a channels-last
+// image for the sampler or a channels-last filter are refused with the op's name.
+TEST_F(CudaOps, MixedLayoutsAreRefused) {
+  const Shape s{2, 3, 4, 4};
+  const Tensor a = gpu->empty(s), b = gpu->empty(s).as_layout(Layout::NHWC);
+  EXPECT_THROW(gpu->add(a, b, a), Error);
+  EXPECT_THROW(gpu->copy(a, b), Error);
+  EXPECT_THROW(gpu->leaky_relu_forward(a, b, 0.2f), Error);
+  try {
+    gpu->axpy(1.0f, a, b);
+    FAIL() << "axpy of NCHW into NHWC must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("axpy: operands in different layouts"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(gpu->sgld_step(b, b, 0.1f, 0.0f, false, NoiseKey{}), Error);
+  const Tensor w = gpu->empty(Shape{3, 3, 3, 3}).as_layout(Layout::NHWC), y = gpu->empty(s);
+  EXPECT_THROW(gpu->conv2d_forward(a, w, Tensor(), y, 1, 1), Error);
+  EXPECT_THROW(gpu->max_pool2d_forward(b, gpu->empty(Shape{2, 3, 2, 2}), 2, 2, 0), Error);
+  // The same ops in one layout run.
+  gpu->add(b, b, b);
+  gpu->leaky_relu_forward(b, b, 0.2f);
+}
+
 // A convolution without bias (the model's conv1, whose bias the activation adds) is one with a
 // zero bias.
 TEST_F(CudaOps, ConvForwardWithoutBias) {
@@ -294,7 +345,16 @@ struct ConvShapes {
   }
 };
 
-class CudaConv : public ::testing::TestWithParam<std::tuple<ConvCase, MathMode>> {
+// How the GPU stores a convolution's operands: x-like ones (x, dx, m and the data gradient's z)
+// in `x`, y-like ones (y, dy, t and the forward's z) in `y`. The CPU's are always NCHW, and the
+// host sees NCHW order either way (upload / download convert), so the same vectors compare.
+struct ConvLayouts {
+  Layout x = Layout::NCHW, y = Layout::NCHW;
+};
+constexpr ConvLayouts kNchw{}, kNhwc{Layout::NHWC, Layout::NHWC},
+    kNchwToNhwc{Layout::NCHW, Layout::NHWC};  // the stem on a channels-last backend
+
+class CudaConv : public ::testing::TestWithParam<std::tuple<ConvCase, MathMode, ConvLayouts>> {
  protected:
   void SetUp() override {
     JEM_SKIP_WITHOUT_CUDA();
@@ -303,28 +363,42 @@ class CudaConv : public ::testing::TestWithParam<std::tuple<ConvCase, MathMode>>
   }
   const ConvCase c = std::get<0>(GetParam());
   const MathMode math = std::get<1>(GetParam());
+  const ConvLayouts layouts = std::get<2>(GetParam());
   const ConvShapes s{c};
   const Vec x = random_vector(s.x.numel(), 11), w = random_vector(s.w.numel(), 12);
   const Vec b = random_vector(s.b.numel(), 13), dy = random_vector(s.y.numel(), 14);
   std::unique_ptr<Backend> cpu, gpu;
 
+  // v on `be`, in layout l on the GPU.
+  Tensor put(Backend& be, const Vec& v, const Shape& shape, Layout l) {
+    if (&be != gpu.get() || l == Layout::NCHW) return be.from_vector(v, shape);
+    const Tensor t = be.empty(shape).as_layout(l);
+    be.upload(v.data(), t);
+    return t;
+  }
+  Tensor put_x(Backend& be, const Vec& v) { return put(be, v, s.x, layouts.x); }
+  Tensor put_y(Backend& be, const Vec& v) { return put(be, v, s.y, layouts.y); }
+  // NaN-filled outputs (an element the op does not write shows).
+  Tensor nan_x(Backend& be) { return nan_tensor(be, s.x).as_layout(&be == gpu.get() ? layouts.x : Layout::NCHW); }
+  Tensor nan_y(Backend& be) { return nan_tensor(be, s.y).as_layout(&be == gpu.get() ? layouts.y : Layout::NCHW); }
+
   Vec forward(Backend& be, const Vec& x_, const Vec& w_, const Vec& b_) {
-    const Tensor y = nan_tensor(be, s.y);  // must be overwritten
-    be.conv2d_forward(be.from_vector(x_, s.x), be.from_vector(w_, s.w), be.from_vector(b_, s.b), y,
+    const Tensor y = nan_y(be);  // must be overwritten
+    be.conv2d_forward(put_x(be, x_), be.from_vector(w_, s.w), be.from_vector(b_, s.b), y,
                       c.stride, c.pad);
     return be.to_vector(y);
   }
   // y = conv(x, w) + b + z (an empty b_: no bias).
   Vec forward_add(Backend& be, const Vec& x_, const Vec& w_, const Vec& b_, const Vec& z_) {
-    const Tensor y = nan_tensor(be, s.y);  // must be overwritten
+    const Tensor y = nan_y(be);  // must be overwritten
     const Tensor bt = b_.empty() ? Tensor() : be.from_vector(b_, s.b);
-    be.conv2d_forward_add(be.from_vector(x_, s.x), be.from_vector(w_, s.w), bt,
-                          be.from_vector(z_, s.y), y, c.stride, c.pad);
+    be.conv2d_forward_add(put_x(be, x_), be.from_vector(w_, s.w), bt, put_y(be, z_), y, c.stride,
+                          c.pad);
     return be.to_vector(y);
   }
   Vec backward_data(Backend& be, const Vec& dy_, const Vec& w_) {
-    const Tensor dx = nan_tensor(be, s.x);
-    be.conv2d_backward_data(be.from_vector(dy_, s.y), be.from_vector(w_, s.w), dx, c.stride, c.pad);
+    const Tensor dx = nan_x(be);
+    be.conv2d_backward_data(put_y(be, dy_), be.from_vector(w_, s.w), dx, c.stride, c.pad);
     return be.to_vector(dx);
   }
   // dw, db start from dw0, db0 (they accumulate); an empty db0 leaves db undefined.
@@ -332,8 +406,7 @@ class CudaConv : public ::testing::TestWithParam<std::tuple<ConvCase, MathMode>>
                                       const Vec& db0) {
     const Tensor dw = be.from_vector(dw0, s.w);
     const Tensor db = db0.empty() ? Tensor() : be.from_vector(db0, s.b);
-    be.conv2d_backward_filter(be.from_vector(x_, s.x), be.from_vector(dy_, s.y), dw, db, c.stride,
-                              c.pad);
+    be.conv2d_backward_filter(put_x(be, x_), put_y(be, dy_), dw, db, c.stride, c.pad);
     return {be.to_vector(dw), db0.empty() ? Vec{} : be.to_vector(db)};
   }
 };
@@ -381,10 +454,10 @@ TEST_P(CudaConv, FusedLeakyReluOpsMatchCpu) {
             m = random_vector(s.x.numel(), 20);
   auto forward_lrelu = [&](Backend& be, const Vec& x_, const Vec& w_, const Vec& b_, const Vec& z_, bool with_t,
                            float sl) {
-    const Tensor t = with_t ? nan_tensor(be, s.y) : Tensor(), y = nan_tensor(be, s.y);
-    be.conv2d_forward_leaky_relu(be.from_vector(x_, s.x), be.from_vector(w_, s.w),
+    const Tensor t = with_t ? nan_y(be) : Tensor(), y = nan_y(be);
+    be.conv2d_forward_leaky_relu(put_x(be, x_), be.from_vector(w_, s.w),
                                  b_.empty() ? Tensor() : be.from_vector(b_, s.b),
-                                 z_.empty() ? Tensor() : be.from_vector(z_, s.y), t, y, c.stride, c.pad, sl);
+                                 z_.empty() ? Tensor() : put_y(be, z_), t, y, c.stride, c.pad, sl);
     return std::make_pair(be.to_vector(y), with_t ? be.to_vector(t) : Vec{});
   };
   for (const bool with_b : {true, false})
@@ -402,9 +475,9 @@ TEST_P(CudaConv, FusedLeakyReluOpsMatchCpu) {
         if (with_t) expect_close(got.second, want.second, sum_tol(math, k, rss_ratio(sq, want.second)), what + " (t)");
       }
   auto backward_lrelu = [&](Backend& be, const Vec& dy_, const Vec& w_, const Vec& z_) {
-    const Tensor dx = nan_tensor(be, s.x);
-    be.conv2d_backward_data_leaky_relu(be.from_vector(dy_, s.y), be.from_vector(w_, s.w), be.from_vector(m, s.x),
-                                       z_.empty() ? Tensor() : be.from_vector(z_, s.x), dx, c.stride, c.pad, slope);
+    const Tensor dx = nan_x(be);
+    be.conv2d_backward_data_leaky_relu(put_y(be, dy_), be.from_vector(w_, s.w), put_x(be, m),
+                                       z_.empty() ? Tensor() : put_x(be, z_), dx, c.stride, c.pad, slope);
     return be.to_vector(dx);
   };
   for (const bool with_z : {true, false}) {
@@ -468,13 +541,32 @@ const ConvCase kConvCases[] = {
     {5, 32, 16, 64, 3, 2, 1},  // its stride-2 stage transition
 };
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, CudaConv,
-    ::testing::Combine(::testing::ValuesIn(kConvCases),
-                       ::testing::Values(MathMode::FP32, MathMode::TF32)),
-    [](const ::testing::TestParamInfo<std::tuple<ConvCase, MathMode>>& info) {
-      return conv_tag(std::get<0>(info.param)) + "_" + cuda::to_string(std::get<1>(info.param));
-    });
+std::string conv_param_name(const ::testing::TestParamInfo<std::tuple<ConvCase, MathMode, ConvLayouts>>& info) {
+  const ConvLayouts l = std::get<2>(info.param);
+  const char* layouts = l.x == Layout::NCHW ? (l.y == Layout::NCHW ? "" : "_nchw_to_nhwc") : "_nhwc";
+  return conv_tag(std::get<0>(info.param)) + "_" + cuda::to_string(std::get<1>(info.param)) + layouts;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaConv,
+                         ::testing::Combine(::testing::ValuesIn(kConvCases),
+                                            ::testing::Values(MathMode::FP32, MathMode::TF32),
+                                            ::testing::Values(kNchw)),
+                         conv_param_name);
+
+// Channels-last operands (JEM_CUDA_LAYOUT=nhwc), and the stem's mix of NCHW images and NHWC
+// activations, which the engine converts (cudnn_conv.cpp): FP32 on every shape (the tolerances
+// are the NCHW ones: the sums are the same, only their order may differ), TF32 on the
+// Wide-ResNet-sized ones.
+INSTANTIATE_TEST_SUITE_P(ChannelsLast, CudaConv,
+                         ::testing::Combine(::testing::ValuesIn(kConvCases),
+                                            ::testing::Values(MathMode::FP32),
+                                            ::testing::Values(kNhwc, kNchwToNhwc)),
+                         conv_param_name);
+INSTANTIATE_TEST_SUITE_P(ChannelsLastTf32, CudaConv,
+                         ::testing::Combine(::testing::Values(kConvCases[11], kConvCases[12]),
+                                            ::testing::Values(MathMode::TF32),
+                                            ::testing::Values(kNhwc, kNchwToNhwc)),
+                         conv_param_name);
 
 // An empty batch is a no-op, as on the CPU (cuDNN would reject the 0-sized descriptors).
 TEST_F(CudaOps, ConvEmptyBatchIsANoOp) { expect_empty_batch_conv_is_noop(*gpu); }
@@ -535,7 +627,32 @@ TEST_F(CudaOps, GlobalAvgPool) {
     cpu->global_avg_pool_backward(cdy, cdx);
     gpu->global_avg_pool_backward(gdy, gdx);
     expect_bit_equal(gpu->to_vector(gdx), cpu->to_vector(cdx), "pool backward " + xs.str());
+    // Channels-last: the forward sums in the NCHW kernel's order (the same bits as the GPU's
+    // NCHW result), the backward is the CPU's exactly.
+    const Tensor hx = nhwc_from(*gpu, cpu->to_vector(cx), xs), hy = nan_tensor(*gpu, ys);
+    gpu->global_avg_pool_forward(hx, hy);
+    expect_bit_equal(gpu->to_vector(hy), gpu->to_vector(gy), "pool forward NHWC " + xs.str());
+    const Tensor hdx = nan_tensor(*gpu, xs).as_layout(Layout::NHWC);
+    gpu->global_avg_pool_backward(gdy, hdx);
+    expect_bit_equal(gpu->to_vector(hdx), cpu->to_vector(cdx), "pool backward NHWC " + xs.str());
   }
+}
+
+// upload / download of a channels-last tensor keep the host's NCHW order, and the device holds
+// the NHWC one (read through an NCHW view of the same memory).
+TEST_F(CudaOps, ChannelsLastUploadDownload) {
+  const Shape s{2, 3, 2, 5};
+  const Vec v = random_vector(s.numel(), 41);
+  const Tensor t = nhwc_from(*gpu, v, s);
+  expect_bit_equal(gpu->to_vector(t), v, "NHWC round trip");
+  const Vec raw = gpu->to_vector(t.as_layout(Layout::NCHW));
+  for (int n = 0; n < 2; ++n)
+    for (int c = 0; c < 3; ++c)
+      for (int i = 0; i < 10; ++i)
+        ASSERT_EQ(raw[std::size_t((n * 10 + i) * 3 + c)], v[std::size_t((n * 3 + c) * 10 + i)])
+            << "n " << n << " c " << c << " pixel " << i;
+  EXPECT_THROW((void)t.reshape(Shape{2, 30}), Error);
+  EXPECT_EQ(t.slice(1, 2).layout(), Layout::NHWC);
 }
 
 class CudaLinear : public ::testing::TestWithParam<MathMode> {
@@ -908,11 +1025,13 @@ constexpr double kRefTol = 2e-4;
 
 using jem::test::reference_config;
 
-class CudaWideResNet : public ::testing::TestWithParam<const char*> {
+// Each reference model on a backend with NCHW activations and on one with NHWC ones (the model
+// allocates its activations in the backend's activation_layout(); the images stay NCHW).
+class CudaWideResNet : public ::testing::TestWithParam<std::tuple<const char*, Layout>> {
  protected:
   void SetUp() override {
     JEM_SKIP_WITHOUT_CUDA();
-    file = std::make_unique<safetensors::File>(safetensors::File::read(data_path(GetParam())));
+    file = std::make_unique<safetensors::File>(safetensors::File::read(data_path(std::get<0>(GetParam()))));
     cfg = reference_config(*file);
     B = std::stoi(file->metadata().at("batch"));
   }
@@ -924,13 +1043,16 @@ class CudaWideResNet : public ::testing::TestWithParam<const char*> {
   Tensor input(Backend& be, const std::string& name) {
     return be.from_vector(file->f32(name), Shape{B, cfg.in_channels, cfg.image_size, cfg.image_size});
   }
+  std::unique_ptr<Backend> backend(MathMode math) { return cuda::make_cuda_backend(0, math, layout); }
+  const Layout layout = std::get<1>(GetParam());
   std::unique_ptr<safetensors::File> file;
   WrnConfig cfg;
   int B = 0;
 };
 
 TEST_P(CudaWideResNet, LogitsEnergyAndInputGradientFp32) {
-  auto gpu = cuda::make_cuda_backend(0, MathMode::FP32);
+  auto gpu = backend(MathMode::FP32);
+  ASSERT_EQ(gpu->activation_layout(), layout);
   auto m = model(*gpu);
   const Tensor x = input(*gpu, "input.x");
   const Tensor logits = m->forward(x);
@@ -952,7 +1074,7 @@ TEST_P(CudaWideResNet, LogitsEnergyAndInputGradientFp32) {
 }
 
 TEST_P(CudaWideResNet, LossAndEveryParameterGradientFp32) {
-  auto gpu = cuda::make_cuda_backend(0, MathMode::FP32);
+  auto gpu = backend(MathMode::FP32);
   auto m = model(*gpu);
   const float inv_b = 1.0f / float(B);
   const Tensor dlogits = gpu->empty(Shape{B, cfg.n_classes}), per_row = gpu->empty(Shape{B});
@@ -992,17 +1114,20 @@ TEST_P(CudaWideResNet, LossAndEveryParameterGradientFp32) {
 // TF32 on the same network: a sanity bound, not an accuracy claim. Each of the ~10 convolutions
 // adds ~1e-3 relative error (see kTf32Unit); through the depth that compounds to a few 1e-3.
 TEST_P(CudaWideResNet, LogitsTf32WithinTf32Accuracy) {
-  auto gpu = cuda::make_cuda_backend(0, MathMode::TF32);
+  auto gpu = backend(MathMode::TF32);
   auto m = model(*gpu);
   EXPECT_LE(rel_error(gpu->to_vector(m->forward(input(*gpu, "input.x"))), file->f32("output.logits")),
             2e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Reference, CudaWideResNet,
-                         ::testing::Values("wrn10x2_rgb32.safetensors", "wrn10x1_gray28.safetensors"),
-                         [](const ::testing::TestParamInfo<const char*>& info) {
-                           std::string n = info.param;
-                           return n.substr(0, n.find('.'));
+                         ::testing::Combine(::testing::Values("wrn10x2_rgb32.safetensors",
+                                                              "wrn10x1_gray28.safetensors"),
+                                            ::testing::Values(Layout::NCHW, Layout::NHWC)),
+                         [](const ::testing::TestParamInfo<std::tuple<const char*, Layout>>& info) {
+                           std::string n = std::get<0>(info.param);
+                           return n.substr(0, n.find('.')) +
+                                  (std::get<1>(info.param) == Layout::NHWC ? "_nhwc" : "");
                          });
 
 // ================================================================================================

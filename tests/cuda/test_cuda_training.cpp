@@ -30,15 +30,21 @@ class CudaTraining : public ::testing::Test {
 // these three iterations (test_short_run.cpp): the dynamics do not amplify rounding here.
 // SGD, not Adam: Adam's first step is lr * sign(g), so a gradient component that rounds to the
 // other side of zero would move a full step (the optimizers are compared op by op elsewhere).
+// The same with the activations channels-last (JEM_CUDA_LAYOUT=nhwc): the same bound, the
+// convolutions' sums being the same ones in another order.
 TEST_F(CudaTraining, ThreeJemIterationsMatchTheCpuFp32) {
-  TrainConfig c = short_run_config(root_, 3), g = c;
+  TrainConfig c = short_run_config(root_, 3);
   c.out = root_ + "/cpu";
-  g.out = root_ + "/gpu";
   auto cpu = make_cpu_backend(2);
-  auto gpu = cuda::make_cuda_backend(0, MathMode::FP32);
   const ShortRun ref = run_short(*cpu, c);
-  const ShortRun got = run_short(*gpu, g);
-  expect_runs_agree(got, ref, kFp32Ulps * std::sqrt(double(max_sum_terms(c))) * kU);
+  for (const Layout layout : {Layout::NCHW, Layout::NHWC}) {
+    SCOPED_TRACE(to_string(layout));
+    TrainConfig g = c;
+    g.out = root_ + "/gpu_" + to_string(layout);
+    auto gpu = cuda::make_cuda_backend(0, MathMode::FP32, layout);
+    const ShortRun got = run_short(*gpu, g);
+    expect_runs_agree(got, ref, kFp32Ulps * std::sqrt(double(max_sum_terms(c))) * kU);
+  }
 }
 
 // After the first iteration (cuDNN's algorithm searches and workspace growth), no iteration
@@ -53,13 +59,17 @@ TEST_F(CudaTraining, IterationsAllocateNoDeviceMemory) {
   c.optimizer = "adam";
   c.lr = 1e-3;
   c.ema = 0.99;
-  auto gpu = cuda::make_cuda_backend(0);
-  const ShortRun run = run_short(*gpu, c);
-  EXPECT_EQ(run.result.iterations, 8);
-  EXPECT_EQ(run.result.iteration_allocations, 0);
-  // Parameters, gradients, two moments and the average, and the buffer, on the device.
-  EXPECT_GE(run.result.startup_bytes,
-            std::int64_t(5 * run.params.size() + run.replay_buffer.size()) * 4);
+  for (const Layout layout : {Layout::NCHW, Layout::NHWC}) {
+    SCOPED_TRACE(to_string(layout));
+    c.out = root_ + "/run_" + to_string(layout);
+    auto gpu = cuda::make_cuda_backend(0, cuda::default_math_mode(0), layout);
+    const ShortRun run = run_short(*gpu, c);
+    EXPECT_EQ(run.result.iterations, 8);
+    EXPECT_EQ(run.result.iteration_allocations, 0);
+    // Parameters, gradients, two moments and the average, and the buffer, on the device.
+    EXPECT_GE(run.result.startup_bytes,
+              std::int64_t(5 * run.params.size() + run.replay_buffer.size()) * 4);
+  }
 }
 
 }  // namespace

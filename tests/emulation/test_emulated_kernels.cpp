@@ -456,8 +456,112 @@ TEST_F(EmulatedKernels, OneMisalignedPointerTakesTheScalarKernel) {
   }
 }
 
+// Channels-last tensors reach the bias passes as planes of one element (HW = 1, channel = i % C):
+// the float4 kernel for them ("_cl4") takes C % 4 == 0 with aligned pointers, the scalar kernel
+// the rest, and both are the naive loop bit for bit.
+TEST_F(EmulatedKernels, ChannelsLastBiasPassesTakeTheirFloat4KernelExactlyWhereAligned) {
+  constexpr float slope = 0.2f;
+  const emu::GridBlockCap one_block(1);  // several turns of each loop
+  struct Case {
+    int pixels, C;
+    std::size_t offset;
+    bool vec4;
+  };
+  for (const Case& k : {Case{50, 8, 0, true}, Case{7, 4, 0, true}, Case{9, 12, 0, true},
+                        Case{50, 8, 1, false}, Case{11, 6, 0, false}, Case{5, 3, 0, false}}) {
+    const std::int64_t n = std::int64_t(k.pixels) * k.C;
+    const std::string what = std::to_string(k.pixels) + " pixels x " + std::to_string(k.C) +
+                             " channels, offset " + std::to_string(k.offset);
+    const Vec xb = random_vector(std::size_t(n) + k.offset, 64),
+              zb = random_vector(std::size_t(n) + k.offset, 65), b = random_vector(k.C, 66);
+    const float *x = xb.data() + k.offset, *z = zb.data() + k.offset;
+    const std::string kernel_suffix = k.vec4 ? "_cl4_kernel" : "_kernel";
+    Vec yb(std::size_t(n) + k.offset, kNaN), want(static_cast<std::size_t>(n));
+    kernels::bias_leaky_relu_forward(n, k.C, 1, x, b.data(), yb.data() + k.offset, slope, kStream);
+    EXPECT_EQ(emu::last_launched_kernel(), "bias_leaky_relu" + kernel_suffix) << what;
+    for (std::int64_t i = 0; i < n; ++i)
+      want[std::size_t(i)] = leaky_relu(x[i] + b[std::size_t(i % k.C)], slope);
+    expect_bit_equal(Vec(yb.begin() + std::ptrdiff_t(k.offset), yb.end()), want,
+                     "bias_leaky_relu NHWC " + what);
+    for (const bool with_bias : {true, false}) {
+      Vec rb(xb);
+      kernels::bias_residual_add(k.pixels, k.C, 1, with_bias ? b.data() : nullptr, z,
+                                 rb.data() + k.offset, kStream);
+      EXPECT_EQ(emu::last_launched_kernel(), "bias_residual_add" + kernel_suffix) << what;
+      for (std::int64_t i = 0; i < n; ++i)
+        want[std::size_t(i)] = (x[i] + (with_bias ? b[std::size_t(i % k.C)] : 0.0f)) + z[i];
+      expect_bit_equal(Vec(rb.begin() + std::ptrdiff_t(k.offset), rb.end()), want,
+                       std::string("bias_residual_add NHWC ") + (with_bias ? "with" : "without") +
+                           " bias " + what);
+    }
+  }
+}
+
+// ---- layout.cu
+// ------------------------------------------------------------------------------------
+
+// Each matrix of the batch transposed (thin ones as the backend's, a single row or column,
+// wider ones), written or added into dst, and NCHW -> NHWC -> NCHW the identity.
+TEST_F(EmulatedKernels, BatchedTransposeIsTheNaiveOne) {
+  const emu::GridBlockCap two_blocks(2);  // the grid-stride loop takes several turns
+  struct Case {
+    int N, A, B;
+  };
+  for (const Case& k : {Case{3, 5, 49}, Case{2, 64, 33}, Case{1, 1, 70}, Case{4, 37, 1},
+                        Case{2, 40, 9}}) {
+    const std::size_t n = std::size_t(k.N) * k.A * k.B;
+    const std::string what = std::to_string(k.N) + " x [" + std::to_string(k.A) + ", " +
+                             std::to_string(k.B) + "]";
+    const Vec src = random_vector(n, 90), base = random_vector(n, 91);
+    Vec want(n), want_add(n);
+    for (int m = 0; m < k.N; ++m)
+      for (int i = 0; i < k.A; ++i)
+        for (int j = 0; j < k.B; ++j) {
+          const std::size_t to = (std::size_t(m) * k.B + j) * k.A + i;
+          want[to] = src[(std::size_t(m) * k.A + i) * k.B + j];
+          want_add[to] = base[to] + want[to];
+        }
+    Vec dst(n, kNaN);
+    kernels::batched_transpose(k.N, k.A, k.B, src.data(), dst.data(), false, kStream);
+    expect_bit_equal(dst, want, "transpose " + what);
+    Vec acc(base);
+    kernels::batched_transpose(k.N, k.A, k.B, src.data(), acc.data(), true, kStream);
+    expect_bit_equal(acc, want_add, "transpose-add " + what);
+    Vec back(n, kNaN);
+    kernels::batched_transpose(k.N, k.B, k.A, dst.data(), back.data(), false, kStream);
+    expect_bit_equal(back, src, "transpose twice " + what);
+  }
+}
+
 // ---- pool.cu, image_ops.cu, linear.cu
 // -------------------------------------------------------------
+
+// Channels-last pooling: the forward the same bits as the NCHW kernel's (the same order of
+// sums) on the transposed input, the backward the naive loop's.
+TEST_F(EmulatedKernels, GlobalAvgPoolChannelsLast) {
+  for (const int HW : {1, 33, 64}) {
+    const int N = 5, C = 9;
+    const Vec x = random_vector(std::size_t(N * C * HW), 14);
+    Vec nhwc(x.size());
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < C; ++c)
+        for (int i = 0; i < HW; ++i)
+          nhwc[(std::size_t(n) * HW + i) * C + c] = x[(std::size_t(n) * C + c) * HW + i];
+    Vec want(std::size_t(N * C), kNaN), got(std::size_t(N * C), kNaN);
+    kernels::global_avg_pool_forward(N, C, HW, x.data(), want.data(), kStream);
+    kernels::global_avg_pool_forward_nhwc(N, C, HW, nhwc.data(), got.data(), kStream);
+    expect_bit_equal(got, want, "pool forward NHWC, HW " + std::to_string(HW));
+    const Vec dy = random_vector(std::size_t(N * C), 15);
+    Vec dx(x.size(), kNaN), dx_want(x.size());
+    kernels::global_avg_pool_backward_nhwc(N, C, HW, dy.data(), dx.data(), kStream);
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < C; ++c)
+        for (int i = 0; i < HW; ++i)
+          dx_want[(std::size_t(n) * HW + i) * C + c] =
+              dy[std::size_t(n) * C + c] * (1.0f / static_cast<float>(HW));
+    expect_bit_equal(dx, dx_want, "pool backward NHWC, HW " + std::to_string(HW));
+  }
+}
 
 TEST_F(EmulatedKernels, GlobalAvgPool) {
   // 7 * 9 = 63 planes: 8 blocks of 8 warps, the last block with one warp idle; HW 1, 33 (a
