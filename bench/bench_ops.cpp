@@ -214,6 +214,45 @@ void register_convs(const Device &d, const Model &m) {
            [&] { be->conv2d_backward_filter(x, dy, dw, db, g.stride, g.pad_h); });
       flop_counter(st, flops);
     });
+    if (d.tag == "cuda") {
+      // The same ops on channels-last tensors (JEM_CUDA_LAYOUT=nhwc: no cuDNN transposes, the
+      // filter converted to KRSC in each call), and the model's conv1 call, conv + bias +
+      // LeakyReLU, in both layouts (NHWC with TF32: one cuDNN graph-API call where cuDNN has a
+      // plan). The values are the NCHW ones read in the other order: only the time matters.
+      const auto nhwc = jem::Layout::NHWC;
+      reg("conv_fwd" + suffix + "/nhwc", [=](benchmark::State &st) {
+        const Tensor x = random_tensor(*be, xs, 1).as_layout(nhwc),
+                     w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+        const Tensor b = random_tensor(*be, Shape{g.K}, 3), y = be->empty(ys).as_layout(nhwc);
+        loop(st, *be, [&] { be->conv2d_forward(x, w, b, y, g.stride, g.pad_h); });
+        flop_counter(st, flops);
+      });
+      reg("conv_bwd_data" + suffix + "/nhwc", [=](benchmark::State &st) {
+        const Tensor dy = random_tensor(*be, ys, 4).as_layout(nhwc),
+                     w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+        const Tensor dx = be->empty(xs).as_layout(nhwc);
+        loop(st, *be, [&] { be->conv2d_backward_data(dy, w, dx, g.stride, g.pad_h); });
+        flop_counter(st, flops);
+      });
+      reg("conv_bwd_filter" + suffix + "/nhwc", [=](benchmark::State &st) {
+        const Tensor x = random_tensor(*be, xs, 1).as_layout(nhwc),
+                     dy = random_tensor(*be, ys, 4).as_layout(nhwc);
+        const Tensor dw = be->empty(ws), db = be->empty(Shape{g.K});
+        loop(st, *be, [&] { be->conv2d_backward_filter(x, dy, dw, db, g.stride, g.pad_h); });
+        flop_counter(st, flops);
+      });
+      for (const jem::Layout l : {jem::Layout::NCHW, nhwc})
+        reg("conv_bias_lrelu" + suffix + (l == nhwc ? "/nhwc" : "/nchw"),
+            [=](benchmark::State &st) {
+              const Tensor x = random_tensor(*be, xs, 1).as_layout(l),
+                           w = random_tensor(*be, ws, 2, -0.1f, 0.1f);
+              const Tensor b = random_tensor(*be, Shape{g.K}, 3), y = be->empty(ys).as_layout(l);
+              loop(st, *be, [&] {
+                be->conv2d_forward_leaky_relu(x, w, b, Tensor(), Tensor(), y, g.stride, g.pad_h, 0.2f);
+              });
+              flop_counter(st, flops);
+            });
+    }
     if (d.tag != "cpu")
       continue;
     // CPU forward variants, checked against the backend's kernel first.

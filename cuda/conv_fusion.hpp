@@ -159,7 +159,8 @@ std::vector<float> to_nchw(const std::vector<float>& v, int N, int C, int H, int
 
 // A pattern computed by a backend's own ops, all NCHW: what the model calls (the LeakyReLU
 // patterns through Backend::conv2d_forward_leaky_relu and conv2d_backward_data_leaky_relu, which
-// the CUDA backend runs unfused today), and the reference of the fused plans. In: x (the mask m
+// the CUDA backend runs unfused on NCHW tensors; on NHWC ones in TF32 it runs the forward two
+// through FusedConv, cudnn_conv.hpp), and the reference of the fused plans. In: x (the mask m
 // of the backward patterns), w, b, z, dy. Out: y, and t for ConvBiasAddLrelu (forward), or dx
 // (backward). Square padding only (pad_h == pad_w).
 struct PatternTensors {

@@ -196,7 +196,8 @@ struct ConvEngine::Plan {
   cudnnMathType_t searched_math = CUDNN_DEFAULT_MATH;
   bool fused = false;            // ForwardAdd: one cudnnConvolutionBiasActivationForward call
   bool epilogue_chosen = false;  // ForwardAdd: choose_epilogue has run
-  // Every descriptor in the layout the op computes in (the output's, y or dy; see conv_layout).
+  // Every descriptor in the layout the op computes in (the output's, y or dy; see "layouts"
+  // below).
   explicit Plan(const ConvGeom& geom)
       : g(geom), x(g.N, g.C, g.H, g.W, g.y_layout), y(g.N, g.K, g.P(), g.Q(), g.y_layout),
         bias(1, g.K, 1, 1, g.y_layout), w(g.K, g.C, g.R, g.S, g.y_layout),
@@ -346,7 +347,8 @@ const float* ConvEngine::to_layout(const float* src, int N, int C, std::int64_t 
 }
 
 const float* ConvEngine::filter_for(const ConvGeom& g, const float* w) {
-  if (g.y_layout == Layout::NCHW) return w;
+  // A 1x1 filter is the same array in KCRS and KRSC (the shortcuts).
+  if (g.y_layout == Layout::NCHW || g.R * g.S == 1) return w;
   auto* krsc = static_cast<float*>(filter_.ensure(std::size_t(g.K) * g.C * g.R * g.S * sizeof(float), stream_));
   kernels::batched_transpose(g.K, g.C, std::int64_t(g.R) * g.S, w, krsc, false, stream_);
   return krsc;
@@ -563,7 +565,17 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
   a.z = z;
   a.t = t;
   a.y = y;
-  f->run(handle_, a, workspace_.ensure(f->workspace_bytes(), stream_));
+  try {
+    f->run(handle_, a, workspace_.ensure(f->workspace_bytes(), stream_));
+  } catch (const Error& e) {
+    // A plan that built but does not run (its variant pack refused, the execution failed before
+    // any launch): the shape runs unfused from now on, and this call too.
+    if (verbose_)
+      std::fprintf(stderr, "jem: cuDNN %s %s: the fused plan failed (%s); unfused ops from now on\n",
+                   to_string(pattern), describe(g).c_str(), e.what());
+    it->second.reset();
+    return false;
+  }
   return true;
 }
 
@@ -587,7 +599,8 @@ void ConvEngine::backward_data(const ConvGeom& g, const float* dy, const float* 
 void ConvEngine::backward_filter(const ConvGeom& g, const float* x_in, const float* dy, float* dw_kcrs,
                                  float* db) {
   const float* x = to_layout(x_in, g.N, g.C, std::int64_t(g.H) * g.W, g.x_layout, g.y_layout);
-  const bool nhwc = g.y_layout == Layout::NHWC;
+  // NHWC: a KRSC gradient to convert, except for 1x1 filters (the same array either way).
+  const bool nhwc = g.y_layout == Layout::NHWC && g.R * g.S > 1;
   float* dw = dw_kcrs;
   if (nhwc)
     dw = static_cast<float*>(filter_.ensure(std::size_t(g.K) * g.C * g.R * g.S * sizeof(float), stream_));

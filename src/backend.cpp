@@ -77,6 +77,9 @@ void Backend::copy(const Tensor& src, const Tensor& dst) {
   check_tensor(dst, "copy", "dst");
   JEM_CHECK(src.numel() == dst.numel(), "copy: ", src.shape().str(), " -> ", dst.shape().str());
   check_same_layout("copy", {&src, &dst});
+  // Channels-last elements are in another order than a reshaped view's: only the same shape.
+  JEM_CHECK(!src.channels_last() || src.shape() == dst.shape(), "copy: channels-last ",
+            src.shape().str(), " -> ", dst.shape().str(), " (the shapes must match)");
   copy_impl(src, dst);
 }
 

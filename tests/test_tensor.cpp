@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "jem/backend.hpp"
 #include "jem/tensor.hpp"
@@ -51,6 +52,9 @@ TEST(Tensor, CpuBackendRefusesChannelsLast) {
   const Shape s{2, 3, 4, 4};
   const Tensor a = cpu->empty(s), b = cpu->empty(s).as_layout(Layout::NHWC);
   EXPECT_FALSE(cpu->supports_channels_last());
+  std::vector<float> host(std::size_t(s.numel()), 1.0f);
+  EXPECT_THROW(cpu->upload(host.data(), b), Error);
+  EXPECT_THROW(cpu->download(b, host.data()), Error);
   EXPECT_EQ(cpu->activation_layout(), Layout::NCHW);
   try {
     cpu->leaky_relu_forward(b, a, 0.2f);

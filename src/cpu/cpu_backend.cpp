@@ -72,10 +72,14 @@ MemoryCounters CpuBackend::memory_counters() const {
 
 // memcpy with a null pointer is undefined even for 0 bytes (UBSan), and an empty
 // std::vector's data() may be null: empty copies are skipped.
+// A channels-last tensor is refused (this backend has none; a raw copy would break the host's
+// NCHW order, tensor.hpp).
 void CpuBackend::upload(const float* src, const Tensor& dst) {
+  check_nchw(dst, "upload", "dst");
   if (dst.bytes() != 0) std::memcpy(dst.data<float>(), src, dst.bytes());
 }
 void CpuBackend::download(const Tensor& src, float* dst) {
+  check_nchw(src, "download", "src");
   if (src.bytes() != 0) std::memcpy(dst, src.data<float>(), src.bytes());
 }
 void CpuBackend::upload_i32(const std::int32_t* src, const Tensor& dst) {

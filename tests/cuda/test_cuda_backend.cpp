@@ -308,6 +308,8 @@ TEST_F(CudaOps, MixedLayoutsAreRefused) {
         << e.what();
   }
   EXPECT_THROW(gpu->sgld_step(b, b, 0.1f, 0.0f, false, NoiseKey{}), Error);
+  // Two channels-last tensors of the same size but another shape: their orders differ.
+  EXPECT_THROW(gpu->copy(b, gpu->empty(Shape{2, 4, 3, 4}).as_layout(Layout::NHWC)), Error);
   const Tensor w = gpu->empty(Shape{3, 3, 3, 3}).as_layout(Layout::NHWC), y = gpu->empty(s);
   EXPECT_THROW(gpu->conv2d_forward(a, w, Tensor(), y, 1, 1), Error);
   EXPECT_THROW(gpu->max_pool2d_forward(b, gpu->empty(Shape{2, 3, 2, 2}), 2, 2, 0), Error);
