@@ -7,10 +7,10 @@
 #  2. in the order of what the issues need most, each under its own time limit: the CUDA tests
 #     (JEM_REQUIRE_CUDA=1: no GPU fails them instead of skipping them); jem bench of WRN-28-10 in
 #     TF32 (the 0.30 s target; JEM_CUDNN_VERBOSE=1 logs cuDNN's choices), then again with NHWC
-#     activations (JEM_CUDA_LAYOUT=nhwc); the time per kernel of
-#     one timed iteration (Nsight Systems, else Nsight Compute: the custom kernels' share); the
-#     NCCL checks (scripts/nccl-check.sh); bench/compare.sh against PyTorch when python3 has a
-#     CUDA PyTorch; jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
+#     activations (JEM_CUDA_LAYOUT=nhwc), with and without the graph-API fusions; in the faster
+#     of the two layouts (fast_layout.txt): the time per kernel of one timed iteration (Nsight
+#     Systems, else Nsight Compute: the custom kernels' share) and bench/compare.sh against
+#     PyTorch when python3 has a CUDA PyTorch; the NCCL checks (scripts/nccl-check.sh); jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
 #     graph-API fusions and its plain convolutions in NCHW and NHWC (bench/cudnn_fusion_probe); the CPU
 #     tests (not the crash test, which CI runs, nor the mpirun tests); the cuDNN algorithms of the
 #     Wide-ResNet tests; the custom kernels' tests under compute-sanitizer memcheck.
@@ -223,6 +223,22 @@ run_step jem_bench_tf32_nhwc_unfused 60 env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT=n
   --json "$out/jem_bench_wrn28x10_tf32_nhwc_unfused.json"
 bench_files+=("jem_bench_wrn28x10_tf32_nhwc_unfused.json")
 
+# The faster of the two TF32 layouts (NCHW unless the NHWC run succeeded and was faster) is the
+# one the kernel profile and the PyTorch comparison below run with.
+fast_layout=$(LD_LIBRARY_PATH="$orig_ld_library_path" python3 - "$out/jem_bench_wrn28x10_tf32.json" "$out/jem_bench_wrn28x10_tf32_nhwc.json" <<'PY' 2>/dev/null || echo nchw
+import json, sys
+def ms(path):
+    try:
+        return json.load(open(path))["ms_per_iteration"]["total"]
+    except Exception:
+        return None
+nchw, nhwc = ms(sys.argv[1]), ms(sys.argv[2])
+print("nhwc" if nhwc is not None and (nchw is None or nhwc < nchw) else "nchw")
+PY
+)
+echo "gpu-check: the faster TF32 layout: $fast_layout" >&2
+echo "$fast_layout" >"$out/fast_layout.txt"
+
 # Where the iteration's GPU time goes: every kernel of jem bench's timed part (it brackets it
 # with cudaProfilerStart/Stop, so the warm-up's cuDNN searches stay out), from which the custom
 # kernels' share follows (target: under 5%; scripts/gpu_check_headlines.py reads nsys' kernel
@@ -237,12 +253,12 @@ if [[ -n $nsys_bin && -x $nsys_bin ]]; then
     trap "rm -f \"\$2/kernel_profile.nsys-rep\" \"\$2/kernel_profile.sqlite\"" EXIT
     "$1" profile --trace cuda --capture-range cudaProfilerApi --capture-range-end stop \
       --force-overwrite true --output "$2/kernel_profile" \
-      env JEM_CUDA_MATH=tf32 "$3" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1 &&
+      env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT="$4" "$3" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1 &&
     "$1" stats --report cuda_gpu_kern_sum --format csv --output "$2/kernel_profile" "$2/kernel_profile.nsys-rep"' \
-    kernel_profile "$nsys_bin" "$out" "$build/jem"
+    kernel_profile "$nsys_bin" "$out" "$build/jem" "$fast_layout"
 elif [[ -n $ncu_bin && -x $ncu_bin ]]; then
   # Its per-kernel summary (CSV) is what the headlines read when nsys is missing.
-  run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 "$ncu_bin" --profile-from-start off --clock-control none --cache-control none \
+  run_step kernel_profile 90 env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT="$fast_layout" "$ncu_bin" --profile-from-start off --clock-control none --cache-control none \
     --metrics gpu__time_duration.sum --print-summary per-kernel --csv --log-file "$out/kernel_profile.csv" \
     "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 1 --warmup 1
 else
@@ -261,7 +277,8 @@ import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "ava
 assert torch.cuda.is_available(), "torch.cuda.is_available() is False"'
 if [[ ${step_rc[torch_check]:-1} -eq 0 ]]; then
   jem_wrapper="$out/jem-with-cuda-libraries"
-  printf '#!/usr/bin/env bash\nLD_LIBRARY_PATH=%q exec %q "$@"\n' "${LD_LIBRARY_PATH:-}" "$PWD/$build/jem" >"$jem_wrapper"
+  printf '#!/usr/bin/env bash\nJEM_CUDA_LAYOUT=%q LD_LIBRARY_PATH=%q exec %q "$@"\n' "$fast_layout" \
+    "${LD_LIBRARY_PATH:-}" "$PWD/$build/jem" >"$jem_wrapper"
   chmod +x "$jem_wrapper"
   run_step compare_pytorch_tf32 150 env LD_LIBRARY_PATH="$orig_ld_library_path" bench/compare.sh \
     --device cuda --tf32 on --python python3 --jem "$jem_wrapper" --rounds 2 \
