@@ -288,6 +288,13 @@ void CudaBackend::set_conv_epilogue(ConvEpilogue e) {
   conv_->set_epilogue(e);
 }
 
+void CudaBackend::begin_constant_weights(const Tensor& params) {
+  check_on_device(params, "begin_constant_weights");
+  conv_->begin_constant_weights(params.data<float>(), params.numel());
+}
+
+void CudaBackend::end_constant_weights() noexcept { conv_->end_constant_weights(); }
+
 void CudaBackend::conv2d_forward_impl(const ConvGeom& g, const float* x, const float* w,
                                       const float* b, const float* z, float* y) {
   bind();

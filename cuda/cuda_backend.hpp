@@ -59,6 +59,9 @@ class CudaBackend final : public Backend {
   // How convolutions with a bias and a residual run (cudnn_conv.hpp; default Timed). For tests
   // and benchmarks that compare the fused and unfused ways.
   void set_conv_epilogue(ConvEpilogue e);
+  // Filters inside `params` are converted to KRSC once per scope (NHWC convolutions).
+  void begin_constant_weights(const Tensor& params) override;
+  void end_constant_weights() noexcept override;
 
   Tensor empty(Shape shape, DType dtype) override;
   void upload(const float* src, const Tensor& dst) override;

@@ -346,9 +346,34 @@ const float* ConvEngine::to_layout(const float* src, int N, int C, std::int64_t 
   return dst;
 }
 
+void ConvEngine::begin_constant_weights(const float* params, std::int64_t n) {
+  const_params_ = params;
+  const_n_ = n;
+  const_done_.clear();  // keeps its capacity: no host allocation after the first scope
+}
+
+void ConvEngine::end_constant_weights() noexcept {
+  const_params_ = nullptr;
+  const_n_ = 0;
+  const_done_.clear();
+}
+
 const float* ConvEngine::filter_for(const ConvGeom& g, const float* w) {
   // A 1x1 filter is the same array in KCRS and KRSC (the shortcuts).
   if (g.y_layout == Layout::NCHW || g.R * g.S == 1) return w;
+  const std::int64_t size = std::int64_t(g.K) * g.C * g.R * g.S;
+  if (const_params_ && w >= const_params_ && w + size <= const_params_ + const_n_) {
+    // Converted once per constant-weights scope, at the filter's own offset in the mirror (both
+    // buffers start at a cudaMalloc, so the copy has the filter's alignment, part of the plans'
+    // key).
+    const std::int64_t off = w - const_params_;
+    float* mirror = static_cast<float*>(const_krsc_.ensure(std::size_t(const_n_) * sizeof(float), stream_)) + off;
+    if (std::find(const_done_.begin(), const_done_.end(), off) == const_done_.end()) {
+      kernels::batched_transpose(g.K, g.C, std::int64_t(g.R) * g.S, w, mirror, false, stream_);
+      const_done_.push_back(off);
+    }
+    return mirror;
+  }
   auto* krsc = static_cast<float*>(filter_.ensure(std::size_t(g.K) * g.C * g.R * g.S * sizeof(float), stream_));
   kernels::batched_transpose(g.K, g.C, std::int64_t(g.R) * g.S, w, krsc, false, stream_);
   return krsc;

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "device_memory.hpp"
 #include "jem/backend.hpp"
@@ -70,6 +71,11 @@ class ConvEngine {
   // JEM_CUDNN_FUSION=0 turns the fused calls off (benchmarks compare both).
   bool forward_leaky_relu(const ConvGeom& g, const float* x, const float* w, const float* b,
                           const float* z, float* t, float* y, float slope);
+  // Backend::begin_constant_weights: until end_constant_weights(), a filter that lies inside
+  // [params, params + n) is converted to KRSC at its first NHWC use only, into a mirror of the
+  // buffer (allocated at the first such use, then kept), and reused.
+  void begin_constant_weights(const float* params, std::int64_t n);
+  void end_constant_weights() noexcept;
   // dx = conv_transpose(dy, w)   (overwrite)
   void backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
   // dw += x (*) dy, db += sum dy   (accumulate: beta = 1; db may be null)
@@ -121,6 +127,12 @@ class ConvEngine {
   DeviceBuffer workspace_;
   DeviceBuffer operand_;  // an input (or data gradient) converted between NCHW and NHWC
   DeviceBuffer filter_;   // a KRSC filter, or a KRSC weight gradient, for NHWC convolutions
+  // The constant-weights scope: the buffer, its KRSC mirror (filters at their offsets in the
+  // buffer) and the offsets converted in this scope.
+  const float* const_params_ = nullptr;
+  std::int64_t const_n_ = 0;
+  DeviceBuffer const_krsc_;
+  std::vector<std::int64_t> const_done_;
 };
 
 }  // namespace jem::cuda

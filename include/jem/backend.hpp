@@ -108,6 +108,15 @@ class Backend {
   std::vector<float> to_vector(const Tensor& t);
   Tensor from_vector(const std::vector<float>& v, Shape shape);
 
+  // ---- weights held constant ----------------------------------------------------------------
+  // Between begin_constant_weights(params) and end_constant_weights() the caller promises that
+  // nothing writes `params` (a flat parameter buffer): a backend may then keep derived forms of
+  // the weights in it and reuse them. The CUDA backend with NHWC tensors converts each filter
+  // to KRSC once per scope instead of at every convolution (the SGLD chains: 20 forward and
+  // backward passes on fixed weights). Scopes do not nest; ConstantWeights is the RAII form.
+  virtual void begin_constant_weights(const Tensor& params) { (void)params; }
+  virtual void end_constant_weights() noexcept {}
+
   // ---- elementwise / memory ops -------------------------------------------------------------
   void fill(const Tensor& t, float value);
   void copy(const Tensor& src, const Tensor& dst);
@@ -333,6 +342,20 @@ class Backend {
   // Throws unless `t` is defined, F32 and on this backend's device, and channels-last only where
   // the backend supports it.
   void check_tensor(const Tensor& t, const char* op, const char* what) const;
+};
+
+// Backend::begin_constant_weights / end_constant_weights for one scope.
+class ConstantWeights {
+ public:
+  ConstantWeights(Backend& backend, const Tensor& params) : backend_(backend) {
+    backend_.begin_constant_weights(params);
+  }
+  ~ConstantWeights() { backend_.end_constant_weights(); }
+  ConstantWeights(const ConstantWeights&) = delete;
+  ConstantWeights& operator=(const ConstantWeights&) = delete;
+
+ private:
+  Backend& backend_;
 };
 
 // The CPU backend: the reference. `threads` <= 0 means OpenMP's default.

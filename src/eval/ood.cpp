@@ -56,6 +56,7 @@ OodScores compute_ood_scores(WideResNet& model, const std::vector<float>& images
   const Tensor energy = be.empty(Shape{M}), dl = be.empty(Shape{M, K});
   std::vector<float> logits(std::size_t(M) * std::size_t(K)), grad(std::size_t(M * per));
   OodScores s;
+  const ConstantWeights fixed(be, model.param_buffer());  // the weights only read
   for (std::int64_t first = 0; first < n; first += M) {
     const int b = int(std::min<std::int64_t>(M, n - first));
     const Tensor x = xd.slice(0, b), g = gd.slice(0, b);

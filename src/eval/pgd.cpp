@@ -41,6 +41,7 @@ double pgd_attack(WideResNet& model, const Tensor& x, const Tensor& labels, cons
   };
   // A zero budget leaves the clean images: no steps to take.
   const int steps = eps > 0 ? cfg.steps : 0;
+  const ConstantWeights fixed(be, model.param_buffer());  // only the images change
   for (int t = 0; t < steps; ++t) {
     loss_and_grad();
     be.download(grad, g.data());

@@ -126,6 +126,8 @@ void SgldSampler::run_chains(const Tensor& x, const Tensor& labels_dev, std::uin
   const int B = int(x.dim(0));
   JEM_CHECK(B <= max_batch_, "sampler: ", B, " chains, at most ", max_batch_);
   const Tensor grad = grad_.slice(0, B), energy = energy_.slice(0, B), dl = dlogits_.slice(0, B);
+  // Only x changes in the chains: the backend may reuse what it derives from the weights.
+  const ConstantWeights fixed(backend_, model_.param_buffer());
   for (int t = 0; t < steps; ++t) {
     const Tensor logits = model_.forward(x);  // [B, classes]
     // d(sum_b E_b)/dlogits: each chain moves on its own energy.

@@ -1113,6 +1113,44 @@ TEST_P(CudaWideResNet, LossAndEveryParameterGradientFp32) {
   expect_bit_equal(gpu->to_vector(m->grad_buffer()), first, "gradients of a repeated pass");
 }
 
+// Inside a constant-weights scope (the SGLD chains') the NHWC backend converts each filter once
+// and reuses it: the passes agree with those outside a scope, and a scope begun after the
+// weights changed uses the new weights (a conversion kept from the last scope would give the old
+// logits). Within FP32 rounding, not bit for bit: the cached filter has another address than the
+// per-call copy, so cuDNN's search may pick another algorithm.
+TEST_P(CudaWideResNet, ConstantWeightsScopeUsesTheCurrentWeights) {
+  auto gpu = backend(MathMode::FP32);
+  auto m = model(*gpu);
+  const Tensor x = input(*gpu, "input.x");
+  const Tensor energy = gpu->empty(Shape{B}), dlogits = gpu->empty(Shape{B, cfg.n_classes});
+  const Tensor dx = gpu->empty(x.shape());
+  auto pass = [&] {  // logits and dE/dx, as one SGLD step computes them
+    const Tensor logits = m->forward(x);
+    gpu->energy_forward_backward(logits, energy, dlogits, 1.0f);
+    const Vec l = gpu->to_vector(logits);
+    m->backward_input(dlogits, dx);
+    return std::make_pair(l, gpu->to_vector(dx));
+  };
+  const auto before = pass();
+  {
+    const ConstantWeights fixed(*gpu, m->param_buffer());
+    for (int i = 0; i < 2; ++i) {  // the first pass converts, the second reuses
+      const auto got = pass();
+      EXPECT_LE(rel_error(got.first, before.first), 1e-5) << "logits, pass " << i;
+      EXPECT_LE(rel_error(got.second, before.second), 1e-5) << "dx, pass " << i;
+    }
+  }
+  gpu->scale(m->param_buffer(), 0.5f);
+  const auto halved = pass();
+  ASSERT_GT(rel_error(halved.first, before.first), 1e-2);
+  {
+    const ConstantWeights fixed(*gpu, m->param_buffer());
+    const auto got = pass();
+    EXPECT_LE(rel_error(got.first, halved.first), 1e-5) << "logits after the weights changed";
+    EXPECT_LE(rel_error(got.second, halved.second), 1e-5) << "dx after the weights changed";
+  }
+}
+
 // TF32 on the same network: a sanity bound, not an accuracy claim. Each of the ~10 convolutions
 // adds ~1e-3 relative error (see kTf32Unit); through the depth that compounds to a few 1e-3.
 TEST_P(CudaWideResNet, LogitsTf32WithinTf32Accuracy) {
