@@ -1246,5 +1246,31 @@ TEST(CudaDeviceSelection, MathModeFromEnvironmentWithGpu) {
   ::unsetenv("JEM_CUDA_MATH");
 }
 
+// JEM_CUDA_LAYOUT: NCHW when unset, either case accepted, anything else a clear error (no GPU
+// needed to read it); the backend made from it allocates the model's activations in it.
+TEST(CudaDeviceSelection, LayoutFromEnvironment) {
+  ::unsetenv("JEM_CUDA_LAYOUT");
+  EXPECT_EQ(cuda::layout_from_env(), Layout::NCHW);
+  ::setenv("JEM_CUDA_LAYOUT", "NHWC", 1);
+  EXPECT_EQ(cuda::layout_from_env(), Layout::NHWC);
+  ::setenv("JEM_CUDA_LAYOUT", "nchw", 1);
+  EXPECT_EQ(cuda::layout_from_env(), Layout::NCHW);
+  ::setenv("JEM_CUDA_LAYOUT", "chw", 1);
+  try {
+    (void)cuda::layout_from_env();
+    ADD_FAILURE() << "JEM_CUDA_LAYOUT=chw must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("JEM_CUDA_LAYOUT='chw': expected nchw or nhwc"), std::string::npos)
+        << e.what();
+  }
+  if (no_cuda_reason().empty()) {
+    ::setenv("JEM_CUDA_LAYOUT", "nhwc", 1);
+    auto gpu = cuda::make_cuda_backend(0);
+    EXPECT_EQ(gpu->activation_layout(), Layout::NHWC);
+    EXPECT_NE(gpu->name().find("NHWC activations"), std::string::npos) << gpu->name();
+  }
+  ::unsetenv("JEM_CUDA_LAYOUT");
+}
+
 }  // namespace
 }  // namespace jem::test
