@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "conv_fusion.hpp"  // from_nchw / to_nchw: host-side layout changes
 #include "cuda_check.hpp"
 #include "cudnn_conv.hpp"
 #include "kernels.hpp"
@@ -147,27 +148,14 @@ Tensor CudaBackend::empty(Shape shape, DType dtype) {
   return Tensor(std::move(storage), 0, shape, dtype);
 }
 
-namespace {
-
-// [N, A, B] -> [N, B, A] on the host: an NCHW host array to the device's NHWC order (A = C,
-// B = H * W) and back (A = H * W, B = C).
-std::vector<float> host_transpose(const float* src, std::int64_t N, std::int64_t A, std::int64_t B) {
-  std::vector<float> dst(std::size_t(N * A * B));
-  for (std::int64_t n = 0; n < N; ++n)
-    for (std::int64_t i = 0; i < A; ++i)
-      for (std::int64_t j = 0; j < B; ++j) dst[std::size_t((n * B + j) * A + i)] = src[(n * A + i) * B + j];
-  return dst;
-}
-
-}  // namespace
-
 void CudaBackend::upload(const float* src, const Tensor& dst) {
   check_on_device(dst, "upload");
   bind();
   if (dst.bytes() == 0) return;
   if (dst.channels_last()) {  // the host's NCHW order, stored channels-last
     const std::vector<float> nhwc =
-        host_transpose(src, dst.dim(0), dst.dim(1), dst.dim(2) * dst.dim(3));
+        from_nchw(std::vector<float>(src, src + dst.numel()), int(dst.dim(0)), int(dst.dim(1)),
+                  int(dst.dim(2)), int(dst.dim(3)), Layout::NHWC);
     staging_->upload(dst.data<float>(), nhwc.data(), dst.bytes(), stream_);
     return;
   }
@@ -189,8 +177,8 @@ void CudaBackend::download(const Tensor& src, float* dst) {
     JEM_CUDA_CHECK(cudaMemcpyAsync(nhwc.data(), src.data<float>(), src.bytes(),
                                    cudaMemcpyDeviceToHost, stream_));
     sync_and_check();
-    const std::vector<float> nchw =
-        host_transpose(nhwc.data(), src.dim(0), src.dim(2) * src.dim(3), src.dim(1));
+    const std::vector<float> nchw = to_nchw(nhwc, int(src.dim(0)), int(src.dim(1)),
+                                            int(src.dim(2)), int(src.dim(3)), Layout::NHWC);
     std::memcpy(dst, nchw.data(), src.bytes());
     return;
   }
