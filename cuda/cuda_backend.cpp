@@ -276,6 +276,8 @@ void CudaBackend::set_conv_epilogue(ConvEpilogue e) {
   conv_->set_epilogue(e);
 }
 
+std::int64_t CudaBackend::fused_conv_calls() const { return conv_->fused_calls(); }
+
 void CudaBackend::begin_constant_weights(const Tensor& params) {
   check_on_device(params, "begin_constant_weights");
   conv_->begin_constant_weights(params.data<float>(), params.numel());
@@ -293,7 +295,14 @@ void CudaBackend::conv2d_forward_leaky_relu_impl(const ConvGeom& g, const float*
                                                  const float* b, const float* z, float* t, float* y,
                                                  float slope) {
   bind();
-  if (conv_->forward_leaky_relu(g, x, w, b, z, t, y, slope)) return;
+  if (conv_->forward_leaky_relu(g, x, w, b, z, t, y, slope)) return;  // one cuDNN graph-API call
+  if (t) {
+    // conv2 with its residual, and the stem: t = conv + b [+ z] and y = lrelu(t), the activation
+    // in the epilogue's pass (ConvEngine::forward).
+    conv_->forward(g, x, w, b, z, t, y, slope);
+    return;
+  }
+  // conv1 (bias_leaky_relu after the convolution), or a residual without t (in place in y).
   Backend::conv2d_forward_leaky_relu_impl(g, x, w, b, z, t, y, slope);
 }
 

@@ -59,6 +59,10 @@ class CudaBackend final : public Backend {
   // How convolutions with a bias and a residual run (cudnn_conv.hpp; default Timed). For tests
   // and benchmarks that compare the fused and unfused ways.
   void set_conv_epilogue(ConvEpilogue e);
+  // How many convolutions ran as one fused cuDNN graph-API call (conv + bias + LeakyReLU, with or
+  // without the residual) since the backend was made: tests and benchmarks check that the fused
+  // path runs where it should, not only that the results agree.
+  std::int64_t fused_conv_calls() const;
   // Filters inside `params` are converted to KRSC once per scope (NHWC convolutions).
   void begin_constant_weights(const Tensor& params) override;
   void end_constant_weights() noexcept override;

@@ -380,16 +380,16 @@ const float* ConvEngine::filter_for(const ConvGeom& g, const float* w) {
 }
 
 void ConvEngine::forward(const ConvGeom& g, const float* x_in, const float* w_in, const float* b,
-                         const float* z, float* y) {
+                         const float* z, float* y, float* act, float slope) {
   const float* x = to_layout(x_in, g.N, g.C, std::int64_t(g.H) * g.W, g.x_layout, g.y_layout);
   const float* w = filter_for(g, w_in);
   // With a residual, the bias pointer is in the key too: a call without a bias never meets a
   // plan chosen fused (the fused call needs one), and the fused call reads it at its alignment.
   Plan& p = z ? plan(Op::ForwardAdd, g, x, w, y, z, b) : plan(Op::Forward, g, x, w, y);
-  if (z && b && !p.epilogue_chosen) choose_epilogue(g, p, x, w, b, z, y);
+  if (z && b && !p.epilogue_chosen) choose_epilogue(g, p, x, w, b, z, y, act, slope);
   const bool fused = p.fused && z && b;
-  const cudnnStatus_t st =
-      cudnnStatus_t(fused ? run_fused(p, x, w, b, z, y) : run_unfused(p, x, w, b, z, y));
+  const cudnnStatus_t st = cudnnStatus_t(fused ? run_fused(p, x, w, b, z, y, act, slope)
+                                               : run_unfused(p, x, w, b, z, y, act, slope));
   if (st != CUDNN_STATUS_SUCCESS)
     JEM_FAIL("cuDNN error in ", op_name(z ? 3 : 0), " ", describe(g),
              fused ? " (cudnnConvolutionBiasActivationForward)" : "", ": ",
@@ -397,17 +397,20 @@ void ConvEngine::forward(const ConvGeom& g, const float* x_in, const float* w_in
 }
 
 int ConvEngine::run_unfused(Plan& p, const float* x, const float* w, const float* b,
-                            const float* z, float* y) {
+                            const float* z, float* y, float* act, float slope) {
   const float one = 1.0f, zero = 0.0f;
   cudnnStatus_t st = cudnnConvolutionForward(handle_, &one, p.x.d, x, p.w.d, w, p.conv.d,
                                              cudnnConvolutionFwdAlgo_t(p.algo), workspace_.get(),
                                              p.workspace, &zero, p.y.d, y);
   if (st != CUDNN_STATUS_SUCCESS) return int(st);
-  if (z) {
-    // y += b + z in one pass (b may be null). Channels-last: N * P * Q pixels of K channels.
+  if (z || act) {
+    // y += b + z and act = lrelu(y) in one pass (b, z, act may be null). Channels-last: N * P * Q
+    // pixels of K channels.
     const std::int64_t PQ = std::int64_t(p.g.P()) * p.g.Q();
-    if (p.g.y_layout == Layout::NHWC) kernels::bias_residual_add(int(p.g.N * PQ), p.g.K, 1, b, z, y, stream_);
-    else kernels::bias_residual_add(p.g.N, p.g.K, PQ, b, z, y, stream_);
+    if (p.g.y_layout == Layout::NHWC)
+      kernels::bias_residual_add_leaky_relu(int(p.g.N * PQ), p.g.K, 1, b, z, y, act, slope, stream_);
+    else
+      kernels::bias_residual_add_leaky_relu(p.g.N, p.g.K, PQ, b, z, y, act, slope, stream_);
   } else if (b) {
     // y += b, broadcast over N, P, Q (no bias: the next op adds it, see Backend::conv2d_forward).
     st = cudnnAddTensor(handle_, &one, p.bias.d, b, &one, p.y.d, y);
@@ -416,12 +419,16 @@ int ConvEngine::run_unfused(Plan& p, const float* x, const float* w, const float
 }
 
 int ConvEngine::run_fused(Plan& p, const float* x, const float* w, const float* b, const float* z,
-                          float* y) {
+                          float* y, float* act, float slope) {
   // y = identity(1 * conv(x) + 1 * z + b)
   const float one = 1.0f;
-  return int(cudnnConvolutionBiasActivationForward(
+  const cudnnStatus_t st = cudnnConvolutionBiasActivationForward(
       handle_, &one, p.x.d, x, p.w.d, w, p.conv.d, cudnnConvolutionFwdAlgo_t(p.algo),
-      workspace_.get(), p.workspace, &one, p.y.d, z, p.bias.d, b, identity_->d, p.y.d, y));
+      workspace_.get(), p.workspace, &one, p.y.d, z, p.bias.d, b, identity_->d, p.y.d, y);
+  // The legacy call's activations have no LeakyReLU: a pass of its own.
+  if (st == CUDNN_STATUS_SUCCESS && act)
+    kernels::leaky_relu_forward(y, act, std::int64_t(p.g.N) * p.g.K * p.g.P() * p.g.Q(), slope, stream_);
+  return int(st);
 }
 
 namespace {
@@ -469,7 +476,7 @@ void ConvEngine::set_epilogue(ConvEpilogue e) {
 }
 
 void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, const float* w,
-                                 const float* b, const float* z, float* y) {
+                                 const float* b, const float* z, float* y, float* act, float slope) {
   auto use_searched = [&] {
     JEM_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv.d, p.searched_math));
     p.algo = p.searched_algo;
@@ -525,9 +532,9 @@ void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, con
   float fused_ms = -1.0f, unfused_ms = -1.0f;
   try {
     if (use_fused())
-      fused_ms = time_calls(stream_, [&] { return cudnnStatus_t(run_fused(p, x, w, b, z, y)); });
+      fused_ms = time_calls(stream_, [&] { return cudnnStatus_t(run_fused(p, x, w, b, z, y, act, slope)); });
     use_searched();
-    unfused_ms = time_calls(stream_, [&] { return cudnnStatus_t(run_unfused(p, x, w, b, z, y)); });
+    unfused_ms = time_calls(stream_, [&] { return cudnnStatus_t(run_unfused(p, x, w, b, z, y, act, slope)); });
   } catch (...) {
     p.algo = p.searched_algo;
     p.workspace = p.searched_workspace;
@@ -601,6 +608,7 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
     it->second.reset();
     return false;
   }
+  ++fused_calls_;
   return true;
 }
 

@@ -55,8 +55,13 @@ class ConvEngine {
   // cudnnConvolutionBiasActivationForward call that adds them in the convolution's epilogue
   // (identity activation, which cuDNN runs only with IMPLICIT_PRECOMP_GEMM, which may be slower
   // than the searched algorithm: hence the timing). JEM_CUDNN_VERBOSE=1 prints the choice.
+  //
+  // act (optional): also act = leaky_relu(y, slope), the model's conv2 (and stem) with the
+  // activation after it. Unfused, the activation joins the bias + residual pass
+  // (kernels::bias_residual_add_leaky_relu: one more write, no more reads); after the fused call
+  // it is a pass of its own. The timing of the two ways includes it.
   void forward(const ConvGeom& g, const float* x, const float* w, const float* b, const float* z,
-               float* y);
+               float* y, float* act = nullptr, float slope = 0.0f);
   // Later forward calls with a bias and a residual use this choice (the default is Timed): the
   // first call of each shape after it chooses again (timing synchronises the stream). Without a
   // bias the call always runs unfused (the fused call needs one).
@@ -71,6 +76,8 @@ class ConvEngine {
   // JEM_CUDNN_FUSION=0 turns the fused calls off (benchmarks compare both).
   bool forward_leaky_relu(const ConvGeom& g, const float* x, const float* w, const float* b,
                           const float* z, float* t, float* y, float slope);
+  // How many forward_leaky_relu calls ran fused (returned true).
+  std::int64_t fused_calls() const { return fused_calls_; }
   // Backend::begin_constant_weights: until end_constant_weights(), a filter that lies inside
   // [params, params + n) is converted to KRSC at its first NHWC use only, into a mirror of the
   // buffer (allocated at the first such use, then kept), and reused.
@@ -100,13 +107,13 @@ class ConvEngine {
   // ForwardAdd with a bias: sets the plan to the fused call or to the searched algorithm, as
   // epilogue_ says (Timed: times both on the call's pointers and keeps the faster).
   void choose_epilogue(const ConvGeom& g, Plan& p, const float* x, const float* w,
-                       const float* b, const float* z, float* y);
+                       const float* b, const float* z, float* y, float* act, float slope);
   // The ops of one forward call as the plan says (statuses, not exceptions: choose_epilogue
   // tries calls that may be unsupported).
   int run_unfused(Plan& p, const float* x, const float* w, const float* b, const float* z,
-                  float* y);
+                  float* y, float* act, float slope);
   int run_fused(Plan& p, const float* x, const float* w, const float* b, const float* z,
-                float* y);
+                float* y, float* act, float slope);
   // src ([N, C, HW] in layout `from`) in layout `to`: src itself when they agree, else its
   // conversion in operand_.
   const float* to_layout(const float* src, int N, int C, std::int64_t HW, Layout from, Layout to);
@@ -124,6 +131,7 @@ class ConvEngine {
   // pad_w, slope's bits}; null: none could be built.
   std::map<std::array<std::int64_t, 12>, std::unique_ptr<FusedConv>> fused_;
   bool fusion_ = true;  // JEM_CUDNN_FUSION != 0
+  std::int64_t fused_calls_ = 0;
   DeviceBuffer workspace_;
   DeviceBuffer operand_;  // an input (or data gradient) converted between NCHW and NHWC
   DeviceBuffer filter_;   // a KRSC filter, or a KRSC weight gradient, for NHWC convolutions

@@ -1,6 +1,7 @@
-// The Wide-ResNet's fused activation passes: bias + LeakyReLU after a convolution, and LeakyReLU
-// backward + the residual gradient sum. Each replaces two memory-bound passes by one
-// (bench/README.md: the elementwise traffic bounds these kernels' share of an iteration).
+// The Wide-ResNet's activation passes: LeakyReLU and its gradient, and the fused ones, bias +
+// LeakyReLU after a convolution and LeakyReLU backward + the residual gradient sum (each of those
+// replaces two memory-bound passes by one; bench/README.md: the elementwise traffic bounds these
+// kernels' share of an iteration).
 // Grid-stride loops in which one thread reads and then writes its elements, so the allowed
 // aliasing (y == x, dx == dy or other) is safe; the per-element math is elementwise_math.hpp's,
 // the CPU's. Where the sizes and addresses allow (kernel_util.cuh, vectorizable4) each thread
@@ -35,6 +36,40 @@ __global__ void bias_leaky_relu_vec4_kernel(std::uint32_t n4, std::uint32_t C, s
     v.z = leaky_relu(v.z + bias, slope);
     v.w = leaky_relu(v.w + bias, slope);
     y[i] = v;
+  }
+}
+
+__global__ void leaky_relu_forward_kernel(std::int64_t n, const float* x, float* y, float slope) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = leaky_relu(x[i], slope);
+}
+
+__global__ void leaky_relu_forward_vec4_kernel(std::int64_t n4, const float4* x, float4* y, float slope) {
+  for (std::int64_t i = global_thread(); i < n4; i += grid_stride()) {
+    float4 v = x[i];
+    v.x = leaky_relu(v.x, slope);
+    v.y = leaky_relu(v.y, slope);
+    v.z = leaky_relu(v.z, slope);
+    v.w = leaky_relu(v.w, slope);
+    y[i] = v;
+  }
+}
+
+__global__ void leaky_relu_backward_kernel(std::int64_t n, const float* x, const float* dy, float* dx,
+                                           float slope) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride())
+    dx[i] = leaky_relu_grad(x[i], dy[i], slope);
+}
+
+__global__ void leaky_relu_backward_vec4_kernel(std::int64_t n4, const float4* x, const float4* dy,
+                                                float4* dx, float slope) {
+  for (std::int64_t i = global_thread(); i < n4; i += grid_stride()) {
+    const float4 xv = x[i];
+    float4 g = dy[i];
+    g.x = leaky_relu_grad(xv.x, g.x, slope);
+    g.y = leaky_relu_grad(xv.y, g.y, slope);
+    g.z = leaky_relu_grad(xv.z, g.z, slope);
+    g.w = leaky_relu_grad(xv.w, g.w, slope);
+    dx[i] = g;
   }
 }
 
@@ -94,6 +129,30 @@ void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const 
   } else {
     JEM_LAUNCH(bias_leaky_relu_kernel, grid_for(n), kThreads, stream)(
         std::uint32_t(n), std::uint32_t(C), std::uint32_t(HW), x, b, y, slope);
+  }
+  JEM_CUDA_CHECK_LAUNCH();
+}
+
+void leaky_relu_forward(const float* x, float* y, std::int64_t n, float slope, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (vectorizable4(n, {x, y})) {
+    JEM_LAUNCH(leaky_relu_forward_vec4_kernel, grid_for(n / 4), kThreads, stream)(
+        n / 4, reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), slope);
+  } else {
+    JEM_LAUNCH(leaky_relu_forward_kernel, grid_for(n), kThreads, stream)(n, x, y, slope);
+  }
+  JEM_CUDA_CHECK_LAUNCH();
+}
+
+void leaky_relu_backward(const float* x, const float* dy, float* dx, std::int64_t n, float slope,
+                         cudaStream_t stream) {
+  if (n <= 0) return;
+  if (vectorizable4(n, {x, dy, dx})) {
+    JEM_LAUNCH(leaky_relu_backward_vec4_kernel, grid_for(n / 4), kThreads, stream)(
+        n / 4, reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(dy),
+        reinterpret_cast<float4*>(dx), slope);
+  } else {
+    JEM_LAUNCH(leaky_relu_backward_kernel, grid_for(n), kThreads, stream)(n, x, dy, dx, slope);
   }
   JEM_CUDA_CHECK_LAUNCH();
 }

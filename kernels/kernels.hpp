@@ -36,11 +36,12 @@ void copy_f32(const float* src, float* dst, std::int64_t n, cudaStream_t stream)
 void axpy(float alpha, const float* x, float* y, std::int64_t n, cudaStream_t stream);
 void add(const float* a, const float* b, float* y, std::int64_t n, cudaStream_t stream);
 void scale(float* x, std::int64_t n, float alpha, cudaStream_t stream);
+
+// ---- activation.cu: the activation passes of the Wide-ResNet (see Backend) ---------------------
+// y = leaky_relu(x), dx = leaky_relu_grad(x, dy) (y may be x, dx may be dy).
 void leaky_relu_forward(const float* x, float* y, std::int64_t n, float slope, cudaStream_t stream);
 void leaky_relu_backward(const float* x, const float* dy, float* dx, std::int64_t n, float slope,
                          cudaStream_t stream);
-
-// ---- activation.cu: the fused passes of the Wide-ResNet (see Backend) --------------------------
 // y[p, i] = leaky_relu(x[p, i] + b[p % C]) over planes p < `planes` of HW elements (y may be x).
 // Channels-last tensors (NHWC) are planes = N * H * W * C of HW = 1 element: channel i % C.
 void bias_leaky_relu_forward(std::int64_t planes, int C, std::int64_t HW, const float* x,
@@ -50,10 +51,15 @@ void leaky_relu_backward_add(std::int64_t n, const float* x, const float* dy, co
                              float* dx, float slope, cudaStream_t stream);
 
 // ---- bias_residual.cu: a convolution's unfused epilogue (cudnn_conv.cpp) -----------------------
-// y[n, c, i] += b[c] + z[n, c, i] over N images of C planes of HW elements (b may be null).
-// Channels-last tensors (NHWC): N * H * W "images" of C planes of HW = 1 element.
+// y[n, c, i] = (y[n, c, i] + b[c]) + z[n, c, i] over N images of C planes of HW elements (b, z
+// may be null: no such term). Channels-last tensors (NHWC): N * H * W "images" of C planes of
+// HW = 1 element.
 void bias_residual_add(int N, int C, std::int64_t HW, const float* b, const float* z, float* y,
                        cudaStream_t stream);
+// The same, and act = leaky_relu(y) in the same pass when act is not null (act must not overlap
+// y, b or z).
+void bias_residual_add_leaky_relu(int N, int C, std::int64_t HW, const float* b, const float* z,
+                                  float* y, float* act, float slope, cudaStream_t stream);
 
 // ---- pool.cu -----------------------------------------------------------------------------------
 void global_avg_pool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t stream);

@@ -3,6 +3,7 @@
 // tolerances of cuda_test_support.hpp; the Wide-ResNet against PyTorch's reference vectors; and
 // device selection. Every test that needs a GPU skips, with the reason, when none is usable:
 // only the device-selection tests without a GPU run on a machine that has none.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
@@ -1153,11 +1154,22 @@ TEST_P(CudaWideResNet, ConstantWeightsScopeUsesTheCurrentWeights) {
 
 // TF32 on the same network: a sanity bound, not an accuracy claim. Each of the ~10 convolutions
 // adds ~1e-3 relative error (see kTf32Unit); through the depth that compounds to a few 1e-3.
+// Channels-last on sm_90 and later: every block's conv1 and conv2 run as fused cuDNN graph-API
+// calls (test_cuda_fused_conv.cpp), so the model's own tensors (views into its planned
+// activations) meet the plans' alignment; the stem's NCHW images do not fuse. NCHW never fuses.
 TEST_P(CudaWideResNet, LogitsTf32WithinTf32Accuracy) {
   auto gpu = backend(MathMode::TF32);
   auto m = model(*gpu);
   EXPECT_LE(rel_error(gpu->to_vector(m->forward(input(*gpu, "input.x"))), file->f32("output.logits")),
             2e-2);
+  const std::int64_t fused = dynamic_cast<cuda::CudaBackend&>(*gpu).fused_conv_calls();
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  if (layout == Layout::NCHW) {
+    EXPECT_EQ(fused, 0);
+  } else if (prop.major >= 9) {
+    EXPECT_EQ(fused, 2 * 3 * cfg.blocks_per_stage());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Reference, CudaWideResNet,

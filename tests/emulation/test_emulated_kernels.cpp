@@ -323,7 +323,7 @@ TEST_F(EmulatedKernels, BiasResidualAddIsConvPlusBiasThenResidual) {
       for (int c = 0; c < C; ++c)
         for (std::int64_t e = 0; e < HW; ++e) {
           const std::size_t k = std::size_t((i * C + c) * HW + e);
-          want[k] = (y0[k] + (with_bias ? b[std::size_t(c)] : 0.0f)) + z[k];
+          want[k] = (with_bias ? y0[k] + b[std::size_t(c)] : y0[k]) + z[k];
         }
     expect_bit_equal(y, want, with_bias ? "with bias" : "without bias");
   }
@@ -392,7 +392,7 @@ TEST_F(EmulatedKernels, FusedPassesTakeTheirFloat4KernelExactlyWhereAligned) {
       ran("bias_residual_add", k.vec4);
       for (std::int64_t i = 0; i < n; ++i)
         want[std::size_t(i)] =
-            (dy[i] + (with_bias ? b[std::size_t((i / k.HW) % k.C)] : 0.0f)) + other[i];
+            (with_bias ? dy[i] + b[std::size_t((i / k.HW) % k.C)] : dy[i]) + other[i];
       expect_bit_equal(Vec(rb.begin() + std::ptrdiff_t(k.offset), rb.end()), want,
                        std::string("bias_residual_add ") + (with_bias ? "with" : "without") +
                            " bias " + what);
@@ -489,11 +489,105 @@ TEST_F(EmulatedKernels, ChannelsLastBiasPassesTakeTheirFloat4KernelExactlyWhereA
                                  rb.data() + k.offset, kStream);
       EXPECT_EQ(emu::last_launched_kernel(), "bias_residual_add" + kernel_suffix) << what;
       for (std::int64_t i = 0; i < n; ++i)
-        want[std::size_t(i)] = (x[i] + (with_bias ? b[std::size_t(i % k.C)] : 0.0f)) + z[i];
+        want[std::size_t(i)] = (with_bias ? x[i] + b[std::size_t(i % k.C)] : x[i]) + z[i];
       expect_bit_equal(Vec(rb.begin() + std::ptrdiff_t(k.offset), rb.end()), want,
                        std::string("bias_residual_add NHWC ") + (with_bias ? "with" : "without") +
                            " bias " + what);
     }
+  }
+}
+
+// The epilogue with the activation (bias_residual_add_leaky_relu: conv2 and the stem): y = (y + b)
+// + z and act = lrelu(y) in one pass, every combination of b and z (a missing one is not added:
+// a -0 stays -0), in each variant: NCHW float4 planes, channels-last float4 (HW = 1, C % 4 == 0)
+// and the scalar kernel, which a misaligned act alone must select. Naive loops, bit for bit.
+TEST_F(EmulatedKernels, EpilogueWithActivationIsTheNaiveLoopInEveryVariant) {
+  constexpr float slope = 0.2f;
+  const emu::GridBlockCap one_block(1);  // several turns of each loop
+  struct Case {
+    int N, C;
+    std::int64_t HW;
+    std::size_t act_offset;  // floats: 1 misaligns act only
+    const char* kernel;
+  };
+  for (const Case& k : {Case{2, 6, 64, 0, "bias_residual_add_vec4_kernel"},
+                        Case{96, 8, 1, 0, "bias_residual_add_cl4_kernel"},
+                        Case{2, 6, 64, 1, "bias_residual_add_kernel"},
+                        Case{96, 8, 1, 1, "bias_residual_add_kernel"},
+                        Case{3, 5, 7, 0, "bias_residual_add_kernel"}}) {
+    const std::int64_t n = std::int64_t(k.N) * k.C * k.HW;
+    Vec y0 = random_vector(std::size_t(n), 80);
+    for (std::size_t i = 0; i < y0.size(); i += 7) y0[i] = -0.0f;  // signed zeros kept without terms
+    const Vec z = random_vector(std::size_t(n), 81), b = random_vector(std::size_t(k.C), 82);
+    for (const bool with_b : {true, false})
+      for (const bool with_z : {true, false}) {
+        const std::string what = std::string(k.kernel) + " " + std::to_string(k.N) + "x" +
+                                 std::to_string(k.C) + "x" + std::to_string(k.HW) +
+                                 (with_b ? ", b" : "") + (with_z ? ", z" : "") + ", act offset " +
+                                 std::to_string(k.act_offset);
+        Vec y = y0, actb(std::size_t(n) + k.act_offset, kNaN);
+        float* act = actb.data() + k.act_offset;
+        kernels::bias_residual_add_leaky_relu(k.N, k.C, k.HW, with_b ? b.data() : nullptr,
+                                              with_z ? z.data() : nullptr, y.data(), act, slope, kStream);
+        EXPECT_EQ(emu::last_launched_kernel(), k.kernel) << what;
+        Vec want_y(y0.size()), want_act(y0.size());
+        for (std::int64_t i = 0; i < n; ++i) {
+          float v = y0[std::size_t(i)];
+          if (with_b) v += b[std::size_t((i / k.HW) % k.C)];
+          if (with_z) v += z[std::size_t(i)];
+          want_y[std::size_t(i)] = v;
+          want_act[std::size_t(i)] = leaky_relu(v, slope);
+        }
+        expect_bit_equal(y, want_y, what + " (y)");
+        expect_bit_equal(Vec(act, act + n), want_act, what + " (act)");
+      }
+  }
+}
+
+// LeakyReLU and its gradient (the passes after the legacy fused call and conv2's data gradient):
+// a float4 per thread where n is a multiple of 4 and every pointer aligned, else one float; both
+// the CPU's elementwise math bit for bit, in place too (y == x, dx == dy).
+TEST_F(EmulatedKernels, LeakyReluPassesTakeTheirFloat4KernelExactlyWhereAligned) {
+  constexpr float slope = 0.2f;
+  const emu::GridBlockCap one_block(1);
+  struct Case {
+    std::int64_t n;
+    int moved;  // which pointer is one float off: -1 none, 0 x, 1 dy, 2 the output
+  };
+  for (const Case& k : {Case{2048, -1}, Case{12, -1}, Case{2048, 0}, Case{2048, 1}, Case{2048, 2},
+                        Case{1001, -1}}) {
+    const bool vec4 = k.n % 4 == 0 && k.moved < 0;
+    const bool forward_vec4 = k.n % 4 == 0 && k.moved != 0 && k.moved != 2;  // it reads no dy
+    const std::string what = "n " + std::to_string(k.n) + ", pointer " + std::to_string(k.moved) + " off";
+    Vec xb = random_vector(std::size_t(k.n) + 1, 84), db = random_vector(std::size_t(k.n) + 1, 85);
+    for (std::size_t i = 0; i < xb.size(); i += 9) xb[i] = i % 2 ? -0.0f : 0.0f;  // the slope side
+    const float* x = xb.data() + (k.moved == 0);
+    const float* dy = db.data() + (k.moved == 1);
+    Vec ob(std::size_t(k.n) + 1, kNaN);
+    float* out = ob.data() + (k.moved == 2);
+    Vec want(static_cast<std::size_t>(k.n));
+
+    kernels::leaky_relu_forward(x, out, k.n, slope, kStream);
+    EXPECT_EQ(emu::last_launched_kernel(), forward_vec4 ? "leaky_relu_forward_vec4_kernel" : "leaky_relu_forward_kernel")
+        << what;
+    for (std::int64_t i = 0; i < k.n; ++i) want[std::size_t(i)] = leaky_relu(x[i], slope);
+    expect_bit_equal(Vec(out, out + k.n), want, "leaky_relu_forward " + what);
+
+    kernels::leaky_relu_backward(x, dy, out, k.n, slope, kStream);
+    EXPECT_EQ(emu::last_launched_kernel(), vec4 ? "leaky_relu_backward_vec4_kernel" : "leaky_relu_backward_kernel")
+        << what;
+    for (std::int64_t i = 0; i < k.n; ++i) want[std::size_t(i)] = leaky_relu_grad(x[i], dy[i], slope);
+    expect_bit_equal(Vec(out, out + k.n), want, "leaky_relu_backward " + what);
+
+    if (k.moved >= 0) continue;  // in place needs one pointer for two roles
+    Vec in_place(x, x + k.n);
+    kernels::leaky_relu_forward(in_place.data(), in_place.data(), k.n, slope, kStream);
+    for (std::int64_t i = 0; i < k.n; ++i) want[std::size_t(i)] = leaky_relu(x[i], slope);
+    expect_bit_equal(in_place, want, "leaky_relu_forward in place " + what);
+    Vec grad(dy, dy + k.n);
+    kernels::leaky_relu_backward(x, grad.data(), grad.data(), k.n, slope, kStream);
+    for (std::int64_t i = 0; i < k.n; ++i) want[std::size_t(i)] = leaky_relu_grad(x[i], dy[i], slope);
+    expect_bit_equal(grad, want, "leaky_relu_backward in place " + what);
   }
 }
 

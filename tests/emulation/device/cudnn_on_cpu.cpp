@@ -14,7 +14,7 @@
 // rounded to TF32's 10-bit mantissa, as the tensor cores read them. The algorithm search reports
 // two algorithms per op (one deterministic with a workspace, one non-deterministic without),
 // both computing the same thing, and times them on the host clock; a call with less workspace
-// than its algorithm needs is refused.
+// than its algorithm needs is refused. The graph (backend) API is in cudnn_graph_on_cpu.cpp.
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
 #include <cudnn.h>
@@ -600,33 +600,6 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t, const void* alpha, const cudnnTensor
           cp[ci] = float(double(al) * ap[ai] + double(be) * cp[ci]);
         }
   return CUDNN_STATUS_SUCCESS;
-}
-
-// ---- the graph (backend) API: absent
-// -------------------------------------------------------------
-// cuda/conv_fusion.cpp is linked so that the CUDA backend's fused convolutions take their
-// fallback here: every descriptor is refused, FusedConv::build finds no plan, and the backend
-// runs the unfused ops (what a GPU does for a shape without a fused plan).
-
-void cudnnGetLastErrorString(char* message, size_t max_size) {
-  if (message && max_size > 0) std::snprintf(message, max_size, "%s", "the emulated cuDNN has no graph API");
-}
-cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t, cudnnBackendDescriptor_t* d) {
-  *d = nullptr;
-  return CUDNN_STATUS_NOT_SUPPORTED;
-}
-cudnnStatus_t cudnnBackendDestroyDescriptor(cudnnBackendDescriptor_t) { return CUDNN_STATUS_SUCCESS; }
-cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t) { return CUDNN_STATUS_NOT_SUPPORTED; }
-cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t, cudnnBackendAttributeName_t,
-                                       cudnnBackendAttributeType_t, int64_t, const void*) {
-  return CUDNN_STATUS_NOT_SUPPORTED;
-}
-cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const, cudnnBackendAttributeName_t,
-                                       cudnnBackendAttributeType_t, int64_t, int64_t*, void*) {
-  return CUDNN_STATUS_NOT_SUPPORTED;
-}
-cudnnStatus_t cudnnBackendExecute(cudnnHandle_t, cudnnBackendDescriptor_t, cudnnBackendDescriptor_t) {
-  return CUDNN_STATUS_NOT_SUPPORTED;
 }
 
 }  // extern "C"
