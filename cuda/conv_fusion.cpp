@@ -368,7 +368,14 @@ FusionPattern fusion_pattern_from_string(const std::string& name) {
            "dgrad+drelu, dgrad+drelu+add)");
 }
 
-bool deviceless_supported() { return cudnnGetVersion() >= 90800; }
+bool deviceless_supported() {
+  if (cudnnGetVersion() < 90800) return false;
+  // A library that cannot make the descriptor (the emulated cuDNN of tests/emulation) has none.
+  cudnnBackendDescriptor_t d = nullptr;
+  if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &d) != CUDNN_STATUS_SUCCESS) return false;
+  cudnnBackendDestroyDescriptor(d);
+  return true;
+}
 
 std::vector<FusionPattern> all_fusion_patterns() {
   return {FusionPattern::Conv,           FusionPattern::ConvBias,   FusionPattern::ConvBiasLrelu,

@@ -46,7 +46,8 @@ std::vector<FusionPattern> all_fusion_patterns();
 FusionPattern fusion_pattern_from_string(const std::string& name);
 bool is_backward(FusionPattern p);
 
-// Deviceless plans (device-property descriptors) need cuDNN 9.8 or later, at run time.
+// Deviceless plans (device-property descriptors) need cuDNN 9.8 or later, at run time, that can
+// make such a descriptor.
 bool deviceless_supported();
 
 // Sets a device-property descriptor's device id (CUDNN_ATTR_DEVICEPROP_DEVICE_ID). cuDNN takes

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -111,7 +112,8 @@ bool uses_tensor_cores(cudnnMathType_t m) {
 // Returns the indices of the qualifying results, best first (each at most once): search()
 // takes the first one whose workspace query succeeds under the math type it will run with.
 template <typename Perf>
-std::vector<int> candidates(const std::vector<Perf>& perf, int returned, bool fp32, bool want_deterministic) {
+std::vector<int> candidates(const std::vector<Perf>& perf, int returned, bool fp32, bool want_deterministic,
+                            std::size_t max_workspace) {
   std::vector<int> order;
   std::vector<bool> taken(std::size_t(std::max(returned, 0)), false);
   for (int pass = want_deterministic ? 0 : 1; pass < 2; ++pass)
@@ -119,7 +121,7 @@ std::vector<int> candidates(const std::vector<Perf>& perf, int returned, bool fp
       for (int i = 0; i < returned; ++i) {
         const Perf& p = perf[std::size_t(i)];
         if (taken[std::size_t(i)]) continue;
-        if (p.status != CUDNN_STATUS_SUCCESS || p.memory > ConvEngine::kMaxWorkspace) continue;
+        if (p.status != CUDNN_STATUS_SUCCESS || p.memory > max_workspace) continue;
         if (fp32 && uses_tensor_cores(p.mathType)) continue;
         if (strict && p.mathType != CUDNN_FMA_MATH) continue;
         if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC) continue;
@@ -130,7 +132,7 @@ std::vector<int> candidates(const std::vector<Perf>& perf, int returned, bool fp
 }
 
 // log2 of a pointer's alignment, capped at 8 (256 bytes, cudaMalloc's), in 4 bits per pointer
-// (up to 5 pointers): a plan searched on 256-byte-aligned pointers is not reused for pointers
+// (up to 6 pointers): a plan searched on 256-byte-aligned pointers is not reused for pointers
 // that are only 16-byte aligned (views at float offsets in the flat parameter buffer), in case
 // the chosen kernel needs more than that. A null pointer is class 15. The price: weights of
 // one shape at differently aligned offsets get a search each (at start-up only).
@@ -149,15 +151,15 @@ int alignment_classes(std::initializer_list<const void*> ptrs) {
   return key;
 }
 
-// A temporary device buffer for the search: as much of kMaxWorkspace as a quarter of the free
+// A temporary device buffer for the search: as much of the workspace cap as a quarter of the free
 // memory allows, or none (then only algorithms without workspace are tried).
 struct SearchBuffer {
   void* ptr = nullptr;
   std::size_t bytes = 0;
-  SearchBuffer() {
+  explicit SearchBuffer(std::size_t cap) {
     std::size_t free_b = 0, total_b = 0;
     JEM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    bytes = std::min(ConvEngine::kMaxWorkspace, free_b / 4);
+    bytes = std::min(cap, free_b / 4);
     if (bytes > 0 && cudaMalloc(&ptr, bytes) != cudaSuccess) {
       (void)cudaGetLastError();
       ptr = nullptr;
@@ -204,6 +206,22 @@ struct ConvEngine::Plan {
         conv(g.pad_h, g.pad_w, g.stride) {}
 };
 
+std::size_t workspace_cap_from_env() {
+  const char* env = std::getenv("JEM_CUDNN_WORKSPACE_MB");
+  if (!env || !*env) return ConvEngine::kDefaultMaxWorkspace;
+  const std::string s(env);
+  std::size_t used = 0;
+  long long mib = 0;
+  try {
+    mib = std::stoll(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  JEM_CHECK(used == s.size() && mib > 0 && mib <= (1LL << 20), "JEM_CUDNN_WORKSPACE_MB='", s,
+            "': expected a whole number of MiB from 1 to 1048576");
+  return std::size_t(mib) << 20;
+}
+
 ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), math_(math) {
   cudnnHandle_t h = nullptr;
   JEM_CUDNN_CHECK(cudnnCreate(&h));
@@ -211,7 +229,8 @@ ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), ma
   JEM_CUDNN_CHECK(cudnnSetStream(handle_, stream_));
   identity_ = std::make_unique<Activation>();
   const char* v = std::getenv("JEM_CUDNN_VERBOSE");
-  verbose_ = v && *v && std::string(v) != "0";
+  verbose_ = !v || !*v || std::string(v) == "0" ? 0 : std::string(v) == "2" ? 2 : 1;
+  max_workspace_ = workspace_cap_from_env();
   const char* f = std::getenv("JEM_CUDNN_FUSION");
   fusion_ = !(f && std::string(f) == "0");
 }
@@ -224,10 +243,11 @@ ConvEngine::~ConvEngine() {
 }
 
 ConvEngine::Plan& ConvEngine::plan(Op op, const ConvGeom& g, const float* a, const float* b,
-                                   float* out, const float* extra, const float* extra2) {
+                                   float* out, const float* extra, const float* extra2,
+                                   const float* extra3) {
   const Key key{int(op), g.N,      g.C,      g.H,      g.W,     g.K,
                 g.R,     g.S,      g.stride, g.pad_h, g.pad_w,
-                alignment_classes({a, b, out, extra, extra2}), int(g.y_layout)};
+                alignment_classes({a, b, out, extra, extra2, extra3}), int(g.y_layout)};
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
   auto p = std::make_unique<Plan>(g);
@@ -244,7 +264,7 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
   // The search runs (and times) the algorithms synchronously; queued work must not be timed.
   JEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   count_transient_allocation();  // the search's buffers, for Backend::memory_counters
-  SearchBuffer ws;
+  SearchBuffer ws(max_workspace_);
   int count = 0, returned = 0;
   cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;  // the chosen one runs with
   cudnnMathType_t timed_math = math;  // ... and was timed with
@@ -265,11 +285,24 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
     return cudnnGetConvolutionBackwardFilterWorkspaceSize(handle_, p.x.d, p.y.d, p.conv.d, p.w.d,
                                                           cudnnConvolutionBwdFilterAlgo_t(algo), need);
   };
+  // JEM_CUDNN_VERBOSE=2: every result of the search, so that a log shows what the choice left out
+  // (an algorithm over the workspace cap, a faster non-deterministic one in FP32 mode).
+  auto list_results = [&](const auto& perf) {
+    for (int i = 0; i < returned; ++i) {
+      const auto& r = perf[std::size_t(i)];
+      std::fprintf(stderr, "jem: cuDNN   %s %s result %d: algo %d, %s, %.3f ms, %zu KiB workspace%s, %s, %s math\n",
+                   op_name(int(op)), describe(g).c_str(), i, int(r.algo), cudnnGetErrorString(r.status),
+                   double(r.time), r.memory >> 10, r.memory > max_workspace_ ? " (over the cap)" : "",
+                   r.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic",
+                   math_name(r.mathType));
+    }
+  };
   // The first qualifying result (see candidates()) that cuDNN also accepts with the math type it
   // will run with (in FP32 mode FMA math, always; else the math it was timed with). The three
   // searches' perf structs share these fields.
   auto choose = [&](const auto& perf) -> bool {
-    for (const int i : candidates(perf, returned, fp32, fp32)) {
+    if (verbose_ >= 2) list_results(perf);
+    for (const int i : candidates(perf, returned, fp32, fp32, max_workspace_)) {
       const auto& r = perf[std::size_t(i)];
       const cudnnMathType_t run_math = fp32 ? CUDNN_FMA_MATH : r.mathType;
       std::size_t need = 0;
@@ -385,7 +418,8 @@ void ConvEngine::forward(const ConvGeom& g, const float* x_in, const float* w_in
   const float* w = filter_for(g, w_in);
   // With a residual, the bias pointer is in the key too: a call without a bias never meets a
   // plan chosen fused (the fused call needs one), and the fused call reads it at its alignment.
-  Plan& p = z ? plan(Op::ForwardAdd, g, x, w, y, z, b) : plan(Op::Forward, g, x, w, y);
+  // The activation's pointer is in the key too: the epilogue choice is timed with or without it.
+  Plan& p = z ? plan(Op::ForwardAdd, g, x, w, y, z, b, act) : plan(Op::Forward, g, x, w, y);
   if (z && b && !p.epilogue_chosen) choose_epilogue(g, p, x, w, b, z, y, act, slope);
   const bool fused = p.fused && z && b;
   const cudnnStatus_t st = cudnnStatus_t(fused ? run_fused(p, x, w, b, z, y, act, slope)
@@ -496,7 +530,7 @@ void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, con
     bool ok = cudnnGetConvolutionForwardWorkspaceSize(handle_, p.x.d, p.w.d, p.conv.d, p.y.d,
                                                       cudnnConvolutionFwdAlgo_t(fused_algo),
                                                       &need) == CUDNN_STATUS_SUCCESS &&
-              need <= kMaxWorkspace;
+              need <= max_workspace_;
     if (ok) {
       try {
         workspace_.ensure(need, stream_);
@@ -561,12 +595,12 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
   if (!fusion_ || math_ != MathMode::TF32 || g.x_layout != Layout::NHWC ||
       g.y_layout != Layout::NHWC || !b || (z == nullptr) != (t == nullptr))
     return false;
-  // The plans are built for 16-byte-aligned tensors (the filter is filter_'s copy: aligned). The
-  // model's are (its channel counts are multiples of 4); a view at an odd offset runs unfused.
-  for (const void* p : {static_cast<const void*>(x), static_cast<const void*>(b),
-                        static_cast<const void*>(z), static_cast<const void*>(t),
-                        static_cast<const void*>(y)})
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  // The plans are built for 16-byte-aligned tensors. The model's are (its channel counts are
+  // multiples of 4, its weights at 16-byte offsets of the flat buffer); a view at an odd offset
+  // runs unfused. The filter as the plan reads it: filter_'s KRSC copy, the constant-weights
+  // mirror at the parameter's offset, or w itself (1x1).
+  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  if (!aligned(x) || !aligned(b) || !aligned(z) || !aligned(t) || !aligned(y)) return false;
   const FusionPattern pattern = z ? FusionPattern::ConvBiasAddLrelu : FusionPattern::ConvBiasLrelu;
   std::uint32_t slope_bits = 0;
   std::memcpy(&slope_bits, &slope, sizeof slope_bits);
@@ -590,9 +624,11 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
   }
   FusedConv* f = it->second.get();
   if (!f) return false;
+  const float* wk = filter_for(g, w);
+  if (!aligned(wk)) return false;
   FusedConv::Args a;
   a.x = x;
-  a.w = filter_for(g, w);
+  a.w = wk;
   a.b = b;
   a.z = z;
   a.t = t;

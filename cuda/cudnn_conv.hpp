@@ -13,7 +13,7 @@
 //
 // Workspace: one buffer shared by every shape, grown at the first call of a shape whose chosen
 // algorithm needs more (never in a steady-state loop). The search itself borrows a temporary
-// buffer of up to kMaxWorkspace and returns it.
+// buffer of up to the workspace cap (512 MiB, JEM_CUDNN_WORKSPACE_MB) and returns it.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -33,6 +33,13 @@ struct cudnnContext;  // cudnnHandle_t is cudnnContext*
 namespace jem::cuda {
 
 class FusedConv;  // conv_fusion.hpp
+
+// The cap on one convolution algorithm's workspace: JEM_CUDNN_WORKSPACE_MB MiB, or
+// ConvEngine::kDefaultMaxWorkspace when unset; a clear error for anything but a whole number in
+// [1, 1048576]. cuDNN's search only tries algorithms that fit (and a quarter of the free memory);
+// a larger cap lets algorithms with big workspaces (FFT, split-K reductions) compete, at the cost
+// of that memory, allocated once.
+std::size_t workspace_cap_from_env();
 
 // How forward() with a bias and a residual runs (see there). Timed: the faster of the two, timed
 // at the first call of each shape (the default). Fused / Unfused: always that one (tests and
@@ -88,8 +95,10 @@ class ConvEngine {
   // dw += x (*) dy, db += sum dy   (accumulate: beta = 1; db may be null)
   void backward_filter(const ConvGeom& g, const float* x, const float* dy, float* dw, float* db);
 
-  // Largest workspace an algorithm may use (and the search may borrow).
-  static constexpr std::size_t kMaxWorkspace = std::size_t(512) << 20;
+  // Largest workspace an algorithm may use (and the search may borrow), unless
+  // JEM_CUDNN_WORKSPACE_MB says otherwise (workspace_cap_from_env).
+  static constexpr std::size_t kDefaultMaxWorkspace = std::size_t(512) << 20;
+  std::size_t max_workspace() const { return max_workspace_; }
 
  private:
   // ForwardAdd: forward with a residual z (its plan may be the fused call).
@@ -100,9 +109,10 @@ class ConvEngine {
   using Key = std::array<int, 13>;
 
   // The cached plan of (op, g, alignment), searched on first use with the call's pointers
-  // (extra, extra2: z and the bias of ForwardAdd, else null).
+  // (extra, extra2, extra3: z, the bias and the activation output of ForwardAdd, else null).
   Plan& plan(Op op, const ConvGeom& g, const float* a, const float* b, float* out,
-             const float* extra = nullptr, const float* extra2 = nullptr);
+             const float* extra = nullptr, const float* extra2 = nullptr,
+             const float* extra3 = nullptr);
   void search(Op op, const ConvGeom& g, Plan& p, const float* a, const float* b, float* out);
   // ForwardAdd with a bias: sets the plan to the fused call or to the searched algorithm, as
   // epilogue_ says (Timed: times both on the call's pointers and keeps the faster).
@@ -123,7 +133,9 @@ class ConvEngine {
   cudnnContext* handle_ = nullptr;
   cudaStream_t stream_;
   MathMode math_;
-  bool verbose_ = false;  // JEM_CUDNN_VERBOSE=1: print each chosen algorithm to stderr
+  // JEM_CUDNN_VERBOSE=1: print each chosen algorithm to stderr; 2: also every search result.
+  int verbose_ = 0;
+  std::size_t max_workspace_ = kDefaultMaxWorkspace;  // JEM_CUDNN_WORKSPACE_MB
   std::map<Key, std::unique_ptr<Plan>> plans_;
   std::unique_ptr<Activation> identity_;  // the fused call's activation: none
   ConvEpilogue epilogue_ = ConvEpilogue::Timed;

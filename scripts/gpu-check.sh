@@ -8,7 +8,8 @@
 #     (JEM_REQUIRE_CUDA=1: no GPU fails them instead of skipping them); jem bench of WRN-28-10 in
 #     TF32 (the 0.30 s target; JEM_CUDNN_VERBOSE=1 logs cuDNN's choices), then again with NHWC
 #     activations (JEM_CUDA_LAYOUT=nhwc), with and without the graph-API fusions; in the faster
-#     of the two layouts (fast_layout.txt): the time per kernel of one timed iteration (Nsight
+#     of the two layouts (fast_layout.txt): jem bench with a 4 GiB cap on cuDNN's workspaces
+#     (JEM_CUDNN_WORKSPACE_MB=4096, every search result logged), the time per kernel of one timed iteration (Nsight
 #     Systems, else Nsight Compute: the custom kernels' share) and bench/compare.sh against
 #     PyTorch when python3 has a CUDA PyTorch; the NCCL checks (scripts/nccl-check.sh); jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
 #     graph-API fusions and its plain convolutions in NCHW and NHWC (bench/cudnn_fusion_probe); the CPU
@@ -238,6 +239,14 @@ PY
 )
 echo "gpu-check: the faster TF32 layout: $fast_layout" >&2
 echo "$fast_layout" >"$out/fast_layout.txt"
+
+# The same in the faster layout with 4 GiB for an algorithm's workspace instead of 512 MiB
+# (JEM_CUDNN_WORKSPACE_MB): whether algorithms that need more (PyTorch lets them compete) are
+# faster. JEM_CUDNN_VERBOSE=2 logs every search result, those over the cap marked.
+run_step jem_bench_tf32_ws4g 60 env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT="$fast_layout" JEM_CUDNN_WORKSPACE_MB=4096 \
+  JEM_CUDNN_VERBOSE=2 "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 5 --warmup 2 \
+  --json "$out/jem_bench_wrn28x10_tf32_ws4g.json"
+bench_files+=("jem_bench_wrn28x10_tf32_ws4g.json")
 
 # Where the iteration's GPU time goes: every kernel of jem bench's timed part (it brackets it
 # with cudaProfilerStart/Stop, so the warm-up's cuDNN searches stay out), from which the custom

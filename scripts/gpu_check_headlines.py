@@ -3,7 +3,7 @@
 
     python3 scripts/gpu_check_headlines.py OUT_DIR
 
-Reads OUT_DIR/jem_bench_wrn28x10_{tf32,tf32_nhwc,tf32_nhwc_unfused,fp32,tf32_batch1}.json
+Reads OUT_DIR/jem_bench_wrn28x10_{tf32,tf32_nhwc,tf32_nhwc_unfused,tf32_ws4g,fp32,tf32_batch1}.json
 (jem bench --json),
 OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh) and
 OUT_DIR/kernel_profile_cuda_gpu_kern_sum.csv (nsys stats' kernel summary of one timed
@@ -172,7 +172,7 @@ def fusion_summary(path):
 def main(out):
     benches = {name: bench_headline(load(os.path.join(out, f"jem_bench_{name}.json")))
                for name in ("wrn28x10_tf32", "wrn28x10_tf32_nhwc", "wrn28x10_tf32_nhwc_unfused",
-                            "wrn28x10_fp32", "wrn28x10_tf32_batch1")}
+                            "wrn28x10_tf32_ws4g", "wrn28x10_fp32", "wrn28x10_tf32_batch1")}
     ratio = pytorch_ratio(os.path.join(out, "compare_tf32"))
     share = kernel_share(out)
     tf32 = benches["wrn28x10_tf32"]

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <optional>
 #include <ostream>
 #include <cstdint>
 #include <cstdlib>
@@ -142,6 +143,26 @@ inline Tensor i32_tensor(Backend& be, const IVec& v) {
   be.upload_i32(v.data(), t);
   return t;
 }
+
+// Sets (value null: unsets) an environment variable for the scope, restoring what was there.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value) ::setenv(name, value, 1);
+    else ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_) ::setenv(name_, old_->c_str(), 1);
+    else ::unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 inline Tensor nan_tensor(Backend& be, const Shape& s) {
   Tensor t = be.empty(s);

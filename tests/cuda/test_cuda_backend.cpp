@@ -372,9 +372,10 @@ class CudaConv : public ::testing::TestWithParam<std::tuple<ConvCase, MathMode, 
   const Vec b = random_vector(s.b.numel(), 13), dy = random_vector(s.y.numel(), 14);
   std::unique_ptr<Backend> cpu, gpu;
 
-  // v on `be`, in layout l on the GPU.
+  // v on `be`, in layout l on a GPU backend.
+  static bool on_gpu(const Backend& be) { return be.device() == Device::CUDA; }
   Tensor put(Backend& be, const Vec& v, const Shape& shape, Layout l) {
-    if (&be != gpu.get() || l == Layout::NCHW) return be.from_vector(v, shape);
+    if (!on_gpu(be) || l == Layout::NCHW) return be.from_vector(v, shape);
     const Tensor t = be.empty(shape).as_layout(l);
     be.upload(v.data(), t);
     return t;
@@ -382,8 +383,8 @@ class CudaConv : public ::testing::TestWithParam<std::tuple<ConvCase, MathMode, 
   Tensor put_x(Backend& be, const Vec& v) { return put(be, v, s.x, layouts.x); }
   Tensor put_y(Backend& be, const Vec& v) { return put(be, v, s.y, layouts.y); }
   // NaN-filled outputs (an element the op does not write shows).
-  Tensor nan_x(Backend& be) { return nan_tensor(be, s.x).as_layout(&be == gpu.get() ? layouts.x : Layout::NCHW); }
-  Tensor nan_y(Backend& be) { return nan_tensor(be, s.y).as_layout(&be == gpu.get() ? layouts.y : Layout::NCHW); }
+  Tensor nan_x(Backend& be) { return nan_tensor(be, s.x).as_layout(on_gpu(be) ? layouts.x : Layout::NCHW); }
+  Tensor nan_y(Backend& be) { return nan_tensor(be, s.y).as_layout(on_gpu(be) ? layouts.y : Layout::NCHW); }
 
   Vec forward(Backend& be, const Vec& x_, const Vec& w_, const Vec& b_) {
     const Tensor y = nan_y(be);  // must be overwritten
@@ -450,8 +451,18 @@ TEST_P(CudaConv, ForwardAddMatchesCpuWithEachEpilogue) {
 
 // The fused convolution + LeakyReLU ops (the model's calls) against the CPU's. LeakyReLU and its
 // gradient scale each output by 1 or the slope, so the convolution's error bound carries over;
-// the RSS ratio is taken against the activated output, whose norm the slope shrinks.
+// the RSS ratio is taken against the activated output, whose norm the slope shrinks. The forward
+// op runs every way the backend can run it: the graph-API plan where it applies (NHWC, TF32),
+// and, with that off (JEM_CUDNN_FUSION=0) or where it does not apply, each epilogue of the
+// convolution with a bias and a residual (the legacy fused call followed by the LeakyReLU pass,
+// or the searched algorithm followed by the pass that adds b and z and writes the activation).
 TEST_P(CudaConv, FusedLeakyReluOpsMatchCpu) {
+  using cuda::ConvEpilogue;
+  std::unique_ptr<Backend> no_graph;
+  {
+    const ScopedEnv off("JEM_CUDNN_FUSION", "0");  // read when the backend is made
+    no_graph = cuda::make_cuda_backend(0, math);
+  }
   const float slope = 0.2f;
   const Vec zy = random_vector(s.y.numel(), 18), zx = random_vector(s.x.numel(), 19),
             m = random_vector(s.x.numel(), 20);
@@ -472,10 +483,19 @@ TEST_P(CudaConv, FusedLeakyReluOpsMatchCpu) {
         const auto want = forward_lrelu(*cpu, x, w, bias, z, with_t, slope);
         // slope 1: the bare sums of squares (every term's square, each one positive).
         const Vec sq = forward_lrelu(*cpu, squares(x), squares(w), squares(bias), squares(z), false, 1.0f).first;
-        const auto got = forward_lrelu(*gpu, x, w, bias, z, with_t, slope);
         const int k = c.C * c.R * c.R + 2;
-        expect_close(got.first, want.first, sum_tol(math, k, rss_ratio(sq, want.first)), what + " (y)");
-        if (with_t) expect_close(got.second, want.second, sum_tol(math, k, rss_ratio(sq, want.second)), what + " (t)");
+        for (Backend* be : {gpu.get(), no_graph.get()})
+          for (const ConvEpilogue e : {ConvEpilogue::Timed, ConvEpilogue::Fused, ConvEpilogue::Unfused}) {
+            if (e == ConvEpilogue::Fused && !(with_b && with_z)) continue;  // the legacy call needs both
+            auto& engine = dynamic_cast<cuda::CudaBackend&>(*be);
+            engine.set_conv_epilogue(e);
+            const std::string way = what + (be == gpu.get() ? "" : ", graph fusion off") +
+                                    (e == ConvEpilogue::Timed ? "" : e == ConvEpilogue::Fused ? ", fused epilogue" : ", unfused epilogue");
+            const auto got = forward_lrelu(*be, x, w, bias, z, with_t, slope);
+            expect_close(got.first, want.first, sum_tol(math, k, rss_ratio(sq, want.first)), way + " (y)");
+            if (with_t) expect_close(got.second, want.second, sum_tol(math, k, rss_ratio(sq, want.second)), way + " (t)");
+            engine.set_conv_epilogue(ConvEpilogue::Timed);
+          }
       }
   auto backward_lrelu = [&](Backend& be, const Vec& dy_, const Vec& w_, const Vec& z_) {
     const Tensor dx = nan_x(be);

@@ -14,8 +14,10 @@
 //   runtime-compiled engine (global index 7), and only when every operand is channels-last:
 //   nothing in NCHW or in mixed layouts. A graph without one (a convolution, its bias) gets a
 //   tensor-core engine (1) and an FMA engine (0) in either layout.
-// - A plan of a tensor-core engine needs a workspace (1 KiB, written in full at each execution, so
-//   that AddressSanitizer sees a caller that passes a smaller one); the FMA engine needs none.
+// - A plan needs the handle it runs on (set on it, and the one execution gets); a plan of a
+//   tensor-core engine needs a workspace (1 KiB, written in full at each execution, as an
+//   engine may: a caller passing a smaller one writes past it, which AddressSanitizer reports in
+//   a sanitizer build of the emulated device); the FMA engine needs none.
 // - Execution binds each non-virtual tensor to the variant pack's pointer by its unique id
 //   (a missing one, or one below the tensor's declared byte alignment, is refused), runs the
 //   convolution through the emulated legacy calls (cudnn_on_cpu.cpp: sums in double, TF32
@@ -127,6 +129,7 @@ struct Desc {
   Engine engine;
   const Desc* graph = nullptr;  // heuristics, configuration, plan: the operation graph
   std::int64_t workspace = 0;   // plan
+  cudnnHandle_t handle = nullptr;  // plan: the handle it was built for
   // Variant pack.
   std::map<std::int64_t, void*> pointers;
   void* workspace_ptr = nullptr;
@@ -171,8 +174,8 @@ Dims packed(const Dims& d, Layout l) {
 }
 std::int64_t numel(const Dims& d) { return d[0] * d[1] * d[2] * d[3]; }
 
-// The layout of a tensor's strides, `prefer` when both fit (a tensor with one channel or one
-// pixel per image is both).
+// The layout of a tensor's strides: `prefer` when they are its packing, else the other (finalize
+// accepted only these two).
 Layout layout_of(const Desc& t, Layout prefer) {
   const Layout other = prefer == Layout::NCHW ? Layout::NHWC : Layout::NCHW;
   return t.strides == packed(t.dims, prefer) ? prefer : other;
@@ -409,6 +412,9 @@ cudnnStatus_t finalize_heuristics(Desc& h) {
 cudnnStatus_t finalize_plan(Desc& p) {
   const Desc* cfg = get_desc(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
   if (!cfg || !cfg->graph) return refuse(CUDNN_STATUS_BAD_PARAM, "execution plan: no engine configuration");
+  // A plan is built for a device: its handle's (device-property targets are not emulated).
+  if (!get_one(p, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, &p.handle) || !p.handle)
+    return refuse(CUDNN_STATUS_BAD_PARAM, "execution plan: no handle");
   p.graph = cfg->graph;
   p.engine = cfg->engine;
   p.workspace = p.engine.tensor_cores ? 1024 : 0;
@@ -523,6 +529,13 @@ void run_pointwise(const Operation& op, const std::map<std::int64_t, float*>& da
 cudnnStatus_t execute(cudnnHandle_t handle, const Desc& plan, const Desc& pack) {
   if (const char* f = std::getenv("JEM_EMULATED_CUDNN_EXECUTE_FAILS"); f && std::string(f) == "1")
     return refuse(CUDNN_STATUS_EXECUTION_FAILED, "execution failed (JEM_EMULATED_CUDNN_EXECUTE_FAILS=1)");
+  if (handle != plan.handle) return refuse(CUDNN_STATUS_BAD_PARAM, "execute: another handle than the plan's");
+  for (const auto& [uid, ptr] : pack.pointers) {
+    const std::vector<const Desc*> ts = tensors_of(*plan.graph);
+    const auto t = std::find_if(ts.begin(), ts.end(), [&](const Desc* d) { return d->uid == uid; });
+    if (t == ts.end() || (*t)->is_virtual)
+      return refuse(CUDNN_STATUS_BAD_PARAM, "variant pack: uid " + std::to_string(uid) + " is no tensor of the graph it binds");
+  }
   if (plan.workspace > 0) {
     if (!pack.workspace_ptr) return refuse(CUDNN_STATUS_BAD_PARAM, "variant pack: the plan needs a workspace");
     std::memset(pack.workspace_ptr, 0xa5, std::size_t(plan.workspace));
@@ -559,8 +572,9 @@ template <typename T>
 cudnnStatus_t give(const std::vector<T>& src, cudnnBackendAttributeType_t type, cudnnBackendAttributeType_t want,
                    std::int64_t requested, std::int64_t* count, void* out) {
   if (type != want) return refuse(CUDNN_STATUS_BAD_PARAM, "attribute read with another type");
+  // elementCount is the attribute's number of elements; at most `requested` of them are written.
   const std::int64_t n = std::min<std::int64_t>(requested, std::int64_t(src.size()));
-  if (count) *count = out ? n : std::int64_t(src.size());
+  if (count) *count = std::int64_t(src.size());
   if (out && n > 0) std::memcpy(out, src.data(), std::size_t(n) * sizeof(T));
   return CUDNN_STATUS_SUCCESS;
 }
@@ -651,7 +665,7 @@ cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const d, cudnnBa
     case CUDNN_ATTR_ENGINEHEUR_RESULTS: {
       if (p->type != CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR || type != CUDNN_TYPE_BACKEND_DESCRIPTOR) break;
       const std::int64_t n = std::min<std::int64_t>(requested, std::int64_t(p->proposed.size()));
-      if (count) *count = out ? n : std::int64_t(p->proposed.size());
+      if (count) *count = std::int64_t(p->proposed.size());
       for (std::int64_t i = 0; out && i < n; ++i) {
         Desc* cfg = cast(static_cast<cudnnBackendDescriptor_t*>(out)[i]);
         if (!cfg || cfg->type != CUDNN_BACKEND_ENGINECFG_DESCRIPTOR)
