@@ -12,6 +12,8 @@
 #     --tf32 on|off    GPU math of both (jem: JEM_CUDA_MATH=tf32|fp32; default on)
 #     --jem PATH       the jem binary (default build/jem)
 #     --python PATH    the Python with torch (default /usr/bin/python3: Debian's python3-torch)
+#     --torch-channels-last   PyTorch's network in channels-last memory format (the counterpart
+#                      of jem's JEM_CUDA_LAYOUT=nhwc, which the caller sets for jem)
 #     --outdir DIR     keep the JSON results here (default: a temp dir, removed)
 #   Every other flag goes to both programs, e.g.
 #     bench/compare.sh --config configs/fashion-mnist.toml --iterations 5 --warmup 1
@@ -20,7 +22,7 @@
 set -euo pipefail
 
 rounds=5 threads=1 device=cpu tf32=on jem=build/jem python=/usr/bin/python3 outdir=""
-shared=()
+shared=() torch_only=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -29,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --tf32) tf32="$2"; shift 2 ;;
     --jem) jem="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
+    --torch-channels-last) torch_only+=(--channels-last); shift ;;
     --outdir) outdir="$2"; shift 2 ;;
     --) shift; shared+=("$@"); break ;;
     *) shared+=("$1"); shift ;;
@@ -55,7 +58,7 @@ run_jem() {
 }
 run_torch() {
   "$python" "$here/pytorch_jem.py" --device "$device" --threads "$threads" --tf32 "$tf32" \
-    "${shared[@]}" --json "$outdir/torch_$1.json" > "$outdir/torch_$1.log"
+    "${torch_only[@]}" "${shared[@]}" --json "$outdir/torch_$1.json" > "$outdir/torch_$1.log"
 }
 for ((r = 1; r <= rounds; ++r)); do
   if ((r % 2)); then run_jem "$r"; run_torch "$r"; else run_torch "$r"; run_jem "$r"; fi

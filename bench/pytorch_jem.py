@@ -19,6 +19,9 @@ The data is synthetic (uniform [-1, 1) images of the dataset's shape), as in `je
 
 Settings come from the flat TOML config (the keys `jem train` reads) and `--key value` flags on
 top, as for `jem bench`. Conditional chains (w_pxy > 0) are not implemented here: refused.
+`--channels-last` runs the network in PyTorch's channels-last memory format (the weights, and so
+every activation; the images stay NCHW), PyTorch's counterpart of jem's JEM_CUDA_LAYOUT=nhwc:
+a comparison in the same layout. The official code, and the default here, is NCHW.
 """
 
 import argparse
@@ -92,6 +95,8 @@ def parse_args(argv):
     p.add_argument("--check-reference", metavar="FILE", nargs="+",
                    help="only check the network and objective against reference vectors "
                         "(tests/data/wrn*.safetensors) and exit")
+    p.add_argument("--channels-last", action="store_true",
+                   help="the network in channels-last memory format (jem: JEM_CUDA_LAYOUT=nhwc)")
     p.add_argument("--tf32", choices=["on", "off"], default="on",
                    help="TF32 tensor-core math for convolutions and matmuls on a GPU "
                         "(jem: JEM_CUDA_MATH=tf32|fp32)")
@@ -178,10 +183,11 @@ def read_safetensors(path):
     return out, meta
 
 
-def check_reference(path):
+def check_reference(path, channels_last=False):
     """This script's network and objective against the reference vectors of the official JEM
     code (tests/data/*.safetensors, the ones jem's own model is tested against): logits, energy,
-    dE/dx, the loss and every parameter gradient. Exits 1 on a mismatch."""
+    dE/dx, the loss and every parameter gradient, in either memory format. Exits 1 on a
+    mismatch."""
     t, meta = read_safetensors(path)
     cfg = dict(DEFAULTS, w_px=1.0, w_l2=0.0)
     f = WideResNet(int(meta["depth"]), int(meta["width"]), int(meta["channels"]), int(meta["n_classes"]),
@@ -196,6 +202,8 @@ def check_reference(path):
     with torch.no_grad():
         for name, p in f.named_parameters():
             p.copy_(t[official(name)])
+    if channels_last:
+        f = f.to(memory_format=torch.channels_last)
     x = t["input.x"].requires_grad_(True)
     logits = f(x)
     e = energy(logits)
@@ -217,7 +225,8 @@ def check_reference(path):
         if err > 2e-4:
             print(f"pytorch_jem: {path}: {what} differs from the reference: relative error {err:.3g}")
             sys.exit(1)
-    print(f"pytorch_jem: {path}: {len(checks)} tensors match the reference (worst relative error {worst:.2g})")
+    layout = ", channels-last" if channels_last else ""
+    print(f"pytorch_jem: {path}{layout}: {len(checks)} tensors match the reference (worst relative error {worst:.2g})")
 
 
 def scheduled_lr(cfg, iteration):
@@ -260,7 +269,7 @@ def main(argv):
     args, cfg = parse_args(argv)
     if args.check_reference:
         for path in args.check_reference:
-            check_reference(path)
+            check_reference(path, args.channels_last)
         return
     device = cfg["device"]
     if device == "auto":
@@ -281,6 +290,8 @@ def main(argv):
     uses_px = cfg["w_px"] != 0 or cfg["w_l2"] != 0
     steps, a, s = cfg["sgld_steps"], cfg["sgld_lr"], cfg["sgld_std"]
     f = WideResNet(cfg["depth"], cfg["width"], C, K, cfg["slope"]).to(device)
+    if args.channels_last:  # the weights' format, which the convolutions' outputs follow
+        f = f.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, f.parameters())
     buffer = torch.rand(cfg["buffer_size"], C, S, S, device=device) * 2 - 1
     x_lab_host = torch.rand(B, C, S, S) * 2 - 1  # [B, C, S, S]
@@ -354,10 +365,11 @@ def main(argv):
     threads = torch.get_num_threads()
     if on_gpu:
         name = torch.cuda.get_device_name(device)
-        backend = f"pytorch {torch.__version__} {device} ({name}, {'TF32' if args.tf32 == 'on' else 'FP32'} math)"
+        backend = (f"pytorch {torch.__version__} {device} ({name}, {'TF32' if args.tf32 == 'on' else 'FP32'} math"
+                   f"{', channels-last' if args.channels_last else ''})")
         peak_mem = torch.cuda.max_memory_allocated(device)
     else:
-        backend = f"pytorch {torch.__version__} cpu ({threads} threads)"
+        backend = f"pytorch {torch.__version__} cpu ({threads} threads{', channels-last' if args.channels_last else ''})"
         peak_mem = None
         try:
             import resource
@@ -369,6 +381,7 @@ def main(argv):
         "depth": cfg["depth"], "width": cfg["width"], "dataset": cfg["dataset"],
         "params": sum(p.numel() for p in f.parameters()),
         "backend": backend, "threads": threads, "batch_size": B, "px_batch_size": Bp,
+        "memory_format": "channels_last" if args.channels_last else "contiguous",
         "sgld_steps": steps, "sgld_chains": chains, "rows": rows, "optimizer": cfg["optimizer"],
         "warmup_iterations": args.warmup, "iterations": args.iterations,
         "ms_per_iteration": {k: statistics.median(v) for k, v in times.items()},

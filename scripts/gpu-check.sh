@@ -11,7 +11,9 @@
 #     of the two layouts (fast_layout.txt): jem bench with a 4 GiB cap on cuDNN's workspaces
 #     (JEM_CUDNN_WORKSPACE_MB=4096, every search result logged), the time per kernel of one timed iteration (Nsight
 #     Systems, else Nsight Compute: the custom kernels' share) and bench/compare.sh against
-#     PyTorch when python3 has a CUDA PyTorch; the NCCL checks (scripts/nccl-check.sh); jem bench in FP32 and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
+#     PyTorch when python3 has a CUDA PyTorch (then PyTorch alone in channels-last memory format,
+#     for a same-layout ratio); the NCCL checks (scripts/nccl-check.sh); jem bench in FP32 (NCHW
+#     and NHWC) and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
 #     graph-API fusions and its plain convolutions in NCHW and NHWC (bench/cudnn_fusion_probe); the CPU
 #     tests (not the crash test, which CI runs, nor the mpirun tests); the cuDNN algorithms of the
 #     Wide-ResNet tests; the custom kernels' tests under compute-sanitizer memcheck.
@@ -293,11 +295,20 @@ if [[ ${step_rc[torch_check]:-1} -eq 0 ]]; then
     --device cuda --tf32 on --python python3 --jem "$jem_wrapper" --rounds 2 \
     --outdir "$out/compare_tf32" --config configs/cifar10.toml --iterations 5 --warmup 2
   rm -f "$jem_wrapper"
+  # PyTorch in channels-last memory format too (the comparison above runs the official code's
+  # NCHW): its counterpart of jem's NHWC layout, for a same-layout ratio (headlines).
+  run_step pytorch_tf32_channels_last 60 env LD_LIBRARY_PATH="$orig_ld_library_path" python3 bench/pytorch_jem.py \
+    --device cuda --tf32 on --channels-last --config configs/cifar10.toml --iterations 5 --warmup 2 \
+    --json "$out/pytorch_tf32_channels_last.json"
 fi
 
 run_step jem_bench_fp32 60 env JEM_CUDA_MATH=fp32 JEM_CUDNN_VERBOSE=1 "$build/jem" bench --config configs/cifar10.toml \
   --device cuda --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_fp32.json"
 bench_files+=("jem_bench_wrn28x10_fp32.json")
+# FP32 in NHWC: which layout FP32 (no tensor cores, deterministic algorithms) should default to.
+run_step jem_bench_fp32_nhwc 60 env JEM_CUDA_MATH=fp32 JEM_CUDA_LAYOUT=nhwc "$build/jem" bench --config configs/cifar10.toml \
+  --device cuda --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_fp32_nhwc.json"
+bench_files+=("jem_bench_wrn28x10_fp32_nhwc.json")
 # The same iteration at batch 1: its kernels are tiny, so its time is mostly launches and the
 # host's work, an upper bound of what capturing the iteration in a CUDA Graph could save.
 run_step jem_bench_tf32_batch1 40 env JEM_CUDA_MATH=tf32 "$build/jem" bench --config configs/cifar10.toml \

@@ -3,9 +3,10 @@
 
     python3 scripts/gpu_check_headlines.py OUT_DIR
 
-Reads OUT_DIR/jem_bench_wrn28x10_{tf32,tf32_nhwc,tf32_nhwc_unfused,tf32_ws4g,fp32,tf32_batch1}.json
-(jem bench --json),
-OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh) and
+Reads OUT_DIR/jem_bench_wrn28x10_{tf32,tf32_nhwc,tf32_nhwc_unfused,tf32_ws4g,fp32,fp32_nhwc,
+tf32_batch1}.json (jem bench --json),
+OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh),
+OUT_DIR/pytorch_tf32_channels_last.json (bench/pytorch_jem.py --channels-last) and
 OUT_DIR/kernel_profile_cuda_gpu_kern_sum.csv (nsys stats' kernel summary of one timed
 iteration; else OUT_DIR/kernel_profile.csv, ncu's per-kernel summary of it) and
 OUT_DIR/cudnn_{fusion,fusion_fp32,layout}.json (bench/cudnn_fusion_probe --time), whichever
@@ -172,8 +173,16 @@ def fusion_summary(path):
 def main(out):
     benches = {name: bench_headline(load(os.path.join(out, f"jem_bench_{name}.json")))
                for name in ("wrn28x10_tf32", "wrn28x10_tf32_nhwc", "wrn28x10_tf32_nhwc_unfused",
-                            "wrn28x10_tf32_ws4g", "wrn28x10_fp32", "wrn28x10_tf32_batch1")}
+                            "wrn28x10_tf32_ws4g", "wrn28x10_fp32", "wrn28x10_fp32_nhwc",
+                            "wrn28x10_tf32_batch1")}
     ratio = pytorch_ratio(os.path.join(out, "compare_tf32"))
+    # PyTorch in channels-last (one run, not interleaved) against jem's faster TF32 layout.
+    torch_cl = bench_headline(load(os.path.join(out, "pytorch_tf32_channels_last.json")))
+    jem_ms = [b["ms_per_iteration"] for b in (benches["wrn28x10_tf32"], benches["wrn28x10_tf32_nhwc"])
+              if b and isinstance(b.get("ms_per_iteration"), (int, float))]
+    ratio_cl = (torch_cl["ms_per_iteration"] / min(jem_ms)
+                if torch_cl and isinstance(torch_cl.get("ms_per_iteration"), (int, float)) and jem_ms
+                else None)
     share = kernel_share(out)
     tf32 = benches["wrn28x10_tf32"]
     targets = {
@@ -187,6 +196,8 @@ def main(out):
         "custom_kernels_under_5_percent": None if share is None else share["custom_fraction"] < 0.05,
     }
     print(json.dumps({"jem_bench": benches, "pytorch_over_jem_tf32": ratio,
+                      "pytorch_tf32_channels_last": torch_cl,
+                      "pytorch_channels_last_over_jem_faster_layout": ratio_cl,
                       "kernel_profile": share,
                       "cudnn_fusion": fusion_summary(os.path.join(out, "cudnn_fusion.json")),
                       "cudnn_fusion_fp32": fusion_summary(os.path.join(out, "cudnn_fusion_fp32.json")),

@@ -238,6 +238,17 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   EXPECT_TRUE(h["kernel_profile"].is_null());  // no profile written
   EXPECT_TRUE(h["cudnn_fusion"].is_null());    // no fusion probe written
   EXPECT_TRUE(h["targets"]["custom_kernels_under_5_percent"].is_null());
+  EXPECT_TRUE(h["pytorch_channels_last_over_jem_faster_layout"].is_null());  // no PyTorch run
+  // PyTorch in channels-last (3x jem's NCHW time) against jem's faster layout: NHWC at half the
+  // NCHW time, so the ratio is 6.
+  nlohmann::json nhwc = j, cl = j;
+  nhwc["ms_per_iteration"]["total"] = jem_ms / 2;
+  cl["ms_per_iteration"]["total"] = jem_ms * 3;
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32_nhwc.json") << nhwc.dump();
+  std::ofstream(dir + "/pytorch_tf32_channels_last.json") << cl.dump();
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
+  EXPECT_DOUBLE_EQ(h["pytorch_tf32_channels_last"]["ms_per_iteration"].get<double>(), jem_ms * 3);
+  EXPECT_DOUBLE_EQ(h["pytorch_channels_last_over_jem_faster_layout"].get<double>(), 6.0);
   fs::remove_all(dir);
 }
 
@@ -522,6 +533,18 @@ TEST_F(PyTorchJem, NetworkMatchesTheReferenceVectors) {
   ASSERT_NE(first, std::string::npos) << out;
   EXPECT_NE(out.find("match the reference", first + 1), std::string::npos)
       << out;
+}
+
+// The same network in channels-last memory format (--channels-last, the counterpart of jem's
+// NHWC layout) computes the same tensors.
+TEST_F(PyTorchJem, ChannelsLastNetworkMatchesTheReferenceVectors) {
+  std::string out;
+  EXPECT_EQ(jem::test::run_command(script() + " --channels-last --check-reference " +
+                                       jem::test::data_path("wrn10x2_rgb32.safetensors"),
+                                   &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("channels-last: 26 tensors match the reference"), std::string::npos) << out;
 }
 
 TEST_F(PyTorchJem, RunsTheSameIterationAsJemBench) {
