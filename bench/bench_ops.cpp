@@ -146,10 +146,11 @@ void register_convs(const Device &d, const Model &m) {
         layer.name.compare(layer.name.size() - 6, 6, ".conv2") == 0 &&
         seen_tail.insert(tag).second) {
       // A block's tail: conv2, its bias, the residual add and the next
-      // LeakyReLU. The model's way (the residual in the convolution op) beside
-      // the separate ops; on a GPU also each of the convolution op's two ways
-      // (cuDNN's fused epilogue, the searched algorithm + bias_residual_add),
-      // of which the backend keeps the faster (cudnn_conv.hpp).
+      // LeakyReLU. The model's op (conv2d_forward_leaky_relu), the convolution
+      // op with the residual followed by the LeakyReLU op, and the separate
+      // ops; on a GPU also each of the convolution op's two ways (cuDNN's fused
+      // epilogue, the searched algorithm + the bias_residual_add pass), of
+      // which the backend keeps the faster (cudnn_conv.hpp).
       struct Tail {
         Tensor x, w, b, z, y, act;
       };
@@ -177,6 +178,25 @@ void register_convs(const Device &d, const Model &m) {
       if (d.tag == "cuda") {
         reg("conv2_tail" + suffix + "/conv_add+leaky_relu/fused", conv_add_tail(kFused));
         reg("conv2_tail" + suffix + "/conv_add+leaky_relu/unfused", conv_add_tail(kUnfused));
+      }
+      // The model's own call: one op for the convolution, its bias and residual (t) and the next
+      // LeakyReLU (y); on a GPU the activation is written by the epilogue's pass (unfused
+      // epilogue) or by a pass of its own after cuDNN's fused call, each way timed.
+      auto model_tail = [=](int epilogue) {
+        return [=](benchmark::State &st) {
+          set_epilogue(*be, epilogue);
+          const Tail t = tail_tensors();
+          loop(st, *be, [&] {
+            be->conv2d_forward_leaky_relu(t.x, t.w, t.b, t.z, t.y, t.act, g.stride, g.pad_h, 0.2f);
+          });
+          set_epilogue(*be, kTimed);
+          flop_counter(st, flops);
+        };
+      };
+      reg("conv2_tail" + suffix + "/conv_leaky_relu", model_tail(kTimed));
+      if (d.tag == "cuda") {
+        reg("conv2_tail" + suffix + "/conv_leaky_relu/fused", model_tail(kFused));
+        reg("conv2_tail" + suffix + "/conv_leaky_relu/unfused", model_tail(kUnfused));
       }
       reg("conv2_tail" + suffix + "/conv+add+leaky_relu",
           [=](benchmark::State &st) {
