@@ -162,17 +162,21 @@ void register_convs(const Device &d, const Model &m) {
                     be->empty(ys),
                     be->empty(ys)};
       };
-      auto conv_add_tail = [=](int epilogue) {
+      // `body(t)` timed with the convolution op's epilogue set to `epilogue`.
+      auto with_epilogue = [=](int epilogue, auto body) {
         return [=](benchmark::State &st) {
           set_epilogue(*be, epilogue);
           const Tail t = tail_tensors();
-          loop(st, *be, [&] {
-            be->conv2d_forward_add(t.x, t.w, t.b, t.z, t.y, g.stride, g.pad_h);
-            be->leaky_relu_forward(t.y, t.act, 0.2f);
-          });
+          loop(st, *be, [&] { body(t); });
           set_epilogue(*be, kTimed);
           flop_counter(st, flops);
         };
+      };
+      auto conv_add_tail = [=](int epilogue) {
+        return with_epilogue(epilogue, [=](const Tail &t) {
+          be->conv2d_forward_add(t.x, t.w, t.b, t.z, t.y, g.stride, g.pad_h);
+          be->leaky_relu_forward(t.y, t.act, 0.2f);
+        });
       };
       reg("conv2_tail" + suffix + "/conv_add+leaky_relu", conv_add_tail(kTimed));
       if (d.tag == "cuda") {
@@ -183,15 +187,9 @@ void register_convs(const Device &d, const Model &m) {
       // LeakyReLU (y); on a GPU the activation is written by the epilogue's pass (unfused
       // epilogue) or by a pass of its own after cuDNN's fused call, each way timed.
       auto model_tail = [=](int epilogue) {
-        return [=](benchmark::State &st) {
-          set_epilogue(*be, epilogue);
-          const Tail t = tail_tensors();
-          loop(st, *be, [&] {
-            be->conv2d_forward_leaky_relu(t.x, t.w, t.b, t.z, t.y, t.act, g.stride, g.pad_h, 0.2f);
-          });
-          set_epilogue(*be, kTimed);
-          flop_counter(st, flops);
-        };
+        return with_epilogue(epilogue, [=](const Tail &t) {
+          be->conv2d_forward_leaky_relu(t.x, t.w, t.b, t.z, t.y, t.act, g.stride, g.pad_h, 0.2f);
+        });
       };
       reg("conv2_tail" + suffix + "/conv_leaky_relu", model_tail(kTimed));
       if (d.tag == "cuda") {

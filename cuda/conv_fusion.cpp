@@ -16,6 +16,7 @@
 #include <cudnn.h>
 
 #include <algorithm>
+#include <array>
 #include <deque>
 #include <fstream>
 #include <sstream>
@@ -162,8 +163,11 @@ void pointwise_op(GraphParts& parts, cudnnPointwiseMode_t mode, double slope, co
   parts.op(std::move(op));
 }
 
-// The uids a pattern's variant pack binds, in the order of FusedConv::Args' use.
-std::vector<std::int64_t> uids_of(FusionPattern p) {
+// The uids a pattern's variant pack binds (at most kMaxBound, the rest 0), in a fixed-size array:
+// FusedConv::run runs in the training loop and allocates nothing.
+constexpr std::size_t kMaxBound = 6;
+using Bound = std::array<std::int64_t, kMaxBound>;
+Bound uids_of(FusionPattern p) {
   switch (p) {
     case FusionPattern::Conv: return {kX, kW, kY};
     case FusionPattern::ConvBias:
@@ -173,6 +177,9 @@ std::vector<std::int64_t> uids_of(FusionPattern p) {
     case FusionPattern::DgradDreluAdd: return {kDY, kW, kM, kZ, kDX};
   }
   return {};
+}
+std::size_t bound_count(const Bound& uids) {
+  return std::size_t(std::find(uids.begin(), uids.end(), 0) - uids.begin());
 }
 
 // A finalized operation graph with the descriptors it was built from: cuDNN's graph, engine
@@ -523,7 +530,8 @@ struct FusedConv::State {
   // Variant packs by the pointers they bind (the workspace last): a caller alternating between a
   // few buffer sets (ping-pong buffers, the probe's two input sets) reuses them.
   static constexpr std::size_t kPacks = 8;
-  std::vector<std::pair<std::vector<void*>, std::unique_ptr<Desc>>> packs;
+  using PackKey = std::array<void*, kMaxBound + 1>;
+  std::vector<std::pair<PackKey, std::unique_ptr<Desc>>> packs;
 };
 
 FusedConv::FusedConv() = default;
@@ -583,9 +591,11 @@ std::unique_ptr<FusedConv> FusedConv::build(cudnnContext* handle, FusionPattern 
 
 
 void FusedConv::run(cudnnContext* handle, const Args& a, void* workspace) {
-  const std::vector<std::int64_t> uids = uids_of(pattern_);
-  std::vector<void*> ptrs;
-  for (const std::int64_t uid : uids) {
+  const Bound uids = uids_of(pattern_);
+  const std::size_t n = bound_count(uids);
+  State::PackKey key{};  // the bound pointers, then the workspace
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t uid = uids[i];
     const void* p = nullptr;
     switch (uid) {
       case kX: p = a.x; break;
@@ -600,16 +610,15 @@ void FusedConv::run(cudnnContext* handle, const Args& a, void* workspace) {
       default: break;
     }
     JEM_CHECK(p != nullptr, "fused ", to_string(pattern_), ": tensor uid ", uid, " is not given");
-    ptrs.push_back(const_cast<void*>(p));
+    key[i] = const_cast<void*>(p);
   }
-  std::vector<void*> key = ptrs;
-  key.push_back(workspace);
+  key[kMaxBound] = workspace;
   auto& packs = state_->packs;
   auto hit = std::find_if(packs.begin(), packs.end(), [&](const auto& p) { return p.first == key; });
   if (hit == packs.end()) {
     auto pack = std::make_unique<Desc>(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-    pack->set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, std::int64_t(ptrs.size()), ptrs.data())
-        .set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, std::int64_t(uids.size()), uids.data())
+    pack->set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, std::int64_t(n), key.data())
+        .set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, std::int64_t(n), uids.data())
         .set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
     pack->finalize("variant pack");
     if (packs.size() == State::kPacks) packs.erase(packs.begin());  // the oldest
