@@ -376,12 +376,15 @@ FusionPattern fusion_pattern_from_string(const std::string& name) {
 }
 
 bool deviceless_supported() {
-  if (cudnnGetVersion() < 90800) return false;
-  // A library that cannot make the descriptor (the emulated cuDNN of tests/emulation) has none.
-  cudnnBackendDescriptor_t d = nullptr;
-  if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &d) != CUDNN_STATUS_SUCCESS) return false;
-  cudnnBackendDestroyDescriptor(d);
-  return true;
+  static const bool supported = [] {
+    if (cudnnGetVersion() < 90800) return false;
+    // A library that cannot make the descriptor (the emulated cuDNN of tests/emulation) has none.
+    cudnnBackendDescriptor_t d = nullptr;
+    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &d) != CUDNN_STATUS_SUCCESS) return false;
+    cudnnBackendDestroyDescriptor(d);
+    return true;
+  }();
+  return supported;
 }
 
 std::vector<FusionPattern> all_fusion_patterns() {
@@ -529,7 +532,9 @@ struct FusedConv::State {
   Desc plan{CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR};
   // Variant packs by the pointers they bind (the workspace last): a caller alternating between a
   // few buffer sets (ping-pong buffers, the probe's two input sets) reuses them.
-  static constexpr std::size_t kPacks = 8;
+  // 32: every block of a shape, with the per-call filter copy and the constant-weights mirror,
+  // fits for models far deeper than WRN-28 (more sets than this would rebuild a pack per call).
+  static constexpr std::size_t kPacks = 32;
   using PackKey = std::array<void*, kMaxBound + 1>;
   std::vector<std::pair<PackKey, std::unique_ptr<Desc>>> packs;
 };

@@ -306,7 +306,9 @@ void ConvEngine::search(Op op, const ConvGeom& g, Plan& p, const float* a, const
       const auto& r = perf[std::size_t(i)];
       const cudnnMathType_t run_math = fp32 ? CUDNN_FMA_MATH : r.mathType;
       std::size_t need = 0;
-      if (workspace_query(int(r.algo), run_math, &need) != CUDNN_STATUS_SUCCESS) continue;
+      // The size it will run with is held to the cap too (the query can exceed the search's figure).
+      if (workspace_query(int(r.algo), run_math, &need) != CUDNN_STATUS_SUCCESS || need > max_workspace_)
+        continue;
       p.algo = int(r.algo);
       p.workspace = std::max(need, r.memory);
       math = run_math;
@@ -583,10 +585,10 @@ void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, con
     char fused_time[32] = "unsupported";
     if (fused_ms >= 0.0f) std::snprintf(fused_time, sizeof fused_time, "%.3f ms", double(fused_ms));
     std::fprintf(stderr,
-                 "jem: cuDNN conv2d_forward_add %s: %s (fused bias + residual: %s; algo %d + "
-                 "bias_residual_add: %.3f ms)\n",
-                 describe(g).c_str(), p.fused ? "fused" : "unfused", fused_time, p.searched_algo,
-                 double(unfused_ms));
+                 "jem: cuDNN conv2d_forward_add %s: %s (fused bias + residual%s: %s; algo %d + "
+                 "bias_residual_add%s: %.3f ms)\n",
+                 describe(g).c_str(), p.fused ? "fused" : "unfused", act ? " + leaky_relu" : "",
+                 fused_time, p.searched_algo, act ? "_leaky_relu" : "", double(unfused_ms));
   }
 }
 

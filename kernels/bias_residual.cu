@@ -1,8 +1,9 @@
 // A convolution's unfused epilogue: y = (y + b[c]) + z in one pass, and, where the model's
 // LeakyReLU follows (conv2 with its residual, the stem), act = leaky_relu(y) in the same pass, so
 // that the activation costs one more write instead of a pass that reads y again. ConvEngine runs
-// it after the searched cuDNN algorithm when cuDNN's fused bias + residual call is slower
-// (cudnn_conv.hpp); the CPU backend adds both inside its convolution. b, z and act may each be
+// it after the searched cuDNN algorithm: with a residual when cuDNN's fused bias + residual call
+// is slower (the timed choice, cudnn_conv.hpp), and always for the stem's bias + activation; the
+// CPU backend adds both inside its convolution. b, z and act may each be
 // null (no term, no activation). As in activation.cu, a thread moves a float4 per turn where sizes
 // and addresses allow, else one float.
 #include "jem/elementwise_math.hpp"

@@ -3,8 +3,8 @@
 // backend's stream without synchronising (par_nosync) and allocates nothing. Each element is read
 // and written by one thread, so the aliasing the Backend allows (y == a or b) is safe. The
 // LeakyReLU passes, which run on every activation of every SGLD step, moved to activation.cu as
-// float4 kernels: in an H200's profile Thrust's two-input transform moved an estimated 2.8 TB/s
-// (about 20 GB of LeakyReLU gradients in 7.2 ms), the float4 kernels 3.9-4.0 TB/s.
+// float4 kernels: in an H200's profile Thrust's two-input transform moved an estimated 3.8 TB/s
+// (about 27 GB of LeakyReLU gradients in 7.2 ms), the float4 kernels 3.9-4.0 TB/s.
 // (The reductions, sum_squares and the fused energy/CE kernels, stay hand-written: thrust::reduce
 // allocates temporary storage per call and does not fix its summation order across GPUs.)
 #include <thrust/fill.h>

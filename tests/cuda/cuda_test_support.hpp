@@ -1,6 +1,7 @@
 // Helpers of the CUDA backend tests: the skip check, tolerances, comparisons, tensor helpers.
 #pragma once
 
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -163,6 +164,13 @@ class ScopedEnv {
   const char* name_;
   std::optional<std::string> old_;
 };
+
+// Whether device 0 is sm_90 or later, where cuDNN must build the fused graph-API convolutions
+// (an H200 did; the emulated device reports sm_90).
+inline bool sm90_or_later() {
+  cudaDeviceProp prop{};
+  return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major >= 9;
+}
 
 inline Tensor nan_tensor(Backend& be, const Shape& s) {
   Tensor t = be.empty(s);

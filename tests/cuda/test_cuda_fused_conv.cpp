@@ -20,13 +20,6 @@
 namespace jem::test {
 namespace {
 
-bool sm90_or_later() {
-  int device = 0;
-  cudaDeviceProp prop{};
-  return cudaGetDevice(&device) == cudaSuccess && cudaGetDeviceProperties(&prop, device) == cudaSuccess &&
-         prop.major >= 9;
-}
-
 // One conv2d_forward_leaky_relu call of the model's kind on a GPU backend and on the CPU:
 // conv1 (a bias, no residual) or conv2 (a bias, the residual z, its pre-activation t).
 class CudaFusedConv : public ::testing::Test {

@@ -530,8 +530,8 @@ cudnnStatus_t execute(cudnnHandle_t handle, const Desc& plan, const Desc& pack) 
   if (const char* f = std::getenv("JEM_EMULATED_CUDNN_EXECUTE_FAILS"); f && std::string(f) == "1")
     return refuse(CUDNN_STATUS_EXECUTION_FAILED, "execution failed (JEM_EMULATED_CUDNN_EXECUTE_FAILS=1)");
   if (handle != plan.handle) return refuse(CUDNN_STATUS_BAD_PARAM, "execute: another handle than the plan's");
+  const std::vector<const Desc*> ts = tensors_of(*plan.graph);
   for (const auto& [uid, ptr] : pack.pointers) {
-    const std::vector<const Desc*> ts = tensors_of(*plan.graph);
     const auto t = std::find_if(ts.begin(), ts.end(), [&](const Desc* d) { return d->uid == uid; });
     if (t == ts.end() || (*t)->is_virtual)
       return refuse(CUDNN_STATUS_BAD_PARAM, "variant pack: uid " + std::to_string(uid) + " is no tensor of the graph it binds");
@@ -542,7 +542,7 @@ cudnnStatus_t execute(cudnnHandle_t handle, const Desc& plan, const Desc& pack) 
   }
   std::map<std::int64_t, float*> data;
   std::map<std::int64_t, std::vector<float>> intermediates;
-  for (const Desc* t : tensors_of(*plan.graph)) {
+  for (const Desc* t : ts) {
     if (t->is_virtual) {
       intermediates[t->uid].assign(std::size_t(numel(t->dims)), 0.0f);
       data[t->uid] = intermediates[t->uid].data();
