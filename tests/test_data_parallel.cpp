@@ -197,31 +197,7 @@ TEST(DataParallel, CheckpointBufferIsResplitOverAnotherWorldSize) {
   std::filesystem::remove_all(dir);
 }
 
-// Sets environment variables for one scope and restores them after.
-class ScopedEnv {
- public:
-  ScopedEnv(std::initializer_list<std::pair<std::string, std::string>> vars) : vars_(vars) {
-    for (auto& [k, v] : vars_) {
-      const char* old = std::getenv(k.c_str());
-      saved_.push_back(old ? std::optional<std::string>(old) : std::nullopt);
-      setenv(k.c_str(), v.c_str(), 1);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-  ~ScopedEnv() {
-    for (std::size_t i = 0; i < vars_.size(); ++i) {
-      if (saved_[i])
-        setenv(vars_[i].first.c_str(), saved_[i]->c_str(), 1);
-      else
-        unsetenv(vars_[i].first.c_str());
-    }
-  }
-
- private:
-  std::vector<std::pair<std::string, std::string>> vars_;
-  std::vector<std::optional<std::string>> saved_;
-};
+using jem::test::ScopedEnv;
 
 TEST(DataParallel, LaunchIsReadFromTheLaunchersEnvironment) {
   if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("SLURM_STEP_ID"))

@@ -145,26 +145,6 @@ inline Tensor i32_tensor(Backend& be, const IVec& v) {
   return t;
 }
 
-// Sets (value null: unsets) an environment variable for the scope, restoring what was there.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value) ::setenv(name, value, 1);
-    else ::unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (old_) ::setenv(name_, old_->c_str(), 1);
-    else ::unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
-
 // Whether device 0 is sm_90 or later, where cuDNN must build the fused graph-API convolutions
 // (an H200 did; the emulated device reports sm_90).
 inline bool sm90_or_later() {
