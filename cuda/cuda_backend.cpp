@@ -55,6 +55,7 @@ CudaBackend::CudaBackend(int device, MathMode math, Layout layout)
     JEM_CUDA_CHECK(cudaMemsetAsync(error_dev_, 0, kernels::kErrorWords * sizeof(int), stream_));
     JEM_CUDA_CHECK(cudaMallocHost(&error_host_, kernels::kErrorWords * sizeof(int)));
     JEM_CUDA_CHECK(cudaMallocHost(&reduce_host_, sizeof(double)));
+    JEM_CUDA_CHECK(cudaMalloc(&live_key_, sizeof(NoiseKey)));
     staging_ = std::make_unique<UploadStaging>();
     // sum_squares' partials for up to 2^28 elements (512 KiB): sized here, not at the first
     // gradient norm, which a training run first computes at iteration log_every, in its loop.
@@ -83,6 +84,8 @@ void CudaBackend::release() noexcept {
   error_host_ = nullptr;
   if (reduce_host_) (void)cudaFreeHost(reduce_host_);
   reduce_host_ = nullptr;
+  if (live_key_) (void)cudaFree(live_key_);
+  live_key_ = nullptr;
   if (stream_) (void)cudaStreamDestroy(stream_);
   stream_ = nullptr;
   (void)cudaGetLastError();
@@ -92,7 +95,8 @@ std::string CudaBackend::name() const {
   std::ostringstream os;
   os << "cuda:" << device_ << " (" << device_name_ << ", sm_" << cc_major_ << cc_minor_ << ", "
      << sms_ << " SMs, " << to_string(math_) << " math"
-     << (layout_ == Layout::NHWC ? ", NHWC activations" : "") << ")";
+     << (layout_ == Layout::NHWC ? ", NHWC activations" : "")
+     << (capture_enabled_ ? ", CUDA Graphs" : "") << ")";
   return os.str();
 }
 
@@ -405,7 +409,7 @@ void CudaBackend::buffer_gather_impl(int B, std::int64_t per, const float* buffe
                                      float* out, const NoiseKey& key) {
   bind();
   kernels::buffer_gather(B, per, buffer, slots_in(buffer, per), index, reinit, out, key, error_dev_,
-                         stream_);
+                         stream_, live_key_for(key, "buffer_gather"));
 }
 
 void CudaBackend::buffer_scatter_impl(int B, std::int64_t per, const float* x,
@@ -418,7 +422,8 @@ void CudaBackend::sgld_step_impl(int B, std::int64_t per, float* x, const float*
                                  float step_size, float noise_std, bool clamp,
                                  const NoiseKey& key) {
   bind();
-  kernels::sgld_step(B, per, x, grad, step_size, noise_std, clamp, key, stream_);
+  kernels::sgld_step(B, per, x, grad, step_size, noise_std, clamp, key, stream_,
+                     live_key_for(key, "sgld_step"));
 }
 
 // ---- optimizers ----------------------------------------------------------------------------------
@@ -462,18 +467,32 @@ Layout layout_from_env() {
   JEM_FAIL("JEM_CUDA_LAYOUT='", l, "': expected nchw or nhwc");
 }
 
+bool graphs_from_env() {
+  const char* env = std::getenv("JEM_CUDA_GRAPHS");
+  if (!env || !*env) return false;
+  const std::string g(env);
+  if (g == "1") return true;
+  if (g == "0") return false;
+  JEM_FAIL("JEM_CUDA_GRAPHS='", g, "': expected 1 (capture the SGLD chains in CUDA Graphs) or 0");
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   int count = 0;
   JEM_CUDA_CHECK(cudaGetDeviceCount(&count));
   JEM_CHECK(device >= 0 && device < count, "cuda:", device, " does not exist (", count,
             " CUDA device", count == 1 ? "" : "s", " found)");
   const Layout layout = layout_from_env();
+  const bool graphs = graphs_from_env();
+  MathMode math = MathMode::FP32;
   const char* env = std::getenv("JEM_CUDA_MATH");
-  if (!env || !*env) return make_cuda_backend(device, default_math_mode(device), layout);
-  const std::string m(env);
-  if (m == "fp32" || m == "FP32") return make_cuda_backend(device, MathMode::FP32, layout);
-  if (m == "tf32" || m == "TF32") return make_cuda_backend(device, MathMode::TF32, layout);
-  JEM_FAIL("JEM_CUDA_MATH='", m, "': expected fp32 or tf32");
+  const std::string m(env ? env : "");
+  if (m.empty()) math = default_math_mode(device);
+  else if (m == "fp32" || m == "FP32") math = MathMode::FP32;
+  else if (m == "tf32" || m == "TF32") math = MathMode::TF32;
+  else JEM_FAIL("JEM_CUDA_MATH='", m, "': expected fp32 or tf32");
+  auto backend = std::make_unique<CudaBackend>(device, math, layout);
+  backend->set_capture_enabled(graphs);
+  return backend;
 }
 
 }  // namespace jem::cuda

@@ -17,6 +17,10 @@
 //     math, within a few ulp of the CPU, with deterministic cuDNN backward algorithms.
 //   * Errors the kernels detect (a label or buffer slot out of range, known only on the device)
 //     are reported by the next download(), synchronize() or sum_squares(), as jem::Error.
+//   * CUDA Graphs (cuda_graphs.cpp, when set_capture_enabled(true); JEM_CUDA_GRAPHS=1 through
+//     make_cuda_backend(device)): capture() records ops by stream capture, launch() replays
+//     them. The noise key's seed, iteration and sample_base reach captured SGLD and gather
+//     kernels through one device-side NoiseKey that launch() writes before each replay.
 //   * Ops must be issued from one host thread at a time (as for every Backend); each op makes
 //     the backend's device current first, so several backends on several GPUs can share a
 //     thread.
@@ -63,6 +67,17 @@ class CudaBackend final : public Backend {
   // without the residual) since the backend was made: tests and benchmarks check that the fused
   // path runs where it should, not only that the results agree.
   std::int64_t fused_conv_calls() const;
+  // Whether capture() records ops (CUDA Graphs); off unless asked for.
+  void set_capture_enabled(bool on) { capture_enabled_ = on; }
+  bool can_capture() const override { return capture_enabled_; }
+  // cuda_graphs.cpp
+  std::unique_ptr<CapturedOps> capture(const NoiseKey& key, const std::function<void()>& ops,
+                                       std::string* why) override;
+  void launch(const CapturedOps& ops, const NoiseKey& key) override;
+  // How many captures succeeded and how many graphs were launched since the backend was made
+  // (tests and benchmarks check that the graph path ran).
+  std::int64_t graphs_captured() const { return graphs_captured_; }
+  std::int64_t graph_launches() const { return graph_launches_; }
   // Filters inside `params` are converted to KRSC once per scope (NHWC convolutions).
   void begin_constant_weights(const Tensor& params) override;
   void end_constant_weights() noexcept override;
@@ -154,6 +169,9 @@ class CudaBackend final : public Backend {
   // index may address (the impl does not receive the buffer's row count).
   std::int64_t slots_in(const float* buffer, std::int64_t per) const;
   void check_on_device(const Tensor& t, const char* op) const;
+  // The device-side key an op with `key` reads its noise from: null outside a capture; inside
+  // one, live_key_ (throws unless key has the capture's seed, iteration and sample_base).
+  const NoiseKey* live_key_for(const NoiseKey& key, const char* op) const;
 
   int device_;
   MathMode math_;
@@ -168,6 +186,12 @@ class CudaBackend final : public Backend {
   DeviceBuffer reduce_;        // sum_squares' per-chunk partials
   double* reduce_host_ = nullptr;  // pinned: sum_squares' result
   std::unique_ptr<UploadStaging> staging_;  // pinned slots that upload() copies through
+  // CUDA Graphs (cuda_graphs.cpp)
+  bool capture_enabled_ = false;
+  bool capturing_ = false;
+  NoiseKey capture_key_{};
+  NoiseKey* live_key_ = nullptr;  // device: the key captured noise ops read at launch time
+  std::int64_t graphs_captured_ = 0, graph_launches_ = 0;
 };
 
 // The backend on CUDA device `device` with the given math mode. Throws jem::Error when the
@@ -177,8 +201,12 @@ std::unique_ptr<Backend> make_cuda_backend(int device, MathMode math,
 // The layout from the environment variable JEM_CUDA_LAYOUT ("nchw" or "nhwc"; NCHW when unset);
 // throws on any other value.
 Layout layout_from_env();
+// Whether JEM_CUDA_GRAPHS asks for CUDA Graphs ("1" or "0"; off when unset); throws on any other
+// value.
+bool graphs_from_env();
 // The same with the math mode from the environment variable JEM_CUDA_MATH ("fp32" or "tf32"),
-// or default_math_mode(device) when it is unset, and the layout from layout_from_env().
+// or default_math_mode(device) when it is unset, the layout from layout_from_env(), and CUDA
+// Graphs from graphs_from_env().
 std::unique_ptr<Backend> make_cuda_backend(int device);
 
 }  // namespace jem::cuda

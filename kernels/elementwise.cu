@@ -25,11 +25,19 @@
 namespace jem::kernels {
 namespace {
 
+// Runs f(policy), policy being Thrust's execution policy for `stream`.
 #if defined(JEM_KERNEL_EMULATION)
-// The emulation build (kernel_util.cuh) runs Thrust's sequential host system.
-auto on(cudaStream_t /*stream*/) { return thrust::cpp::par; }
+// The emulation build (kernel_util.cuh) runs Thrust's sequential host system, in stream order
+// like every emulated launch (recorded instead while the stream captures a graph).
+template <class F>
+void on_stream(cudaStream_t stream, F f) {
+  jem::emu::enqueue(stream, [f] { f(thrust::cpp::par); });
+}
 #else
-auto on(cudaStream_t stream) { return thrust::cuda::par_nosync.on(stream); }
+template <class F>
+void on_stream(cudaStream_t stream, F f) {
+  f(thrust::cuda::par_nosync.on(stream));
+}
 #endif
 
 // Thrust reports a failed launch by throwing thrust::system_error: rethrown as jem::Error with
@@ -64,7 +72,7 @@ void fill_f32(float* p, std::int64_t n, float value, cudaStream_t stream) {
     JEM_CUDA_CHECK(cudaMemsetAsync(p, 0, std::size_t(n) * sizeof(float), stream));
     return;
   }
-  JEM_THRUST("fill", thrust::fill_n(on(stream), p, n, value));
+  JEM_THRUST("fill", on_stream(stream, [=](auto policy) { thrust::fill_n(policy, p, n, value); }));
 }
 
 void fill_i32(std::int32_t* p, std::int64_t n, std::int32_t value, cudaStream_t stream) {
@@ -73,7 +81,7 @@ void fill_i32(std::int32_t* p, std::int64_t n, std::int32_t value, cudaStream_t 
     JEM_CUDA_CHECK(cudaMemsetAsync(p, 0, std::size_t(n) * sizeof(std::int32_t), stream));
     return;
   }
-  JEM_THRUST("fill", thrust::fill_n(on(stream), p, n, value));
+  JEM_THRUST("fill", on_stream(stream, [=](auto policy) { thrust::fill_n(policy, p, n, value); }));
 }
 
 void copy_f32(const float* src, float* dst, std::int64_t n, cudaStream_t stream) {
@@ -95,17 +103,23 @@ void copy_f32(const float* src, float* dst, std::int64_t n, cudaStream_t stream)
 
 void axpy(float alpha, const float* x, float* y, std::int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  JEM_THRUST("axpy", thrust::transform(on(stream), x, x + n, y, y, AxpyOp{alpha}));
+  JEM_THRUST("axpy", on_stream(stream, [=](auto policy) {
+               thrust::transform(policy, x, x + n, y, y, AxpyOp{alpha});
+             }));
 }
 
 void add(const float* a, const float* b, float* y, std::int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  JEM_THRUST("add", thrust::transform(on(stream), a, a + n, b, y, AddOp{}));
+  JEM_THRUST("add", on_stream(stream, [=](auto policy) {
+               thrust::transform(policy, a, a + n, b, y, AddOp{});
+             }));
 }
 
 void scale(float* x, std::int64_t n, float alpha, cudaStream_t stream) {
   if (n <= 0) return;
-  JEM_THRUST("scale", thrust::transform(on(stream), x, x + n, x, ScaleOp{alpha}));
+  JEM_THRUST("scale", on_stream(stream, [=](auto policy) {
+               thrust::transform(policy, x, x + n, x, ScaleOp{alpha});
+             }));
 }
 
 }  // namespace jem::kernels

@@ -109,13 +109,22 @@ void class_energy_forward_backward(int N, int K, const float* logits, const std:
 // ---- sampler.cu --------------------------------------------------------------------------------
 // `slots`: rows of the buffer that may be read or written (indices outside [0, slots) are
 // reported through `error`).
+// `live_key` (device memory, or null): where the kernel reads the noise key's seed, iteration and
+// sample_base when it runs, instead of from `key` (whose step it still uses). A launch captured
+// in a CUDA Graph is replayed with its arguments as they were at capture; the key it reads
+// through live_key follows the replays (write_noise_key before each).
 void buffer_gather(int B, std::int64_t per, const float* buffer, std::int64_t slots,
                    const std::int32_t* index, const std::int32_t* reinit, float* out,
-                   const NoiseKey& key, int* error, cudaStream_t stream);
+                   const NoiseKey& key, int* error, cudaStream_t stream,
+                   const NoiseKey* live_key = nullptr);
 void buffer_scatter(int B, std::int64_t per, const float* x, const std::int32_t* index,
                     float* buffer, std::int64_t slots, int* error, cudaStream_t stream);
 void sgld_step(int B, std::int64_t per, float* x, const float* grad, float step_size,
-               float noise_std, bool clamp, const NoiseKey& key, cudaStream_t stream);
+               float noise_std, bool clamp, const NoiseKey& key, cudaStream_t stream,
+               const NoiseKey* live_key = nullptr);
+// *dst = key, in stream order (one thread; the key travels as a kernel argument, so the host may
+// change its copy at once).
+void write_noise_key(NoiseKey* dst, const NoiseKey& key, cudaStream_t stream);
 
 // ---- optim.cu ----------------------------------------------------------------------------------
 void adam_step(std::int64_t n, float* p, const float* g, float* m, float* v, const AdamStep& step,

@@ -20,9 +20,18 @@ namespace {
 
 __device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
 
+// The key a launch uses: `key`, with seed, iteration and sample_base from `live` when given.
+__device__ __forceinline__ NoiseKey key_in_use(const NoiseKey& key, const NoiseKey* live) {
+  if (live == nullptr) return key;
+  NoiseKey k = *live;
+  k.step = key.step;
+  return k;
+}
+
 __global__ void gather_kernel(int B, std::int64_t per, const float* buffer, std::int64_t slots,
                               const std::int32_t* index, const std::int32_t* reinit, float* out,
-                              NoiseKey key, int* error) {
+                              NoiseKey launch_key, const NoiseKey* live, int* error) {
+  const NoiseKey key = key_in_use(launch_key, live);
   for (int b = blockIdx.y; b < B; b += gridDim.y) {
     float* dst = out + std::int64_t(b) * per;
     const std::uint32_t sample = key.sample_base + std::uint32_t(b);
@@ -58,7 +67,9 @@ __global__ void scatter_kernel(int B, std::int64_t per, const float* x, const st
 }
 
 __global__ void sgld_kernel(int B, std::int64_t per, float* x, const float* grad, float step_size,
-                            float noise_std, bool clamp, NoiseKey key) {
+                            float noise_std, bool clamp, NoiseKey launch_key,
+                            const NoiseKey* live) {
+  const NoiseKey key = key_in_use(launch_key, live);
   const std::int64_t blocks = (per + 3) / 4;
   for (int b = blockIdx.y; b < B; b += gridDim.y) {
     const std::uint32_t sample = key.sample_base + std::uint32_t(b);
@@ -75,6 +86,8 @@ __global__ void sgld_kernel(int B, std::int64_t per, float* x, const float* grad
   }
 }
 
+__global__ void write_key_kernel(NoiseKey* dst, NoiseKey key) { *dst = key; }
+
 // x walks elements (or Philox blocks) of a sample, y the samples.
 dim3 sample_grid(int B, std::int64_t per_sample_items) {
   return dim3(grid_for(per_sample_items),
@@ -85,10 +98,11 @@ dim3 sample_grid(int B, std::int64_t per_sample_items) {
 
 void buffer_gather(int B, std::int64_t per, const float* buffer, std::int64_t slots,
                    const std::int32_t* index, const std::int32_t* reinit, float* out,
-                   const NoiseKey& key, int* error, cudaStream_t stream) {
+                   const NoiseKey& key, int* error, cudaStream_t stream,
+                   const NoiseKey* live_key) {
   if (B <= 0 || per <= 0) return;
   JEM_LAUNCH(gather_kernel, sample_grid(B, per), kThreads, stream)(
-      B, per, buffer, slots, index, reinit, out, key, error);
+      B, per, buffer, slots, index, reinit, out, key, live_key, error);
   JEM_CUDA_CHECK_LAUNCH();
 }
 
@@ -101,10 +115,16 @@ void buffer_scatter(int B, std::int64_t per, const float* x, const std::int32_t*
 }
 
 void sgld_step(int B, std::int64_t per, float* x, const float* grad, float step_size,
-               float noise_std, bool clamp, const NoiseKey& key, cudaStream_t stream) {
+               float noise_std, bool clamp, const NoiseKey& key, cudaStream_t stream,
+               const NoiseKey* live_key) {
   if (B <= 0 || per <= 0) return;
   JEM_LAUNCH(sgld_kernel, sample_grid(B, (per + 3) / 4), kThreads, stream)(
-      B, per, x, grad, step_size, noise_std, clamp, key);
+      B, per, x, grad, step_size, noise_std, clamp, key, live_key);
+  JEM_CUDA_CHECK_LAUNCH();
+}
+
+void write_noise_key(NoiseKey* dst, const NoiseKey& key, cudaStream_t stream) {
+  JEM_LAUNCH(write_key_kernel, dim3(1), dim3(1), stream)(dst, key);
   JEM_CUDA_CHECK_LAUNCH();
 }
 

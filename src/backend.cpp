@@ -38,6 +38,17 @@ void Backend::global_avg_pool_backward_nhwc_impl(int, int, int, const float*, fl
   JEM_FAIL("global_avg_pool_backward: ", name(), " has no channels-last version");
 }
 
+std::unique_ptr<CapturedOps> Backend::capture(const NoiseKey& /*key*/,
+                                              const std::function<void()>& /*ops*/,
+                                              std::string* why) {
+  if (why) *why = name() + " runs every op directly (no capture)";
+  return nullptr;
+}
+
+void Backend::launch(const CapturedOps& /*ops*/, const NoiseKey& /*key*/) {
+  JEM_FAIL("launch: ", name(), " captures no ops, so it has none to launch");
+}
+
 std::int64_t Backend::peak_memory_bytes() const {
   // "VmHWM:    123456 kB"; absent (e.g. not Linux): unknown.
   std::ifstream status("/proc/self/status");

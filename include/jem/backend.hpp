@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -68,6 +69,12 @@ struct MemoryCounters {
   std::int64_t peak_bytes = 0;   // the most bytes held at once
 };
 
+// Ops recorded by Backend::capture, to be run again by Backend::launch (a CUDA Graph).
+class CapturedOps {
+ public:
+  virtual ~CapturedOps() = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -92,6 +99,27 @@ class Backend {
   // `ncu --profile-from-start off`: the part of `jem bench` that is timed); no-op on the CPU.
   virtual void profiler_start() {}
   virtual void profiler_stop() {}
+
+  // ---- captured op sequences (CUDA Graphs) --------------------------------------------------
+  // A backend that can_capture() records the ops that `ops` issues, without running them, and
+  // launch() then runs the recording as a whole: one host call instead of one per op (on a GPU,
+  // the launch cost of every kernel and cuDNN call; the SGLD chains issue thousands per
+  // iteration). Only the CUDA backend captures, and only when asked to (JEM_CUDA_GRAPHS=1).
+  //   * What a launch may change: the contents of tensors, and the seed, iteration and
+  //     sample_base of the noise: the ops that take a NoiseKey read those from launch()'s key when
+  //     they run (each keeps the step it was captured with). Everything else (which ops, their
+  //     tensors, shapes and scalars) is fixed at capture.
+  //   * Inside `ops`: no host reads (download, sum_squares, synchronize), no allocation, and
+  //     every NoiseKey with `key`'s seed, iteration and sample_base. Host-side bookkeeping of the
+  //     ops (counters, caches) happens once, at capture.
+  //   * Returns nullptr when the ops could not be captured, with the reason in `why` (a call
+  //     that capture refuses, an op that threw): nothing of `ops` has run then, and the caller
+  //     runs them directly. The default (the CPU backend) always does.
+  virtual bool can_capture() const { return false; }
+  virtual std::unique_ptr<CapturedOps> capture(const NoiseKey& key,
+                                               const std::function<void()>& ops, std::string* why);
+  // Runs `ops` (captured by this backend) with the noise of `key`, asynchronously, as any op.
+  virtual void launch(const CapturedOps& ops, const NoiseKey& key);
   // Peak bytes of memory held for this backend's tensors, or -1 when unknown (`jem bench`).
   // The default, for backends whose tensors live in host memory, is the process's peak resident
   // set (VmHWM in /proc/self/status); a device backend reports its allocator's peak instead.

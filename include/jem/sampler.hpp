@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "jem/backend.hpp"
@@ -94,16 +96,40 @@ class SgldSampler {
 
   // Runs `steps` Langevin steps on x in place, from fresh or given starting points (jem sample,
   // evaluation). `labels_dev` (I32 on the backend, or undefined) selects conditional chains.
+  // On a backend that can_capture() (CUDA Graphs), the second run of the same chains (the same
+  // x, batch, labels tensor and step count) is captured, and later runs launch the capture: the
+  // same ops with the same results, issued in one call. The first run of a shape runs directly,
+  // as does every run after a capture failed (reported once on stderr, and by
+  // graph_failure()).
   void run_chains(const Tensor& x, const Tensor& labels_dev, std::uint64_t seed,
                   std::uint32_t iteration, std::uint32_t sample_base, int steps);
 
+  // Why the chains stopped using CUDA Graphs; empty while they use them (or never tried).
+  const std::string& graph_failure() const { return graph_failure_; }
+
  private:
+  // The chains a capture is valid for: their tensors and step count.
+  struct ChainShape {
+    const float* x = nullptr;
+    int batch = 0;
+    const std::int32_t* labels = nullptr;
+    int steps = 0;
+    bool operator==(const ChainShape&) const = default;
+  };
+  // The Langevin steps themselves, issued op by op (key.step is ignored: step t uses t).
+  void run_steps(const Tensor& x, const Tensor& labels_dev, const NoiseKey& key, int steps);
+
   Backend& backend_;
   WideResNet& model_;
   SamplerConfig config_;
   int max_batch_;
   Tensor x_, grad_, energy_, dlogits_, slots_, reinit_, labels_;
   BufferDraw draw_;
+  // CUDA Graphs: the captured chains, the shape they were captured for, the shape of the last
+  // direct run (a capture follows a direct run of the same shape), and why capture stopped.
+  std::unique_ptr<CapturedOps> graph_;
+  ChainShape graph_shape_, warmed_shape_;
+  std::string graph_failure_;
 };
 
 }  // namespace jem

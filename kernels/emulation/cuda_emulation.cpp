@@ -390,6 +390,12 @@ const char* error_name(cudaError_t e) {
       return "cudaErrorLaunchFailure";
     case cudaErrorMemoryAllocation:
       return "cudaErrorMemoryAllocation";
+    case cudaErrorIllegalState:
+      return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated";
     default:
       return "cudaError (emulated)";
   }
@@ -401,8 +407,8 @@ const char* error_string(cudaError_t e) {
   return e == cudaSuccess ? "no error" : last_message.c_str();
 }
 
-cudaError_t memset_async(void* p, int value, std::size_t bytes, cudaStream_t /*stream*/) {
-  std::memset(p, value, bytes);
+cudaError_t memset_async(void* p, int value, std::size_t bytes, cudaStream_t stream) {
+  enqueue(stream, [=] { std::memset(p, value, bytes); });
   return cudaSuccess;
 }
 
@@ -410,12 +416,15 @@ cudaError_t memset_async(void* p, int value, std::size_t bytes, cudaStream_t /*s
 // one, which AddressSanitizer checks (memcpy-param-overlap) in the sanitizer
 // build.
 cudaError_t memcpy_async(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind /*kind*/,
-                         cudaStream_t /*stream*/) {
-  std::memcpy(dst, src, bytes);
+                         cudaStream_t stream) {
+  enqueue(stream, [=] { std::memcpy(dst, src, bytes); });
   return cudaSuccess;
 }
 
+// A stream-ordered allocation is a graph node on a GPU; here it is refused while capturing, as the
+// CUDA backend never allocates in captured work (its graphs would then own memory).
 cudaError_t malloc_async(void** p, std::size_t bytes, cudaStream_t /*stream*/) {
+  if (const cudaError_t e = refuse_if_capturing("cudaMallocAsync"); e != cudaSuccess) return e;
   *p = std::malloc(bytes);
   if (*p == nullptr && bytes > 0) {
     set_last_error(cudaErrorMemoryAllocation, "out of host memory");
@@ -425,6 +434,7 @@ cudaError_t malloc_async(void** p, std::size_t bytes, cudaStream_t /*stream*/) {
 }
 
 cudaError_t free_async(void* p, cudaStream_t /*stream*/) {
+  if (const cudaError_t e = refuse_if_capturing("cudaFreeAsync"); e != cudaSuccess) return e;
   std::free(p);
   return cudaSuccess;
 }

@@ -45,6 +45,8 @@
 #include <string>
 #include <type_traits>
 
+#include "stream_capture.hpp"
+
 // One block runs at a time: a function-local static is that block's shared
 // memory.
 #undef __shared__
@@ -74,23 +76,25 @@ namespace jem::emu {
 // get_last_error() like cudaGetLastError().
 void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body);
 
-// What a launch site names: the kernel and its configuration; called with the
-// kernel's arguments. (The stream is ignored: every launch completes before it
-// returns.)
+// What a launch site names: the kernel, its configuration and stream; called with
+// the kernel's arguments, which are copied, as a GPU launch copies its parameters.
 template <class Kernel>
 class Launch {
  public:
-  Launch(const char* name, Kernel kernel, dim3 grid, dim3 block, cudaStream_t /*stream*/)
-      : name_(name), kernel_(kernel), grid_(grid), block_(block) {}
+  Launch(const char* name, Kernel kernel, dim3 grid, dim3 block, cudaStream_t stream)
+      : name_(name), kernel_(kernel), grid_(grid), block_(block), stream_(stream) {}
   template <class... Args>
   void operator()(const Args&... args) const {
-    run_grid(name_, grid_, block_, [&] { kernel_(args...); });
+    enqueue(stream_, [name = name_, kernel = kernel_, grid = grid_, block = block_, ... a = args] {
+      run_grid(name, grid, block, [&] { kernel(a...); });
+    });
   }
 
  private:
   const char* name_;
   Kernel kernel_;
   dim3 grid_, block_;
+  cudaStream_t stream_;
 };
 
 // The kernel name of the latest launch that passed the configuration checks (tests check with
@@ -118,7 +122,7 @@ class GridBlockCap {
 };
 
 // The runtime calls the kernels' launchers make, on host memory (every pointer
-// is a host pointer here). Synchronous; the stream is ignored.
+// is a host pointer here). Run at once (through enqueue: recorded while the stream captures).
 cudaError_t get_last_error();
 cudaError_t peek_last_error();
 // Records an error as the calling thread's last one (the emulated runtime of tests/emulation

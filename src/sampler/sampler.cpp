@@ -1,6 +1,9 @@
 #include "jem/sampler.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <string>
+#include <utility>
 
 #include "jem/communicator.hpp"
 #include "jem/philox.hpp"
@@ -125,6 +128,39 @@ void SgldSampler::run_chains(const Tensor& x, const Tensor& labels_dev, std::uin
                              std::uint32_t iteration, std::uint32_t sample_base, int steps) {
   const int B = int(x.dim(0));
   JEM_CHECK(B <= max_batch_, "sampler: ", B, " chains, at most ", max_batch_);
+  const NoiseKey key{seed, iteration, 0, sample_base};
+  if (!backend_.can_capture() || !graph_failure_.empty() || steps < 1) {
+    run_steps(x, labels_dev, key, steps);
+    return;
+  }
+  const ChainShape shape{x.data<float>(), B, labels_dev.defined() ? labels_dev.data<std::int32_t>() : nullptr,
+                         steps};
+  if (graph_ && shape == graph_shape_) {
+    backend_.launch(*graph_, key);
+    return;
+  }
+  if (shape == warmed_shape_) {
+    // The second run of these chains: everything the first use of a shape does once (cuDNN's
+    // algorithm search, scratch buffers growing) is done, so the steps can be captured.
+    std::string why;
+    auto graph = backend_.capture(key, [&] { run_steps(x, labels_dev, key, steps); }, &why);
+    if (graph) {
+      graph_ = std::move(graph);
+      graph_shape_ = shape;
+      backend_.launch(*graph_, key);
+      return;
+    }
+    graph_failure_ = why.empty() ? std::string("capture failed") : why;
+    std::fprintf(stderr, "jem: the SGLD chains run without CUDA Graphs from now on: %s\n",
+                 graph_failure_.c_str());
+  }
+  warmed_shape_ = shape;
+  run_steps(x, labels_dev, key, steps);
+}
+
+void SgldSampler::run_steps(const Tensor& x, const Tensor& labels_dev, const NoiseKey& key,
+                            int steps) {
+  const int B = int(x.dim(0));
   const Tensor grad = grad_.slice(0, B), energy = energy_.slice(0, B), dl = dlogits_.slice(0, B);
   // Only x changes in the chains: the backend may reuse what it derives from the weights.
   const ConstantWeights fixed(backend_, model_.param_buffer());
@@ -135,7 +171,7 @@ void SgldSampler::run_chains(const Tensor& x, const Tensor& labels_dev, std::uin
     else backend_.energy_forward_backward(logits, energy, dl, 1.0f);
     model_.backward_input(dl, grad);  // dE/dx, no weight-gradient work
     backend_.sgld_step(x, grad, config_.step_size, config_.noise_std, config_.clamp,
-                       NoiseKey{seed, iteration, std::uint32_t(t), sample_base});
+                       NoiseKey{key.seed, key.iteration, std::uint32_t(t), key.sample_base});
   }
 }
 

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "emulation/stream_capture.hpp"
+
 struct cublasContext {
   cudaStream_t stream = nullptr;
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
@@ -63,21 +65,26 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOper
   if (lda < std::max(1, at ? k : m) || ldb < std::max(1, bt ? n : k) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
   const bool tf32 = h->math == CUBLAS_TF32_TENSOR_OP_MATH;
-  auto in = [tf32](float v) { return tf32 ? to_tf32(v) : v; };
-  // op(A)[i, l] and op(B)[l, j], column-major.
-  auto a = [&](int i, int l) {
-    return in(at ? A[l + std::int64_t(i) * lda] : A[i + std::int64_t(l) * lda]);
-  };
-  auto b = [&](int l, int j) {
-    return in(bt ? B[j + std::int64_t(l) * ldb] : B[l + std::int64_t(j) * ldb]);
-  };
-  for (int j = 0; j < n; ++j)
-    for (int i = 0; i < m; ++i) {
-      double s = 0.0;
-      for (int l = 0; l < k; ++l) s += double(a(i, l)) * b(l, j);
-      float& c = C[i + std::int64_t(j) * ldc];
-      c = *beta == 0.0f ? float(*alpha * s) : float(*alpha * s + double(*beta) * c);
-    }
+  // Host pointer mode: alpha and beta are read now, the matrices when the work runs (later, when
+  // the stream is capturing a graph).
+  const float al = *alpha, be = *beta;
+  jem::emu::enqueue(h->stream, [=] {
+    auto in = [tf32](float v) { return tf32 ? to_tf32(v) : v; };
+    // op(A)[i, l] and op(B)[l, j], column-major.
+    auto a = [&](int i, int l) {
+      return in(at ? A[l + std::int64_t(i) * lda] : A[i + std::int64_t(l) * lda]);
+    };
+    auto b = [&](int l, int j) {
+      return in(bt ? B[j + std::int64_t(l) * ldb] : B[l + std::int64_t(j) * ldb]);
+    };
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        double s = 0.0;
+        for (int l = 0; l < k; ++l) s += double(a(i, l)) * b(l, j);
+        float& c = C[i + std::int64_t(j) * ldc];
+        c = be == 0.0f ? float(al * s) : float(al * s + double(be) * c);
+      }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -1,6 +1,9 @@
 // The CUDA runtime calls of cuda/*.cpp, implemented on the CPU: one emulated device ("device
 // memory" is host memory, aligned like cudaMalloc's), streams and events that complete at once
 // (every call here is synchronous), and the last-error slot shared with the kernels' emulation.
+// Stream capture records a stream's work instead (kernels/emulation/stream_capture.cpp); a graph
+// is that recording, run in order by cudaGraphLaunch. Allocation and synchronisation are refused
+// from a capturing thread, as CUDA refuses them, and invalidate its capture.
 // Linked instead of libcudart into the emulated-device tests (tests/emulation/README.md).
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
@@ -11,6 +14,8 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <functional>
+#include <vector>
 
 #include "emulation/cuda_emulation.hpp"
 
@@ -45,6 +50,18 @@ cudaError_t fail(cudaError_t e, const std::string& what) {
   jem::emu::set_last_error(e, what);
   return e;
 }
+
+}  // namespace
+
+// The runtime's opaque graph types, defined here: the recorded work.
+struct CUgraph_st {
+  std::vector<std::function<void()>> work;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> work;
+};
+
+namespace {
 
 struct Event {
   std::chrono::steady_clock::time_point at{};
@@ -129,6 +146,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
+  if (const cudaError_t e = jem::emu::refuse_if_capturing("cudaMalloc"); e != cudaSuccess) return e;
   Device& dev = device();
   const std::lock_guard<std::mutex> lock(dev.mutex);
   if (bytes > kDeviceMemory - dev.used)
@@ -142,6 +160,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void* p) {
+  if (const cudaError_t e = jem::emu::refuse_if_capturing("cudaFree"); e != cudaSuccess) return e;
   if (p == nullptr) return cudaSuccess;
   Device& dev = device();
   const std::lock_guard<std::mutex> lock(dev.mutex);
@@ -154,10 +173,14 @@ cudaError_t cudaFree(void* p) {
   return cudaSuccess;
 }
 
+// Graph nodes on a GPU; refused during capture here (cudaMalloc's check), as the CUDA backend
+// never allocates in captured work.
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
 
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  if (const cudaError_t e = jem::emu::refuse_if_capturing("cudaMallocHost"); e != cudaSuccess)
+    return e;
   *p = std::aligned_alloc(kAlignment,
                           (bytes + kAlignment - 1) / kAlignment * kAlignment + kAlignment);
   return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation, "out of host memory");
@@ -166,24 +189,28 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return cudaMallocHost(p, bytes); }
 
 cudaError_t cudaFreeHost(void* p) {
+  if (const cudaError_t e = jem::emu::refuse_if_capturing("cudaFreeHost"); e != cudaSuccess)
+    return e;
   std::free(p);
   return cudaSuccess;
 }
 
 // cudaMemcpy's contract: the ranges must not overlap; std::memcpy's is the same, and
 // AddressSanitizer checks it.
+// (Recorded while the stream captures: a captured copy reads its source when the graph runs.)
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
-                            cudaStream_t) {
-  if (bytes > 0) std::memcpy(dst, src, bytes);
+                            cudaStream_t stream) {
+  if (bytes > 0) jem::emu::enqueue(stream, [=] { std::memcpy(dst, src, bytes); });
   return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (const cudaError_t e = jem::emu::refuse_if_capturing("cudaMemcpy"); e != cudaSuccess) return e;
   return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
 }
 
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
-  if (bytes > 0) std::memset(p, value, bytes);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
+  if (bytes > 0) jem::emu::enqueue(stream, [=] { std::memset(p, value, bytes); });
   return cudaSuccess;
 }
 
@@ -200,8 +227,12 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return jem::emu::refuse_if_capturing("cudaStreamSynchronize");
+}
+cudaError_t cudaDeviceSynchronize(void) {
+  return jem::emu::refuse_if_capturing("cudaDeviceSynchronize");
+}
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
@@ -216,15 +247,19 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t stream) {
   auto* ev = reinterpret_cast<Event*>(e);
-  ev->at = std::chrono::steady_clock::now();
-  ev->recorded = true;
+  jem::emu::enqueue(stream, [ev] {
+    ev->at = std::chrono::steady_clock::now();
+    ev->recorded = true;
+  });
   return cudaSuccess;
 }
 
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  return jem::emu::refuse_if_capturing("cudaEventSynchronize");
+}
+cudaError_t cudaEventQuery(cudaEvent_t) { return jem::emu::refuse_if_capturing("cudaEventQuery"); }
 
 // Host time between the records: the work between them ran synchronously, on the CPU.
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
@@ -237,5 +272,55 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
 
 cudaError_t cudaProfilerStart(void) { return cudaSuccess; }
 cudaError_t cudaProfilerStop(void) { return cudaSuccess; }
+
+// ---- stream capture and graphs: a graph is the list of work its capture recorded
+// ----------------------------------------------------------------------------------------------
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+  if (mode != cudaStreamCaptureModeThreadLocal)  // the only mode emulated (stream_capture.cpp)
+    return fail(cudaErrorNotSupported, "the emulation captures in thread-local mode only");
+  return jem::emu::begin_capture(stream);
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  *graph = nullptr;
+  std::vector<std::function<void()>> work;
+  if (const cudaError_t e = jem::emu::end_capture(stream, &work); e != cudaSuccess) return e;
+  *graph = new CUgraph_st{std::move(work)};
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  *status = jem::emu::capturing(stream) ? cudaStreamCaptureStatusActive
+                                        : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (graph == nullptr) return fail(cudaErrorInvalidValue, "cudaGraphInstantiate of no graph");
+  *exec = new CUgraphExec_st{graph->work};
+  return cudaSuccess;
+}
+
+// Runs the recorded work in order (or records it, when `stream` captures); the first launch error
+// among it is returned, as a GPU reports a failed kernel of the graph.
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (exec == nullptr) return fail(cudaErrorInvalidValue, "cudaGraphLaunch of no graph");
+  for (const auto& work : exec->work) {
+    jem::emu::enqueue(stream, work);
+    if (const cudaError_t e = jem::emu::peek_last_error(); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
 
 }  // extern "C"

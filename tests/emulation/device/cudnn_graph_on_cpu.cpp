@@ -37,7 +37,10 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "emulation/stream_capture.hpp"
 
 namespace {
 
@@ -536,16 +539,13 @@ cudnnStatus_t execute(cudnnHandle_t handle, const Desc& plan, const Desc& pack) 
     if (t == ts.end() || (*t)->is_virtual)
       return refuse(CUDNN_STATUS_BAD_PARAM, "variant pack: uid " + std::to_string(uid) + " is no tensor of the graph it binds");
   }
-  if (plan.workspace > 0) {
-    if (!pack.workspace_ptr) return refuse(CUDNN_STATUS_BAD_PARAM, "variant pack: the plan needs a workspace");
-    std::memset(pack.workspace_ptr, 0xa5, std::size_t(plan.workspace));
-  }
+  if (plan.workspace > 0 && !pack.workspace_ptr)
+    return refuse(CUDNN_STATUS_BAD_PARAM, "variant pack: the plan needs a workspace");
   std::map<std::int64_t, float*> data;
-  std::map<std::int64_t, std::vector<float>> intermediates;
+  std::vector<std::pair<std::int64_t, std::size_t>> virtuals;  // uid, elements
   for (const Desc* t : ts) {
     if (t->is_virtual) {
-      intermediates[t->uid].assign(std::size_t(numel(t->dims)), 0.0f);
-      data[t->uid] = intermediates[t->uid].data();
+      virtuals.emplace_back(t->uid, std::size_t(numel(t->dims)));
       continue;
     }
     const auto it = pack.pointers.find(t->uid);
@@ -556,14 +556,41 @@ cudnnStatus_t execute(cudnnHandle_t handle, const Desc& plan, const Desc& pack) 
                     "tensor uid " + std::to_string(t->uid) + " is below its declared byte alignment");
     data[t->uid] = static_cast<float*>(it->second);
   }
-  for (const Desc* op : plan.graph->order) {
-    if (op->op.kind == Operation::Pointwise) {
-      run_pointwise(op->op, data);
-    } else if (const cudnnStatus_t st = run_convolution(handle, op->op, plan.engine, data);
-               st != CUDNN_STATUS_SUCCESS) {
-      return refuse(st, "the convolution of the plan failed");
+  // The computation, on the handle's stream: now, or when the graph runs if the stream is
+  // capturing. The pointers are bound now (the variant pack may change or go afterwards, as on a
+  // GPU); the plan's operations are read when it runs, so the plan must outlive a captured graph
+  // here (real cuDNN copies what it needs; jem keeps its plans as long as the backend).
+  const Desc* graph = plan.graph;
+  const Engine engine = plan.engine;
+  const std::size_t ws_bytes = std::size_t(plan.workspace);
+  void* ws = pack.workspace_ptr;
+  auto run = [=]() mutable -> cudnnStatus_t {
+    if (ws_bytes > 0) std::memset(ws, 0xa5, ws_bytes);
+    std::map<std::int64_t, std::vector<float>> intermediates;
+    for (const auto& [uid, n] : virtuals) {
+      intermediates[uid].assign(n, 0.0f);
+      data[uid] = intermediates[uid].data();
     }
+    for (const Desc* op : graph->order) {
+      if (op->op.kind == Operation::Pointwise) {
+        run_pointwise(op->op, data);
+      } else if (const cudnnStatus_t st = run_convolution(handle, op->op, engine, data);
+                 st != CUDNN_STATUS_SUCCESS) {
+        return st;
+      }
+    }
+    return CUDNN_STATUS_SUCCESS;
+  };
+  cudaStream_t stream = nullptr;
+  cudnnGetStream(handle, &stream);
+  if (!jem::emu::capturing(stream)) {
+    const cudnnStatus_t st = run();
+    return st == CUDNN_STATUS_SUCCESS ? st : refuse(st, "the convolution of the plan failed");
   }
+  jem::emu::enqueue(stream, [run]() mutable {
+    if (run() != CUDNN_STATUS_SUCCESS)
+      jem::emu::report_failed_work("cudnnBackendExecute (emulated): the convolution of the plan failed");
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 

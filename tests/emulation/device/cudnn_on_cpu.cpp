@@ -27,6 +27,8 @@
 #include <cstring>
 #include <vector>
 
+#include "emulation/stream_capture.hpp"
+
 struct cudnnContext {
   cudaStream_t stream = nullptr;
 };
@@ -254,6 +256,22 @@ cudnnStatus_t find(const Geom& g, int requested, int* returned, Perf* perf, std:
 
 float scalar(const void* p) { return *static_cast<const float*>(p); }
 
+// Runs work(g) on the handle's stream: at once, or when the graph runs if the stream is capturing.
+// The work keeps its own copy of the convolution descriptor, as a captured cuDNN call keeps the
+// parameters it was made with whatever happens to the descriptor afterwards.
+template <typename Work>
+void enqueue_conv(cudnnHandle_t h, const Geom& g, Work work) {
+  jem::emu::enqueue(h->stream, [geom = g, conv = *g.conv, work]() mutable {
+    geom.conv = &conv;
+    work(geom);
+  });
+}
+
+// cudnnFind* times algorithms on the stream, which a capturing thread may not synchronise.
+bool search_refused() {
+  return jem::emu::refuse_if_capturing("cudnnFind*AlgorithmEx") != cudaSuccess;
+}
+
 }  // namespace
 
 extern "C" {
@@ -283,6 +301,10 @@ cudnnStatus_t cudnnDestroy(cudnnHandle_t h) {
 }
 cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s) {
   h->stream = s;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnGetStream(cudnnHandle_t h, cudaStream_t* s) {
+  *s = h->stream;
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -414,7 +436,7 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(
 // ---- the convolutions
 // ------------------------------------------------------------------------------
 
-cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void* alpha,
+cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha,
                                       const cudnnTensorDescriptor_t xd, const void* x,
                                       const cudnnFilterDescriptor_t wd, const void* w,
                                       const cudnnConvolutionDescriptor_t conv,
@@ -425,11 +447,14 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void* alpha,
     return st;
   if (int(algo) > 1) return CUDNN_STATUS_NOT_SUPPORTED;
   if (ws_bytes < workspace_of(int(algo), g)) return CUDNN_STATUS_BAD_PARAM;
-  const bool tf32 = tensor_op(conv->math);
-  const auto xv = operand(x, g.N, g.C, std::size_t(g.H) * g.W, g.nhwc, tf32);
-  const auto wv = operand(w, g.K, g.C, std::size_t(g.R) * g.S, g.nhwc, tf32);
-  blend(stored(forward_sum(g, xv.data(), wv.data()), g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc),
-        scalar(alpha), scalar(beta), static_cast<float*>(y));
+  const float al = scalar(alpha), be = scalar(beta);
+  enqueue_conv(h, g, [=](const Geom& g) {
+    const bool tf32 = tensor_op(g.conv->math);
+    const auto xv = operand(x, g.N, g.C, std::size_t(g.H) * g.W, g.nhwc, tf32);
+    const auto wv = operand(w, g.K, g.C, std::size_t(g.R) * g.S, g.nhwc, tf32);
+    blend(stored(forward_sum(g, xv.data(), wv.data()), g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc),
+          al, be, static_cast<float*>(y));
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -438,6 +463,7 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(
     const cudnnFilterDescriptor_t wd, const void* w, const cudnnConvolutionDescriptor_t conv,
     const cudnnTensorDescriptor_t yd, void* y, const int requested, int* returned,
     cudnnConvolutionFwdAlgoPerf_t* perf, void* ws, size_t ws_bytes) {
+  if (search_refused()) return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
   Geom g;
   if (const cudnnStatus_t st = geometry(xd, wd, conv, yd, &g); st != CUDNN_STATUS_SUCCESS)
     return st;
@@ -469,28 +495,30 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
   if (!bd->set || bd->n != 1 || bd->c != g.K || bd->h != 1 || bd->w != 1)
     return CUDNN_STATUS_BAD_PARAM;
   if (ws_bytes < workspace_of(int(algo), g)) return CUDNN_STATUS_BAD_PARAM;
-  (void)h;
   (void)ws;
-  const bool tf32 = tensor_op(conv->math);
-  const auto xv = operand(x, g.N, g.C, std::size_t(g.H) * g.W, g.nhwc, tf32);
-  const auto wv = operand(w, g.K, g.C, std::size_t(g.R) * g.S, g.nhwc, tf32);
-  const std::vector<double> acc =
-      stored(forward_sum(g, xv.data(), wv.data()), g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc);
   const float a1 = scalar(alpha1), a2 = scalar(alpha2);
-  const auto* zp = static_cast<const float*>(z);
-  const auto* bp = static_cast<const float*>(bias);
-  auto* yp = static_cast<float*>(y);
-  const std::size_t plane = std::size_t(g.P) * g.Q;
-  for (std::size_t i = 0; i < acc.size(); ++i) {
-    const std::size_t k = g.nhwc ? i % std::size_t(g.K) : (i / plane) % std::size_t(g.K);
-    double v = a1 * acc[i] + double(a2) * zp[i] + bp[k];
-    if (act->mode == CUDNN_ACTIVATION_RELU && v < 0.0) v = 0.0;
-    yp[i] = float(v);
-  }
+  const bool relu = act->mode == CUDNN_ACTIVATION_RELU;
+  enqueue_conv(h, g, [=](const Geom& g) {
+    const bool tf32 = tensor_op(g.conv->math);
+    const auto xv = operand(x, g.N, g.C, std::size_t(g.H) * g.W, g.nhwc, tf32);
+    const auto wv = operand(w, g.K, g.C, std::size_t(g.R) * g.S, g.nhwc, tf32);
+    const std::vector<double> acc =
+        stored(forward_sum(g, xv.data(), wv.data()), g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc);
+    const auto* zp = static_cast<const float*>(z);
+    const auto* bp = static_cast<const float*>(bias);
+    auto* yp = static_cast<float*>(y);
+    const std::size_t plane = std::size_t(g.P) * g.Q;
+    for (std::size_t i = 0; i < acc.size(); ++i) {
+      const std::size_t k = g.nhwc ? i % std::size_t(g.K) : (i / plane) % std::size_t(g.K);
+      double v = a1 * acc[i] + double(a2) * zp[i] + bp[k];
+      if (relu && v < 0.0) v = 0.0;
+      yp[i] = float(v);
+    }
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha,
+cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha,
                                            const cudnnFilterDescriptor_t wd, const void* w,
                                            const cudnnTensorDescriptor_t dyd, const void* dy,
                                            const cudnnConvolutionDescriptor_t conv,
@@ -502,11 +530,15 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void* alpha,
     return st;
   if (int(algo) > 1) return CUDNN_STATUS_NOT_SUPPORTED;
   if (ws_bytes < workspace_of(int(algo), g)) return CUDNN_STATUS_BAD_PARAM;
-  const bool tf32 = tensor_op(conv->math);
-  const auto dyv = operand(dy, g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc, tf32);
-  const auto wv = operand(w, g.K, g.C, std::size_t(g.R) * g.S, g.nhwc, tf32);
-  blend(stored(backward_data_sum(g, dyv.data(), wv.data()), g.N, g.C, std::size_t(g.H) * g.W, g.nhwc),
-        scalar(alpha), scalar(beta), static_cast<float*>(dx));
+  const float al = scalar(alpha), be = scalar(beta);
+  enqueue_conv(h, g, [=](const Geom& g) {
+    const bool tf32 = tensor_op(g.conv->math);
+    const auto dyv = operand(dy, g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc, tf32);
+    const auto wv = operand(w, g.K, g.C, std::size_t(g.R) * g.S, g.nhwc, tf32);
+    blend(stored(backward_data_sum(g, dyv.data(), wv.data()), g.N, g.C, std::size_t(g.H) * g.W,
+                 g.nhwc),
+          al, be, static_cast<float*>(dx));
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -515,6 +547,7 @@ cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(
     const cudnnTensorDescriptor_t dyd, const void* dy, const cudnnConvolutionDescriptor_t conv,
     const cudnnTensorDescriptor_t dxd, void* dx, const int requested, int* returned,
     cudnnConvolutionBwdDataAlgoPerf_t* perf, void* ws, size_t ws_bytes) {
+  if (search_refused()) return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
   Geom g;
   if (const cudnnStatus_t st = geometry(dxd, wd, conv, dyd, &g); st != CUDNN_STATUS_SUCCESS)
     return st;
@@ -526,7 +559,7 @@ cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(
   });
 }
 
-cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void* alpha,
+cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
                                              const cudnnTensorDescriptor_t xd, const void* x,
                                              const cudnnTensorDescriptor_t dyd, const void* dy,
                                              const cudnnConvolutionDescriptor_t conv,
@@ -538,11 +571,15 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void* alpha,
     return st;
   if (int(algo) > 1) return CUDNN_STATUS_NOT_SUPPORTED;
   if (ws_bytes < workspace_of(int(algo), g)) return CUDNN_STATUS_BAD_PARAM;
-  const bool tf32 = tensor_op(conv->math);
-  const auto xv = operand(x, g.N, g.C, std::size_t(g.H) * g.W, g.nhwc, tf32);
-  const auto dyv = operand(dy, g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc, tf32);
-  blend(stored(backward_filter_sum(g, xv.data(), dyv.data()), g.K, g.C, std::size_t(g.R) * g.S, g.nhwc),
-        scalar(alpha), scalar(beta), static_cast<float*>(dw));
+  const float al = scalar(alpha), be = scalar(beta);
+  enqueue_conv(h, g, [=](const Geom& g) {
+    const bool tf32 = tensor_op(g.conv->math);
+    const auto xv = operand(x, g.N, g.C, std::size_t(g.H) * g.W, g.nhwc, tf32);
+    const auto dyv = operand(dy, g.N, g.K, std::size_t(g.P) * g.Q, g.nhwc, tf32);
+    blend(stored(backward_filter_sum(g, xv.data(), dyv.data()), g.K, g.C, std::size_t(g.R) * g.S,
+                 g.nhwc),
+          al, be, static_cast<float*>(dw));
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -551,6 +588,7 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
     const cudnnTensorDescriptor_t dyd, const void* dy, const cudnnConvolutionDescriptor_t conv,
     const cudnnFilterDescriptor_t dwd, void* dw, const int requested, int* returned,
     cudnnConvolutionBwdFilterAlgoPerf_t* perf, void* ws, size_t ws_bytes) {
+  if (search_refused()) return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
   Geom g;
   if (const cudnnStatus_t st = geometry(xd, dwd, conv, dyd, &g); st != CUDNN_STATUS_SUCCESS)
     return st;
@@ -563,24 +601,27 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
 }
 
 // db[k] = alpha sum_{n, p, q} dy[n, k, p, q] + beta db[k]
-cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t, const void* alpha,
+cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t handle, const void* alpha,
                                            const cudnnTensorDescriptor_t dyd, const void* dy,
                                            const void* beta, const cudnnTensorDescriptor_t dbd,
                                            void* db) {
   if (!dyd->set || !dbd->set || dbd->n != 1 || dbd->c != dyd->c || dbd->h != 1 || dbd->w != 1)
     return CUDNN_STATUS_BAD_PARAM;
-  std::vector<double> acc(std::size_t(dyd->c), 0.0);
-  const auto* d = static_cast<const float*>(dy);
-  for (int n = 0; n < dyd->n; ++n)
-    for (int k = 0; k < dyd->c; ++k)
-      for (int h = 0; h < dyd->h; ++h)
-        for (int w = 0; w < dyd->w; ++w) acc[std::size_t(k)] += d[offset_of(dyd, n, k, h, w)];
-  blend(acc, scalar(alpha), scalar(beta), static_cast<float*>(db));
+  const float al = scalar(alpha), be = scalar(beta);
+  jem::emu::enqueue(handle->stream, [=, dyt = *dyd] {
+    std::vector<double> acc(std::size_t(dyt.c), 0.0);
+    const auto* d = static_cast<const float*>(dy);
+    for (int n = 0; n < dyt.n; ++n)
+      for (int k = 0; k < dyt.c; ++k)
+        for (int h = 0; h < dyt.h; ++h)
+          for (int w = 0; w < dyt.w; ++w) acc[std::size_t(k)] += d[offset_of(&dyt, n, k, h, w)];
+    blend(acc, al, be, static_cast<float*>(db));
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
 // C = alpha A + beta C, A broadcast along its dimensions of size 1 (here: a bias [1, C, 1, 1]).
-cudnnStatus_t cudnnAddTensor(cudnnHandle_t, const void* alpha, const cudnnTensorDescriptor_t ad,
+cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void* alpha, const cudnnTensorDescriptor_t ad,
                              const void* a, const void* beta, const cudnnTensorDescriptor_t cd,
                              void* c) {
   if (!ad->set || !cd->set) return CUDNN_STATUS_BAD_PARAM;
@@ -588,17 +629,19 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t, const void* alpha, const cudnnTensor
   if (!fits(ad->n, cd->n) || !fits(ad->c, cd->c) || !fits(ad->h, cd->h) || !fits(ad->w, cd->w))
     return CUDNN_STATUS_BAD_PARAM;
   const float al = scalar(alpha), be = scalar(beta);
-  const auto* ap = static_cast<const float*>(a);
-  auto* cp = static_cast<float*>(c);
-  for (int n = 0; n < cd->n; ++n)
-    for (int k = 0; k < cd->c; ++k)
-      for (int i = 0; i < cd->h; ++i)
-        for (int j = 0; j < cd->w; ++j) {
-          const std::size_t ci = offset_of(cd, n, k, i, j);
-          const std::size_t ai = offset_of(ad, ad->n == 1 ? 0 : n, ad->c == 1 ? 0 : k,
-                                           ad->h == 1 ? 0 : i, ad->w == 1 ? 0 : j);
-          cp[ci] = float(double(al) * ap[ai] + double(be) * cp[ci]);
-        }
+  jem::emu::enqueue(h->stream, [=, at = *ad, ct = *cd] {
+    const auto* ap = static_cast<const float*>(a);
+    auto* cp = static_cast<float*>(c);
+    for (int n = 0; n < ct.n; ++n)
+      for (int k = 0; k < ct.c; ++k)
+        for (int i = 0; i < ct.h; ++i)
+          for (int j = 0; j < ct.w; ++j) {
+            const std::size_t ci = offset_of(&ct, n, k, i, j);
+            const std::size_t ai = offset_of(&at, at.n == 1 ? 0 : n, at.c == 1 ? 0 : k,
+                                             at.h == 1 ? 0 : i, at.w == 1 ? 0 : j);
+            cp[ci] = float(double(al) * ap[ai] + double(be) * cp[ci]);
+          }
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
