@@ -77,7 +77,7 @@ class CudaBackend final : public Backend {
   // How many captures succeeded and how many graphs were launched since the backend was made
   // (tests and benchmarks check that the graph path ran).
   std::int64_t graphs_captured() const { return graphs_captured_; }
-  std::int64_t graph_launches() const { return graph_launches_; }
+  std::int64_t graph_launches() const override { return graph_launches_; }
   // Filters inside `params` are converted to KRSC once per scope (NHWC convolutions).
   void begin_constant_weights(const Tensor& params) override;
   void end_constant_weights() noexcept override;

@@ -9,11 +9,12 @@
 #     TF32 (the 0.30 s target; JEM_CUDNN_VERBOSE=1 logs cuDNN's choices), then again with NHWC
 #     activations (JEM_CUDA_LAYOUT=nhwc), with and without the graph-API fusions; in the faster
 #     of the two layouts (fast_layout.txt): jem bench with a 4 GiB cap on cuDNN's workspaces
-#     (JEM_CUDNN_WORKSPACE_MB=4096, every search result logged), the time per kernel of one timed iteration (Nsight
+#     (JEM_CUDNN_WORKSPACE_MB=4096, every search result logged), with the SGLD chains in CUDA
+#     Graphs (JEM_CUDA_GRAPHS=1), the time per kernel of one timed iteration (Nsight
 #     Systems, else Nsight Compute: the custom kernels' share) and bench/compare.sh against
 #     PyTorch when python3 has a CUDA PyTorch (then PyTorch alone in channels-last memory format,
 #     for a same-layout ratio); the NCCL checks (scripts/nccl-check.sh); jem bench in FP32 (NCHW
-#     and NHWC) and at batch 1; bench_ops' CUDA ops of WRN-28-10; cuDNN's
+#     and NHWC) and at batch 1 (without and with CUDA Graphs); bench_ops' CUDA ops of WRN-28-10; cuDNN's
 #     graph-API fusions and its plain convolutions in NCHW and NHWC (bench/cudnn_fusion_probe); the CPU
 #     tests (not the crash test, which CI runs, nor the mpirun tests); the cuDNN algorithms of the
 #     Wide-ResNet tests; the custom kernels' tests under compute-sanitizer memcheck.
@@ -249,6 +250,13 @@ run_step jem_bench_tf32_ws4g 60 env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT="$fast_la
   JEM_CUDNN_VERBOSE=2 "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 5 --warmup 2 \
   --json "$out/jem_bench_wrn28x10_tf32_ws4g.json"
 bench_files+=("jem_bench_wrn28x10_tf32_ws4g.json")
+# The SGLD chains captured in CUDA Graphs (JEM_CUDA_GRAPHS=1), in the faster layout: whether one
+# launch per chain batch instead of thousands of kernel and cuDNN calls shortens the iteration
+# (backend.hpp, Backend::capture). Its JSON counts the graph launches of the timed iterations.
+run_step jem_bench_tf32_graphs 60 env JEM_CUDA_MATH=tf32 JEM_CUDA_LAYOUT="$fast_layout" JEM_CUDA_GRAPHS=1 \
+  "$build/jem" bench --config configs/cifar10.toml --device cuda --iterations 5 --warmup 2 \
+  --json "$out/jem_bench_wrn28x10_tf32_graphs.json"
+bench_files+=("jem_bench_wrn28x10_tf32_graphs.json")
 
 # Where the iteration's GPU time goes: every kernel of jem bench's timed part (it brackets it
 # with cudaProfilerStart/Stop, so the warm-up's cuDNN searches stay out), from which the custom
@@ -314,6 +322,11 @@ bench_files+=("jem_bench_wrn28x10_fp32_nhwc.json")
 run_step jem_bench_tf32_batch1 40 env JEM_CUDA_MATH=tf32 "$build/jem" bench --config configs/cifar10.toml \
   --device cuda --batch_size 1 --iterations 5 --warmup 2 --json "$out/jem_bench_wrn28x10_tf32_batch1.json"
 bench_files+=("jem_bench_wrn28x10_tf32_batch1.json")
+# And with the chains in CUDA Graphs: at batch 1 the launches are most of the time.
+run_step jem_bench_tf32_batch1_graphs 40 env JEM_CUDA_MATH=tf32 JEM_CUDA_GRAPHS=1 "$build/jem" bench \
+  --config configs/cifar10.toml --device cuda --batch_size 1 --iterations 5 --warmup 2 \
+  --json "$out/jem_bench_wrn28x10_tf32_batch1_graphs.json"
+bench_files+=("jem_bench_wrn28x10_tf32_batch1_graphs.json")
 
 # cuDNN's graph-API fusions of the model's elementwise passes (bench/cudnn_fusion_probe.cpp,
 # docs/cudnn-fusion.md): for the four LeakyReLU patterns in NHWC (the only layout cuDNN fuses

@@ -3,15 +3,17 @@
 
     python3 scripts/gpu_check_headlines.py OUT_DIR
 
-Reads OUT_DIR/jem_bench_wrn28x10_{tf32,tf32_nhwc,tf32_nhwc_unfused,tf32_ws4g,fp32,fp32_nhwc,
-tf32_batch1}.json (jem bench --json),
+Reads OUT_DIR/jem_bench_wrn28x10_{tf32,tf32_nhwc,tf32_nhwc_unfused,tf32_ws4g,tf32_graphs,fp32,
+fp32_nhwc,tf32_batch1,tf32_batch1_graphs}.json (jem bench --json),
 OUT_DIR/compare_tf32/{jem,torch}_N.json (bench/compare.sh),
 OUT_DIR/pytorch_tf32_channels_last.json (bench/pytorch_jem.py --channels-last) and
 OUT_DIR/kernel_profile_cuda_gpu_kern_sum.csv (nsys stats' kernel summary of one timed
 iteration; else OUT_DIR/kernel_profile.csv, ncu's per-kernel summary of it) and
 OUT_DIR/cudnn_{fusion,fusion_fp32,layout}.json (bench/cudnn_fusion_probe --time), whichever
 exist, and
-prints each bench's times, rates, memory and allocations, the PyTorch / jem ratio, the custom
+prints each bench's times, rates, memory and allocations, what CUDA Graphs save (the time
+without them over the time with them, at batch 64 in the faster layout and at batch 1), the
+PyTorch / jem ratio, the custom
 kernels' share of the kernel time, the fused convolutions that ran with their speed-ups over
 the backend's current ops and their agreement with them, and the issue targets
 (WRN-28-10 TF32: <= 0.30 s per iteration, < 24 GiB, >= 3x PyTorch, custom kernels < 5%).
@@ -56,9 +58,19 @@ def bench_headline(j):
         # libraries' own memory too, which jem's allocation registry (the peak above) misses.
         "device_memory_used_gib": used / GIB if isinstance(used, (int, float)) else None,
         "allocations_during_timed_iterations": j.get("allocations_during_timed_iterations"),
+        "graph_launches_during_timed_iterations": j.get("graph_launches_during_timed_iterations"),
         "custom_kernels_floor_fraction": j.get("custom_kernels_floor_fraction"),
         "backend": j.get("backend"),
     }
+
+
+def speedup(without, with_):
+    """without's ms per iteration over with_'s, or None when either is missing."""
+    a = without.get("ms_per_iteration") if without else None
+    b = with_.get("ms_per_iteration") if with_ else None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+        return a / b
+    return None
 
 
 def pytorch_ratio(directory):
@@ -173,8 +185,9 @@ def fusion_summary(path):
 def main(out):
     benches = {name: bench_headline(load(os.path.join(out, f"jem_bench_{name}.json")))
                for name in ("wrn28x10_tf32", "wrn28x10_tf32_nhwc", "wrn28x10_tf32_nhwc_unfused",
-                            "wrn28x10_tf32_ws4g", "wrn28x10_fp32", "wrn28x10_fp32_nhwc",
-                            "wrn28x10_tf32_batch1")}
+                            "wrn28x10_tf32_ws4g", "wrn28x10_tf32_graphs", "wrn28x10_fp32",
+                            "wrn28x10_fp32_nhwc", "wrn28x10_tf32_batch1",
+                            "wrn28x10_tf32_batch1_graphs")}
     ratio = pytorch_ratio(os.path.join(out, "compare_tf32"))
     # PyTorch in channels-last (one run, not interleaved) against jem's faster TF32 layout.
     torch_cl = bench_headline(load(os.path.join(out, "pytorch_tf32_channels_last.json")))
@@ -183,6 +196,14 @@ def main(out):
     ratio_cl = (torch_cl["ms_per_iteration"] / min(jem_ms)
                 if torch_cl and isinstance(torch_cl.get("ms_per_iteration"), (int, float)) and jem_ms
                 else None)
+    # CUDA Graphs: the faster layout's time without them over the time with them (> 1: they
+    # help), and the same at batch 1 (NCHW both).
+    graphs = benches["wrn28x10_tf32_graphs"]
+    graphs_speedup = {
+        "batch_64": min(jem_ms) / graphs["ms_per_iteration"]
+        if jem_ms and graphs and isinstance(graphs.get("ms_per_iteration"), (int, float)) else None,
+        "batch_1": speedup(benches["wrn28x10_tf32_batch1"], benches["wrn28x10_tf32_batch1_graphs"]),
+    }
     share = kernel_share(out)
     tf32 = benches["wrn28x10_tf32"]
     targets = {
@@ -198,6 +219,7 @@ def main(out):
     print(json.dumps({"jem_bench": benches, "pytorch_over_jem_tf32": ratio,
                       "pytorch_tf32_channels_last": torch_cl,
                       "pytorch_channels_last_over_jem_faster_layout": ratio_cl,
+                      "cuda_graphs_speedup": graphs_speedup,
                       "kernel_profile": share,
                       "cudnn_fusion": fusion_summary(os.path.join(out, "cudnn_fusion.json")),
                       "cudnn_fusion_fp32": fusion_summary(os.path.join(out, "cudnn_fusion_fp32.json")),

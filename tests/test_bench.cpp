@@ -249,6 +249,24 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
   EXPECT_DOUBLE_EQ(h["pytorch_tf32_channels_last"]["ms_per_iteration"].get<double>(), jem_ms * 3);
   EXPECT_DOUBLE_EQ(h["pytorch_channels_last_over_jem_faster_layout"].get<double>(), 6.0);
+  // CUDA Graphs: no graph runs yet, so no speed-ups; then graphs at a quarter of the NCHW time
+  // (the faster layout, NHWC, takes half of it: a speed-up of 2), and at batch 1 in 40 ms
+  // against 100 ms without (2.5). The launch count is passed through.
+  EXPECT_TRUE(h["cuda_graphs_speedup"]["batch_64"].is_null());
+  EXPECT_TRUE(h["cuda_graphs_speedup"]["batch_1"].is_null());
+  nlohmann::json graphs = j, batch1 = j, batch1_graphs = j;
+  graphs["ms_per_iteration"]["total"] = jem_ms / 4;
+  graphs["graph_launches_during_timed_iterations"] = 10;
+  batch1["ms_per_iteration"]["total"] = 100.0;
+  batch1_graphs["ms_per_iteration"]["total"] = 40.0;
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32_graphs.json") << graphs.dump();
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32_batch1.json") << batch1.dump();
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32_batch1_graphs.json") << batch1_graphs.dump();
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
+  EXPECT_DOUBLE_EQ(h["cuda_graphs_speedup"]["batch_64"].get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(h["cuda_graphs_speedup"]["batch_1"].get<double>(), 2.5);
+  EXPECT_EQ(h["jem_bench"]["wrn28x10_tf32_graphs"]["graph_launches_during_timed_iterations"], 10);
+  EXPECT_EQ(h["jem_bench"]["wrn28x10_tf32"]["graph_launches_during_timed_iterations"], 0);
   fs::remove_all(dir);
 }
 

@@ -120,6 +120,9 @@ class Backend {
                                                const std::function<void()>& ops, std::string* why);
   // Runs `ops` (captured by this backend) with the noise of `key`, asynchronously, as any op.
   virtual void launch(const CapturedOps& ops, const NoiseKey& key);
+  // How many launch() calls this backend has run (`jem bench` reports those of its timed
+  // iterations: whether the chains ran as graphs).
+  virtual std::int64_t graph_launches() const { return 0; }
   // Peak bytes of memory held for this backend's tensors, or -1 when unknown (`jem bench`).
   // The default, for backends whose tensors live in host memory, is the process's peak resident
   // set (VmHWM in /proc/self/status); a device backend reports its allocator's peak instead.

@@ -62,6 +62,9 @@ struct BenchResult {
   // Backend allocations made during the timed iterations (Backend::memory_counters): 0 when the
   // iteration allocates nothing after warm-up, as it must.
   std::int64_t timed_allocations = 0;
+  // Backend::graph_launches() during the timed iterations: the SGLD chains captured in CUDA
+  // Graphs launch one per chain batch per iteration (JEM_CUDA_GRAPHS=1); 0 when they run op by op.
+  std::int64_t timed_graph_launches = 0;
 };
 
 // Builds the components on `backend` and times `opt.iterations` iterations

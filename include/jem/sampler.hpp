@@ -100,7 +100,7 @@ class SgldSampler {
   // x, batch, labels tensor and step count) is captured, and later runs launch the capture: the
   // same ops with the same results, issued in one call. The first run of a shape runs directly,
   // as does every run after a capture failed (reported once on stderr, and by
-  // graph_failure()).
+  // graph_failure()). The captures of the last 4 shapes are kept.
   void run_chains(const Tensor& x, const Tensor& labels_dev, std::uint64_t seed,
                   std::uint32_t iteration, std::uint32_t sample_base, int steps);
 
@@ -125,10 +125,15 @@ class SgldSampler {
   int max_batch_;
   Tensor x_, grad_, energy_, dlogits_, slots_, reinit_, labels_;
   BufferDraw draw_;
-  // CUDA Graphs: the captured chains, the shape they were captured for, the shape of the last
-  // direct run (a capture follows a direct run of the same shape), and why capture stopped.
-  std::unique_ptr<CapturedOps> graph_;
-  ChainShape graph_shape_, warmed_shape_;
+  // CUDA Graphs: the chains seen last (a training iteration may run two kinds, marginal and
+  // class-conditional), each with its capture once it has one (a capture follows a direct run of
+  // the same chains), and why capture stopped.
+  struct ChainGraph {
+    ChainShape shape;
+    std::unique_ptr<CapturedOps> ops;
+  };
+  static constexpr std::size_t kChainGraphs = 4;
+  std::vector<ChainGraph> graphs_;
   std::string graph_failure_;
 };
 

@@ -134,6 +134,7 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   const std::uint64_t seed = cfg.seed;
   backend.synchronize();
   std::int64_t allocations_before = backend.memory_counters().allocations;
+  std::int64_t launches_before = backend.graph_launches();
   for (int i = 0; i < opt.warmup + opt.iterations; ++i) {
     const auto iter = std::uint32_t(i);
     // A profiler started with ncu --profile-from-start off, or nsys --capture-range
@@ -141,6 +142,7 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
     if (i == opt.warmup) {
       backend.profiler_start();
       allocations_before = backend.memory_counters().allocations;
+      launches_before = backend.graph_launches();
     }
     const auto t0 = Clock::now();
     // sgld: as trainer.cpp, unconditional chains first, conditional ones after
@@ -185,6 +187,7 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   r.peak_memory_bytes = backend.peak_memory_bytes();
   r.device_memory_used_bytes = backend.device_memory_used_bytes();
   r.timed_allocations = backend.memory_counters().allocations - allocations_before;
+  r.timed_graph_launches = backend.graph_launches() - launches_before;
   return r;
 }
 
@@ -242,6 +245,7 @@ std::string bench_json(const BenchResult &r, const TrainConfig &cfg,
                                       ? json(r.device_memory_used_bytes)
                                       : json(nullptr);
   j["allocations_during_timed_iterations"] = r.timed_allocations;
+  j["graph_launches_during_timed_iterations"] = r.timed_graph_launches;
   j["elementwise_bytes_per_iteration"] = {{"custom", r.traffic.custom},
                                           {"bias", r.traffic.bias}};
   j["device_peak_bandwidth_bytes_per_second"] =
@@ -311,6 +315,9 @@ std::string bench_report(const BenchResult &r) {
   }
   os << r.timed_allocations
      << " allocations during the timed iterations\n";
+  if (r.timed_graph_launches > 0)
+    os << r.timed_graph_launches
+       << " CUDA Graph launches during the timed iterations (the SGLD chains)\n";
   std::snprintf(buf, sizeof buf,
                 "elementwise passes move %.3g GB per iteration in jem's "
                 "kernels, %.3g GB in the convolutions' bias adds",

@@ -135,26 +135,29 @@ void SgldSampler::run_chains(const Tensor& x, const Tensor& labels_dev, std::uin
   }
   const ChainShape shape{x.data<float>(), B, labels_dev.defined() ? labels_dev.data<std::int32_t>() : nullptr,
                          steps};
-  if (graph_ && shape == graph_shape_) {
-    backend_.launch(*graph_, key);
+  auto known = std::find_if(graphs_.begin(), graphs_.end(), [&](const ChainGraph& g) { return g.shape == shape; });
+  if (known != graphs_.end() && known->ops) {
+    backend_.launch(*known->ops, key);
     return;
   }
-  if (shape == warmed_shape_) {
+  if (known != graphs_.end()) {
     // The second run of these chains: everything the first use of a shape does once (cuDNN's
     // algorithm search, scratch buffers growing) is done, so the steps can be captured.
     std::string why;
-    auto graph = backend_.capture(key, [&] { run_steps(x, labels_dev, key, steps); }, &why);
-    if (graph) {
-      graph_ = std::move(graph);
-      graph_shape_ = shape;
-      backend_.launch(*graph_, key);
+    known->ops = backend_.capture(key, [&] { run_steps(x, labels_dev, key, steps); }, &why);
+    if (known->ops) {
+      backend_.launch(*known->ops, key);
       return;
     }
     graph_failure_ = why.empty() ? std::string("capture failed") : why;
+    graphs_.clear();
     std::fprintf(stderr, "jem: the SGLD chains run without CUDA Graphs from now on: %s\n",
                  graph_failure_.c_str());
+  } else {
+    // A new shape: remembered (the oldest forgotten when kChainGraphs are known), run directly.
+    if (graphs_.size() == kChainGraphs) graphs_.erase(graphs_.begin());
+    graphs_.push_back(ChainGraph{shape, nullptr});
   }
-  warmed_shape_ = shape;
   run_steps(x, labels_dev, key, steps);
 }
 

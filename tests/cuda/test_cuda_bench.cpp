@@ -79,7 +79,30 @@ TEST(CudaBench, TimesTheIterationOnTheGpu) {
   EXPECT_GT(r.peak_memory_bytes, 2 * 4 * r.params);
   // The warm-up ran the cuDNN searches: the timed iterations allocate nothing.
   EXPECT_EQ(r.timed_allocations, 0);
+  EXPECT_EQ(r.timed_graph_launches, 0);
   EXPECT_NE(r.backend.find("FP32"), std::string::npos);
+}
+
+// With CUDA Graphs, the timed iterations launch the captured chains: p(x) and p(x, y) chains
+// (two captures), one launch each per iteration (the warm-up ran them directly, then captured).
+TEST(CudaBench, TimedIterationsLaunchTheCapturedChains) {
+  JEM_SKIP_WITHOUT_CUDA();
+  auto be = std::make_unique<cuda::CudaBackend>(0, MathMode::FP32, Layout::NCHW);
+  be->set_capture_enabled(true);
+  TrainConfig c;
+  c.dataset = "fashion-mnist";
+  c.depth = 10;
+  c.width = 1;
+  c.batch_size = 4;
+  c.px_batch_size = 2;
+  c.sgld_steps = 2;
+  c.buffer_size = 100;  // 10 class segments of 10 for the conditional chains' draws
+  c.eval_batch = 8;
+  c.w_pxy = 1.0;
+  const BenchResult r = run_bench(*be, c, BenchOptions{3, 2});
+  EXPECT_EQ(r.timed_graph_launches, 2 * 3);
+  EXPECT_EQ(r.timed_allocations, 0);
+  EXPECT_NE(r.backend.find("CUDA Graphs"), std::string::npos) << r.backend;
 }
 
 } // namespace

@@ -96,6 +96,21 @@ TEST_F(EmulatedCli, BenchOnTheCudaBackendWritesItsJson) {
   EXPECT_GT(j["ms_per_iteration"]["total"].get<double>(), 0.0);
   // The device's memory in use is reported on a CUDA backend (the emulated runtime counts it).
   EXPECT_GT(j["device_memory_used_bytes"].get<double>(), 0.0) << j.dump(2);
+  EXPECT_EQ(j["graph_launches_during_timed_iterations"], 0);
+  // With JEM_CUDA_GRAPHS=1 the backend says so, and the timed iterations launch the captured
+  // chains (warm-up 2: the first runs them directly, the second captures): one per iteration.
+  ASSERT_EQ(jem::test::run_command("JEM_CUDA_GRAPHS=1 " +
+                                       jem_cmd("bench --device cuda --config " + root_ +
+                                               "/tiny.toml --iterations 2 --warmup 2 --json " +
+                                               json_path),
+                                   &out),
+            0)
+      << out;
+  std::ifstream in_graphs(json_path);
+  const auto g = nlohmann::json::parse(in_graphs);
+  EXPECT_NE(g["backend"].get<std::string>().find("CUDA Graphs"), std::string::npos) << g.dump(2);
+  EXPECT_EQ(g["graph_launches_during_timed_iterations"], 2) << out;
+  EXPECT_NE(out.find("2 CUDA Graph launches during the timed iterations"), std::string::npos) << out;
 }
 
 }  // namespace
