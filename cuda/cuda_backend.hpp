@@ -73,9 +73,9 @@ class CudaBackend final : public Backend {
   // cuda_graphs.cpp
   std::unique_ptr<CapturedOps> capture(const NoiseKey& key, const std::function<void()>& ops,
                                        std::string* why) override;
-  void launch(const CapturedOps& ops, const NoiseKey& key) override;
-  // How many captures succeeded and how many graphs were launched since the backend was made
-  // (tests and benchmarks check that the graph path ran).
+  bool launch(const CapturedOps& ops, const NoiseKey& key) override;
+  // How many captures succeeded and how many graphs were launched (launch() returning true) since
+  // the backend was made (tests and benchmarks check that the graph path ran).
   std::int64_t graphs_captured() const { return graphs_captured_; }
   std::int64_t graph_launches() const override { return graph_launches_; }
   // Filters inside `params` are converted to KRSC once per scope (NHWC convolutions).

@@ -17,6 +17,7 @@
 // invalidates it: capture() then ends it, clears the error and returns nullptr with the reason.
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <string>
@@ -30,17 +31,21 @@ namespace {
 
 class CudaGraphOps final : public CapturedOps {
  public:
-  CudaGraphOps(const CudaBackend* owner, cudaGraphExec_t exec) : owner_(owner), exec_(exec) {}
+  CudaGraphOps(const CudaBackend* owner, cudaGraphExec_t exec, std::uint64_t scratch_moves)
+      : owner_(owner), exec_(exec), scratch_moves_(scratch_moves) {}
   ~CudaGraphOps() override { (void)cudaGraphExecDestroy(exec_); }
   CudaGraphOps(const CudaGraphOps&) = delete;
   CudaGraphOps& operator=(const CudaGraphOps&) = delete;
 
   const CudaBackend* owner() const { return owner_; }
   cudaGraphExec_t exec() const { return exec_; }
+  // ConvEngine::scratch_moves() at capture: the graph's scratch addresses are valid while it is.
+  std::uint64_t scratch_moves() const { return scratch_moves_; }
 
  private:
   const CudaBackend* owner_;
   cudaGraphExec_t exec_;
+  std::uint64_t scratch_moves_;
 };
 
 bool same_noise(const NoiseKey& a, const NoiseKey& b) {
@@ -77,6 +82,8 @@ std::unique_ptr<CapturedOps> CudaBackend::capture(const NoiseKey& key,
     ops();
   } catch (const std::exception& e) {
     failure = e.what();
+  } catch (...) {  // whatever it was, the stream must leave capture mode
+    failure = "an exception that is not a std::exception";
   }
   capturing_ = false;
   cudaGraph_t graph = nullptr;
@@ -97,18 +104,22 @@ std::unique_ptr<CapturedOps> CudaBackend::capture(const NoiseKey& key,
     return refuse(std::string("cudaGraphInstantiate: ") + cudaGetErrorString(made));
   }
   ++graphs_captured_;
-  return std::make_unique<CudaGraphOps>(this, exec);
+  return std::make_unique<CudaGraphOps>(this, exec, conv_->scratch_moves());
 }
 
-void CudaBackend::launch(const CapturedOps& ops, const NoiseKey& key) {
+bool CudaBackend::launch(const CapturedOps& ops, const NoiseKey& key) {
   const auto* graph = dynamic_cast<const CudaGraphOps*>(&ops);
   JEM_CHECK(graph != nullptr && graph->owner() == this, "launch (cuda): the ops were captured by ",
             graph ? "another CUDA backend" : "another kind of backend", ", not by ", name());
   JEM_CHECK(!capturing_, "launch (cuda): cannot launch captured ops inside a capture");
+  // A scratch buffer reallocated since the capture (growing waits for the stream and frees the
+  // old one) would leave the graph reading and writing freed memory.
+  if (conv_->scratch_moves() != graph->scratch_moves()) return false;
   bind();
   kernels::write_noise_key(live_key_, key, stream_);
   JEM_CUDA_CHECK(cudaGraphLaunch(graph->exec(), stream_));
   ++graph_launches_;
+  return true;
 }
 
 }  // namespace jem::cuda

@@ -131,6 +131,16 @@ std::vector<int> candidates(const std::vector<Perf>& perf, int returned, bool fp
   return order;
 }
 
+// Whether `stream` is capturing a CUDA Graph (cuda_graphs.cpp). A call that fails while capturing
+// may have failed because capture refused it, not because the shape cannot run it: such failures
+// are rethrown (the capture is abandoned and the ops run directly) rather than taken as a
+// verdict on the plan.
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream, &status) == cudaSuccess &&
+         status != cudaStreamCaptureStatusNone;
+}
+
 // log2 of a pointer's alignment, capped at 8 (256 bytes, cudaMalloc's), in 4 bits per pointer
 // (up to 6 pointers): a plan searched on 256-byte-aligned pointers is not reused for pointers
 // that are only 16-byte aligned (views at float offsets in the flat parameter buffer), in case
@@ -537,6 +547,7 @@ void ConvEngine::choose_epilogue(const ConvGeom& g, Plan& p, const float* x, con
       try {
         workspace_.ensure(need, stream_);
       } catch (const Error&) {  // out of memory: the searched plan needs less
+        if (capturing(stream_)) throw;
         ok = false;
       }
     }
@@ -638,6 +649,7 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
   try {
     f->run(handle_, a, workspace_.ensure(f->workspace_bytes(), stream_));
   } catch (const Error& e) {
+    if (capturing(stream_)) throw;  // not the plan's fault: see capturing()
     // A plan that built but does not run (its variant pack refused, the execution failed before
     // any launch): the shape runs unfused from now on, and this call too.
     if (verbose_)

@@ -85,6 +85,12 @@ class ConvEngine {
                           const float* z, float* t, float* y, float slope);
   // How many forward_leaky_relu calls ran fused (returned true).
   std::int64_t fused_calls() const { return fused_calls_; }
+  // The moves of the scratch buffers whose addresses convolutions pass to cuDNN and the kernels
+  // (workspace, converted operands and filters): a CUDA Graph captured when this was n holds
+  // valid addresses only while it still is n (cuda_graphs.cpp).
+  std::uint64_t scratch_moves() const {
+    return workspace_.moves() + operand_.moves() + filter_.moves() + const_krsc_.moves();
+  }
   // Backend::begin_constant_weights: until end_constant_weights(), a filter that lies inside
   // [params, params + n) is converted to KRSC at its first NHWC use only, into a mirror of the
   // buffer (allocated at the first such use, then kept), and reused.

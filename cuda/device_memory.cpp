@@ -141,6 +141,7 @@ void* DeviceBuffer::ensure(std::size_t bytes, cudaStream_t stream) {
   }
   ptr_ = nullptr;
   bytes_ = 0;
+  ++moves_;  // counted before the allocation: a failed one has freed the old buffer too
   JEM_CUDA_CHECK(cudaMalloc(&ptr_, bytes == 0 ? 256 : bytes));
   bytes_ = bytes;
   device_ = current_device();

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "jem/backend.hpp"
 
@@ -47,10 +48,14 @@ class DeviceBuffer {
   void* ensure(std::size_t bytes, cudaStream_t stream);
   void* get() const { return ptr_; }
   std::size_t bytes() const { return bytes_; }
+  // How many times the buffer has moved (been allocated anew): work captured in a CUDA Graph
+  // holds its address, so a graph captured before a move must not run after it.
+  std::uint64_t moves() const { return moves_; }
 
  private:
   void* ptr_ = nullptr;
   std::size_t bytes_ = 0;
+  std::uint64_t moves_ = 0;
   int device_ = 0;  // where ptr_ was allocated (for the byte counts)
 };
 

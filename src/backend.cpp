@@ -45,7 +45,7 @@ std::unique_ptr<CapturedOps> Backend::capture(const NoiseKey& /*key*/,
   return nullptr;
 }
 
-void Backend::launch(const CapturedOps& /*ops*/, const NoiseKey& /*key*/) {
+bool Backend::launch(const CapturedOps& /*ops*/, const NoiseKey& /*key*/) {
   JEM_FAIL("launch: ", name(), " captures no ops, so it has none to launch");
 }
 

@@ -117,23 +117,17 @@ TEST_F(Sampler, NoiselessStepsLowerTheEnergy) {
 }
 
 // The CPU backend captures nothing: capture() returns no ops, says why and runs nothing of them
-// (the caller runs them itself), and launch() refuses. The sampler then runs its chains directly
-// every time, with no graph failure to report.
-TEST_F(Sampler, CpuBackendCapturesNothingAndChainsRunDirectly) {
+// (the caller runs them itself), and launch() refuses ops from elsewhere.
+TEST_F(Sampler, CpuBackendCapturesNothing) {
   EXPECT_FALSE(be_->can_capture());
   bool ran = false;
   std::string why;
   EXPECT_EQ(be_->capture(NoiseKey{}, [&] { ran = true; }, &why), nullptr);
   EXPECT_FALSE(ran);
   EXPECT_NE(why.find("no capture"), std::string::npos) << why;
-  SamplerConfig sc;
-  sc.steps = 2;
-  SgldSampler s(*be_, *model_, sc, 4);
-  const std::vector<float> start = jem::test::random_vector(4 * 64, 6);
-  const Tensor x = be_->from_vector(start, Shape{4, 1, 8, 8});
-  for (std::uint32_t it = 0; it < 3; ++it) s.run_chains(x, Tensor(), 1, it, 0, 2);
-  EXPECT_NE(be_->to_vector(x), start);
-  EXPECT_TRUE(s.graph_failure().empty());
+  struct Foreign : CapturedOps {};
+  EXPECT_THROW(be_->launch(Foreign{}, NoiseKey{}), Error);
+  EXPECT_EQ(be_->graph_launches(), 0);
 }
 
 // The objective's parameter gradient (all four terms on) against central finite differences of

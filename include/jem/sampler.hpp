@@ -100,7 +100,9 @@ class SgldSampler {
   // x, batch, labels tensor and step count) is captured, and later runs launch the capture: the
   // same ops with the same results, issued in one call. The first run of a shape runs directly,
   // as does every run after a capture failed (reported once on stderr, and by
-  // graph_failure()). The captures of the last 4 shapes are kept.
+  // graph_failure()). The captures of the last 4 shapes are kept; one that went stale (a
+  // larger shape, an evaluation batch, moved the backend's scratch memory) is run directly
+  // once and captured again.
   void run_chains(const Tensor& x, const Tensor& labels_dev, std::uint64_t seed,
                   std::uint32_t iteration, std::uint32_t sample_base, int steps);
 

@@ -331,7 +331,7 @@ const uint3& block_index() { return block_idx; }
 const uint3& block_dim() { return block_dims; }
 const uint3& grid_dim() { return grid_dims; }
 
-void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
+bool launch_configuration_ok(const char* kernel, dim3 grid, dim3 block) {
   // The limits of every GPU since compute capability 3.0
   // (cudaErrorInvalidConfiguration there).
   const std::int64_t threads = std::int64_t(block.x) * block.y * block.z;
@@ -342,8 +342,13 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<voi
                        std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
                        std::to_string(grid.z) + "), block (" + std::to_string(block.x) + ", " +
                        std::to_string(block.y) + ", " + std::to_string(block.z) + ")");
-    return;
+    return false;
   }
+  return true;
+}
+
+void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
+  if (!launch_configuration_ok(kernel, grid, block)) return;
   const std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
   last_launched = kernel;
   // Kernels whose first launch used no barrier and no shuffle run sequentially from then on (no

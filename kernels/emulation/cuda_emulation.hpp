@@ -75,6 +75,9 @@ namespace jem::emu {
 // shuffle in a thread) become the calling thread's last error, read by
 // get_last_error() like cudaGetLastError().
 void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body);
+// The configuration check run_grid starts with: false, with cudaErrorInvalidConfiguration as the
+// last error, when a GPU would refuse the launch.
+bool launch_configuration_ok(const char* kernel, dim3 grid, dim3 block);
 
 // What a launch site names: the kernel, its configuration and stream; called with
 // the kernel's arguments, which are copied, as a GPU launch copies its parameters.
@@ -85,6 +88,8 @@ class Launch {
       : name_(name), kernel_(kernel), grid_(grid), block_(block), stream_(stream) {}
   template <class... Args>
   void operator()(const Args&... args) const {
+    // A GPU refuses a bad configuration at the launch call, captured or not.
+    if (!launch_configuration_ok(name_, grid_, block_)) return;
     enqueue(stream_, [name = name_, kernel = kernel_, grid = grid_, block = block_, ... a = args] {
       run_grid(name, grid, block, [&] { kernel(a...); });
     });

@@ -137,7 +137,11 @@ void SgldSampler::run_chains(const Tensor& x, const Tensor& labels_dev, std::uin
                          steps};
   auto known = std::find_if(graphs_.begin(), graphs_.end(), [&](const ChainGraph& g) { return g.shape == shape; });
   if (known != graphs_.end() && known->ops) {
-    backend_.launch(*known->ops, key);
+    if (backend_.launch(*known->ops, key)) return;
+    // The capture went stale (a larger shape moved a scratch buffer): run directly, capture anew
+    // at the next run.
+    known->ops.reset();
+    run_steps(x, labels_dev, key, steps);
     return;
   }
   if (known != graphs_.end()) {
@@ -145,8 +149,10 @@ void SgldSampler::run_chains(const Tensor& x, const Tensor& labels_dev, std::uin
     // algorithm search, scratch buffers growing) is done, so the steps can be captured.
     std::string why;
     known->ops = backend_.capture(key, [&] { run_steps(x, labels_dev, key, steps); }, &why);
-    if (known->ops) {
-      backend_.launch(*known->ops, key);
+    if (known->ops && backend_.launch(*known->ops, key)) return;
+    if (known->ops) {  // cannot happen (nothing ran between capture and launch); run directly
+      known->ops.reset();
+      run_steps(x, labels_dev, key, steps);
       return;
     }
     graph_failure_ = why.empty() ? std::string("capture failed") : why;

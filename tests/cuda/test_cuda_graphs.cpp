@@ -6,6 +6,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cuda_test_support.hpp"
 #include "jem/sampler.hpp"
@@ -188,47 +189,119 @@ TEST(CudaGraphs, GraphsFromEnvironment) {
   }
 }
 
-// The sampler's chains through graphs, against the same chains run op by op on the same backend
-// (the same cuDNN algorithm choices; FP32: deterministic ones): bit-equal samples and buffers,
-// iteration after iteration, in both layouts. Each iteration runs marginal chains and then
-// class-conditional ones (6 and 4 chains), as a training iteration with both terms does: two
-// captures, kept side by side. Iteration 0 runs directly, iteration 1 captures and launches,
-// iteration 2 launches with a new key.
-TEST(CudaGraphs, SamplerChainsThroughGraphsEqualDirectChains) {
-  JEM_SKIP_WITHOUT_CUDA();
-  for (const Layout layout : {Layout::NCHW, Layout::NHWC}) {
-    SCOPED_TRACE(to_string(layout));
-    auto be = graph_backend(MathMode::FP32, layout);
-    WideResNet model(WrnConfig{10, 1, 1, 8, 4}, *be, 8);
+// A sampler with chains through graphs and one without, on one backend (so the same cuDNN
+// algorithm choices), with one buffer each, initialised alike.
+struct TwinSamplers {
+  TwinSamplers(MathMode math, Layout layout)
+      : be(graph_backend(math, layout)),
+        model(WrnConfig{10, 1, 1, 8, 4}, *be, 12),
+        via_graph(*be, 40, 1, 8, 4),
+        direct(*be, 40, 1, 8, 4) {
     model.init(3);
-    SamplerConfig sc;
     sc.buffer_size = 40;
     sc.steps = 3;
     sc.reinit_freq = 0.2f;
     sc.n_classes = 4;
-    ReplayBuffer via_graph(*be, 40, 1, 8, 4), direct(*be, 40, 1, 8, 4);
     via_graph.init_uniform(5);
     direct.init_uniform(5);
-    SgldSampler graphed(*be, model, sc, 6), plain(*be, model, sc, 6);
-    const IVec labels{0, 1, 2, 3};
+    graphed = std::make_unique<SgldSampler>(*be, model, sc, 6);
+    plain = std::make_unique<SgldSampler>(*be, model, sc, 6);
+  }
+  // One iteration's chains, marginal (6) or class-conditional (4), by both samplers: the
+  // graphed one's samples, then the plain one's. `graphed_fused`: the fused convolutions the
+  // graphed one issued (counted when issued: at a direct run or a capture, not at a launch).
+  std::pair<Vec, Vec> sample(std::uint32_t it, bool conditional,
+                             std::int64_t* graphed_fused = nullptr) {
+    static const IVec labels{0, 1, 2, 3};
+    const int n = conditional ? 4 : 6;
+    const std::int32_t* y = conditional ? labels.data() : nullptr;
+    const std::uint32_t base = conditional ? 6 : 0;
+    be->set_capture_enabled(true);
+    const std::int64_t fused_before = be->fused_conv_calls();
+    Vec a = be->to_vector(graphed->sample(via_graph, 9, it, base, n, y));
+    if (graphed_fused) *graphed_fused = be->fused_conv_calls() - fused_before;
+    be->set_capture_enabled(false);
+    Vec b = be->to_vector(plain->sample(direct, 9, it, base, n, y));
+    return {std::move(a), std::move(b)};
+  }
+  std::unique_ptr<cuda::CudaBackend> be;
+  WideResNet model;
+  SamplerConfig sc;
+  ReplayBuffer via_graph, direct;
+  std::unique_ptr<SgldSampler> graphed, plain;
+};
+
+// The sampler's chains through graphs against the same chains run op by op: FP32 (deterministic
+// cuDNN algorithms) bit-equal samples and buffers, iteration after iteration, in both layouts;
+// TF32 in NHWC, where the convolutions run as cuDNN graph-API fusions on sm_90, within what two
+// runs of one algorithm may differ by when it accumulates in a nondeterministic order (the same
+// TF32 products summed in another order: the FP32 reassociation budget of a convolution, 32
+// sqrt(k) u relative, cuda_test_support.hpp). Each iteration runs marginal chains and then
+// class-conditional ones (6 and 4 chains), as a training iteration with both terms does: two
+// captures side by side. Iteration 0 runs directly, iteration 1 captures and launches (on sm_90
+// in TF32 NHWC, the capture includes the graph-API fusions), iteration 2 launches with a new
+// key, issuing no op (the fused-call counter, which counts when an op is issued, stays put).
+TEST(CudaGraphs, SamplerChainsThroughGraphsEqualDirectChains) {
+  JEM_SKIP_WITHOUT_CUDA();
+  const std::pair<MathMode, Layout> cases[] = {{MathMode::FP32, Layout::NCHW},
+                                               {MathMode::FP32, Layout::NHWC},
+                                               {MathMode::TF32, Layout::NHWC}};
+  for (const auto& [math, layout] : cases) {
+    SCOPED_TRACE(std::string(to_string(math)) + " " + to_string(layout));
+    TwinSamplers t(math, layout);
+    const double tol = math == MathMode::FP32 ? 0.0 : kFp32Ulps * std::sqrt(64.0 * 9.0) * kU;
+    auto agree = [&](const Vec& a, const Vec& b, const std::string& what) {
+      if (tol == 0.0)
+        expect_bit_equal(a, b, what);
+      else
+        expect_close(a, b, tol, what);
+    };
+    const bool fuses = math == MathMode::TF32 && layout == Layout::NHWC && sm90_or_later();
     for (std::uint32_t it = 0; it < 3; ++it) {
       for (const bool conditional : {false, true}) {
-        const int n = conditional ? 4 : 6;
-        const std::int32_t* y = conditional ? labels.data() : nullptr;
-        const std::uint32_t base = conditional ? 6 : 0;
-        be->set_capture_enabled(true);
-        const Vec a = be->to_vector(graphed.sample(via_graph, 9, it, base, n, y));
-        be->set_capture_enabled(false);
-        const Vec b = be->to_vector(plain.sample(direct, 9, it, base, n, y));
-        expect_bit_equal(a, b, std::string(conditional ? "conditional" : "marginal") +
-                                   " samples of iteration " + std::to_string(it));
+        std::int64_t graphed_fused = -1;
+        const auto [a, b] = t.sample(it, conditional, &graphed_fused);
+        agree(a, b,
+              std::string(conditional ? "conditional" : "marginal") + " samples of iteration " +
+                  std::to_string(it));
+        // The direct run and the capture issue the fused convolutions; the launch issues none.
+        if (it == 2) {
+          EXPECT_EQ(graphed_fused, 0) << "the launch ran ops directly";
+        } else if (fuses) {
+          EXPECT_GT(graphed_fused, 0) << "iteration " << it << " ran no fused call";
+        }
       }
     }
-    expect_bit_equal(be->to_vector(via_graph.data()), be->to_vector(direct.data()), "buffers");
-    EXPECT_TRUE(graphed.graph_failure().empty()) << graphed.graph_failure();
-    EXPECT_EQ(be->graphs_captured(), 2);
-    EXPECT_EQ(be->graph_launches(), 4);
+    agree(t.be->to_vector(t.via_graph.data()), t.be->to_vector(t.direct.data()), "buffers");
+    EXPECT_TRUE(t.graphed->graph_failure().empty()) << t.graphed->graph_failure();
+    EXPECT_EQ(t.be->graphs_captured(), 2);
+    EXPECT_EQ(t.be->graph_launches(), 4);
   }
+}
+
+// A capture holds the addresses of the backend's scratch buffers. A larger shape in between (an
+// evaluation batch: here a forward of 12 images, whose NHWC input conversion needs a larger
+// buffer) moves them: the next launch refuses to run (it would use freed memory), the sampler
+// runs those chains directly, and captures them again the time after. The samples stay bit-equal
+// to the chains run op by op throughout.
+TEST(CudaGraphs, StaleCapturesAreRunDirectlyAndTakenAgain) {
+  JEM_SKIP_WITHOUT_CUDA();
+  TwinSamplers t(MathMode::FP32, Layout::NHWC);
+  for (std::uint32_t it = 0; it < 2; ++it) {
+    const auto [a, b] = t.sample(it, false);
+    expect_bit_equal(a, b, "samples of iteration " + std::to_string(it));
+  }
+  ASSERT_EQ(t.be->graphs_captured(), 1);
+  ASSERT_EQ(t.be->graph_launches(), 1);
+  const Tensor big = t.be->from_vector(random_vector(12 * 64, 4), Shape{12, 1, 8, 8});
+  (void)t.be->to_vector(t.model.forward(big));
+  for (std::uint32_t it = 2; it < 4; ++it) {
+    const auto [a, b] = t.sample(it, false);
+    expect_bit_equal(a, b, "samples of iteration " + std::to_string(it));
+  }
+  EXPECT_EQ(t.be->graphs_captured(), 2) << "the stale capture was not taken again";
+  EXPECT_EQ(t.be->graph_launches(), 2) << "a stale capture was launched";
+  EXPECT_TRUE(t.graphed->graph_failure().empty()) << t.graphed->graph_failure();
 }
 
 // Whole JEM iterations with the chains in graphs: the run agrees with the one without graphs (the

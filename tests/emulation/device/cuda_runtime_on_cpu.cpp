@@ -302,13 +302,15 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsig
   return cudaSuccess;
 }
 
-// Runs the recorded work in order (or records it, when `stream` captures); the first launch error
-// among it is returned, as a GPU reports a failed kernel of the graph.
+// Runs the recorded work in order (or records it, when `stream` captures); the first error that
+// work raises is returned, as a GPU reports a failed kernel of the graph. (An error already
+// pending before the launch is left for its own reader.)
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (exec == nullptr) return fail(cudaErrorInvalidValue, "cudaGraphLaunch of no graph");
+  const cudaError_t pending = jem::emu::peek_last_error();
   for (const auto& work : exec->work) {
     jem::emu::enqueue(stream, work);
-    if (const cudaError_t e = jem::emu::peek_last_error(); e != cudaSuccess) return e;
+    if (const cudaError_t e = jem::emu::peek_last_error(); e != pending) return e;
   }
   return cudaSuccess;
 }
