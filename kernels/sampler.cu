@@ -10,6 +10,8 @@
 //     iteration, step, sample_base + b, block) call giving the normals of elements 4 block ..
 //     4 block + 3 (the tail block of a sample uses the first per % 4). Box-Muller runs CUDA's
 //     logf / sinf / cosf, which differ from glibc's in the last bits: a few ulp, not bit-equal.
+// In a CUDA Graph the key's seed, iteration and sample_base come from device memory (`live`,
+// written by write_noise_key before each launch), since a captured launch keeps its arguments.
 #include "jem/philox.hpp"
 #include "jem/sgld_math.hpp"
 #include "kernel_util.cuh"
