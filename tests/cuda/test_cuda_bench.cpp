@@ -6,6 +6,20 @@
 namespace jem::test {
 namespace {
 
+// The bench's model: WRN-10-1 on 28x28 grey images, batch 4 + 2 chains of 2 SGLD steps.
+TrainConfig tiny_bench_config() {
+  TrainConfig c;
+  c.dataset = "fashion-mnist";
+  c.depth = 10;
+  c.width = 1;
+  c.batch_size = 4;
+  c.px_batch_size = 2;
+  c.sgld_steps = 2;
+  c.buffer_size = 20;
+  c.eval_batch = 8;
+  return c;
+}
+
 TEST(CudaBench, PeakMemoryCountsTensorsAndSurvivesTheirRelease) {
   JEM_SKIP_WITHOUT_CUDA();
   auto be = cuda::make_cuda_backend(0, MathMode::FP32);
@@ -63,16 +77,7 @@ TEST(CudaBench, EachConvolutionSearchCountsAsAnAllocation) {
 TEST(CudaBench, TimesTheIterationOnTheGpu) {
   JEM_SKIP_WITHOUT_CUDA();
   auto be = cuda::make_cuda_backend(0, MathMode::FP32);
-  TrainConfig c;
-  c.dataset = "fashion-mnist";
-  c.depth = 10;
-  c.width = 1;
-  c.batch_size = 4;
-  c.px_batch_size = 2;
-  c.sgld_steps = 2;
-  c.buffer_size = 20;
-  c.eval_batch = 8;
-  const BenchResult r = run_bench(*be, c, BenchOptions{2, 1});
+  const BenchResult r = run_bench(*be, tiny_bench_config(), BenchOptions{2, 1});
   ASSERT_EQ(r.ms.total.size(), 2u);
   EXPECT_GT(r.ms.sgld[0], 0.0);
   // The model's parameters, gradients and activations live on the device.
@@ -89,15 +94,8 @@ TEST(CudaBench, TimedIterationsLaunchTheCapturedChains) {
   JEM_SKIP_WITHOUT_CUDA();
   auto be = std::make_unique<cuda::CudaBackend>(0, MathMode::FP32, Layout::NCHW);
   be->set_capture_enabled(true);
-  TrainConfig c;
-  c.dataset = "fashion-mnist";
-  c.depth = 10;
-  c.width = 1;
-  c.batch_size = 4;
-  c.px_batch_size = 2;
-  c.sgld_steps = 2;
+  TrainConfig c = tiny_bench_config();
   c.buffer_size = 100;  // 10 class segments of 10 for the conditional chains' draws
-  c.eval_batch = 8;
   c.w_pxy = 1.0;
   const BenchResult r = run_bench(*be, c, BenchOptions{1, 2});
   EXPECT_EQ(r.timed_graph_launches, 2);
