@@ -86,10 +86,12 @@ class ConvEngine {
   // How many forward_leaky_relu calls ran fused (returned true).
   std::int64_t fused_calls() const { return fused_calls_; }
   // The moves of the scratch buffers whose addresses convolutions pass to cuDNN and the kernels
-  // (workspace, converted operands and filters): a CUDA Graph captured when this was n holds
-  // valid addresses only while it still is n (cuda_graphs.cpp).
+  // (workspace, converted operands and filters), plus the fused plans retired since: a CUDA
+  // Graph captured when this was n holds valid addresses, and only plans that still run, while
+  // it still is n (cuda_graphs.cpp).
   std::uint64_t scratch_moves() const {
-    return workspace_.moves() + operand_.moves() + filter_.moves() + const_krsc_.moves();
+    return workspace_.moves() + operand_.moves() + filter_.moves() + const_krsc_.moves() +
+           retired_fused_.size();
   }
   // Backend::begin_constant_weights: until end_constant_weights(), a filter that lies inside
   // [params, params + n) is converted to KRSC at its first NHWC use only, into a mirror of the
@@ -148,6 +150,8 @@ class ConvEngine {
   // The graph-API plans of forward_leaky_relu by {pattern, N, C, H, W, K, R, S, stride, pad_h,
   // pad_w, slope's bits}; null: none could be built.
   std::map<std::array<std::int64_t, 12>, std::unique_ptr<FusedConv>> fused_;
+  // Plans that failed to run (their shape runs unfused since), kept until the engine dies.
+  std::vector<std::unique_ptr<FusedConv>> retired_fused_;
   bool fusion_ = true;  // JEM_CUDNN_FUSION != 0
   std::int64_t fused_calls_ = 0;
   DeviceBuffer workspace_;

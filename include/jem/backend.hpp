@@ -120,8 +120,9 @@ class Backend {
                                                const std::function<void()>& ops, std::string* why);
   // Runs `ops` (captured by this backend) with the noise of `key`, asynchronously, as any op,
   // and returns true; or returns false and runs nothing when the ops no longer can run: a scratch
-  // buffer they use has moved since the capture (a larger shape made it grow). The caller then
-  // runs the ops directly, and may capture them again.
+  // buffer they use has moved since the capture (a larger shape made it grow), or a fused cuDNN
+  // plan they hold has failed in a direct call since. The caller then runs the ops directly, and
+  // may capture them again.
   virtual bool launch(const CapturedOps& ops, const NoiseKey& key);
   // How many launch() calls this backend has run (`jem bench` reports those of its timed
   // iterations: whether the chains ran as graphs).

@@ -155,5 +155,42 @@ TEST_F(CudaFusedConv, PlanThatFailsToRunFallsBackForGood) {
   EXPECT_EQ(fused_by(*be, conv2, "conv2"), 1);
 }
 
+// A CUDA Graph that captured a fused plan holds that plan's kernels. When the plan later fails
+// in a direct call and is retired, the graph must not run again (launch() returns false: stale),
+// and the retired plan must stay alive (the emulated replay reads it: freed, ASan would see it).
+TEST_F(CudaFusedConv, GraphsThatHoldARetiredPlanGoStale) {
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  if (std::string(prop.name).find("emulated") == std::string::npos)
+    GTEST_SKIP() << "needs the emulated cuDNN's failing executions";
+  auto be = backend(MathMode::TF32);
+  be->set_capture_enabled(true);
+  const int N = 2, C = 16, H = 8;
+  const Tensor x = be->from_vector(random_vector(std::size_t(N) * C * H * H, 41), Shape{N, C, H, H})
+                       .as_layout(Layout::NHWC);
+  const Tensor w = be->from_vector(random_vector(std::size_t(C) * C * 9, 42), Shape{C, C, 3, 3});
+  const Tensor b = be->from_vector(random_vector(std::size_t(C), 43), Shape{C});
+  const Tensor y = be->empty(Shape{N, C, H, H}, DType::F32).as_layout(Layout::NHWC);
+  auto conv1 = [&] { be->conv2d_forward_leaky_relu(x, w, b, Tensor(), Tensor(), y, 1, 1, 0.2f); };
+  // The unfused way's convolution first, so that the fallback below finds its algorithm searched
+  // and the scratch buffers sized: then only the retirement can make the capture stale.
+  be->conv2d_forward(x, w, Tensor(), y, 1, 1);
+  conv1();  // builds the plan and sizes the scratch buffers, which a capture may not do
+  ASSERT_EQ(be->fused_conv_calls(), 1);
+  std::string why;
+  const auto ops = be->capture(NoiseKey{}, conv1, &why);
+  ASSERT_NE(ops, nullptr) << why;
+  ASSERT_TRUE(be->launch(*ops, NoiseKey{}));
+  const std::int64_t fused_calls = be->fused_conv_calls();  // the capture's call counted
+  {
+    const ScopedEnv fail("JEM_EMULATED_CUDNN_EXECUTE_FAILS", "1");
+    conv1();  // the plan fails: this call runs unfused, and the plan is retired
+  }
+  ASSERT_EQ(be->fused_conv_calls(), fused_calls) << "the failing plan ran";
+  be->fill(y, 0.0f);
+  EXPECT_FALSE(be->launch(*ops, NoiseKey{})) << "a graph holding a retired plan was launched";
+  EXPECT_EQ(be->to_vector(y), Vec(std::size_t(y.numel()), 0.0f)) << "a stale launch ran something";
+}
+
 }  // namespace
 }  // namespace jem::test
