@@ -10,9 +10,11 @@
 #include "jem/bench.hpp"
 #include "jem/flops.hpp"
 #include "jem/wide_resnet.hpp"
+#include "short_run.hpp"
 #include "test_support.hpp"
 
 using namespace jem;
+using jem::test::tiny_bench_config;
 namespace fs = std::filesystem;
 
 namespace {
@@ -155,22 +157,9 @@ TEST(Bench, DatasetShapes) {
   EXPECT_THROW(dataset_shape("imagenet"), Error);
 }
 
-TrainConfig tiny_config() {
-  TrainConfig c;
-  c.dataset = "fashion-mnist";
-  c.depth = 10;
-  c.width = 1;
-  c.batch_size = 4;
-  c.px_batch_size = 2;
-  c.sgld_steps = 2;
-  c.buffer_size = 20;
-  c.eval_batch = 8;
-  return c;
-}
-
 TEST(Bench, TimesEveryPhaseOfEveryIteration) {
   auto be = make_cpu_backend(1);
-  const TrainConfig c = tiny_config();
+  const TrainConfig c = tiny_bench_config();
   const BenchResult r = run_bench(*be, c, BenchOptions{3, 1});
   ASSERT_EQ(r.ms.total.size(), 3u);
   ASSERT_EQ(r.ms.sgld.size(), 3u);
@@ -210,7 +199,7 @@ void run_headlines(const std::string& dir, nlohmann::json* h) {
 TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   const std::string dir = jem::test::temp_dir("headlines");
   auto be = make_cpu_backend(1);
-  const TrainConfig c = tiny_config();
+  const TrainConfig c = tiny_bench_config();
   const BenchOptions opt{2, 1};
   const BenchResult r = run_bench(*be, c, opt);
   std::ofstream(dir + "/jem_bench_wrn28x10_tf32.json") << bench_json(r, c, opt);
@@ -275,7 +264,7 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
 TEST(Bench, GpuCheckHeadlinesMemoryTargetCountsTheDeviceReading) {
   const std::string dir = jem::test::temp_dir("headlines_memory");
   auto be = make_cpu_backend(1);
-  const TrainConfig c = tiny_config();
+  const TrainConfig c = tiny_bench_config();
   const BenchOptions opt{1, 0};
   auto j = nlohmann::json::parse(bench_json(run_bench(*be, c, opt), c, opt));
   EXPECT_TRUE(j["device_memory_used_bytes"].is_null());  // the CPU backend: not a device
@@ -390,7 +379,7 @@ TEST(Bench, GpuCheckHeadlinesKernelShareFromNcu) {
 
 TEST(Bench, ConditionalChainsAndNoPxTerm) {
   auto be = make_cpu_backend(1);
-  TrainConfig c = tiny_config();
+  TrainConfig c = tiny_bench_config();
   c.batch_size = 2;
   c.w_pxy = 1.0; // conditional chains for the labelled batch, after the
                  // unconditional ones
@@ -407,9 +396,9 @@ TEST(Bench, ConditionalChainsAndNoPxTerm) {
 
 TEST(Bench, RejectsBadOptionsAndConfigs) {
   auto be = make_cpu_backend(1);
-  EXPECT_THROW(run_bench(*be, tiny_config(), BenchOptions{0, 1}), Error);
-  EXPECT_THROW(run_bench(*be, tiny_config(), BenchOptions{1, -1}), Error);
-  TrainConfig c = tiny_config();
+  EXPECT_THROW(run_bench(*be, tiny_bench_config(), BenchOptions{0, 1}), Error);
+  EXPECT_THROW(run_bench(*be, tiny_bench_config(), BenchOptions{1, -1}), Error);
+  TrainConfig c = tiny_bench_config();
   c.depth = 11;
   EXPECT_THROW(run_bench(*be, c, BenchOptions{1, 0}), Error);
 }

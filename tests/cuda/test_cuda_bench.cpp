@@ -2,23 +2,10 @@
 // iteration timed on a GPU with the device's peak from the table.
 #include "cuda_test_support.hpp"
 #include "jem/bench.hpp"
+#include "short_run.hpp"
 
 namespace jem::test {
 namespace {
-
-// The bench's model: WRN-10-1 on 28x28 grey images, batch 4 + 2 chains of 2 SGLD steps.
-TrainConfig tiny_bench_config() {
-  TrainConfig c;
-  c.dataset = "fashion-mnist";
-  c.depth = 10;
-  c.width = 1;
-  c.batch_size = 4;
-  c.px_batch_size = 2;
-  c.sgld_steps = 2;
-  c.buffer_size = 20;
-  c.eval_batch = 8;
-  return c;
-}
 
 TEST(CudaBench, PeakMemoryCountsTensorsAndSurvivesTheirRelease) {
   JEM_SKIP_WITHOUT_CUDA();

@@ -27,6 +27,19 @@ std::vector<float> model_params(const safetensors::File& f) {
 
 }  // namespace
 
+TrainConfig tiny_bench_config() {
+  TrainConfig c;
+  c.dataset = "fashion-mnist";
+  c.depth = 10;
+  c.width = 1;
+  c.batch_size = 4;
+  c.px_batch_size = 2;
+  c.sgld_steps = 2;
+  c.buffer_size = 20;
+  c.eval_batch = 8;
+  return c;
+}
+
 double json_number(const std::string& line, const std::string& key) {
   const auto pos = line.find("\"" + key + "\":");
   if (pos == std::string::npos) return NAN;

@@ -24,6 +24,10 @@ struct ShortRun {
 // gradient, unlike Adam's first step, lr * sign(g)), every iteration logged and checked.
 TrainConfig short_run_config(const std::string& root, int iterations);
 
+// The smallest run `jem bench` times in the tests: WRN-10-1 on 28x28 grey images (fashion-mnist,
+// synthesized by the bench), batch 4 + 2 chains of 2 SGLD steps, a buffer of 20.
+TrainConfig tiny_bench_config();
+
 // Trains `cfg` on `backend` into cfg.out (which must not exist) and reads the run back.
 ShortRun run_short(Backend& backend, const TrainConfig& cfg);
 
