@@ -180,6 +180,7 @@ class CudaBackend final : public Backend {
   int cc_major_ = 0, cc_minor_ = 0, sms_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
+  DeviceBuffer cublas_workspace_;  // cuBLAS's workspace, ours (see the constructor)
   std::unique_ptr<ConvEngine> conv_;
   int* error_dev_ = nullptr;   // kernels::kErrorWords ints on the device
   int* error_host_ = nullptr;  // pinned mirror, read after a stream sync

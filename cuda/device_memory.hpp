@@ -23,8 +23,9 @@ void device_free(void* p) noexcept;
 std::size_t bytes_to_allocation_end(const void* p);
 
 // Peak bytes held at once on CUDA device `device` through device_alloc and DeviceBuffer (the
-// tensors and the backends' scratch buffers) since the process started. Not counted: the CUDA
-// context, cuBLAS's own workspace, and the temporaries of cuDNN's one-time algorithm search.
+// tensors and the backends' scratch buffers, cuBLAS's workspace among them) since the process
+// started. Not counted: the CUDA context, and the temporaries of cuDNN's one-time algorithm
+// search.
 std::size_t peak_allocated_bytes(int device);
 // The same registry's counts for `device`: allocations so far (tensors, every growth of a
 // scratch buffer, and each cuDNN algorithm search, see below), bytes held now, peak bytes.

@@ -13,6 +13,7 @@
 struct cublasContext {
   cudaStream_t stream = nullptr;
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
+  void* workspace = nullptr;  // set by cublasSetWorkspace; null: cuBLAS's default pool
 };
 
 namespace {
@@ -41,6 +42,15 @@ cublasStatus_t cublasDestroy_v2(cublasHandle_t h) {
 }
 cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
   h->stream = s;
+  h->workspace = nullptr;  // as documented: back to the default workspace pool
+  return CUBLAS_STATUS_SUCCESS;
+}
+// The documented checks: a workspace of some bytes must exist and be 256-byte aligned.
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void* workspace, size_t bytes) {
+  if (h == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (bytes > 0 && (workspace == nullptr || reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  h->workspace = bytes > 0 ? workspace : nullptr;
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) {
@@ -54,7 +64,13 @@ cublasStatus_t cublasGetProperty(libraryPropertyType type, int* value) {
   return CUBLAS_STATUS_SUCCESS;
 }
 const char* cublasGetStatusString(cublasStatus_t st) {
-  return st == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS (emulated cuBLAS)";
+  switch (st) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED (emulated cuBLAS)";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE (emulated cuBLAS)";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED (emulated cuBLAS)";
+    default: return "CUBLAS_STATUS (emulated cuBLAS)";
+  }
 }
 
 cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
@@ -64,6 +80,11 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOper
   const bool at = ta != CUBLAS_OP_N, bt = tb != CUBLAS_OP_N;
   if (lda < std::max(1, at ? k : m) || ldb < std::max(1, bt ? n : k) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
+  // Stricter than cuBLAS, on purpose: a GEMM captured into a CUDA Graph without a workspace set
+  // by cublasSetWorkspace is refused. The real library takes a new workspace for each capture
+  // instead (memory outside the backend's plan, growing with every capture), which the tests
+  // could not see otherwise.
+  if (h->workspace == nullptr && jem::emu::capturing(h->stream)) return CUBLAS_STATUS_NOT_SUPPORTED;
   const bool tf32 = h->math == CUBLAS_TF32_TENSOR_OP_MATH;
   // Host pointer mode: alpha and beta are read now, the matrices when the work runs (later, when
   // the stream is capturing a graph).
