@@ -66,7 +66,7 @@ class CudaBackend final : public Backend {
   // How many convolutions ran as one fused cuDNN graph-API call (conv + bias + LeakyReLU, with or
   // without the residual) since the backend was made: tests and benchmarks check that the fused
   // path runs where it should, not only that the results agree.
-  std::int64_t fused_conv_calls() const;
+  std::int64_t fused_conv_calls() const override;
   // Whether capture() records ops (CUDA Graphs); off unless asked for.
   void set_capture_enabled(bool on) { capture_enabled_ = on; }
   bool can_capture() const override { return capture_enabled_; }

@@ -59,6 +59,9 @@ def bench_headline(j):
         "device_memory_used_gib": used / GIB if isinstance(used, (int, float)) else None,
         "allocations_during_timed_iterations": j.get("allocations_during_timed_iterations"),
         "graph_launches_during_timed_iterations": j.get("graph_launches_during_timed_iterations"),
+        # > 0: the forward's convolutions ran fused (the NHWC TF32 runs must show it, or they
+        # measured the fallback); the floor below then counts the forward as fused.
+        "fused_conv_calls_during_timed_iterations": j.get("fused_conv_calls_during_timed_iterations"),
         "custom_kernels_floor_fraction": j.get("custom_kernels_floor_fraction"),
         "backend": j.get("backend"),
     }

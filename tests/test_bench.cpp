@@ -117,6 +117,12 @@ TEST(Flops, TinyNetworkTrafficMatchesAHandCount) {
   EXPECT_DOUBLE_EQ(t.custom, 447104.0);
   EXPECT_DOUBLE_EQ(t.bias, 4 * (6 * bias_fwd + 5 * (bias_fwd + all_outputs)));
   EXPECT_DOUBLE_EQ(t.total(), t.custom + t.bias);
+  // With the forward fused into cuDNN (channels-last TF32 on a GPU), conv1's and conv2's passes
+  // leave jem's kernels: the stem's LeakyReLU and the pooling read remain; nothing else changes.
+  const double fused_fwd = 2 * 256 + 64;
+  const IterationTraffic f = jem_iteration_traffic(kTiny, 3, 2, 5, 1000, 8.0, true);
+  EXPECT_DOUBLE_EQ(f.custom, 4 * (6 * (fused_fwd + bwd + 3 * 16) + 5 * (fused_fwd + bwd) + 8000));
+  EXPECT_DOUBLE_EQ(f.bias, t.bias);
 }
 
 TEST(Flops, OfficialRecipeTraffic) {
@@ -129,6 +135,15 @@ TEST(Flops, OfficialRecipeTraffic) {
   const double pooling_and_update = 4.0 * 64 * (640 * 8 * 8 * 5 + 3 * 3072);
   EXPECT_DOUBLE_EQ(t.custom - pooling_and_update, 3684696064.0);
   EXPECT_DOUBLE_EQ(t.bias, 448790528.0);
+  // Fused forward: 2 + 2 passes fewer per element of every conv1 and conv2 output. conv1 keeps
+  // its block's input resolution (the official block strides in conv2): outputs per image
+  // 4 x 160 x 32^2 + (320 x 32^2 + 3 x 320 x 16^2) + (640 x 16^2 + 3 x 640 x 8^2) = 1515520;
+  // conv2's 4 x (160 x 32^2 + 320 x 16^2 + 640 x 8^2) = 1146880. So 2 x 2662400 floats fewer per
+  // chain: 2.32 GB per step instead of 3.68.
+  const IterationTraffic f = jem_iteration_traffic(w, 64, 1, 0, 0, 0.0, true);
+  EXPECT_DOUBLE_EQ(f.custom - pooling_and_update, 3684696064.0 - 4.0 * 64 * 2 * 2662400);
+  EXPECT_DOUBLE_EQ(f.custom - pooling_and_update, 2321547264.0);
+  EXPECT_DOUBLE_EQ(f.bias, t.bias);
 }
 
 TEST(Flops, GpuPeakBandwidthTable) {
@@ -246,6 +261,7 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   nlohmann::json graphs = j, batch1 = j, batch1_graphs = j;
   graphs["ms_per_iteration"]["total"] = jem_ms / 4;
   graphs["graph_launches_during_timed_iterations"] = 10;
+  graphs["fused_conv_calls_during_timed_iterations"] = 48;
   batch1["ms_per_iteration"]["total"] = 100.0;
   batch1_graphs["ms_per_iteration"]["total"] = 40.0;
   std::ofstream(dir + "/jem_bench_wrn28x10_tf32_graphs.json") << graphs.dump();
@@ -256,6 +272,7 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   EXPECT_DOUBLE_EQ(h["cuda_graphs_speedup"]["batch_1"].get<double>(), 2.5);
   EXPECT_EQ(h["jem_bench"]["wrn28x10_tf32_graphs"]["graph_launches_during_timed_iterations"], 10);
   EXPECT_EQ(h["jem_bench"]["wrn28x10_tf32"]["graph_launches_during_timed_iterations"], 0);
+  EXPECT_EQ(h["jem_bench"]["wrn28x10_tf32_graphs"]["fused_conv_calls_during_timed_iterations"], 48);
   fs::remove_all(dir);
 }
 
@@ -453,6 +470,7 @@ TEST_F(BenchCli, WritesJsonWithEveryField) {
   EXPECT_DOUBLE_EQ(j["elementwise_bytes_per_iteration"]["bias"].get<double>(), t.bias);
   EXPECT_TRUE(j["device_peak_bandwidth_bytes_per_second"].is_null());
   EXPECT_TRUE(j["custom_kernels_floor_ms"].is_null());
+  EXPECT_EQ(j["fused_conv_calls_during_timed_iterations"], 0);  // the CPU backend fuses nothing
   EXPECT_NE(out.find("elementwise passes move"), std::string::npos) << out;
   EXPECT_EQ(j["sgld_chains"], 2);
   EXPECT_EQ(j["batch_size"], 4);

@@ -65,6 +65,9 @@ struct BenchResult {
   // Backend::graph_launches() during the timed iterations: the SGLD chains captured in CUDA
   // Graphs launch one per chain batch per iteration (JEM_CUDA_GRAPHS=1); 0 when they run op by op.
   std::int64_t timed_graph_launches = 0;
+  // Backend::fused_conv_calls() during the timed iterations (not those a graph launch replays).
+  // When there are any, `traffic` counts the forward passes as fused (flops.hpp, fused_forward).
+  std::int64_t timed_fused_conv_calls = 0;
 };
 
 // Builds the components on `backend` and times `opt.iterations` iterations

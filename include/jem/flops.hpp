@@ -69,6 +69,12 @@ IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
 //     training step, every convolution's bias gradient (read dy: 1). cuDNN runs these on a GPU.
 // Chains run forward + input backward per step; rows forward + full backward (the same
 // elementwise passes: weight gradients are GEMMs).
+// fused_forward: the CUDA backend's channels-last TF32 path, where conv1 + bias + LeakyReLU and
+//   conv2 + bias + residual + LeakyReLU each run as one cuDNN graph-API call
+//   (Backend::conv2d_forward_leaky_relu, docs/cudnn-fusion.md): their forward passes leave jem's
+//   kernels (conv1's 2 and conv2's 2 per output element), and what cuDNN's fused call reads of
+//   the residual stays in `bias`. The stem's LeakyReLU, the backward passes, the update and the
+//   optimizer are unchanged.
 struct IterationTraffic {
   double custom = 0, bias = 0;  // bytes
   double total() const { return custom + bias; }
@@ -76,7 +82,8 @@ struct IterationTraffic {
 IterationTraffic jem_iteration_traffic(const WrnConfig &cfg, int sgld_chains,
                                        int sgld_steps, int rows,
                                        std::int64_t params,
-                                       double optimizer_passes);
+                                       double optimizer_passes,
+                                       bool fused_forward = false);
 
 // Peak memory bandwidth in bytes/s of a GPU from its CUDA device name (NVIDIA's data sheets);
 // 0 when the device is not in the table.

@@ -66,7 +66,8 @@ IterationFlops jem_iteration_flops(const WrnConfig &cfg, int sgld_chains,
 IterationTraffic jem_iteration_traffic(const WrnConfig &cfg, int sgld_chains,
                                        int sgld_steps, int rows,
                                        std::int64_t params,
-                                       double optimizer_passes) {
+                                       double optimizer_passes,
+                                       bool fused_forward) {
   auto ends_with = [](const std::string &s, std::string_view end) {
     return s.size() >= end.size() &&
            s.compare(s.size() - end.size(), end.size(), end) == 0;
@@ -88,14 +89,14 @@ IterationTraffic jem_iteration_traffic(const WrnConfig &cfg, int sgld_chains,
       // bias + LeakyReLU in one pass (read conv1's output, write a2); its
       // backward (read a2 and dy, write dx); the block input's LeakyReLU
       // backward fused with the sum of its two gradients (read 3, write 1).
-      fwd += 2 * out;
+      if (!fused_forward) fwd += 2 * out;
       bwd += 3 * out + 4 * in;
     } else if (ends_with(l.name, ".conv2")) {
       // Bias and residual in cuDNN's epilogue (the fused call: it reads the
       // other path once); then the next LeakyReLU (read the sum, write the
       // activation).
       bias_fwd += out;
-      fwd += 2 * out;
+      if (!fused_forward) fwd += 2 * out;
       features = out;
     } else { // shortcut
       bias_fwd += 2 * out;

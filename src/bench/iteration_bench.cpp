@@ -122,8 +122,6 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   // it, write it).
   const double optimizer_passes = (optcfg.kind == "sgd" ? 5.0 : 7.0) + 1.0 +
                                   (optcfg.ema > 0.0f ? 5.0 : 0.0);
-  r.traffic = jem_iteration_traffic(wcfg, r.sgld_chains, r.sgld_steps, r.rows,
-                                    r.params, optimizer_passes);
   const std::string gpu = gpu_name(r.backend);
   if (!gpu.empty()) {
     r.peak_device_flops =
@@ -135,6 +133,7 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   backend.synchronize();
   std::int64_t allocations_before = backend.memory_counters().allocations;
   std::int64_t launches_before = backend.graph_launches();
+  std::int64_t fused_before = backend.fused_conv_calls();
   for (int i = 0; i < opt.warmup + opt.iterations; ++i) {
     const auto iter = std::uint32_t(i);
     // A profiler started with ncu --profile-from-start off, or nsys --capture-range
@@ -143,6 +142,7 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
       backend.profiler_start();
       allocations_before = backend.memory_counters().allocations;
       launches_before = backend.graph_launches();
+      fused_before = backend.fused_conv_calls();
     }
     const auto t0 = Clock::now();
     // sgld: as trainer.cpp, unconditional chains first, conditional ones after
@@ -188,6 +188,9 @@ BenchResult run_bench(Backend &backend, const TrainConfig &cfg,
   r.device_memory_used_bytes = backend.device_memory_used_bytes();
   r.timed_allocations = backend.memory_counters().allocations - allocations_before;
   r.timed_graph_launches = backend.graph_launches() - launches_before;
+  r.timed_fused_conv_calls = backend.fused_conv_calls() - fused_before;
+  r.traffic = jem_iteration_traffic(wcfg, r.sgld_chains, r.sgld_steps, r.rows, r.params,
+                                    optimizer_passes, r.timed_fused_conv_calls > 0);
   return r;
 }
 
@@ -246,6 +249,7 @@ std::string bench_json(const BenchResult &r, const TrainConfig &cfg,
                                       : json(nullptr);
   j["allocations_during_timed_iterations"] = r.timed_allocations;
   j["graph_launches_during_timed_iterations"] = r.timed_graph_launches;
+  j["fused_conv_calls_during_timed_iterations"] = r.timed_fused_conv_calls;
   j["elementwise_bytes_per_iteration"] = {{"custom", r.traffic.custom},
                                           {"bias", r.traffic.bias}};
   j["device_peak_bandwidth_bytes_per_second"] =
@@ -318,10 +322,15 @@ std::string bench_report(const BenchResult &r) {
   if (r.timed_graph_launches > 0)
     os << r.timed_graph_launches
        << " CUDA Graph launches during the timed iterations (the SGLD chains)\n";
+  if (r.timed_fused_conv_calls > 0)
+    os << r.timed_fused_conv_calls
+       << " fused cuDNN convolution + LeakyReLU calls issued during the timed iterations\n";
   std::snprintf(buf, sizeof buf,
                 "elementwise passes move %.3g GB per iteration in jem's "
-                "kernels, %.3g GB in the convolutions' bias adds",
-                r.traffic.custom / 1e9, r.traffic.bias / 1e9);
+                "kernels%s, %.3g GB in the convolutions' bias adds",
+                r.traffic.custom / 1e9,
+                r.timed_fused_conv_calls > 0 ? " (the forward's fused into cuDNN)" : "",
+                r.traffic.bias / 1e9);
   os << buf;
   if (r.peak_device_bandwidth > 0 && total > 0) {
     const double floor_ms = custom_kernels_floor_ms(r);

@@ -2,6 +2,7 @@
 // iteration timed on a GPU with the device's peak from the table.
 #include "cuda_test_support.hpp"
 #include "jem/bench.hpp"
+#include "jem/flops.hpp"
 #include "short_run.hpp"
 
 namespace jem::test {
@@ -73,6 +74,29 @@ TEST(CudaBench, TimesTheIterationOnTheGpu) {
   EXPECT_EQ(r.timed_allocations, 0);
   EXPECT_EQ(r.timed_graph_launches, 0);
   EXPECT_NE(r.backend.find("FP32"), std::string::npos);
+  // FP32 never fuses: the traffic is the unfused count.
+  EXPECT_EQ(r.timed_fused_conv_calls, 0);
+  EXPECT_DOUBLE_EQ(r.traffic.custom, jem_iteration_traffic(WrnConfig{10, 1, 1, 28, 10}, r.sgld_chains,
+                                                           r.sgld_steps, r.rows, r.params, 8.0)
+                                         .custom);
+}
+
+// Channels-last TF32 on sm_90: conv1 and conv2 of each of WRN-10-1's 3 blocks run fused in every
+// forward (6 calls; the stem does not fuse), and the bench counts the forward passes as fused.
+TEST(CudaBench, CountsTheFusedConvolutionsAndTheirTraffic) {
+  JEM_SKIP_WITHOUT_CUDA();
+  if (!sm90_or_later()) GTEST_SKIP() << "the fused plans are required on sm_90 and later only";
+  auto be = cuda::make_cuda_backend(0, MathMode::TF32, Layout::NHWC);
+  const BenchResult r = run_bench(*be, tiny_bench_config(), BenchOptions{1, 1});
+  // Forwards of the timed iteration: one per SGLD step of the chains, then the training pass's.
+  EXPECT_GE(r.timed_fused_conv_calls, 6 * (r.sgld_steps + 1));
+  EXPECT_EQ(r.timed_fused_conv_calls % 6, 0) << "a forward fused only some of its convolutions";
+  const WrnConfig w{10, 1, 1, 28, 10};
+  EXPECT_DOUBLE_EQ(r.traffic.custom, jem_iteration_traffic(w, r.sgld_chains, r.sgld_steps, r.rows,
+                                                           r.params, 8.0, true)
+                                         .custom);
+  EXPECT_LT(r.traffic.custom,
+            jem_iteration_traffic(w, r.sgld_chains, r.sgld_steps, r.rows, r.params, 8.0).custom);
 }
 
 // With CUDA Graphs, the timed iteration launches the captured chains: p(x) and p(x, y) chains
