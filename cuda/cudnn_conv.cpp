@@ -248,6 +248,7 @@ ConvEngine::ConvEngine(cudaStream_t stream, MathMode math) : stream_(stream), ma
 ConvEngine::~ConvEngine() {
   plans_.clear();  // descriptors before the handle
   fused_.clear();
+  retired_fused_.clear();
   identity_.reset();
   if (handle_) cudnnDestroy(handle_);
 }
@@ -260,8 +261,17 @@ ConvEngine::Plan& ConvEngine::plan(Op op, const ConvGeom& g, const float* a, con
                 alignment_classes({a, b, out, extra, extra2, extra3}), int(g.y_layout)};
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
+  // A search synchronises and allocates, which a CUDA Graph capture refuses: said plainly here
+  // rather than as the runtime's capture error (the sampler captures only chains it has run).
+  JEM_CHECK(!capturing(stream_), "cuDNN: ", describe(g),
+            " has no searched algorithm yet, and a CUDA Graph capture cannot search: run the "
+            "ops once before capturing them");
   auto p = std::make_unique<Plan>(g);
   search(op, g, *p, a, b, out);
+  // The search may leave a non-sticky error of cuDNN's own runtime calls (an algorithm that could
+  // not get its memory) in this thread's last-error slot, which the next kernel launch's check
+  // would report as its own. Sticky errors stay visible to the next call.
+  (void)cudaGetLastError();
   workspace_.ensure(p->workspace, stream_);
   return *plans_.emplace(key, std::move(p)).first->second;
 }
@@ -621,7 +631,11 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
                                          g.stride, g.pad_h, g.pad_w, slope_bits};
   auto it = fused_.find(key);
   if (it == fused_.end()) {
-    // Building may compile kernels (NVRTC, about a second) and synchronises: once per shape.
+    // Building may compile kernels (NVRTC, about a second) and synchronises: once per shape, and
+    // never inside a capture (outside the try below: that is no verdict on the shape's plan).
+    JEM_CHECK(!capturing(stream_), "cuDNN: ", describe(g),
+              " has no fused plan built yet, and a CUDA Graph capture cannot build one: run "
+              "the ops once before capturing them");
     std::string why;
     std::unique_ptr<FusedConv> f;
     try {
@@ -629,6 +643,7 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
     } catch (const Error& e) {  // a cuDNN without the graph API, or one that fails halfway
       why = e.what();
     }
+    (void)cudaGetLastError();  // as after plan()'s search: cuDNN's leftovers are not ours
     if (verbose_)
       std::fprintf(stderr, "jem: cuDNN %s %s: %s\n", to_string(pattern), describe(g).c_str(),
                    f ? ("graph-API plan, engine " + std::to_string(f->engine())).c_str()

@@ -172,12 +172,15 @@ TEST_F(CudaFusedConv, GraphsThatHoldARetiredPlanGoStale) {
   const Tensor b = be->from_vector(random_vector(std::size_t(C), 43), Shape{C});
   const Tensor y = be->empty(Shape{N, C, H, H}, DType::F32).as_layout(Layout::NHWC);
   auto conv1 = [&] { be->conv2d_forward_leaky_relu(x, w, b, Tensor(), Tensor(), y, 1, 1, 0.2f); };
+  std::string why;
+  // Before its first direct call the shape has no fused plan, and a capture cannot build one.
+  EXPECT_EQ(be->capture(NoiseKey{}, conv1, &why), nullptr);
+  EXPECT_NE(why.find("has no fused plan built yet"), std::string::npos) << why;
   // The unfused way's convolution first, so that the fallback below finds its algorithm searched
   // and the scratch buffers sized: then only the retirement can make the capture stale.
   be->conv2d_forward(x, w, Tensor(), y, 1, 1);
   conv1();  // builds the plan and sizes the scratch buffers, which a capture may not do
-  ASSERT_EQ(be->fused_conv_calls(), 1);
-  std::string why;
+  ASSERT_EQ(be->fused_conv_calls(), 1) << "the refused capture gave up the shape's plan";
   const auto ops = be->capture(NoiseKey{}, conv1, &why);
   ASSERT_NE(ops, nullptr) << why;
   ASSERT_TRUE(be->launch(*ops, NoiseKey{}));

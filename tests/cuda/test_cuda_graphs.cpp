@@ -98,6 +98,8 @@ TEST(CudaGraphs, RefusedCapturesRunNothingAndLeaveTheBackendUsable) {
   const Vec start = random_vector(64, 5);
   const Tensor x = be->from_vector(start, Shape{4, 1, 4, 4}),
                g = be->empty(Shape{4, 1, 4, 4}, DType::F32);
+  const Tensor w = be->from_vector(random_vector(18, 6), Shape{2, 1, 3, 3}),
+               y = be->empty(Shape{4, 2, 4, 4}, DType::F32);
   struct Case {
     const char* name;
     std::function<void()> ops;
@@ -121,6 +123,9 @@ TEST(CudaGraphs, RefusedCapturesRunNothingAndLeaveTheBackendUsable) {
          be->sgld_step(x, g, 1.0f, 1.0f, false, NoiseKey{1, 2, 0, 0});
        },
        "noise key"},
+      {"a convolution whose algorithm was never searched",  // a search synchronises
+       [&] { be->conv2d_forward(x, w, Tensor(), y, 1, 1); },
+       "has no searched algorithm yet"},
       {"an op that throws",
        [&] {
          be->scale(x, 3.0f);
