@@ -192,7 +192,7 @@ Tensor SgldSampler::sample(ReplayBuffer& buffer, std::uint64_t seed, std::uint32
   const Tensor slots = slots_.slice(0, count), reinit = reinit_.slice(0, count);
   backend_.upload_i32(d.slots.data(), slots);
   backend_.upload_i32(d.reinit.data(), reinit);
-  const Tensor x = x_.slice(0, count);
+  Tensor x = x_.slice(0, count);  // not const: returned by move
   backend_.buffer_gather(buffer.data(), slots, reinit, x, NoiseKey{seed, iteration, 0, sample_base});
   Tensor labels_dev;
   if (labels) {
