@@ -671,7 +671,8 @@ bool ConvEngine::forward_leaky_relu(const ConvGeom& g, const float* x, const flo
       std::fprintf(stderr, "jem: cuDNN %s %s: the fused plan failed (%s); unfused ops from now on\n",
                    to_string(pattern), describe(g).c_str(), e.what());
     // Kept alive, not destroyed: a CUDA Graph captured earlier may hold the plan's kernels
-    // (runtime-compiled modules that die with the plan). The count makes such graphs stale.
+    // (engines compiled at run time, whose modules may go with the plan). The count makes such
+    // graphs stale.
     retired_fused_.push_back(std::move(it->second));
     return false;
   }
