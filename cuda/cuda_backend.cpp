@@ -51,10 +51,12 @@ CudaBackend::CudaBackend(int device, MathMode math, Layout layout)
     JEM_CUBLAS_CHECK(cublasSetMathMode(
         cublas_, math_ == MathMode::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     // cuBLAS's workspace is set explicitly, from the backend's counted memory. With its default
-    // pool, cuBLAS gives every CUDA Graph capture a workspace of its own (PyTorch met the memory
-    // growth: pytorch#83461), memory the plan does not see; a set workspace is used as it is.
-    // The sizes cublasSetWorkspace's documentation recommends: 32 MiB on Hopper and later, else
-    // 4 MiB. (cublasSetStream resets the workspace to the default pool, hence after it.)
+    // pool, cuBLAS takes workspace inside a CUDA Graph capture: before CUDA 12.2 a new one per
+    // capture (PyTorch met the memory growth, pytorch#83461), since then stream-ordered
+    // allocations inside the graph; either way memory the backend's plan does not see. A set
+    // workspace is used as it is. The sizes cublasSetWorkspace's documentation recommends: 32 MiB
+    // on Hopper and later, else 4 MiB. (cublasSetStream resets the workspace to the default
+    // pool, hence after it.)
     const std::size_t cublas_ws = std::size_t(cc_major_ >= 9 ? 32 : 4) << 20;
     JEM_CUBLAS_CHECK(
         cublasSetWorkspace(cublas_, cublas_workspace_.ensure(cublas_ws, stream_), cublas_ws));

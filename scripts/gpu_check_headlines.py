@@ -62,6 +62,7 @@ def bench_headline(j):
         # > 0: the forward's convolutions ran fused (the NHWC TF32 runs must show it, or they
         # measured the fallback); the floor below then counts the forward as fused.
         "fused_conv_calls_during_timed_iterations": j.get("fused_conv_calls_during_timed_iterations"),
+        "fused_conv_calls_if_all_fused": j.get("fused_conv_calls_if_all_fused"),
         "custom_kernels_floor_fraction": j.get("custom_kernels_floor_fraction"),
         "backend": j.get("backend"),
     }

@@ -139,11 +139,25 @@ TEST(Flops, OfficialRecipeTraffic) {
   // its block's input resolution (the official block strides in conv2): outputs per image
   // 4 x 160 x 32^2 + (320 x 32^2 + 3 x 320 x 16^2) + (640 x 16^2 + 3 x 640 x 8^2) = 1515520;
   // conv2's 4 x (160 x 32^2 + 320 x 16^2 + 640 x 8^2) = 1146880. So 2 x 2662400 floats fewer per
-  // chain: 2.32 GB per step instead of 3.68.
+  // chain: 2.32 GB per step instead of 3.68 (without the pooling and the update).
   const IterationTraffic f = jem_iteration_traffic(w, 64, 1, 0, 0, 0.0, true);
   EXPECT_DOUBLE_EQ(f.custom - pooling_and_update, 3684696064.0 - 4.0 * 64 * 2 * 2662400);
   EXPECT_DOUBLE_EQ(f.custom - pooling_and_update, 2321547264.0);
   EXPECT_DOUBLE_EQ(f.bias, t.bias);
+}
+
+TEST(Bench, FusedCallsIfAllFused) {
+  // WRN-28-10: conv1 and conv2 of 12 blocks per forward (not the stem); per iteration 20 SGLD
+  // steps of one chain batch and the training pass's forward: 24 x 21.
+  const WrnConfig w{28, 10, 3, 32, 10};
+  EXPECT_EQ(fused_calls_if_all_fused(w, 20, 1, 1, 0), 504);
+  EXPECT_EQ(fused_calls_if_all_fused(w, 20, 1, 5, 0), 2520);  // gpu-check's 5 timed iterations
+  EXPECT_EQ(fused_calls_if_all_fused(w, 20, 2, 1, 0), 24 * 41);  // p(x) and p(x, y) chains
+  // With the chains launched as CUDA Graphs (one launch per chain batch per iteration) only the
+  // training forwards issue calls.
+  EXPECT_EQ(fused_calls_if_all_fused(w, 20, 1, 5, 5), 24 * 5);
+  // WRN-10-1: 1 block per stage.
+  EXPECT_EQ(fused_calls_if_all_fused(WrnConfig{10, 1, 1, 28, 10}, 2, 1, 2, 0), 6 * 3 * 2);
 }
 
 TEST(Flops, GpuPeakBandwidthTable) {
@@ -471,6 +485,7 @@ TEST_F(BenchCli, WritesJsonWithEveryField) {
   EXPECT_TRUE(j["device_peak_bandwidth_bytes_per_second"].is_null());
   EXPECT_TRUE(j["custom_kernels_floor_ms"].is_null());
   EXPECT_EQ(j["fused_conv_calls_during_timed_iterations"], 0);  // the CPU backend fuses nothing
+  EXPECT_EQ(j["fused_conv_calls_if_all_fused"], 6 * 3 * 2);  // 3 blocks x (2 steps + 1) x 2
   EXPECT_NE(out.find("elementwise passes move"), std::string::npos) << out;
   EXPECT_EQ(j["sgld_chains"], 2);
   EXPECT_EQ(j["batch_size"], 4);

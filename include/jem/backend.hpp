@@ -129,7 +129,8 @@ class Backend {
   virtual std::int64_t graph_launches() const { return 0; }
   // How many conv2d_forward_leaky_relu calls ran the convolution and its activation as one
   // library call (the CUDA backend's cuDNN fusions; 0 elsewhere). Counted when the host issues
-  // the call: a CUDA Graph's launch replays the fused calls it captured without counting them.
+  // the call: a captured call counts once, at capture, and a CUDA Graph's launches replay it
+  // without counting.
   virtual std::int64_t fused_conv_calls() const { return 0; }
   // Peak bytes of memory held for this backend's tensors, or -1 when unknown (`jem bench`).
   // The default, for backends whose tensors live in host memory, is the process's peak resident

@@ -65,10 +65,19 @@ struct BenchResult {
   // Backend::graph_launches() during the timed iterations: the SGLD chains captured in CUDA
   // Graphs launch one per chain batch per iteration (JEM_CUDA_GRAPHS=1); 0 when they run op by op.
   std::int64_t timed_graph_launches = 0;
-  // Backend::fused_conv_calls() during the timed iterations (not those a graph launch replays).
-  // When there are any, `traffic` counts the forward passes as fused (flops.hpp, fused_forward).
+  // Backend::fused_conv_calls() during the timed iterations (not those a graph launch replays),
+  // and how many there would be if every call that can fuse did (fused_calls_if_all_fused).
+  // When the two agree, `traffic` counts the forward passes as fused (flops.hpp, fused_forward).
   std::int64_t timed_fused_conv_calls = 0;
+  std::int64_t fused_conv_calls_if_all_fused = 0;
 };
+
+// The conv2d_forward_leaky_relu calls that fuse when every one can (conv1 and conv2 of each
+// block; not the stem) in `iterations` timed iterations of `chain_batches` batches of SGLD chains
+// of `sgld_steps` steps and one training forward each, less those replayed by `graph_launches`
+// CUDA Graph launches (one chain batch each), which the backend does not count.
+std::int64_t fused_calls_if_all_fused(const WrnConfig &cfg, int sgld_steps, int chain_batches,
+                                      int iterations, std::int64_t graph_launches);
 
 // Builds the components on `backend` and times `opt.iterations` iterations
 // after `opt.warmup`. Validates `cfg` (a bad key value throws naming it).

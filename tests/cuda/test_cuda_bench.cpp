@@ -91,6 +91,7 @@ TEST(CudaBench, CountsTheFusedConvolutionsAndTheirTraffic) {
   // Forwards of the timed iteration: one per SGLD step of the p(x) chains (the only chains of
   // this config), then the training pass's one over all rows.
   EXPECT_EQ(r.timed_fused_conv_calls, 6 * (r.sgld_steps + 1));
+  EXPECT_EQ(r.fused_conv_calls_if_all_fused, r.timed_fused_conv_calls);
   const WrnConfig w{10, 1, 1, 28, 10};
   EXPECT_DOUBLE_EQ(r.traffic.custom, jem_iteration_traffic(w, r.sgld_chains, r.sgld_steps, r.rows,
                                                            r.params, 8.0, true)

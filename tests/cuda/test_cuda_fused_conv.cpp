@@ -156,8 +156,9 @@ TEST_F(CudaFusedConv, PlanThatFailsToRunFallsBackForGood) {
 }
 
 // A CUDA Graph that captured a fused plan holds that plan's kernels. When the plan later fails
-// in a direct call and is retired, the graph must not run again (launch() returns false: stale),
-// and the retired plan must stay alive (the emulated replay reads it: freed, ASan would see it).
+// in a direct call and is retired, the graph must not run again: launch() returns false (stale)
+// and runs nothing. (Before retirements counted, the emulated replay read the destroyed plan and
+// crashed. The plan is also kept alive for a graph still running when it fails.)
 TEST_F(CudaFusedConv, GraphsThatHoldARetiredPlanGoStale) {
   cudaDeviceProp prop{};
   ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);

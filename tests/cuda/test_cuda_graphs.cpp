@@ -99,7 +99,7 @@ TEST(CudaGraphs, RefusedCapturesRunNothingAndLeaveTheBackendUsable) {
   const Tensor x = be->from_vector(start, Shape{4, 1, 4, 4}),
                g = be->empty(Shape{4, 1, 4, 4}, DType::F32);
   const Tensor w = be->from_vector(random_vector(18, 6), Shape{2, 1, 3, 3}),
-               y = be->empty(Shape{4, 2, 4, 4}, DType::F32);
+               y = be->from_vector(Vec(128, 7.0f), Shape{4, 2, 4, 4});  // the conv case's output
   struct Case {
     const char* name;
     std::function<void()> ops;
@@ -139,6 +139,7 @@ TEST(CudaGraphs, RefusedCapturesRunNothingAndLeaveTheBackendUsable) {
     EXPECT_EQ(be->capture(NoiseKey{1, 1, 0, 0}, c.ops, &why), nullptr);
     EXPECT_NE(why.find(c.reason), std::string::npos) << why;
     EXPECT_EQ(be->to_vector(x), start) << "a refused capture ran ops";
+    EXPECT_EQ(be->to_vector(y), Vec(128, 7.0f)) << "a refused capture ran the convolution";
   }
   be->scale(x, 2.0f);
   Vec want = start;

@@ -81,9 +81,8 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOper
   if (lda < std::max(1, at ? k : m) || ldb < std::max(1, bt ? n : k) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
   // Stricter than cuBLAS, on purpose: a GEMM captured into a CUDA Graph without a workspace set
-  // by cublasSetWorkspace is refused. The real library takes a new workspace for each capture
-  // instead (memory outside the backend's plan, growing with every capture), which the tests
-  // could not see otherwise.
+  // by cublasSetWorkspace is refused. The real library allocates workspace inside the capture
+  // instead (memory outside the backend's plan), which the tests could not see otherwise.
   if (h->workspace == nullptr && jem::emu::capturing(h->stream)) return CUBLAS_STATUS_NOT_SUPPORTED;
   const bool tf32 = h->math == CUBLAS_TF32_TENSOR_OP_MATH;
   // Host pointer mode: alpha and beta are read now, the matrices when the work runs (later, when
