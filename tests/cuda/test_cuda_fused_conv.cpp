@@ -28,6 +28,12 @@ class CudaFusedConv : public ::testing::Test {
     JEM_SKIP_WITHOUT_CUDA();
     cpu = make_cpu_backend(2);
   }
+  // Device 0 is tests/emulation's CPU device, whose cuDNN can be made to fail.
+  static bool emulated_device() {
+    cudaDeviceProp prop{};
+    return cudaGetDeviceProperties(&prop, 0) == cudaSuccess &&
+           std::string(prop.name).find("emulated") != std::string::npos;
+  }
   static std::unique_ptr<cuda::CudaBackend> backend(MathMode math) {
     auto be = cuda::make_cuda_backend(0, math, Layout::NHWC);
     return std::unique_ptr<cuda::CudaBackend>(dynamic_cast<cuda::CudaBackend*>(be.release()));
@@ -139,10 +145,7 @@ TEST_F(CudaFusedConv, EnvironmentTurnsFusionOff) {
 // (ConvEngine::forward_leaky_relu). Only the emulated cuDNN can be made to fail
 // (tests/emulation/device/cudnn_graph_on_cpu.cpp); a GPU skips this.
 TEST_F(CudaFusedConv, PlanThatFailsToRunFallsBackForGood) {
-  cudaDeviceProp prop{};
-  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
-  if (std::string(prop.name).find("emulated") == std::string::npos)
-    GTEST_SKIP() << "needs the emulated cuDNN's failing executions";
+  if (!emulated_device()) GTEST_SKIP() << "needs the emulated cuDNN's failing executions";
   auto be = backend(MathMode::TF32);
   {
     const ScopedEnv fail("JEM_EMULATED_CUDNN_EXECUTE_FAILS", "1");
@@ -160,10 +163,7 @@ TEST_F(CudaFusedConv, PlanThatFailsToRunFallsBackForGood) {
 // and runs nothing. (Before retirements counted, the emulated replay read the destroyed plan and
 // crashed. The plan is also kept alive for a graph still running when it fails.)
 TEST_F(CudaFusedConv, GraphsThatHoldARetiredPlanGoStale) {
-  cudaDeviceProp prop{};
-  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
-  if (std::string(prop.name).find("emulated") == std::string::npos)
-    GTEST_SKIP() << "needs the emulated cuDNN's failing executions";
+  if (!emulated_device()) GTEST_SKIP() << "needs the emulated cuDNN's failing executions";
   auto be = backend(MathMode::TF32);
   be->set_capture_enabled(true);
   const int N = 2, C = 16, H = 8;
