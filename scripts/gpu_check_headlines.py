@@ -16,7 +16,8 @@ without them over the time with them, at batch 64 in the faster layout and at ba
 PyTorch / jem ratio, the custom
 kernels' share of the kernel time, the fused convolutions that ran with their speed-ups over
 the backend's current ops and their agreement with them, and the issue targets
-(WRN-28-10 TF32: <= 0.30 s per iteration, < 24 GiB, >= 3x PyTorch, custom kernels < 5%).
+(WRN-28-10 TF32: <= 0.30 s per iteration in the faster layout, on an H200, which the
+targets' device entry tells; < 24 GiB, >= 3x PyTorch, custom kernels < 5%).
 Missing or unreadable files give null entries, never an error: the summary must be written
 whatever failed.
 """
@@ -210,9 +211,14 @@ def main(out):
     }
     share = kernel_share(out)
     tf32 = benches["wrn28x10_tf32"]
+    # The 0.30 s target is the faster TF32 layout's time (the default follows the faster one),
+    # and it is stated for an H200: on another device (the lent machines may be H100s, with 70%
+    # of the H200's memory bandwidth) it is reported, but says so.
+    device = (load(os.path.join(out, "jem_bench_wrn28x10_tf32.json")) or {}).get("backend")
     targets = {
-        "iteration_at_most_0.30_s": None if not tf32 or tf32["ms_per_iteration"] is None
-        else tf32["ms_per_iteration"] <= 300.0,
+        "iteration_at_most_0.30_s": min(jem_ms) <= 300.0 if jem_ms else None,
+        "device": device,
+        "device_is_the_targets_h200": None if not isinstance(device, str) else "H200" in device,
         # The larger of jem's peak and the device's in-use reading, so that the context and
         # cuDNN's and cuBLAS' internal memory count too.
         "peak_memory_under_24_gib": None if not tf32 or tf32["peak_memory_gib"] is None

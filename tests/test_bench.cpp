@@ -290,6 +290,33 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   fs::remove_all(dir);
 }
 
+// The 0.30 s target takes the faster TF32 layout's time, and names the device it ran on, since
+// the target is stated for an H200.
+TEST(Bench, GpuCheckHeadlinesIterationTargetTakesTheFasterLayout) {
+  const std::string dir = jem::test::temp_dir("headlines_target");
+  auto be = make_cpu_backend(1);
+  const TrainConfig c = tiny_bench_config();
+  const BenchOptions opt{1, 0};
+  auto j = nlohmann::json::parse(bench_json(run_bench(*be, c, opt), c, opt));
+  j["ms_per_iteration"]["total"] = 400.0;
+  j["backend"] = "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, TF32 math)";
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32.json") << j.dump();
+  nlohmann::json h;
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
+  EXPECT_EQ(h["targets"]["iteration_at_most_0.30_s"], false);  // NCHW alone: 400 ms
+  EXPECT_EQ(h["targets"]["device"], j["backend"]);
+  EXPECT_EQ(h["targets"]["device_is_the_targets_h200"], false);
+  nlohmann::json nhwc = j;
+  nhwc["ms_per_iteration"]["total"] = 250.0;
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32_nhwc.json") << nhwc.dump();
+  j["backend"] = "cuda:0 (NVIDIA H200, sm_90, 132 SMs, TF32 math)";
+  std::ofstream(dir + "/jem_bench_wrn28x10_tf32.json") << j.dump();
+  ASSERT_NO_FATAL_FAILURE(run_headlines(dir, &h));
+  EXPECT_EQ(h["targets"]["iteration_at_most_0.30_s"], true);  // NHWC: 250 ms
+  EXPECT_EQ(h["targets"]["device_is_the_targets_h200"], true);
+  fs::remove_all(dir);
+}
+
 // The 24 GiB target counts the device's own in-use reading (context and libraries included) when
 // it exceeds jem's registry peak: a small registry peak alone does not pass it.
 TEST(Bench, GpuCheckHeadlinesMemoryTargetCountsTheDeviceReading) {

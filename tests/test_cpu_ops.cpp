@@ -81,7 +81,7 @@ constexpr float kLinearStep = 0.5f;
 // per probe (no accumulation), so the noise is u |y| / 2h ~ 1e-6 of an entry.
 constexpr float kKinkStep = 0.05f;
 // Against that noise (<= ~1e-5 relative), 1e-4 is a safe margin, while one wrong gradient entry
-// among the <= 256 probed costs about 1/sqrt(256) = 6e-2.
+// among the <= 256 probed costs about 1/sqrt(256) = 6e-2 (1/4 among the convolutions' 16).
 constexpr double kFdTol = 1e-4;
 
 // Finite differences of the losses are taken in double on their definition (logsumexp), with
@@ -137,6 +137,37 @@ Vec central_differences(const Vec& v, const std::vector<std::size_t>& idx, float
     out.push_back(static_cast<float>((up - down) / (up_at - down_at)));
   }
   return out;
+}
+
+// Finite differences along random directions (the check PyTorch's gradcheck makes in its fast
+// mode): for each of `count` directions u, entries uniform in [-1, 1], the change of L from
+// v - h u to v + h u against the change the analytic gradient predicts, <grad, v+ - v->, with v+
+// and v- as stored in float (so that rounding v +- h u does not enter, as above). Every entry of
+// the gradient enters every direction, so a wrong entry shows wherever it is, where a probe per
+// element covers only the elements it probes. An entry wrong by its own size moves a direction by
+// about 1/sqrt(n) of its value: >= 4e-3 for the largest tensors checked this way (n <= 52k), 40x
+// kFdTol. For L linear in v the difference has no truncation error; its rounding noise is that
+// of the per-element probes (~u sqrt(k) |L| / h, below 1e-5 relative).
+struct Directional {
+  Vec fd, analytic;  // [count] each: (L(v+) - L(v-)) / 2h and <grad, v+ - v-> / 2h
+};
+Directional directional_differences(const Vec& v, const Vec& grad, int count, float h,
+                                    std::uint64_t seed,
+                                    const std::function<double(const Vec&)>& L) {
+  Directional d;
+  Vec up(v.size()), down(v.size());
+  for (int j = 0; j < count; ++j) {
+    const Vec u = random_vector(v.size(), seed + std::uint64_t(j));
+    double predicted = 0.0;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      up[i] = v[i] + h * u[i];
+      down[i] = v[i] - h * u[i];
+      predicted += double(grad[i]) * (double(up[i]) - double(down[i]));
+    }
+    d.fd.push_back(static_cast<float>((L(up) - L(down)) / (2.0 * h)));
+    d.analytic.push_back(static_cast<float>(predicted / (2.0 * h)));
+  }
+  return d;
 }
 
 // The same in double, for functions evaluated in double.
@@ -382,31 +413,45 @@ TEST_P(CpuOpsConv, BackwardFilterWithoutBias) {
   expect_bit_identical(without.dw, with_db.dw, "dw without db");
 }
 
+// The convolutions' gradients against finite differences, two ways, each pair of forward passes
+// paid in every case: kConvProbes single elements, spread evenly with both corners in (a wrong
+// entry there is named by its position), and kConvDirections random directions (every entry
+// checked at once). Both at kFdTol. The naive loops above check every entry one by one.
+constexpr std::size_t kConvProbes = 16;
+constexpr int kConvDirections = 4;
+
+// Both finite-difference checks of the gradient `analytic` of L at v.
+void expect_gradient_matches_fd(const Vec& v, const Vec& analytic, std::uint64_t seed,
+                                const std::function<double(const Vec&)>& L,
+                                const std::string& what) {
+  const auto idx = probe_indices(v.size(), kConvProbes);
+  expect_close(gather(analytic, idx), central_differences(v, idx, kLinearStep, L), kFdTol,
+               what + " vs finite differences");
+  const Directional dir =
+      directional_differences(v, analytic, kConvDirections, kLinearStep, seed, L);
+  expect_close(dir.analytic, dir.fd, kFdTol,
+               what + " vs finite differences along random directions");
+}
+
 // dx = dL/dx of L(x) = sum(conv(x) * r): backward-data applied to r.
 TEST_P(CpuOpsConv, BackwardDataMatchesFiniteDifferences) {
   const Vec r = random_vector(numel(y_shape(g)), 21);
   const Vec analytic = cpu_conv_backward_data(*be, g, r, d.w);
-  const auto idx = probe_indices(d.x.size());
-  const Vec fd = central_differences(d.x, idx, kLinearStep, [&](const Vec& x) {
+  expect_gradient_matches_fd(d.x, analytic, 31, [&](const Vec& x) {
     return weighted_sum(cpu_conv_forward(*be, g, x, d.w, d.b), r);
-  });
-  expect_close(gather(analytic, idx), fd, kFdTol, "conv dx vs finite differences");
+  }, "conv dx");
 }
 
 // dw, db = dL/dw, dL/db of the same L, from backward-filter applied to r.
 TEST_P(CpuOpsConv, BackwardFilterMatchesFiniteDifferences) {
   const Vec r = random_vector(numel(y_shape(g)), 22);
   const FilterGrad analytic = cpu_conv_backward_filter(*be, g, d.x, r, zero_dw, zero_db);
-  const auto widx = probe_indices(d.w.size());
-  const Vec fd_w = central_differences(d.w, widx, kLinearStep, [&](const Vec& w) {
+  expect_gradient_matches_fd(d.w, analytic.dw, 41, [&](const Vec& w) {
     return weighted_sum(cpu_conv_forward(*be, g, d.x, w, d.b), r);
-  });
-  expect_close(gather(analytic.dw, widx), fd_w, kFdTol, "conv dw vs finite differences");
-  const auto bidx = probe_indices(d.b.size());
-  const Vec fd_b = central_differences(d.b, bidx, kLinearStep, [&](const Vec& b) {
+  }, "conv dw");
+  expect_gradient_matches_fd(d.b, analytic.db, 51, [&](const Vec& b) {
     return weighted_sum(cpu_conv_forward(*be, g, d.x, d.w, b), r);
-  });
-  expect_close(gather(analytic.db, bidx), fd_b, kFdTol, "conv db vs finite differences");
+  }, "conv db");
 }
 
 // Both the Wide-ResNet shapes (3x3 pad 1, 1x1 pad 0 shortcut; stride 1 and 2) and the edges:
