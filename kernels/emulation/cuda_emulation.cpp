@@ -1,40 +1,47 @@
 // The grid runner and runtime stand-ins of cuda_emulation.hpp.
 //
-// A launch runs on a pool of OS threads, one per thread of a block, kept between launches, and
-// reused for every block. Three kinds of barrier:
-//   * `next_block` (all threads of the block, every block): its completion step, which runs on
-//     one thread while the others wait, sets up the next block (fresh block and warp barriers,
-//     cleared exit flags), so no thread can start block b + 1 while another still runs block b;
-//   * the block barrier of __syncthreads, and one barrier per warp for the shuffles: rebuilt for
-//     every block, because a thread that returns early leaves them for good (arrive_and_drop).
-// A kernel whose first launch used neither runs sequentially on the calling thread afterwards.
+// A launch runs its blocks one after another, on the launching OS thread. The threads of a block
+// are fibers (fiber.hpp), one per CUDA thread, each on its own stack. The runner resumes every
+// thread that can run, each until it waits at __syncthreads or a shuffle, or returns; then it
+// releases the barriers that every live thread concerned has reached (the block's; each warp's,
+// for the shuffles), and goes round again. A thread that has returned no longer counts, as an
+// exited GPU thread does. When threads wait and no barrier can be released (threads that miss
+// each other, which hangs a GPU), the launch fails with a message that says who waits where.
+//
+// The order of the threads alternates between blocks: ascending in even blocks, descending in odd
+// ones. Without a barrier between a write to shared memory and another thread's read of it, the
+// read then comes before the write in one of the two orders, whichever thread reads.
+//
+// A kernel whose first launch used neither barriers nor shuffles runs sequentially on the calling
+// thread afterwards, in the same orders (no fibers: most launches are elementwise).
 #include "cuda_emulation.hpp"
 
 #include <atomic>
-#include <barrier>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include "fiber.hpp"
 
 namespace jem::emu {
 namespace {
 
-// The built-in variables of the emulated thread running on this OS thread.
+// The built-in variables of the emulated thread running now (set by the runner before it
+// resumes a thread's fiber).
 thread_local uint3 thread_idx;
 thread_local uint3 block_idx;
 thread_local uint3 block_dims;
 thread_local uint3 grid_dims;
 
 constexpr int kWarp = 32;
+// Each fiber's stack. The kernels' frames take a few hundred bytes; the error path formats
+// strings, and the sanitizer build's frames are larger.
+constexpr std::size_t kFiberStackBytes = 256 * 1024;
 
 // The calling (host) thread's last error, as cudaGetLastError keeps it, and its
 // message.
@@ -53,74 +60,26 @@ std::atomic<std::int64_t> block_cap{65535};
 std::mutex launch_mutex;
 std::string last_launched;  // guarded by launch_mutex
 
-// The OS threads that play the CUDA threads, kept between launches (starting 256 threads per
-// launch cost more than most emulated kernels). Grows to the largest block launched.
-class WorkerPool {
+// The fibers that play the CUDA threads, and their stacks, kept between launches (used under the
+// launch mutex). Grows to the largest block launched.
+class FiberPool {
  public:
-  static WorkerPool& instance() {
-    static WorkerPool pool;
+  static FiberPool& instance() {
+    static FiberPool pool;
     return pool;
   }
-
-  // Runs job(t) for t in [0, n) on n threads; returns when every call has returned. One caller
-  // at a time (run_grid holds the launch mutex).
-  void run(int n, const std::function<void(int)>& job) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (int(threads_.size()) < n) {
-      const int index = int(threads_.size());
-      threads_.emplace_back([this, index] { serve(index); });
+  void ensure(int n) {
+    while (int(fibers_.size()) < n) {
+      stacks_.push_back(std::make_unique<FiberStack>(kFiberStackBytes));
+      fibers_.push_back(std::make_unique<Fiber>());
     }
-    job_ = &job;
-    active_ = n;
-    remaining_ = n;
-    ++generation_;
-    start_.notify_all();
-    done_.wait(lock, [this] { return remaining_ == 0; });
-    job_ = nullptr;
   }
-
-  ~WorkerPool() {
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    start_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
+  Fiber& fiber(int t) { return *fibers_[std::size_t(t)]; }
+  FiberStack& stack(int t) { return *stacks_[std::size_t(t)]; }
 
  private:
-  WorkerPool() = default;
-
-  void serve(int index) {
-    std::uint64_t seen = 0;
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      seen = generation_;  // a thread started for the current launch takes part in it
-      if (index < active_ && remaining_ > 0) --seen;
-    }
-    for (;;) {
-      const std::function<void(int)>* job = nullptr;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        start_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        if (index >= active_) continue;
-        job = job_;
-      }
-      (*job)(index);
-      const std::lock_guard<std::mutex> lock(mutex_);
-      if (--remaining_ == 0) done_.notify_one();
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable start_, done_;
-  std::vector<std::thread> threads_;
-  const std::function<void(int)>* job_ = nullptr;
-  std::uint64_t generation_ = 0;
-  int active_ = 0, remaining_ = 0;
-  bool stop_ = false;
+  std::vector<std::unique_ptr<FiberStack>> stacks_;
+  std::vector<std::unique_ptr<Fiber>> fibers_;
 };
 
 class GridRun;
@@ -138,19 +97,24 @@ class GridRun {
         blocks_(std::int64_t(grid.x) * grid.y * grid.z),
         slots_(std::size_t(threads_)),
         sites_(std::size_t(threads_)),
-        exited_(std::make_unique<std::atomic<bool>[]>(std::size_t(threads_))),
-        next_block_(threads_, Advance{this}) {}
+        wait_(std::size_t(threads_), Wait::None) {}
 
-  // Runs every block; returns the first error (empty when none).
-  // Concurrently: one OS thread per CUDA thread of a block, blocks in order.
+  // Runs the blocks, each thread a fiber, until the first error; returns it (empty when none).
   std::string run() {
-    WorkerPool::instance().run(threads_, [this](int t) { work(t); });
+    FiberPool& pool = FiberPool::instance();
+    pool.ensure(threads_);
+    current_run = this;
+    block_dims = uint3{block_.x, block_.y, block_.z};
+    grid_dims = uint3{grid_.x, grid_.y, grid_.z};
+    for (std::int64_t b = 0; b < blocks_ && error_.empty(); ++b) run_block(pool, b);
+    current_run = nullptr;
     return error_;
   }
 
-  // Sequentially, on the calling thread: every thread of every block in turn. Only for kernels
-  // that a concurrent launch showed to use no barrier or shuffle (the threads of a block then
-  // cannot observe each other's order); one that does anyway is stopped and reported.
+  // Sequentially, on the calling thread: every thread of every block in turn (in the order
+  // run_block takes). Only for kernels
+  // that a fiber launch showed to use no barrier or shuffle (the threads of a block then cannot
+  // observe each other's order); one that does anyway is stopped and reported.
   std::string run_sequentially() {
     sequential_ = true;
     current_run = this;
@@ -158,7 +122,9 @@ class GridRun {
     grid_dims = uint3{grid_.x, grid_.y, grid_.z};
     for (std::int64_t b = 0; b < blocks_ && error_.empty(); ++b) {
       block_idx = block_coordinates(b);
-      for (int t = 0; t < threads_; ++t) {
+      const bool descending = b % 2 == 1;  // as in run_block
+      for (int i = 0; i < threads_; ++i) {
+        const int t = descending ? threads_ - 1 - i : i;
         current_thread = t;
         thread_idx = thread_coordinates(t);
         call_body();
@@ -168,13 +134,13 @@ class GridRun {
     return error_;
   }
 
-  // Whether a thread waited at a barrier or shuffled (then the kernel needs the concurrent run).
-  bool synchronized() const { return synchronized_.load(); }
+  // Whether a thread waited at a barrier or shuffled (then the kernel needs fibers).
+  bool synchronized() const { return synchronized_; }
 
   void syncthreads() {
     if (sequential_) stop_sequential("__syncthreads");
-    synchronized_.store(true, std::memory_order_relaxed);
-    block_barrier_->arrive_and_wait();
+    synchronized_ = true;
+    wait(Wait::Block);
   }
 
   // Warp-synchronous exchange: every lane that has not exited must take part (mask covering
@@ -182,12 +148,11 @@ class GridRun {
   // the same shuffle (call site and lane mask), which the second check verifies.
   std::uint64_t shuffle_xor(unsigned mask, std::uint64_t bits, int lane_mask, unsigned site) {
     if (sequential_) stop_sequential("a warp shuffle");
-    synchronized_.store(true, std::memory_order_relaxed);
+    synchronized_ = true;
     const int t = current_thread, lane = t % kWarp, warp = t / kWarp;
     const int first = warp * kWarp, lanes = std::min(kWarp, threads_ - first);
     for (int l = 0; l < lanes; ++l)
-      if (((mask >> l) & 1u) == 0 &&
-          !exited_[std::size_t(first + l)].load(std::memory_order_relaxed)) {
+      if (((mask >> l) & 1u) == 0 && !exited(first + l)) {
         fail("lane " + std::to_string(lane) + " shuffles with mask " + hex(mask) +
              ", which omits live lane " + std::to_string(l) +
              " (partial-mask shuffles are not emulated)");
@@ -195,13 +160,13 @@ class GridRun {
       }
     slots_[std::size_t(t)] = bits;
     sites_[std::size_t(t)] = Site{site, lane_mask, mask};
-    warp_barriers_[std::size_t(warp)].arrive_and_wait();  // every live lane has written its value
+    wait(Wait::Warp);  // every live lane has written its value
     const int src_lane = lane ^ lane_mask, src = first + src_lane;
     std::uint64_t result = bits;
     if (lane_mask < 0 || src_lane >= lanes || ((mask >> src_lane) & 1u) == 0)
       fail("lane " + std::to_string(lane) + " shuffles with lane " + std::to_string(src_lane) +
            ", outside the warp or the mask");
-    else if (exited_[std::size_t(src)].load(std::memory_order_relaxed))
+    else if (exited(src))
       fail("lane " + std::to_string(lane) + " of warp " + std::to_string(warp) +
            " shuffles with lane " + std::to_string(src_lane) + ", which has exited");
     else if (!(sites_[std::size_t(src)] == sites_[std::size_t(t)]))
@@ -211,13 +176,11 @@ class GridRun {
            ", xor " + std::to_string(sites_[std::size_t(src)].lane_mask) + ")");
     else
       result = slots_[std::size_t(src)];
-    warp_barriers_[std::size_t(warp)]
-        .arrive_and_wait();  // every lane has read before the next write
+    wait(Wait::Warp);  // every lane has read before the next write
     return result;
   }
 
   void fail(const std::string& what) {
-    const std::lock_guard<std::mutex> lock(error_mutex_);
     if (error_.empty())
       error_ = std::string(kernel_) + ", block (" + std::to_string(blockIdx.x) + ", " +
                std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "), thread " +
@@ -225,24 +188,97 @@ class GridRun {
   }
 
  private:
-  // Completion step of next_block_: runs once all threads have finished the previous block.
-  struct Advance {
-    GridRun* run;
-    void operator()() noexcept { run->advance(); }
-  };
+  // Where a thread is, between two resumes: runnable, waiting at the block's barrier or at its
+  // warp's, or returned.
+  enum class Wait : unsigned char { None, Block, Warp, Exited };
 
-  void advance() {
-    if (block_index_ + 1 >= blocks_) {
-      done_ = true;
-      return;
+  bool exited(int t) const { return wait_[std::size_t(t)] == Wait::Exited; }
+
+  // On a thread's fiber: wait at a barrier (back to the runner until it is released).
+  void wait(Wait w) {
+    const int t = current_thread;
+    wait_[std::size_t(t)] = w;
+    FiberPool::instance().fiber(t).suspend();
+  }
+
+  // Each fiber's entry: the kernel body, then out of every barrier for good.
+  static void thread_main(void* p) {
+    auto* run = static_cast<GridRun*>(p);
+    run->call_body();
+    const int t = current_thread;
+    run->wait_[std::size_t(t)] = Wait::Exited;
+    --run->live_;
+    FiberPool::instance().fiber(t).finish();
+  }
+
+  void run_block(FiberPool& pool, std::int64_t b) {
+    block_idx = block_coordinates(b);
+    for (int t = 0; t < threads_; ++t) {
+      wait_[std::size_t(t)] = Wait::None;
+      pool.fiber(t).start(pool.stack(t), &GridRun::thread_main, this);
     }
-    ++block_index_;
-    block_barrier_.emplace(threads_);
-    warp_barriers_.clear();
-    for (int w = 0; w * kWarp < threads_; ++w)
-      warp_barriers_.emplace_back(std::min(kWarp, threads_ - w * kWarp));
+    live_ = threads_;
+    const bool descending = b % 2 == 1;
+    for (;;) {
+      for (int i = 0; i < threads_; ++i) {
+        const int t = descending ? threads_ - 1 - i : i;
+        if (wait_[std::size_t(t)] != Wait::None) continue;
+        current_thread = t;
+        thread_idx = thread_coordinates(t);
+        pool.fiber(t).resume();
+      }
+      if (live_ == 0) return;
+      if (!release()) {
+        report_deadlock();
+        return;  // the waiting fibers are abandoned; start() reuses their stacks
+      }
+    }
+  }
+
+  // Frees the barriers whose live threads have all arrived: the block's, or each warp's. False
+  // when none can be freed.
+  bool release() {
+    bool all_at_block = true;
     for (int t = 0; t < threads_; ++t)
-      exited_[std::size_t(t)].store(false, std::memory_order_relaxed);
+      if (wait_[std::size_t(t)] != Wait::Block && !exited(t)) all_at_block = false;
+    if (all_at_block) {
+      for (Wait& w : wait_)
+        if (w == Wait::Block) w = Wait::None;
+      return true;
+    }
+    bool released = false;
+    for (int first = 0; first < threads_; first += kWarp) {
+      const int last = std::min(first + kWarp, threads_);
+      bool all_at_warp = true, any = false;
+      for (int t = first; t < last; ++t) {
+        if (exited(t)) continue;
+        any = true;
+        if (wait_[std::size_t(t)] != Wait::Warp) all_at_warp = false;
+      }
+      if (!any || !all_at_warp) continue;
+      for (int t = first; t < last; ++t)
+        if (wait_[std::size_t(t)] == Wait::Warp) wait_[std::size_t(t)] = Wait::None;
+      released = true;
+    }
+    return released;
+  }
+
+  // Threads that wait for each other forever (a GPU hangs): who waits where.
+  void report_deadlock() {
+    std::string block_waiters, warp_waiters;
+    int exited_count = 0;
+    for (int t = 0; t < threads_; ++t) {
+      const Wait w = wait_[std::size_t(t)];
+      if (w == Wait::Exited) ++exited_count;
+      std::string& list = w == Wait::Block ? block_waiters : warp_waiters;
+      if (w == Wait::Block || w == Wait::Warp) list += (list.empty() ? "" : ", ") + std::to_string(t);
+    }
+    error_ = std::string(kernel_) + ", block (" + std::to_string(block_idx.x) + ", " +
+             std::to_string(block_idx.y) + ", " + std::to_string(block_idx.z) +
+             "): threads wait for each other forever (a GPU would hang): at __syncthreads: " +
+             (block_waiters.empty() ? "none" : block_waiters) +
+             "; at a shuffle: " + (warp_waiters.empty() ? "none" : warp_waiters) + "; " +
+             std::to_string(exited_count) + " returned";
   }
 
   uint3 thread_coordinates(int t) const {
@@ -274,48 +310,24 @@ class GridRun {
     }
   }
 
-  void work(int t) {
-    current_run = this;
-    current_thread = t;
-    thread_idx = thread_coordinates(t);
-    block_dims = uint3{block_.x, block_.y, block_.z};
-    grid_dims = uint3{grid_.x, grid_.y, grid_.z};
-    for (;;) {
-      next_block_.arrive_and_wait();
-      if (done_) break;
-      block_idx = block_coordinates(block_index_);
-      call_body();
-      // Returned: leave this block's barriers as an exited GPU thread does.
-      exited_[std::size_t(t)].store(true, std::memory_order_relaxed);
-      block_barrier_->arrive_and_drop();
-      warp_barriers_[std::size_t(t / kWarp)].arrive_and_drop();
-    }
-    current_run = nullptr;
-  }
-
   const char* kernel_;
   dim3 grid_;
   dim3 block_;
   const std::function<void()>& body_;
   int threads_;
   std::int64_t blocks_;
-  std::int64_t block_index_ = -1;
-  bool done_ = false;
+  int live_ = 0;  // threads of the current block that have not returned
   bool sequential_ = false;
-  std::atomic<bool> synchronized_{false};
+  bool synchronized_ = false;
   struct Site {  // where a lane's shuffle was called, and how
     unsigned line = 0;
     int lane_mask = 0;
     unsigned mask = 0;
     bool operator==(const Site&) const = default;
   };
-  std::vector<std::uint64_t> slots_;             // one shuffle value per thread
-  std::vector<Site> sites_;                      // per thread: the shuffle its slot was written at
-  std::unique_ptr<std::atomic<bool>[]> exited_;  // per thread, for the current block
-  std::optional<std::barrier<>> block_barrier_;  // __syncthreads
-  std::deque<std::barrier<>> warp_barriers_;     // the shuffles (a deque: barriers do not move)
-  std::barrier<Advance> next_block_;
-  std::mutex error_mutex_;
+  std::vector<std::uint64_t> slots_;  // one shuffle value per thread
+  std::vector<Site> sites_;           // per thread: the shuffle its slot was written at
+  std::vector<Wait> wait_;            // per thread, for the current block
   std::string error_;
 };
 

@@ -5,12 +5,14 @@
 // JEM_KERNEL_EMULATION is defined; never part of the real (nvcc) build.
 //
 // The model. A launch runs its blocks one after another. The threads of a block
-// are real OS threads, so __syncthreads and warp shuffles are real barriers
-// between concurrently running code (a thread that waits for another that never
-// comes hangs, as on a GPU: the tests run under a ctest timeout). A thread that
+// are fibers on the launching OS thread (fiber.hpp): each runs until it waits at
+// __syncthreads or a warp shuffle, or returns, and a barrier is released once
+// every live thread it concerns has reached it; threads that wait for each
+// other forever (a GPU hangs) are reported as a launch error. A thread that
 // returns early drops out of its block's and its warp's barriers, as an exited
 // thread does on the GPU; a shuffle that reads an exited lane or a lane outside
-// its mask is reported as a launch error instead of returning garbage.
+// its mask is reported as a launch error instead of returning garbage. The
+// threads run in ascending order in even blocks and descending in odd ones.
 // __shared__ variables become function-local statics: one block runs at a time,
 // so one copy is the block's shared memory.
 //
@@ -52,7 +54,7 @@
 #undef __shared__
 #define __shared__ static
 
-// The built-in index variables, per OS thread, i.e. per emulated CUDA thread: read through
+// The built-in index variables of the emulated CUDA thread running now: read through
 // functions of cuda_emulation.cpp, which owns the thread_local values (a thread_local read
 // directly from another translation unit made UndefinedBehaviorSanitizer's null check fire on
 // its TLS address in GCC 12 builds). CUDA's blockDim and gridDim are dim3; uint3 here (the

@@ -95,6 +95,52 @@ TEST(Emulation, ShufflesReduceEachWarp) {
   for (float v : out) ASSERT_EQ(v, 496.0f);  // 0 + 1 + ... + 31
 }
 
+// Thread t writes its value and, with no barrier, reads its lower neighbour's: a race on a GPU.
+// The emulation runs a block's threads in ascending order in even blocks and descending in odd
+// ones, so the read comes before the write in one of the two: the missing barrier shows.
+__global__ void neighbour_without_barrier_kernel(int* out) {
+  __shared__ int shared[64];
+  shared[threadIdx.x] = int(blockIdx.x * 1000 + threadIdx.x) + 1;
+  out[blockIdx.x * blockDim.x + threadIdx.x] = threadIdx.x == 0 ? 0 : shared[threadIdx.x - 1];
+}
+
+TEST(Emulation, AMissingBarrierShowsInOneOfTwoBlocks) {
+  // The first launch runs on fibers; the kernel has no barrier, so the second runs sequentially.
+  for (const char* launch : {"first", "second"}) {
+    std::vector<int> out(2 * 64, -1);
+    JEM_LAUNCH(neighbour_without_barrier_kernel, 2, 64, kStream)(out.data());
+    JEM_CUDA_CHECK_LAUNCH();
+    int stale[2] = {0, 0};  // reads that did not see the neighbour's write, per block
+    for (int b = 0; b < 2; ++b)
+      for (int t = 1; t < 64; ++t) stale[b] += out[std::size_t(b * 64 + t)] != b * 1000 + t;
+    EXPECT_EQ(stale[0], 0) << launch << " launch";   // ascending: each neighbour had written
+    EXPECT_EQ(stale[1], 63) << launch << " launch";  // descending: none had
+  }
+}
+
+// Lanes 0..15 wait at a shuffle, lanes 16..31 at __syncthreads: neither can complete (a GPU
+// hangs). The emulation reports who waits where instead of hanging.
+__global__ void divergent_barriers_kernel(float* out) {
+  if (threadIdx.x < 16) out[threadIdx.x] = kernels::warp_sum(1.0f);
+  else __syncthreads();
+}
+
+TEST(Emulation, ReportsThreadsThatWaitForEachOtherForever) {
+  std::vector<float> out(32, 0.0f);
+  JEM_LAUNCH(divergent_barriers_kernel, 1, 32, kStream)(out.data());
+  const std::string error = error_of([] { JEM_CUDA_CHECK_LAUNCH(); });
+  EXPECT_NE(error.find("divergent_barriers_kernel, block (0, 0, 0): threads wait for each other "
+                       "forever (a GPU would hang): at __syncthreads: 16, 17,"),
+            std::string::npos)
+      << error;
+  EXPECT_NE(error.find("at a shuffle: 0, 1, 2,"), std::string::npos) << error;
+  // The runner is usable afterwards: the abandoned threads' stacks are reused.
+  std::vector<float> sums(64, -1.0f);
+  JEM_LAUNCH(warp_sum_kernel, 1, 64, kStream)(sums.data());
+  JEM_CUDA_CHECK_LAUNCH();
+  for (float v : sums) ASSERT_EQ(v, 496.0f);
+}
+
 // A block of 40 threads has a partial second warp: lanes 8..31 do not exist, and a full-mask
 // butterfly there reads them (undefined on a GPU; the kernels only launch whole warps).
 TEST(Emulation, ReportsAShuffleBeyondAPartialWarp) {
