@@ -19,6 +19,7 @@
 #endif
 #endif
 #if defined(JEM_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -110,6 +111,7 @@ struct Fiber::State {
 #endif
   Entry entry = nullptr;
   void* arg = nullptr;
+  bool unfinished = false;  // started, and not yet finished: abandoned if started again
   // For AddressSanitizer: the fiber's stack, and the host's as it reported it at the first switch.
   const void* stack_bottom = nullptr;
   std::size_t stack_size = 0;
@@ -144,6 +146,11 @@ Fiber::Fiber() : s_(std::make_unique<State>()) {}
 Fiber::~Fiber() = default;
 
 void Fiber::start(FiberStack& stack, Entry entry, void* arg) {
+#if defined(JEM_EMU_ASAN)
+  // An abandoned fiber's frames never returned, so their redzones are still poisoned.
+  if (s_->unfinished) __asan_unpoison_memory_region(stack.bottom(), stack.size());
+#endif
+  s_->unfinished = true;
   s_->entry = entry;
   s_->arg = arg;
   s_->stack_bottom = stack.bottom();
@@ -209,6 +216,7 @@ void Fiber::suspend() {
 }
 
 void Fiber::finish() {
+  s_->unfinished = false;
 #if defined(JEM_EMU_ASAN)
   // Leaving for good: a null save lets AddressSanitizer free the fiber's fake stack.
   __sanitizer_start_switch_fiber(nullptr, s_->host_bottom, s_->host_size);
