@@ -7,7 +7,8 @@
 //
 // In the AddressSanitizer build every switch is announced to it
 // (__sanitizer_start_switch_fiber / __sanitizer_finish_switch_fiber), so that it knows which
-// stack is running (an exception thrown in a kernel unwinds a fiber's stack).
+// stack is running (an exception thrown in a kernel unwinds a fiber's stack). ThreadSanitizer is
+// not told: scripts/tsan-check.sh does not run the emulation.
 #pragma once
 
 #include <cstddef>
