@@ -24,8 +24,11 @@
 #endif
 
 // The x86-64 switch below, unless JEM_EMU_FIBERS_UCONTEXT asks for the portable one (which a
-// test build uses to check it on x86-64 too).
-#if defined(__x86_64__) && !defined(JEM_EMU_FIBERS_UCONTEXT)
+// test build uses to check it on x86-64 too), or the code is built for CET shadow stacks
+// (-fcf-protection, the default of some distributions' compilers): a `ret` into another fiber
+// would not match the shadow stack, which glibc's swapcontext keeps in step.
+#if defined(__x86_64__) && !defined(JEM_EMU_FIBERS_UCONTEXT) && \
+    !(defined(__CET__) && (__CET__ & 2))
 #define JEM_EMU_FIBERS_X86_64 1
 #else
 #include <ucontext.h>

@@ -1,9 +1,9 @@
 // Fibers for the grid runner (cuda_emulation.cpp): each emulated CUDA thread of a block runs on
 // its own stack, on the launching OS thread, and hands control back to the runner when it waits
 // at a barrier or a shuffle, or returns. A switch costs a few nanoseconds (x86-64: six registers
-// and the floating-point control words; elsewhere ucontext's swapcontext, which also saves the
-// signal mask), where a barrier over 256 OS threads on 2 cores cost the kernel's scheduler a
-// round of 256 context switches.
+// and the floating-point control words; elsewhere, and in builds for CET shadow stacks,
+// ucontext's swapcontext, which also saves the signal mask: a system call), where a barrier over
+// 256 OS threads on 2 cores cost the kernel's scheduler a round of 256 context switches.
 //
 // In the AddressSanitizer build every switch is announced to it
 // (__sanitizer_start_switch_fiber / __sanitizer_finish_switch_fiber), so that it knows which
