@@ -290,14 +290,20 @@ TEST(Bench, GpuCheckHeadlinesReadTheBenchFiles) {
   fs::remove_all(dir);
 }
 
+// jem bench's JSON of one timed iteration of the tiny config on the CPU: the file the headline
+// tests edit into the GPU runs' files.
+nlohmann::json tiny_bench_json() {
+  auto be = make_cpu_backend(1);
+  const TrainConfig c = tiny_bench_config();
+  const BenchOptions opt{1, 0};
+  return nlohmann::json::parse(bench_json(run_bench(*be, c, opt), c, opt));
+}
+
 // The 0.30 s target takes the faster TF32 layout's time, and names the device it ran on, since
 // the target is stated for an H200.
 TEST(Bench, GpuCheckHeadlinesIterationTargetTakesTheFasterLayout) {
   const std::string dir = jem::test::temp_dir("headlines_target");
-  auto be = make_cpu_backend(1);
-  const TrainConfig c = tiny_bench_config();
-  const BenchOptions opt{1, 0};
-  auto j = nlohmann::json::parse(bench_json(run_bench(*be, c, opt), c, opt));
+  auto j = tiny_bench_json();
   j["ms_per_iteration"]["total"] = 400.0;
   j["backend"] = "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, TF32 math)";
   std::ofstream(dir + "/jem_bench_wrn28x10_tf32.json") << j.dump();
@@ -321,10 +327,7 @@ TEST(Bench, GpuCheckHeadlinesIterationTargetTakesTheFasterLayout) {
 // it exceeds jem's registry peak: a small registry peak alone does not pass it.
 TEST(Bench, GpuCheckHeadlinesMemoryTargetCountsTheDeviceReading) {
   const std::string dir = jem::test::temp_dir("headlines_memory");
-  auto be = make_cpu_backend(1);
-  const TrainConfig c = tiny_bench_config();
-  const BenchOptions opt{1, 0};
-  auto j = nlohmann::json::parse(bench_json(run_bench(*be, c, opt), c, opt));
+  auto j = tiny_bench_json();
   EXPECT_TRUE(j["device_memory_used_bytes"].is_null());  // the CPU backend: not a device
   const double gib = 1024.0 * 1024.0 * 1024.0;
   for (const double used_gib : {2.0, 25.0}) {
