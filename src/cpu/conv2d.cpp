@@ -126,9 +126,10 @@ void col2im(const ConvGeom& g, const float* col, float* dx) {
 
 // Scratch slots (per thread): 0 im2col columns, the padded image of the direct kernel or the
 // flat-layout chunk of the AVX-512 kernels, 1 partial weight gradients, 2 the flipped kernel of
-// backward-data, 3 the direct, flat or channel-vectorised kernels' packed weights.
-// Slots 2 and 3 are filled by thread 0's entry before a parallel loop and only read inside it.
-constexpr int kSlotCol = 0, kSlotPartial = 1, kSlotFlipped = 2, kSlotPacked = 3;
+// backward-data, 3 the direct, flat or channel-vectorised kernels' packed weights, 4 the direct
+// weight gradient's per-lane sums. Slots 2 and 3 are filled by thread 0's entry before a
+// parallel loop and only read inside it.
+constexpr int kSlotCol = 0, kSlotPartial = 1, kSlotFlipped = 2, kSlotPacked = 3, kSlotLanes = 4;
 
 }  // namespace
 
@@ -399,11 +400,14 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
   const std::size_t wsize = static_cast<std::size_t>(g.K) * CRR;
   const int T = std::min(threads_, g.N);
-  // The direct weight gradient keeps one image row's tap sums per 8-pixel vector: on narrow
-  // images (a masked partial vector per row, short rows) the GEMM wins. Measured at 1 thread,
-  // batch 64 (bench_ops conv_bwd_filter): W >= 16 direct 1.1-2x faster (WRN-28-2 32x32 and
-  // 16x16, WRN-10-1 28x28); W = 14 (32->64) and W = 8 (128->128) the GEMM 5-13% faster.
-  const bool direct = use_direct3x3(g) && g.stride == 1 && g.W >= 16;
+  // The direct weight gradient walks each image row by 8-pixel vectors: on narrow outputs (a
+  // masked partial vector per row, short rows) the GEMM wins. Measured at 1 thread, batch 64
+  // (bench_ops conv_bwd_filter, AVX2 Zen 4 unless noted):
+  //   stride 1: W >= 16 direct 1.1-2x faster (WRN-28-2 32x32 and 16x16, WRN-10-1 28x28);
+  //             W = 14 (32->64) and W = 8 (128->128) the GEMM 5-13% faster;
+  //   stride 2: output 14 wide (WRN-10-1 32->32) direct 6.1 against 7.6 ms, 16 wide (WRN-28-2
+  //             64->64) 20.9 against 26.1 ms; 7 and 8 wide the GEMM 1.4-1.5x faster.
+  const bool direct = use_direct3x3(g) && (g.stride == 1 ? g.W >= 16 : g.Q() >= 14);
   // On AVX-512 CPUs the flat-layout kernel (conv3x3_wgrad512.hpp) takes every 3x3 pad-1
   // convolution of stride 1 or 2, several images per pass.
   const bool flat512 = kernels_ == CpuConvKernels::kBest && use_direct3x3(g) && wgrad512_applies(g);
@@ -420,6 +424,11 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
     float* part = scratch(t, kSlotPartial, wsize + static_cast<std::size_t>(g.K));
     std::fill_n(part, wsize + static_cast<std::size_t>(g.K), 0.0f);
     partial[static_cast<std::size_t>(t)] = part;
+    float* lanes = nullptr;
+    if (direct && !flat512) {
+      lanes = scratch(t, kSlotLanes, direct3x3_filter_grad_lanes_size(g));
+      std::fill_n(lanes, direct3x3_filter_grad_lanes_size(g), 0.0f);
+    }
     if (flat512) {
       // A contiguous split fixed by N and the team size (deterministic, like schedule(static)):
       // thread t takes images [n0, n1).
@@ -434,7 +443,7 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
       const float* xn = x + n * x_stride;
       const float* dyn = dy + n * y_stride;
       if (direct) {
-        direct3x3_filter_grad_image(g, xn, dyn, scratch(t, kSlotCol, direct3x3_scratch_size(g)), part);
+        direct3x3_filter_grad_image(g, xn, dyn, scratch(t, kSlotCol, direct3x3_scratch_size(g)), lanes);
       } else {
         const float* col = xn;
         if (!is_pointwise(g)) {
@@ -455,6 +464,8 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
         }
       }
     }
+    // (The loop's implicit barrier is not needed here: each thread finishes its own lanes.)
+    if (lanes != nullptr) direct3x3_filter_grad_finish(g, lanes, part);
   }
   // Reduce the partials in thread order (deterministic), split over the weight elements.
 #pragma omp parallel for schedule(static) num_threads(threads_)

@@ -41,15 +41,19 @@ std::size_t direct3x3_scratch_size(const ConvGeom& g);
 void direct3x3_image(const ConvGeom& g, const float* x, const float* wp, const float* b,
                      const float* z, float* scratch, float* y, bool avx512 = true);
 
-// The weight gradient of one image, added: dw[K, C, 3, 3] += sum_{p,q} dy[k, p, q] *
-// x[c, p + r - 1, q + s - 1]. Same padded copy of x as the forward pass (scratch:
-// direct3x3_scratch_size(g) floats); for a block of 4 output channels, one input channel and
-// one kernel row it keeps the 4 x 3 tap sums in registers over the whole image, so nothing but
-// x and dy is read and nothing but dw is written: no im2col copy (9x the input) and no GEMM.
-// (conv2d.cpp uses it for images at least 16 pixels wide; see there.)
-// Stride 1 only.
+// The weight gradient, image by image: dw[K, C, 3, 3] += sum over images and output pixels
+// (p, q) of dy[k, p, q] * x[c, stride*p + r - 1, stride*q + s - 1], stride 1 or 2. Same padded
+// copy of x as the forward pass (scratch: direct3x3_scratch_size(g) floats); for a block of 4
+// output channels, one input channel and one kernel row it keeps the 4 x 3 tap sums in
+// registers over the whole image, so nothing but x and dy is read: no im2col copy (9x the
+// input) and no GEMM. The sums stay in 8 lanes each, `lanes` (direct3x3_filter_grad_lanes_size
+// floats, zeroed before the first image), carried from image to image; `finish` adds each
+// weight's 8 lanes into dw once at the end. So the order of the sums depends only on the images
+// given and their order. (conv2d.cpp says where it beats the GEMM.)
+std::size_t direct3x3_filter_grad_lanes_size(const ConvGeom& g);
 void direct3x3_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch,
-                                 float* dw);
+                                 float* lanes);
+void direct3x3_filter_grad_finish(const ConvGeom& g, const float* lanes, float* dw);
 
 // The data gradient of a 3x3, stride-2, pad-1 convolution (where direct3x3_applies), one image:
 // dx[C, H, W] = the transposed convolution of dy[K, P, Q]. Computed per output phase (row and
