@@ -458,7 +458,10 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
         float* pdb = part + wsize;
         for (int k = 0; k < g.K; ++k) {
           const float* row = dyn + static_cast<std::int64_t>(k) * PQ;
+          // The sum in vector lanes (a fixed order per build): a plain loop is one chain of
+          // dependent adds, 3% of the quickstart's iteration at 1 thread.
           float s = 0.0f;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < PQ; ++i) s += row[i];
           pdb[k] += s;
         }
