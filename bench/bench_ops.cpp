@@ -532,11 +532,12 @@ int main(int argc, char **argv) {
       register_flat(d, m);
     }
   // The CPU backend's other convolution kernels on the same shapes, side by side with its
-  // choice (DEVICE "cpu"): im2col + sgemm everywhere, and the AVX2 direct kernels only (no
-  // AVX-512 kernel; on a CPU without AVX-512 the same as "cpu").
+  // choice (DEVICE "cpu"): im2col + sgemm everywhere, the AVX2 direct kernels only (no AVX-512
+  // kernel, no Winograd), and the AVX2 kernels with Winograd F(2x2, 3x3) wherever it applies.
   for (const Device &d :
        {Device{"cpu-im2col", jem::make_cpu_backend(0, jem::CpuConvKernels::kIm2col)},
-        Device{"cpu-avx2", jem::make_cpu_backend(0, jem::CpuConvKernels::kDirectAvx2)}})
+        Device{"cpu-avx2", jem::make_cpu_backend(0, jem::CpuConvKernels::kDirectAvx2)},
+        Device{"cpu-winograd", jem::make_cpu_backend(0, jem::CpuConvKernels::kWinogradAvx2)}})
     for (const Model &m : kModels)
       register_convs(d, m);
   benchmark::RunSpecifiedBenchmarks();

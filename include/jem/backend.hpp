@@ -406,8 +406,11 @@ class ConstantWeights {
 // (conv3x3_cvec512.hpp: rows of <= 8 pixels, >= 64 output channels); kIm2col forces im2col + sgemm
 // everywhere, so that tests and benchmarks can hold the paths side by side.
 // kDirectAvx2: the AVX2 direct kernels only, never an AVX-512 one (so tests cover both on an
-// AVX-512 CPU).
-enum class CpuConvKernels { kBest, kIm2col, kDirectAvx2 };
+// AVX-512 CPU). On CPUs without AVX-512, kBest takes the Winograd F(2x2, 3x3) kernel
+// (conv3x3_winograd.hpp) for the stride-1 3x3 forward pass and data gradient where it pays;
+// kWinogradAvx2 takes it wherever it applies, and the AVX2 direct kernels elsewhere, on any
+// AVX2 CPU (so tests cover it on an AVX-512 CPU too).
+enum class CpuConvKernels { kBest, kIm2col, kDirectAvx2, kWinogradAvx2 };
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0,
                                           CpuConvKernels kernels = CpuConvKernels::kBest);
 

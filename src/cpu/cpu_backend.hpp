@@ -107,6 +107,7 @@ class CpuBackend final : public Backend {
   bool use_direct3x3(const ConvGeom& g) const;
   bool use_s2flat(const ConvGeom& g) const;
   bool use_cvec(const ConvGeom& g) const;
+  bool use_winograd(const ConvGeom& g) const;
 
   // Shared with every tensor's deleter, so that a tensor outliving its backend stays safe to
   // free. Atomic: a tensor may be freed on another thread.

@@ -1,0 +1,282 @@
+// The Winograd F(2x2, 3x3) convolution of conv3x3_winograd.hpp. Only the functions marked
+// target("avx2,fma") use AVX2; winograd_applies checks the CPU at run time.
+#include "cpu/conv3x3_winograd.hpp"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "jem/error.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define JEM_WINOGRAD 1
+#include <immintrin.h>
+#else
+#define JEM_WINOGRAD 0
+#endif
+
+namespace jem::cpu {
+namespace {
+
+constexpr int kV = 8;   // tiles per vector
+constexpr int kKB = 4;  // output channels per GEMM register block
+// Tiles per block of tile rows (at least): V and M of a block are 16 x C and 16 x K planes of
+// this many floats, 128-512 KB for the Wide-ResNets' channel counts.
+constexpr int kBlockTiles = 64;
+// Floats between two of the 16 planes beyond their size: planes a power of two apart would map
+// the 16 stores of one transform to a few L1 sets.
+constexpr int kPlanePad = 24;
+
+// Per-image geometry. Tiles: Ty rows of Txp (Tx rounded up to whole vectors); the padded input:
+// Hp rows of two halves of Wh floats (even padded columns, then odd ones), padded pixel (i, j)
+// being input pixel (i - 1, j - 1). Tile (ty, tx) reads padded rows 2ty .. 2ty + 3 and columns
+// 2tx .. 2tx + 3: even[tx], odd[tx], even[tx + 1], odd[tx + 1].
+struct WinoGeom {
+  int Ty, Tx, Txp, Hp, Wh, Wp, rows_per_block, block_tiles;
+  explicit WinoGeom(const ConvGeom& g)
+      : Ty((g.H + 1) / 2),
+        Tx((g.W + 1) / 2),
+        Txp((Tx + kV - 1) / kV * kV),
+        Hp(2 * Ty + 2),
+        Wh(Txp + 1),
+        Wp(2 * Wh),
+        rows_per_block(std::max(1, kBlockTiles / Txp)),
+        block_tiles(rows_per_block * Txp) {}
+  std::int64_t plane() const { return static_cast<std::int64_t>(Hp) * Wp; }
+  // Floats per transform plane (xi) of one block: V [C][block_tiles], M [K rounded up to 4][...].
+  std::int64_t v_plane(const ConvGeom& g) const { return static_cast<std::int64_t>(g.C) * block_tiles + kPlanePad; }
+  std::int64_t m_plane(const ConvGeom& g) const {
+    return static_cast<std::int64_t>((g.K + kKB - 1) / kKB * kKB) * block_tiles + kPlanePad;
+  }
+};
+
+}  // namespace
+
+std::size_t winograd_packed_size(const ConvGeom& g) {
+  return static_cast<std::size_t>(16) * static_cast<std::size_t>((g.K + kKB - 1) / kKB) * g.C * kKB;
+}
+
+// U = G w G^T with G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+void winograd_pack(const ConvGeom& g, const float* w, float* U) {
+  const int KB = (g.K + kKB - 1) / kKB;
+  for (int k = 0; k < KB * kKB; ++k)
+    for (int c = 0; c < g.C; ++c) {
+      float u[4][4] = {};
+      if (k < g.K) {
+        const float* f = w + (static_cast<std::int64_t>(k) * g.C + c) * 9;  // [3][3]
+        float t[4][3];                                                       // G f
+        for (int s = 0; s < 3; ++s) {
+          t[0][s] = f[s];
+          t[1][s] = 0.5f * (f[s] + f[3 + s] + f[6 + s]);
+          t[2][s] = 0.5f * (f[s] - f[3 + s] + f[6 + s]);
+          t[3][s] = f[6 + s];
+        }
+        for (int i = 0; i < 4; ++i) {  // (G f) G^T
+          u[i][0] = t[i][0];
+          u[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+          u[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+          u[i][3] = t[i][2];
+        }
+      }
+      for (int xi = 0; xi < 16; ++xi)
+        U[((static_cast<std::int64_t>(xi) * KB + k / kKB) * g.C + c) * kKB + k % kKB] = u[xi / 4][xi % 4];
+    }
+}
+
+std::size_t winograd_scratch_size(const ConvGeom& g) {
+  const WinoGeom wg(g);
+  return static_cast<std::size_t>(g.C * wg.plane() + 16 * (wg.v_plane(g) + wg.m_plane(g)));
+}
+
+#if JEM_WINOGRAD
+
+namespace {
+
+// The zero-padded input, rows split by column parity: input column w sits in the odd half at
+// w / 2 (even w) or in the even half at (w + 1) / 2 (odd w).
+[[gnu::target("avx2,fma")]] void pad_split(const ConvGeom& g, const WinoGeom& wg, const float* x, float* xp) {
+  std::fill_n(xp, static_cast<std::size_t>(g.C * wg.plane()), 0.0f);
+  for (int c = 0; c < g.C; ++c)
+    for (int h = 0; h < g.H; ++h) {
+      const float* src = x + (static_cast<std::int64_t>(c) * g.H + h) * g.W;
+      float* row = xp + c * wg.plane() + static_cast<std::int64_t>(h + 1) * wg.Wp;
+      int w = 0;
+      for (; w + 16 <= g.W; w += 16) {
+        const __m256 a = _mm256_loadu_ps(src + w), b = _mm256_loadu_ps(src + w + 8);
+        // Within each 128-bit lane: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order.
+        const __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256 od = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm256_storeu_ps(row + wg.Wh + w / 2,
+                         _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0))));
+        _mm256_storeu_ps(row + w / 2 + 1,
+                         _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od), _MM_SHUFFLE(3, 1, 2, 0))));
+      }
+      for (; w < g.W; ++w) row[(w & 1) ? (w + 1) / 2 : wg.Wh + w / 2] = src[w];
+    }
+}
+
+// V[xi][c][t] = (B^T d B)[xi] for the tiles of tile rows [ty0, ty0 + rows), t counted from the
+// block's first tile; B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+[[gnu::target("avx2,fma")]] void input_transform(const ConvGeom& g, const WinoGeom& wg, const float* xp, int ty0,
+                                                 int rows, float* V) {
+  const std::int64_t vs = wg.v_plane(g);
+  for (int c = 0; c < g.C; ++c) {
+    const float* xc = xp + c * wg.plane();
+    for (int ty = ty0; ty < ty0 + rows; ++ty)
+      for (int tx = 0; tx < wg.Txp; tx += kV) {
+        __m256 d[4][4];  // d[i][j]: element (i, j) of 8 adjacent tiles
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const float* r = xc + static_cast<std::int64_t>(2 * ty + i) * wg.Wp + tx;
+          d[i][0] = _mm256_loadu_ps(r);
+          d[i][1] = _mm256_loadu_ps(r + wg.Wh);
+          d[i][2] = _mm256_loadu_ps(r + 1);
+          d[i][3] = _mm256_loadu_ps(r + wg.Wh + 1);
+        }
+        __m256 e[4][4];  // B^T d
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          e[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+          e[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+          e[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+          e[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+        }
+        float* out = V + static_cast<std::int64_t>(c) * wg.block_tiles + static_cast<std::int64_t>(ty - ty0) * wg.Txp + tx;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {  // (B^T d) B
+          _mm256_storeu_ps(out + (i * 4 + 0) * vs, _mm256_sub_ps(e[i][0], e[i][2]));
+          _mm256_storeu_ps(out + (i * 4 + 1) * vs, _mm256_add_ps(e[i][1], e[i][2]));
+          _mm256_storeu_ps(out + (i * 4 + 2) * vs, _mm256_sub_ps(e[i][2], e[i][1]));
+          _mm256_storeu_ps(out + (i * 4 + 3) * vs, _mm256_sub_ps(e[i][1], e[i][3]));
+        }
+      }
+  }
+}
+
+// m[j][t] = sum_c u[c][j] v[c][t] for 4 output channels j and TB vectors of tiles: the direct
+// kernel's register block (4 x 2 accumulators, 2 loads and 4 broadcasts per 8 FMAs).
+template <int TB>
+[[gnu::target("avx2,fma"), gnu::always_inline]] inline void gemm_block(const float* v, std::int64_t vc, const float* u,
+                                                                       int C, float* m, std::int64_t mk) {
+  __m256 acc[TB][kKB];
+#pragma GCC unroll 2
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 4
+    for (int j = 0; j < kKB; ++j) acc[t][j] = _mm256_setzero_ps();
+  for (int c = 0; c < C; ++c) {
+    __m256 xv[TB];
+#pragma GCC unroll 2
+    for (int t = 0; t < TB; ++t) xv[t] = _mm256_loadu_ps(v + c * vc + t * kV);
+#pragma GCC unroll 4
+    for (int j = 0; j < kKB; ++j) {
+      const __m256 w = _mm256_broadcast_ss(u + c * kKB + j);
+#pragma GCC unroll 2
+      for (int t = 0; t < TB; ++t) acc[t][j] = _mm256_fmadd_ps(w, xv[t], acc[t][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < kKB; ++j)
+#pragma GCC unroll 2
+    for (int t = 0; t < TB; ++t) _mm256_storeu_ps(m + j * mk + t * kV, acc[t][j]);
+}
+
+// M[xi][k][t] = sum_c U[xi][k][c] V[xi][c][t] over the block's tiles (tiles: a multiple of 8).
+[[gnu::target("avx2,fma")]] void gemm(const ConvGeom& g, const WinoGeom& wg, const float* V, int tiles, const float* U,
+                                      float* M) {
+  const int KB = (g.K + kKB - 1) / kKB;
+  const std::int64_t T = wg.block_tiles;
+  for (int xi = 0; xi < 16; ++xi) {
+    const float* v = V + xi * wg.v_plane(g);
+    float* m = M + xi * wg.m_plane(g);
+    const float* u = U + static_cast<std::int64_t>(xi) * KB * g.C * kKB;
+    int t = 0;
+    for (; t + 2 * kV <= tiles; t += 2 * kV)
+      for (int kb = 0; kb < KB; ++kb)
+        gemm_block<2>(v + t, T, u + static_cast<std::int64_t>(kb) * g.C * kKB, g.C, m + kb * kKB * T + t, T);
+    for (; t < tiles; t += kV)
+      for (int kb = 0; kb < KB; ++kb)
+        gemm_block<1>(v + t, T, u + static_cast<std::int64_t>(kb) * g.C * kKB, g.C, m + kb * kKB * T + t, T);
+  }
+}
+
+// y[k][2ty + a][2tx + b] = (A^T m A)[a][b] + b[k] + z (A^T = [1 1 1 0; 0 1 -1 -1]) for the tile
+// rows [ty0, ty0 + rows); the last row and column of an odd-sized output are dropped.
+[[gnu::target("avx2,fma")]] void output_transform(const ConvGeom& g, const WinoGeom& wg, const float* M, int ty0,
+                                                  int rows, const float* b, const float* z, float* y) {
+  const std::int64_t ms = wg.m_plane(g);
+  const std::int64_t HW = static_cast<std::int64_t>(g.H) * g.W;
+  alignas(32) static constexpr std::int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                         0,  0,  0,  0,  0,  0,  0,  0};
+  for (int k = 0; k < g.K; ++k) {
+    const __m256 bias = _mm256_set1_ps(b != nullptr ? b[k] : 0.0f);
+    for (int ty = ty0; ty < ty0 + rows; ++ty)
+      for (int tx = 0; tx < wg.Txp; tx += kV) {
+        const int n = std::min(2 * kV, g.W - 2 * tx);  // output columns of these 8 tiles
+        if (n <= 0) break;
+        const float* mp = M + static_cast<std::int64_t>(k) * wg.block_tiles + static_cast<std::int64_t>(ty - ty0) * wg.Txp + tx;
+        __m256 s[2][4];  // A^T m
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256 m0 = _mm256_loadu_ps(mp + (0 + j) * ms), m1 = _mm256_loadu_ps(mp + (4 + j) * ms);
+          const __m256 m2 = _mm256_loadu_ps(mp + (8 + j) * ms), m3 = _mm256_loadu_ps(mp + (12 + j) * ms);
+          s[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+          s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+        }
+        const __m256i mask0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + kV - std::min(kV, n)));
+        const __m256i mask1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + kV - std::max(0, n - kV)));
+#pragma GCC unroll 2
+        for (int a = 0; a < 2; ++a) {
+          const int row = 2 * ty + a;
+          if (row >= g.H) break;
+          // (A^T m) A: columns 2tx and 2tx + 1 of the 8 tiles, then interleaved into 16 pixels.
+          const __m256 y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[a][0], s[a][1]), s[a][2]), bias);
+          const __m256 y1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[a][1], s[a][2]), s[a][3]), bias);
+          const __m256 lo = _mm256_unpacklo_ps(y0, y1), hi = _mm256_unpackhi_ps(y0, y1);
+          __m256 out0 = _mm256_permute2f128_ps(lo, hi, 0x20), out1 = _mm256_permute2f128_ps(lo, hi, 0x31);
+          const std::int64_t at = k * HW + static_cast<std::int64_t>(row) * g.W + 2 * tx;
+          if (z != nullptr) {
+            out0 = _mm256_add_ps(out0, _mm256_maskload_ps(z + at, mask0));
+            if (n > kV) out1 = _mm256_add_ps(out1, _mm256_maskload_ps(z + at + kV, mask1));
+          }
+          _mm256_maskstore_ps(y + at, mask0, out0);
+          if (n > kV) _mm256_maskstore_ps(y + at + kV, mask1, out1);
+        }
+      }
+  }
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+}  // namespace
+
+bool winograd_applies(const ConvGeom& g) {
+  return g.R == 3 && g.S == 3 && g.stride == 1 && g.pad_h == 1 && g.pad_w == 1 && cpu_has_avx2_fma();
+}
+
+void winograd_image(const ConvGeom& g, const float* x, const float* U, const float* b, const float* z,
+                    float* scratch, float* y) {
+  const WinoGeom wg(g);
+  float* xp = scratch;
+  float* V = xp + g.C * wg.plane();
+  float* M = V + 16 * wg.v_plane(g);
+  pad_split(g, wg, x, xp);
+  for (int ty0 = 0; ty0 < wg.Ty; ty0 += wg.rows_per_block) {
+    const int rows = std::min(wg.rows_per_block, wg.Ty - ty0);
+    input_transform(g, wg, xp, ty0, rows, V);
+    gemm(g, wg, V, rows * wg.Txp, U, M);
+    output_transform(g, wg, M, ty0, rows, b, z, y);
+  }
+}
+
+#else  // not x86-64: the other paths handle every convolution
+
+bool winograd_applies(const ConvGeom&) { return false; }
+void winograd_image(const ConvGeom&, const float*, const float*, const float*, const float*, float*, float*) {
+  JEM_FAIL("winograd_image: not built for this architecture (winograd_applies is false)");
+}
+
+#endif
+
+}  // namespace jem::cpu
