@@ -51,6 +51,65 @@ Vec abs_of(const Vec& v) {
 
 Vec sum_of(const Vec& a, const Vec& b) { return naive::add(a, b); }
 
+// ---- the Winograd F(2x2, 3x3) path (src/cpu/conv3x3_winograd.hpp) ---------------------------------
+// It does not sum the same products as the naive loops, so sum_tolerance's bound does not cover
+// it. Its own bound, by the same analysis: every float32 rounding on the way to an output is
+// one of
+//   V = B^T d B (2 stages of 2-term sums: 2), U = G w G^T (2 stages of 3-term sums, the 1/2
+//   exact: 4), the C products and sums of M = sum_c U_c .* V_c (one FMA each: C), y = A^T M A
+//   (2 stages of 3-term sums: 4), + bias, + residual (2),
+// so |y - exact| <= gamma_{C + 12} times the same computation done on absolute values:
+//   mag[y] = |A^T| (sum_c |G| |w_c| |G^T| .* |B^T| |d_c| |B|) |A| + |b| + |z|,
+// d_c being the output's 4x4 input tile. winograd_magnitude computes that (without |b| and |z|).
+int winograd_terms(const ConvGeom& g) { return g.C + 12; }
+
+// The stride-1, pad-1 3x3 convolutions that kBest and kWinogradAvx2 may run by Winograd.
+bool may_take_winograd(CpuConvKernels kernels, const ConvGeom& g) {
+  return (kernels == CpuConvKernels::kBest || kernels == CpuConvKernels::kWinogradAvx2) && g.R == 3 &&
+         g.S == 3 && g.stride == 1 && g.pad_h == 1 && g.pad_w == 1;
+}
+
+// mag (see above) for y [N, K, H, W] = conv3x3(x [N, C, H, W], w [K, C, 3, 3]), stride 1, pad 1,
+// from |x| and |w| (the caller passes absolute values).
+Vec winograd_magnitude(const ConvGeom& g, const Vec& ax, const Vec& aw) {
+  static constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}, {0, 0, 1}};  // |G|
+  static constexpr double kB[4][4] = {{1, 0, 1, 0}, {0, 1, 1, 1}, {0, 1, 1, 0}, {0, 0, 0, 1}};  // |B^T|
+  static constexpr double kA[2][4] = {{1, 1, 1, 0}, {0, 1, 1, 1}};                              // |A^T|
+  Vec mag(static_cast<std::size_t>(g.N) * g.K * g.H * g.W, 0.0f);
+  for (int n = 0; n < g.N; ++n)
+    for (int k = 0; k < g.K; ++k)
+      for (int ty = 0; 2 * ty < g.H; ++ty)
+        for (int tx = 0; 2 * tx < g.W; ++tx) {
+          double m[4][4] = {};
+          for (int c = 0; c < g.C; ++c) {
+            double u[4][4] = {}, v[4][4] = {};
+            const float* f = &aw[(static_cast<std::size_t>(k) * g.C + c) * 9];
+            for (int i = 0; i < 4; ++i)
+              for (int j = 0; j < 4; ++j)
+                for (int r = 0; r < 3; ++r)
+                  for (int t = 0; t < 3; ++t) u[i][j] += kG[i][r] * f[r * 3 + t] * kG[j][t];
+            for (int i = 0; i < 4; ++i)
+              for (int j = 0; j < 4; ++j)
+                for (int r = 0; r < 4; ++r)
+                  for (int t = 0; t < 4; ++t) {
+                    const int h = 2 * ty + r - 1, w = 2 * tx + t - 1;
+                    if (h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
+                    v[i][j] += kB[i][r] * ax[((static_cast<std::size_t>(n) * g.C + c) * g.H + h) * g.W + w] * kB[j][t];
+                  }
+            for (int i = 0; i < 4; ++i)
+              for (int j = 0; j < 4; ++j) m[i][j] += u[i][j] * v[i][j];
+          }
+          for (int a = 0; a < 2 && 2 * ty + a < g.H; ++a)
+            for (int b = 0; b < 2 && 2 * tx + b < g.W; ++b) {
+              double y = 0.0;
+              for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) y += kA[a][i] * m[i][j] * kA[b][j];
+              mag[((static_cast<std::size_t>(n) * g.K + k) * g.H + 2 * ty + a) * g.W + 2 * tx + b] = float(y);
+            }
+        }
+  return mag;
+}
+
 // Tolerance on rel_error(backend, naive) for an op whose every output is a float32 sum of at most
 // k products. `magnitude` is the same op applied to the absolute values of its inputs, i.e.
 // magnitude[i] = sum|terms of output i|, so the bound above gives
@@ -61,6 +120,31 @@ Vec sum_of(const Vec& a, const Vec& b) { return naive::add(a, b); }
 // 1/sqrt(n) >= 2e-2 at the sizes checked against it (n <= ~2000).
 double sum_tolerance(int k, const Vec& magnitude, const Vec& reference) {
   return gamma(k) * norm(magnitude) / norm(reference) + kU;
+}
+
+// The data gradient of a stride-1 3x3 convolution as the forward pass the backend runs it as:
+// dy [N, K, H, W] convolved with the flipped kernel, channels swapped (wt [C, K, 3, 3]).
+ConvGeom transposed(const ConvGeom& g) {
+  ConvGeom t = g;
+  t.C = g.K;
+  t.K = g.C;
+  return t;
+}
+Vec flipped_transposed(const ConvGeom& g, const Vec& w) {
+  Vec wt(w.size());
+  for (int k = 0; k < g.K; ++k)
+    for (int c = 0; c < g.C; ++c)
+      for (int r = 0; r < 9; ++r)
+        wt[(static_cast<std::size_t>(c) * g.K + k) * 9 + (8 - r)] = w[(static_cast<std::size_t>(k) * g.C + c) * 9 + r];
+  return wt;
+}
+
+// |b| at every output of a [N, K, H, W] result.
+Vec broadcast_bias(const ConvGeom& g, const Vec& b) {
+  Vec out(static_cast<std::size_t>(g.N) * g.K * g.H * g.W);
+  const std::size_t plane = static_cast<std::size_t>(g.H) * g.W;
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = std::fabs(b[(i / plane) % static_cast<std::size_t>(g.K)]);
+  return out;
 }
 
 // The fused losses compute each output from a handful of roundings (the shift by the row
@@ -283,7 +367,8 @@ int backward_filter_terms(const ConvGeom& g) {
 // AVX-512, "best" is "avx2": CpuOpsConvKernels.Avx512KernelsRun says so.)
 class CpuOpsConv : public ::testing::TestWithParam<std::tuple<ConvCase, CpuConvKernels>> {
  protected:
-  std::unique_ptr<Backend> be = make_cpu_backend(2, std::get<1>(GetParam()));
+  CpuConvKernels kernels = std::get<1>(GetParam());
+  std::unique_ptr<Backend> be = make_cpu_backend(2, kernels);
   ConvGeom g = geom(std::get<0>(GetParam()));
   ConvData d{g};
   Vec zero_dw = Vec(numel(w_shape(g)), 0.0f);
@@ -294,7 +379,12 @@ TEST_P(CpuOpsConv, ForwardMatchesNaive) {
   const Vec got = cpu_conv_forward(*be, g, d.x, d.w, d.b);
   const Vec want = naive::conv2d_forward(g, d.x, d.w, d.b);
   const Vec mag = naive::conv2d_forward(g, abs_of(d.x), abs_of(d.w), abs_of(d.b));
-  expect_close(got, want, sum_tolerance(forward_terms(g), mag, want), "conv2d_forward");
+  double tol = sum_tolerance(forward_terms(g), mag, want);
+  if (may_take_winograd(kernels, g))
+    tol = std::max(tol, sum_tolerance(winograd_terms(g),
+                                      sum_of(winograd_magnitude(g, abs_of(d.x), abs_of(d.w)), broadcast_bias(g, d.b)),
+                                      want));
+  expect_close(got, want, tol, "conv2d_forward");
 }
 
 // The residual form y = conv(x, w) + b + z (one more term per output), with and without a bias,
@@ -311,7 +401,14 @@ TEST_P(CpuOpsConv, ForwardAddMatchesNaive) {
                            be->from_vector(z, y_shape(g)), y, g.stride, g.pad_h);
     const Vec want = sum_of(naive::conv2d_forward(g, d.x, d.w, bias), z);
     const Vec mag = sum_of(naive::conv2d_forward(g, abs_of(d.x), abs_of(d.w), abs_of(bias)), abs_of(z));
-    expect_close(be->to_vector(y), want, sum_tolerance(forward_terms(g) + 1, mag, want),
+    double tol = sum_tolerance(forward_terms(g) + 1, mag, want);
+    if (may_take_winograd(kernels, g))
+      tol = std::max(tol, sum_tolerance(winograd_terms(g),
+                                        sum_of(sum_of(winograd_magnitude(g, abs_of(d.x), abs_of(d.w)),
+                                                      broadcast_bias(g, bias)),
+                                               abs_of(z)),
+                                        want));
+    expect_close(be->to_vector(y), want, tol,
                  with_bias ? "conv2d_forward_add" : "conv2d_forward_add without bias");
   }
 }
@@ -371,8 +468,13 @@ TEST_P(CpuOpsConv, BackwardDataMatchesNaive) {
   const Vec got = cpu_conv_backward_data(*be, g, d.dy, d.w);
   const Vec want = naive::conv2d_backward_data(g, d.dy, d.w);
   const Vec mag = naive::conv2d_backward_data(g, abs_of(d.dy), abs_of(d.w));
-  expect_close(got, want, sum_tolerance(backward_data_terms(g), mag, want),
-               "conv2d_backward_data");
+  double tol = sum_tolerance(backward_data_terms(g), mag, want);
+  if (may_take_winograd(kernels, g)) {
+    const ConvGeom tg = transposed(g);
+    tol = std::max(tol, sum_tolerance(winograd_terms(tg),
+                                      winograd_magnitude(tg, abs_of(d.dy), abs_of(flipped_transposed(g, d.w))), want));
+  }
+  expect_close(got, want, tol, "conv2d_backward_data");
 }
 
 TEST_P(CpuOpsConv, BackwardFilterMatchesNaive) {
@@ -443,14 +545,22 @@ TEST_P(CpuOpsConv, BackwardDataMatchesFiniteDifferences) {
 }
 
 // dw, db = dL/dw, dL/db of the same L, from backward-filter applied to r.
+// (Where the forward pass may run by Winograd, L is taken through the direct kernels' forward
+// instead: Winograd multiplies a weight by padding through transforms whose roundings do not
+// cancel exactly, so on a 1x1 image, where every weight but the centre tap has an exact zero
+// gradient, the finite differences of those weights are pure rounding noise and a relative
+// comparison with the zeros is meaningless. The direct kernels multiply padding by exact zeros.
+// The Winograd forward itself is checked against the naive loops in ForwardMatchesNaive.)
 TEST_P(CpuOpsConv, BackwardFilterMatchesFiniteDifferences) {
   const Vec r = random_vector(numel(y_shape(g)), 22);
   const FilterGrad analytic = cpu_conv_backward_filter(*be, g, d.x, r, zero_dw, zero_db);
+  const std::unique_ptr<Backend> direct = make_cpu_backend(2, CpuConvKernels::kDirectAvx2);
+  Backend& fwd = may_take_winograd(kernels, g) ? *direct : *be;
   expect_gradient_matches_fd(d.w, analytic.dw, 41, [&](const Vec& w) {
-    return weighted_sum(cpu_conv_forward(*be, g, d.x, w, d.b), r);
+    return weighted_sum(cpu_conv_forward(fwd, g, d.x, w, d.b), r);
   }, "conv dw");
   expect_gradient_matches_fd(d.b, analytic.db, 51, [&](const Vec& b) {
-    return weighted_sum(cpu_conv_forward(*be, g, d.x, d.w, b), r);
+    return weighted_sum(cpu_conv_forward(fwd, g, d.x, d.w, b), r);
   }, "conv db");
 }
 
@@ -510,12 +620,14 @@ INSTANTIATE_TEST_SUITE_P(
                       // The flat weight gradient's partial last chunk at stride 2 (2 images of
                       // 32x32 blocks per chunk, 3 images per thread).
                       ConvCase{6, 2, 61, 3, 3, 2, 1}),
-    ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col, CpuConvKernels::kDirectAvx2)),
+    ::testing::Values(CpuConvKernels::kBest, CpuConvKernels::kIm2col, CpuConvKernels::kDirectAvx2,
+                      CpuConvKernels::kWinogradAvx2)),
     [](const ::testing::TestParamInfo<std::tuple<ConvCase, CpuConvKernels>>& info) {
       return conv_tag(std::get<0>(info.param)) +
-             (std::get<1>(info.param) == CpuConvKernels::kBest     ? "_best"
-              : std::get<1>(info.param) == CpuConvKernels::kIm2col ? "_im2col"
-                                                                   : "_avx2");
+             (std::get<1>(info.param) == CpuConvKernels::kBest          ? "_best"
+              : std::get<1>(info.param) == CpuConvKernels::kIm2col      ? "_im2col"
+              : std::get<1>(info.param) == CpuConvKernels::kDirectAvx2  ? "_avx2"
+                                                                        : "_winograd");
     });
 
 // The "best" kernels on an AVX-512 CPU are not the AVX2 ones: on each shape that a new AVX-512
