@@ -4,7 +4,9 @@
 // the flat-layout kernels, several images per call: the 3x3 pad-1 weight gradient of stride 1
 // and 2 (conv3x3_wgrad512.hpp) and the stride-2 forward and data gradient
 // (conv3x3_s2_flat512.hpp); and, for small images with many channels, by the
-// channel-vectorised kernel (conv3x3_cvec512.hpp): forward and stride-1 data gradient.
+// channel-vectorised kernel (conv3x3_cvec512.hpp): forward and stride-1 data gradient; on AVX2
+// CPUs without AVX-512 by Winograd F(2x2, 3x3) (conv3x3_winograd.hpp): the stride-1 3x3 forward
+// and data gradient with >= 8 channels on images >= 14 wide (use_winograd).
 //
 // Per image n, with CRR = C*R*S (the kernel is R rows by S columns) and PQ = P*Q:
 //   forward          y_n[K, PQ]   = w[K, CRR] * col_n[CRR, PQ] + b

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/parity_split.hpp"
 #include "jem/error.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -218,21 +219,8 @@ template <int TB, int NR, int NS, bool kStride2>
         std::memcpy(row + 1, src, sizeof(float) * static_cast<std::size_t>(g.W));
         std::fill(row + 1 + g.W, row + Wp, 0.0f);
       } else {
-        // Padded column j = w + 1: odd half (at w / 2) for even w, even half (at (w + 1) / 2) for
-        // odd w.
         std::fill_n(row, Wp, 0.0f);
-        int w = 0;
-        for (; w + 16 <= g.W; w += 16) {
-          const __m256 a = _mm256_loadu_ps(src + w), b = _mm256_loadu_ps(src + w + 8);
-          // Within each 128-bit lane: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order.
-          const __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-          const __m256 od = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-          _mm256_storeu_ps(row + pg.Wh + w / 2,
-                           _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0))));
-          _mm256_storeu_ps(row + w / 2 + 1,
-                           _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od), _MM_SHUFFLE(3, 1, 2, 0))));
-        }
-        for (; w < g.W; ++w) row[(w & 1) ? (w + 1) / 2 : pg.Wh + w / 2] = src[w];
+        split_row_by_parity(src, g.W, row, pg.Wh);
       }
     }
     // The rows below the image (stride 2 may need one more than H + 2: PaddedGeom).

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/parity_split.hpp"
 #include "jem/error.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -91,26 +92,14 @@ std::size_t winograd_scratch_size(const ConvGeom& g) {
 
 namespace {
 
-// The zero-padded input, rows split by column parity: input column w sits in the odd half at
-// w / 2 (even w) or in the even half at (w + 1) / 2 (odd w).
+// The zero-padded input, rows split by column parity (parity_split.hpp).
 [[gnu::target("avx2,fma")]] void pad_split(const ConvGeom& g, const WinoGeom& wg, const float* x, float* xp) {
   std::fill_n(xp, static_cast<std::size_t>(g.C * wg.plane()), 0.0f);
   for (int c = 0; c < g.C; ++c)
     for (int h = 0; h < g.H; ++h) {
       const float* src = x + (static_cast<std::int64_t>(c) * g.H + h) * g.W;
       float* row = xp + c * wg.plane() + static_cast<std::int64_t>(h + 1) * wg.Wp;
-      int w = 0;
-      for (; w + 16 <= g.W; w += 16) {
-        const __m256 a = _mm256_loadu_ps(src + w), b = _mm256_loadu_ps(src + w + 8);
-        // Within each 128-bit lane: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order.
-        const __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-        const __m256 od = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-        _mm256_storeu_ps(row + wg.Wh + w / 2,
-                         _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0))));
-        _mm256_storeu_ps(row + w / 2 + 1,
-                         _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od), _MM_SHUFFLE(3, 1, 2, 0))));
-      }
-      for (; w < g.W; ++w) row[(w & 1) ? (w + 1) / 2 : wg.Wh + w / 2] = src[w];
+      split_row_by_parity(src, g.W, row, wg.Wh);
     }
 }
 
