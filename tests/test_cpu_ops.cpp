@@ -110,6 +110,63 @@ Vec winograd_magnitude(const ConvGeom& g, const Vec& ax, const Vec& aw) {
   return mag;
 }
 
+// The weight gradient by the same transforms (src/cpu/conv3x3_winograd.hpp):
+// dw[k, c] = G^T (sum over images and tiles of (A dy_t A^T) .* (B^T x_t B)) G, taken where the
+// forward pass may take Winograd, on images >= 14 wide. Its roundings: 2 for each transform, one
+// FMA per tile on the way to an output (at most N x tiles), 3 for a vector's horizontal sum, the
+// sums across images and threads, 6 for G^T m G: fewer than N x tiles + 16 in all (the tile
+// count rounded up to whole vectors of 8). Its magnitude is that computation on |x|, |dy| and
+// the absolute transform matrices.
+bool may_take_winograd_filter_grad(CpuConvKernels kernels, const ConvGeom& g) {
+  return may_take_winograd(kernels, g) && g.W >= 14;
+}
+int winograd_filter_grad_terms(const ConvGeom& g) {
+  return g.N * ((g.H + 1) / 2) * (((g.W + 1) / 2 + 7) / 8 * 8) + 16;
+}
+Vec winograd_filter_grad_magnitude(const ConvGeom& g, const Vec& ax, const Vec& ady) {
+  static constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}, {0, 0, 1}};  // |G|
+  static constexpr double kB[4][4] = {{1, 0, 1, 0}, {0, 1, 1, 1}, {0, 1, 1, 0}, {0, 0, 0, 1}};  // |B^T|
+  static constexpr double kA[4][2] = {{1, 0}, {1, 1}, {1, 1}, {0, 1}};                          // |A|
+  std::vector<double> m(static_cast<std::size_t>(g.K) * g.C * 16, 0.0);
+  for (int n = 0; n < g.N; ++n)
+    for (int ty = 0; 2 * ty < g.H; ++ty)
+      for (int tx = 0; 2 * tx < g.W; ++tx)
+        for (int k = 0; k < g.K; ++k) {
+          double dt[4][4] = {};  // |A| |dy tile| |A^T|
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j)
+              for (int a = 0; a < 2; ++a)
+                for (int b = 0; b < 2; ++b) {
+                  const int h = 2 * ty + a, w = 2 * tx + b;
+                  if (h >= g.H || w >= g.W) continue;
+                  dt[i][j] += kA[i][a] * ady[((static_cast<std::size_t>(n) * g.K + k) * g.H + h) * g.W + w] * kA[j][b];
+                }
+          for (int c = 0; c < g.C; ++c) {
+            double v[4][4] = {};
+            for (int i = 0; i < 4; ++i)
+              for (int j = 0; j < 4; ++j)
+                for (int r = 0; r < 4; ++r)
+                  for (int t = 0; t < 4; ++t) {
+                    const int h = 2 * ty + r - 1, w = 2 * tx + t - 1;
+                    if (h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
+                    v[i][j] += kB[i][r] * ax[((static_cast<std::size_t>(n) * g.C + c) * g.H + h) * g.W + w] * kB[j][t];
+                  }
+            for (int xi = 0; xi < 16; ++xi)
+              m[(static_cast<std::size_t>(k) * g.C + c) * 16 + xi] += dt[xi / 4][xi % 4] * v[xi / 4][xi % 4];
+          }
+        }
+  Vec mag(static_cast<std::size_t>(g.K) * g.C * 9);
+  for (std::size_t kc = 0; kc < static_cast<std::size_t>(g.K) * g.C; ++kc)
+    for (int r = 0; r < 3; ++r)
+      for (int t = 0; t < 3; ++t) {
+        double y = 0.0;
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) y += kG[i][r] * m[kc * 16 + i * 4 + j] * kG[j][t];
+        mag[kc * 9 + r * 3 + t] = float(y);
+      }
+  return mag;
+}
+
 // Tolerance on rel_error(backend, naive) for an op whose every output is a float32 sum of at most
 // k products. `magnitude` is the same op applied to the absolute values of its inputs, i.e.
 // magnitude[i] = sum|terms of output i|, so the bound above gives
@@ -482,7 +539,11 @@ TEST_P(CpuOpsConv, BackwardFilterMatchesNaive) {
   const naive::ConvFilterGrad want = naive::conv2d_backward_filter(g, d.x, d.dy);
   const naive::ConvFilterGrad mag = naive::conv2d_backward_filter(g, abs_of(d.x), abs_of(d.dy));
   const int k = backward_filter_terms(g);
-  expect_close(got.dw, want.dw, sum_tolerance(k, mag.dw, want.dw), "conv dw");
+  double tol = sum_tolerance(k, mag.dw, want.dw);
+  if (may_take_winograd_filter_grad(kernels, g))
+    tol = std::max(tol, sum_tolerance(winograd_filter_grad_terms(g),
+                                      winograd_filter_grad_magnitude(g, abs_of(d.x), abs_of(d.dy)), want.dw));
+  expect_close(got.dw, want.dw, tol, "conv dw");
   expect_close(got.db, want.db, sum_tolerance(k, mag.db, want.db), "conv db");
 }
 
@@ -494,7 +555,12 @@ TEST_P(CpuOpsConv, BackwardFilterAccumulates) {
   const naive::ConvFilterGrad mag = naive::conv2d_backward_filter(g, abs_of(d.x), abs_of(d.dy));
   const int k = backward_filter_terms(g) + 1;
   const Vec want_dw = sum_of(dw0, fresh.dw), want_db = sum_of(db0, fresh.db);
-  expect_close(got.dw, want_dw, sum_tolerance(k, sum_of(abs_of(dw0), mag.dw), want_dw), "dw");
+  double tol = sum_tolerance(k, sum_of(abs_of(dw0), mag.dw), want_dw);
+  if (may_take_winograd_filter_grad(kernels, g))
+    tol = std::max(tol, sum_tolerance(winograd_filter_grad_terms(g) + 1,
+                                      sum_of(abs_of(dw0), winograd_filter_grad_magnitude(g, abs_of(d.x), abs_of(d.dy))),
+                                      want_dw));
+  expect_close(got.dw, want_dw, tol, "dw");
   expect_close(got.db, want_db, sum_tolerance(k, sum_of(abs_of(db0), mag.db), want_db), "db");
 }
 

@@ -451,6 +451,15 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
   //   stride 2: output 14 wide (WRN-10-1 32->32) direct 6.1 against 7.6 ms, 16 wide (WRN-28-2
   //             64->64) 20.9 against 26.1 ms; 7 and 8 wide the GEMM 1.4-1.5x faster.
   const bool direct = use_direct3x3(g) && (g.stride == 1 ? g.W >= 16 : g.Q() >= 14);
+  // Winograd (conv3x3_winograd.hpp) on images >= 14 wide: under kWinogradAvx2 wherever the
+  // forward pass may take it; under kBest where it also has >= 32 channels each way. Measured at
+  // 1 thread, batch 64, Zen 4 (AVX2), direct or GEMM -> Winograd: WRN-10-1 32->64 14x14 8.0 ->
+  // 6.7 ms; WRN-28-2 32->32 32x32 15.7 -> 14.1, 32->64 32x32 30.4 -> 26.8, 64->64 16x16 16.7 ->
+  // 12.4, 64->128 16x16 34.3 -> 25.4; but 16 channels lose (WRN-10-1 16->16 28x28 4.0 -> 4.5
+  // ms): each block of 64 tiles ends in a horizontal sum per (transform position, output
+  // channel, input channel), too many for the few products per channel pair.
+  const bool wino = use_winograd(g) && g.W >= 14 &&
+                    (kernels_ == CpuConvKernels::kWinogradAvx2 || (g.C >= 32 && g.K >= 32));
   // On AVX-512 CPUs the flat-layout kernel (conv3x3_wgrad512.hpp) takes every 3x3 pad-1
   // convolution of stride 1 or 2, several images per pass.
   const bool flat512 = kernels_ == CpuConvKernels::kBest && use_direct3x3(g) && wgrad512_applies(g);
@@ -468,7 +477,10 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
     std::fill_n(part, wsize + static_cast<std::size_t>(g.K), 0.0f);
     partial[static_cast<std::size_t>(t)] = part;
     float* lanes = nullptr;
-    if (direct && !flat512) {
+    if (wino) {
+      lanes = scratch(t, kSlotLanes, winograd_filter_grad_acc_size(g));
+      std::fill_n(lanes, winograd_filter_grad_acc_size(g), 0.0f);
+    } else if (direct && !flat512) {
       lanes = scratch(t, kSlotLanes, direct3x3_filter_grad_lanes_size(g));
       std::fill_n(lanes, direct3x3_filter_grad_lanes_size(g), 0.0f);
     }
@@ -485,7 +497,9 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
     for (int n = 0; n < (flat512 ? 0 : g.N); ++n) {
       const float* xn = x + n * x_stride;
       const float* dyn = dy + n * y_stride;
-      if (direct) {
+      if (wino) {
+        winograd_filter_grad_image(g, xn, dyn, scratch(t, kSlotCol, winograd_filter_grad_scratch_size(g)), lanes);
+      } else if (direct) {
         direct3x3_filter_grad_image(g, xn, dyn, scratch(t, kSlotCol, direct3x3_scratch_size(g)), lanes);
       } else {
         const float* col = xn;
@@ -511,7 +525,8 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
       }
     }
     // (The loop's implicit barrier is not needed here: each thread finishes its own lanes.)
-    if (lanes != nullptr) direct3x3_filter_grad_finish(g, lanes, part);
+    if (wino) winograd_filter_grad_finish(g, lanes, part);
+    else if (lanes != nullptr) direct3x3_filter_grad_finish(g, lanes, part);
   }
   // Reduce the partials in thread order (deterministic), split over the weight elements.
 #pragma omp parallel for schedule(static) num_threads(threads_)

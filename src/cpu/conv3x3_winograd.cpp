@@ -88,6 +88,33 @@ std::size_t winograd_scratch_size(const ConvGeom& g) {
   return static_cast<std::size_t>(g.C * wg.plane() + 16 * (wg.v_plane(g) + wg.m_plane(g)));
 }
 
+// The weight gradient: per image the input tiles' transforms V (as the forward pass), dy split
+// by column parity ([K][2 Ty][2 Wh]: dy column 2tx in the second half at tx, 2tx + 1 in the first
+// at tx + 1, rows and columns past the image zero), and its tiles' transforms DY.
+std::size_t winograd_filter_grad_scratch_size(const ConvGeom& g) {
+  const WinoGeom wg(g);
+  return static_cast<std::size_t>(g.C * wg.plane() + 16 * wg.v_plane(g) +
+                                  static_cast<std::int64_t>(g.K) * 2 * wg.Ty * wg.Wp + 16 * wg.m_plane(g));
+}
+
+std::size_t winograd_filter_grad_acc_size(const ConvGeom& g) { return static_cast<std::size_t>(16) * g.K * g.C; }
+
+// dw[k][c] += G^T acc[.][k][c] G (acc: 16 transform positions of each (k, c)).
+void winograd_filter_grad_finish(const ConvGeom& g, const float* acc, float* dw) {
+  static constexpr float kG[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+  const std::int64_t KC = static_cast<std::int64_t>(g.K) * g.C;
+  for (std::int64_t kc = 0; kc < KC; ++kc) {
+    float m[4][4];
+    for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] = acc[xi * KC + kc];
+    float t[3][4];  // G^T m
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < 4; ++j) t[r][j] = kG[0][r] * m[0][j] + kG[1][r] * m[1][j] + kG[2][r] * m[2][j] + kG[3][r] * m[3][j];
+    for (int r = 0; r < 3; ++r)
+      for (int s2 = 0; s2 < 3; ++s2)
+        dw[kc * 9 + r * 3 + s2] += t[r][0] * kG[0][s2] + t[r][1] * kG[1][s2] + t[r][2] * kG[2][s2] + t[r][3] * kG[3][s2];
+  }
+}
+
 #if JEM_WINOGRAD
 
 namespace {
@@ -233,6 +260,82 @@ template <int TB>
   }
 }
 
+// DY[xi][k][t] = (A dy A^T)[xi] of the 2x2 dy tiles of tile rows [ty0, ty0 + rows), from the
+// parity-split dy (A = [1 0; 1 1; 1 -1; 0 -1]: the adjoint of the forward's output transform).
+[[gnu::target("avx2,fma")]] void dy_transform(const ConvGeom& g, const WinoGeom& wg, const float* dys, int ty0,
+                                              int rows, float* DY) {
+  const std::int64_t ms = wg.m_plane(g);
+  const std::int64_t plane = static_cast<std::int64_t>(2) * wg.Ty * wg.Wp;
+  for (int k = 0; k < g.K; ++k)
+    for (int ty = ty0; ty < ty0 + rows; ++ty)
+      for (int tx = 0; tx < wg.Txp; tx += kV) {
+        __m256 t[2][4];  // dy A^T, per tile row a
+#pragma GCC unroll 2
+        for (int a = 0; a < 2; ++a) {
+          const float* r = dys + k * plane + static_cast<std::int64_t>(2 * ty + a) * wg.Wp;
+          const __m256 e = _mm256_loadu_ps(r + wg.Wh + tx), o = _mm256_loadu_ps(r + tx + 1);
+          t[a][0] = e;
+          t[a][1] = _mm256_add_ps(e, o);
+          t[a][2] = _mm256_sub_ps(e, o);
+          t[a][3] = _mm256_sub_ps(_mm256_setzero_ps(), o);
+        }
+        float* out = DY + static_cast<std::int64_t>(k) * wg.block_tiles + static_cast<std::int64_t>(ty - ty0) * wg.Txp + tx;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {  // A (dy A^T)
+          _mm256_storeu_ps(out + (0 + j) * ms, t[0][j]);
+          _mm256_storeu_ps(out + (4 + j) * ms, _mm256_add_ps(t[0][j], t[1][j]));
+          _mm256_storeu_ps(out + (8 + j) * ms, _mm256_sub_ps(t[0][j], t[1][j]));
+          _mm256_storeu_ps(out + (12 + j) * ms, _mm256_sub_ps(_mm256_setzero_ps(), t[1][j]));
+        }
+      }
+}
+
+// acc[xi][k][c] += sum_t DY[xi][k][t] V[xi][c][t] over `tiles` tiles (a multiple of 8): blocks of
+// 4 output x 3 input channels, 12 accumulators of 8 tiles each, one horizontal sum per block.
+// Channels past K or C repeat the last one; their sums are dropped.
+[[gnu::target("avx2,fma")]] void filter_grad_gemm(const ConvGeom& g, const WinoGeom& wg, const float* DY,
+                                                  const float* V, int tiles, float* acc) {
+  const std::int64_t T = wg.block_tiles;
+  const std::int64_t KC = static_cast<std::int64_t>(g.K) * g.C;
+  for (int xi = 0; xi < 16; ++xi) {
+    const float* dyx = DY + xi * wg.m_plane(g);
+    const float* vx = V + xi * wg.v_plane(g);
+    for (int k0 = 0; k0 < g.K; k0 += 4)
+      for (int c0 = 0; c0 < g.C; c0 += 3) {
+        const float* dk[4];
+        const float* vc[3];
+        for (int j = 0; j < 4; ++j) dk[j] = dyx + std::min(k0 + j, g.K - 1) * T;
+        for (int i = 0; i < 3; ++i) vc[i] = vx + std::min(c0 + i, g.C - 1) * T;
+        __m256 s[4][3];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+#pragma GCC unroll 3
+          for (int i = 0; i < 3; ++i) s[j][i] = _mm256_setzero_ps();
+        for (int t = 0; t < tiles; t += kV) {
+          __m256 v[3];
+#pragma GCC unroll 3
+          for (int i = 0; i < 3; ++i) v[i] = _mm256_loadu_ps(vc[i] + t);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            const __m256 d = _mm256_loadu_ps(dk[j] + t);
+#pragma GCC unroll 3
+            for (int i = 0; i < 3; ++i) s[j][i] = _mm256_fmadd_ps(d, v[i], s[j][i]);
+          }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+#pragma GCC unroll 3
+          for (int i = 0; i < 3; ++i) {
+            if (k0 + j >= g.K || c0 + i >= g.C) continue;
+            const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s[j][i]), _mm256_extractf128_ps(s[j][i], 1));
+            const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            acc[xi * KC + static_cast<std::int64_t>(k0 + j) * g.C + c0 + i] +=
+                _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+          }
+      }
+  }
+}
+
 bool cpu_has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
@@ -259,11 +362,36 @@ void winograd_image(const ConvGeom& g, const float* x, const float* U, const flo
   }
 }
 
+void winograd_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch, float* acc) {
+  const WinoGeom wg(g);
+  float* xp = scratch;
+  float* V = xp + g.C * wg.plane();
+  float* dys = V + 16 * wg.v_plane(g);
+  float* DY = dys + static_cast<std::int64_t>(g.K) * 2 * wg.Ty * wg.Wp;
+  pad_split(g, wg, x, xp);
+  // dy split by parity: the same split as the input's, without the padding row and column.
+  const std::int64_t plane = static_cast<std::int64_t>(2) * wg.Ty * wg.Wp;
+  std::fill_n(dys, static_cast<std::size_t>(g.K * plane), 0.0f);
+  for (int k = 0; k < g.K; ++k)
+    for (int h = 0; h < g.H; ++h)
+      split_row_by_parity(dy + (static_cast<std::int64_t>(k) * g.H + h) * g.W, g.W,
+                          dys + k * plane + static_cast<std::int64_t>(h) * wg.Wp, wg.Wh);
+  for (int ty0 = 0; ty0 < wg.Ty; ty0 += wg.rows_per_block) {
+    const int rows = std::min(wg.rows_per_block, wg.Ty - ty0);
+    input_transform(g, wg, xp, ty0, rows, V);
+    dy_transform(g, wg, dys, ty0, rows, DY);
+    filter_grad_gemm(g, wg, DY, V, rows * wg.Txp, acc);
+  }
+}
+
 #else  // not x86-64: the other paths handle every convolution
 
 bool winograd_applies(const ConvGeom&) { return false; }
 void winograd_image(const ConvGeom&, const float*, const float*, const float*, const float*, float*, float*) {
   JEM_FAIL("winograd_image: not built for this architecture (winograd_applies is false)");
+}
+void winograd_filter_grad_image(const ConvGeom&, const float*, const float*, float*, float*) {
+  JEM_FAIL("winograd_filter_grad_image: not built for this architecture (winograd_applies is false)");
 }
 
 #endif

@@ -47,4 +47,15 @@ std::size_t winograd_scratch_size(const ConvGeom& g);
 void winograd_image(const ConvGeom& g, const float* x, const float* U, const float* b, const float* z,
                     float* scratch, float* y);
 
+// The weight gradient by the same transforms: dw[k, c] += G^T (sum over tiles of
+// (A dy_tile A^T) .* (B^T x_tile B)) G, image by image. `acc` (winograd_filter_grad_acc_size
+// floats: 16 transform positions of each (k, c), zeroed before the first image) carries the sums
+// from image to image; `finish` adds G^T acc G into dw once at the end. So the order of the sums
+// depends only on the images given and their order.
+// scratch: winograd_filter_grad_scratch_size(g) floats.
+std::size_t winograd_filter_grad_scratch_size(const ConvGeom& g);
+std::size_t winograd_filter_grad_acc_size(const ConvGeom& g);
+void winograd_filter_grad_image(const ConvGeom& g, const float* x, const float* dy, float* scratch, float* acc);
+void winograd_filter_grad_finish(const ConvGeom& g, const float* acc, float* dw);
+
 }  // namespace jem::cpu
