@@ -452,14 +452,13 @@ void CpuBackend::conv2d_backward_filter_impl(const ConvGeom& g, const float* x, 
   //             64->64) 20.9 against 26.1 ms; 7 and 8 wide the GEMM 1.4-1.5x faster.
   const bool direct = use_direct3x3(g) && (g.stride == 1 ? g.W >= 16 : g.Q() >= 14);
   // Winograd (conv3x3_winograd.hpp) on images >= 14 wide: under kWinogradAvx2 wherever the
-  // forward pass may take it; under kBest where it also has >= 32 channels each way. Measured at
-  // 1 thread, batch 64, Zen 4 (AVX2), direct or GEMM -> Winograd: WRN-10-1 32->64 14x14 8.0 ->
-  // 6.7 ms; WRN-28-2 32->32 32x32 15.7 -> 14.1, 32->64 32x32 30.4 -> 26.8, 64->64 16x16 16.7 ->
-  // 12.4, 64->128 16x16 34.3 -> 25.4; but 16 channels lose (WRN-10-1 16->16 28x28 4.0 -> 4.5
-  // ms): each block of 64 tiles ends in a horizontal sum per (transform position, output
-  // channel, input channel), too many for the few products per channel pair.
+  // forward pass may take it; under kBest where it also has >= 16 channels each way. Measured at
+  // 1 thread, batch 64, Zen 4 (AVX2), direct or GEMM -> Winograd: WRN-10-1 16->16 28x28 3.96 ->
+  // 3.27 ms, 16->32 28x28 8.04 -> 6.66, 32->64 14x14 8.02 -> 6.36; WRN-28-2 16->32 32x32 8.01 ->
+  // 7.86, 32->32 32x32 15.7 -> 12.6, 32->64 32x32 30.4 -> 29.5, 64->64 16x16 16.7 -> 13.9,
+  // 64->128 16x16 34.3 -> 25.6.
   const bool wino = use_winograd(g) && g.W >= 14 &&
-                    (kernels_ == CpuConvKernels::kWinogradAvx2 || (g.C >= 32 && g.K >= 32));
+                    (kernels_ == CpuConvKernels::kWinogradAvx2 || (g.C >= 16 && g.K >= 16));
   // On AVX-512 CPUs the flat-layout kernel (conv3x3_wgrad512.hpp) takes every 3x3 pad-1
   // convolution of stride 1 or 2, several images per pass.
   const bool flat512 = kernels_ == CpuConvKernels::kBest && use_direct3x3(g) && wgrad512_applies(g);
