@@ -63,6 +63,26 @@ Vec sum_of(const Vec& a, const Vec& b) { return naive::add(a, b); }
 // d_c being the output's 4x4 input tile. winograd_magnitude computes that (without |b| and |z|).
 int winograd_terms(const ConvGeom& g) { return g.C + 12; }
 
+// The absolute values of the transform matrices: |G| (4x3), |B^T| (4x4), |A^T| (2x4).
+constexpr double kAbsG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}, {0, 0, 1}};
+constexpr double kAbsBt[4][4] = {{1, 0, 1, 0}, {0, 1, 1, 1}, {0, 1, 1, 0}, {0, 0, 0, 1}};
+constexpr double kAbsAt[2][4] = {{1, 1, 1, 0}, {0, 1, 1, 1}};
+
+// v = |B^T| d |B| for the 4x4 input tile d of output tile (ty, tx) of image n, channel c of the
+// [N, C, H, W] tensor ax (zero outside the image: the padding).
+void abs_input_transform(const ConvGeom& g, const Vec& ax, int n, int c, int ty, int tx, double (&v)[4][4]) {
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      v[i][j] = 0.0;
+      for (int r = 0; r < 4; ++r)
+        for (int t = 0; t < 4; ++t) {
+          const int h = 2 * ty + r - 1, w = 2 * tx + t - 1;
+          if (h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
+          v[i][j] += kAbsBt[i][r] * ax[((static_cast<std::size_t>(n) * g.C + c) * g.H + h) * g.W + w] * kAbsBt[j][t];
+        }
+    }
+}
+
 // The stride-1, pad-1 3x3 convolutions that kBest and kWinogradAvx2 may run by Winograd.
 bool may_take_winograd(CpuConvKernels kernels, const ConvGeom& g) {
   return (kernels == CpuConvKernels::kBest || kernels == CpuConvKernels::kWinogradAvx2) && g.R == 3 &&
@@ -72,9 +92,6 @@ bool may_take_winograd(CpuConvKernels kernels, const ConvGeom& g) {
 // mag (see above) for y [N, K, H, W] = conv3x3(x [N, C, H, W], w [K, C, 3, 3]), stride 1, pad 1,
 // from |x| and |w| (the caller passes absolute values).
 Vec winograd_magnitude(const ConvGeom& g, const Vec& ax, const Vec& aw) {
-  static constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}, {0, 0, 1}};  // |G|
-  static constexpr double kB[4][4] = {{1, 0, 1, 0}, {0, 1, 1, 1}, {0, 1, 1, 0}, {0, 0, 0, 1}};  // |B^T|
-  static constexpr double kA[2][4] = {{1, 1, 1, 0}, {0, 1, 1, 1}};                              // |A^T|
   Vec mag(static_cast<std::size_t>(g.N) * g.K * g.H * g.W, 0.0f);
   for (int n = 0; n < g.N; ++n)
     for (int k = 0; k < g.K; ++k)
@@ -82,20 +99,13 @@ Vec winograd_magnitude(const ConvGeom& g, const Vec& ax, const Vec& aw) {
         for (int tx = 0; 2 * tx < g.W; ++tx) {
           double m[4][4] = {};
           for (int c = 0; c < g.C; ++c) {
-            double u[4][4] = {}, v[4][4] = {};
+            double u[4][4] = {}, v[4][4];
             const float* f = &aw[(static_cast<std::size_t>(k) * g.C + c) * 9];
             for (int i = 0; i < 4; ++i)
               for (int j = 0; j < 4; ++j)
                 for (int r = 0; r < 3; ++r)
-                  for (int t = 0; t < 3; ++t) u[i][j] += kG[i][r] * f[r * 3 + t] * kG[j][t];
-            for (int i = 0; i < 4; ++i)
-              for (int j = 0; j < 4; ++j)
-                for (int r = 0; r < 4; ++r)
-                  for (int t = 0; t < 4; ++t) {
-                    const int h = 2 * ty + r - 1, w = 2 * tx + t - 1;
-                    if (h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
-                    v[i][j] += kB[i][r] * ax[((static_cast<std::size_t>(n) * g.C + c) * g.H + h) * g.W + w] * kB[j][t];
-                  }
+                  for (int t = 0; t < 3; ++t) u[i][j] += kAbsG[i][r] * f[r * 3 + t] * kAbsG[j][t];
+            abs_input_transform(g, ax, n, c, ty, tx, v);
             for (int i = 0; i < 4; ++i)
               for (int j = 0; j < 4; ++j) m[i][j] += u[i][j] * v[i][j];
           }
@@ -103,7 +113,7 @@ Vec winograd_magnitude(const ConvGeom& g, const Vec& ax, const Vec& aw) {
             for (int b = 0; b < 2 && 2 * tx + b < g.W; ++b) {
               double y = 0.0;
               for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) y += kA[a][i] * m[i][j] * kA[b][j];
+                for (int j = 0; j < 4; ++j) y += kAbsAt[a][i] * m[i][j] * kAbsAt[b][j];
               mag[((static_cast<std::size_t>(n) * g.K + k) * g.H + 2 * ty + a) * g.W + 2 * tx + b] = float(y);
             }
         }
@@ -124,9 +134,6 @@ int winograd_filter_grad_terms(const ConvGeom& g) {
   return g.N * ((g.H + 1) / 2) * (((g.W + 1) / 2 + 7) / 8 * 8) + 16;
 }
 Vec winograd_filter_grad_magnitude(const ConvGeom& g, const Vec& ax, const Vec& ady) {
-  static constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}, {0, 0, 1}};  // |G|
-  static constexpr double kB[4][4] = {{1, 0, 1, 0}, {0, 1, 1, 1}, {0, 1, 1, 0}, {0, 0, 0, 1}};  // |B^T|
-  static constexpr double kA[4][2] = {{1, 0}, {1, 1}, {1, 1}, {0, 1}};                          // |A|
   std::vector<double> m(static_cast<std::size_t>(g.K) * g.C * 16, 0.0);
   for (int n = 0; n < g.N; ++n)
     for (int ty = 0; 2 * ty < g.H; ++ty)
@@ -139,18 +146,11 @@ Vec winograd_filter_grad_magnitude(const ConvGeom& g, const Vec& ax, const Vec& 
                 for (int b = 0; b < 2; ++b) {
                   const int h = 2 * ty + a, w = 2 * tx + b;
                   if (h >= g.H || w >= g.W) continue;
-                  dt[i][j] += kA[i][a] * ady[((static_cast<std::size_t>(n) * g.K + k) * g.H + h) * g.W + w] * kA[j][b];
+                  dt[i][j] += kAbsAt[a][i] * ady[((static_cast<std::size_t>(n) * g.K + k) * g.H + h) * g.W + w] * kAbsAt[b][j];
                 }
           for (int c = 0; c < g.C; ++c) {
-            double v[4][4] = {};
-            for (int i = 0; i < 4; ++i)
-              for (int j = 0; j < 4; ++j)
-                for (int r = 0; r < 4; ++r)
-                  for (int t = 0; t < 4; ++t) {
-                    const int h = 2 * ty + r - 1, w = 2 * tx + t - 1;
-                    if (h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
-                    v[i][j] += kB[i][r] * ax[((static_cast<std::size_t>(n) * g.C + c) * g.H + h) * g.W + w] * kB[j][t];
-                  }
+            double v[4][4];
+            abs_input_transform(g, ax, n, c, ty, tx, v);
             for (int xi = 0; xi < 16; ++xi)
               m[(static_cast<std::size_t>(k) * g.C + c) * 16 + xi] += dt[xi / 4][xi % 4] * v[xi / 4][xi % 4];
           }
@@ -161,7 +161,7 @@ Vec winograd_filter_grad_magnitude(const ConvGeom& g, const Vec& ax, const Vec& 
       for (int t = 0; t < 3; ++t) {
         double y = 0.0;
         for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) y += kG[i][r] * m[kc * 16 + i * 4 + j] * kG[j][t];
+          for (int j = 0; j < 4; ++j) y += kAbsG[i][r] * m[kc * 16 + i * 4 + j] * kAbsG[j][t];
         mag[kc * 9 + r * 3 + t] = float(y);
       }
   return mag;

@@ -230,15 +230,21 @@ void CpuBackend::conv2d_forward_with(const ConvGeom& g, const float* x, const fl
   const int CRR = g.C * g.R * g.S;
   const std::int64_t x_stride = static_cast<std::int64_t>(g.C) * g.H * g.W;
   const std::int64_t y_stride = static_cast<std::int64_t>(g.K) * PQ;
+  // kernel(x_n, z_n or null, y_n, thread) for every image, taken dynamically by the threads,
+  // each image's tail run right after it.
+  auto each_image = [&](auto&& kernel) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int n = 0; n < g.N; ++n) {
+      kernel(x + n * x_stride, z ? z + n * y_stride : nullptr, y + n * y_stride, omp_get_thread_num());
+      if (tail) tail->apply(y, n, n + 1);
+    }
+  };
   if (use_cvec(g)) {
     float* wp = scratch(0, kSlotPacked, cvec_packed_size(g));
     cvec_pack(g, w, wp);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n) {
-      cvec_image(g, x + n * x_stride, wp, b, z ? z + n * y_stride : nullptr,
-                 scratch(omp_get_thread_num(), kSlotCol, cvec_scratch_size(g)), y + n * y_stride);
-      if (tail) tail->apply(y, n, n + 1);
-    }
+    each_image([&](const float* xn, const float* zn, float* yn, int t) {
+      cvec_image(g, xn, wp, b, zn, scratch(t, kSlotCol, cvec_scratch_size(g)), yn);
+    });
     return;
   }
   if (use_s2flat(g)) {
@@ -254,24 +260,18 @@ void CpuBackend::conv2d_forward_with(const ConvGeom& g, const float* x, const fl
   if (use_winograd(g)) {
     float* U = scratch(0, kSlotPacked, winograd_packed_size(g));
     winograd_pack(g, w, U);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n) {
-      winograd_image(g, x + n * x_stride, U, b, z ? z + n * y_stride : nullptr,
-                     scratch(omp_get_thread_num(), kSlotCol, winograd_scratch_size(g)), y + n * y_stride);
-      if (tail) tail->apply(y, n, n + 1);
-    }
+    each_image([&](const float* xn, const float* zn, float* yn, int t) {
+      winograd_image(g, xn, U, b, zn, scratch(t, kSlotCol, winograd_scratch_size(g)), yn);
+    });
     return;
   }
   if (use_direct3x3(g)) {
     float* wp = scratch(0, kSlotPacked, direct3x3_packed_weight_size(g));
     direct3x3_pack_weights(g, w, wp);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n) {
-      direct3x3_image(g, x + n * x_stride, wp, b, z ? z + n * y_stride : nullptr,
-                      scratch(omp_get_thread_num(), kSlotCol, direct3x3_scratch_size(g)),
-                      y + n * y_stride, kernels_ == CpuConvKernels::kBest);
-      if (tail) tail->apply(y, n, n + 1);
-    }
+    each_image([&](const float* xn, const float* zn, float* yn, int t) {
+      direct3x3_image(g, xn, wp, b, zn, scratch(t, kSlotCol, direct3x3_scratch_size(g)), yn,
+                      kernels_ == CpuConvKernels::kBest);
+    });
     return;
   }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
