@@ -351,26 +351,29 @@ void CpuBackend::conv2d_backward_data_with(const ConvGeom& g, const float* dy, c
     tg.pad_h = g.R - 1 - g.pad_h;
     tg.pad_w = g.S - 1 - g.pad_w;
   }
+  // kernel(dy_n, dx_n, thread) for every image, taken dynamically by the threads, each image's
+  // tail run right after it.
+  auto each_image = [&](auto&& kernel) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int n = 0; n < g.N; ++n) {
+      kernel(dy + n * y_stride, dx + n * x_stride, omp_get_thread_num());
+      if (tail) tail->apply(dx, n, n + 1);
+    }
+  };
   if (as_forward && use_cvec(tg)) {
     float* wp = scratch(0, kSlotPacked, cvec_packed_size(tg));
     cvec_pack(tg, wt, wp);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n) {
-      cvec_image(tg, dy + n * y_stride, wp, nullptr, nullptr,
-                 scratch(omp_get_thread_num(), kSlotCol, cvec_scratch_size(tg)), dx + n * x_stride);
-      if (tail) tail->apply(dx, n, n + 1);
-    }
+    each_image([&](const float* dyn, float* dxn, int t) {
+      cvec_image(tg, dyn, wp, nullptr, nullptr, scratch(t, kSlotCol, cvec_scratch_size(tg)), dxn);
+    });
     return;
   }
   if (as_forward && use_winograd(tg)) {
     float* U = scratch(0, kSlotPacked, winograd_packed_size(tg));
     winograd_pack(tg, wt, U);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n) {
-      winograd_image(tg, dy + n * y_stride, U, nullptr, nullptr,
-                     scratch(omp_get_thread_num(), kSlotCol, winograd_scratch_size(tg)), dx + n * x_stride);
-      if (tail) tail->apply(dx, n, n + 1);
-    }
+    each_image([&](const float* dyn, float* dxn, int t) {
+      winograd_image(tg, dyn, U, nullptr, nullptr, scratch(t, kSlotCol, winograd_scratch_size(tg)), dxn);
+    });
     return;
   }
   float* wp = nullptr;
@@ -391,13 +394,9 @@ void CpuBackend::conv2d_backward_data_with(const ConvGeom& g, const float* dy, c
   if (g.stride == 2 && use_direct3x3(g)) {
     float* wq = scratch(0, kSlotPacked, direct3x3_s2_data_grad_packed_size(g));
     direct3x3_s2_data_grad_pack(g, w, wq);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int n = 0; n < g.N; ++n) {
-      direct3x3_s2_data_grad_image(g, dy + n * y_stride, wq,
-                                   scratch(omp_get_thread_num(), kSlotCol, direct3x3_s2_data_grad_scratch_size(g)),
-                                   dx + n * x_stride);
-      if (tail) tail->apply(dx, n, n + 1);
-    }
+    each_image([&](const float* dyn, float* dxn, int t) {
+      direct3x3_s2_data_grad_image(g, dyn, wq, scratch(t, kSlotCol, direct3x3_s2_data_grad_scratch_size(g)), dxn);
+    });
     return;
   }
   // One image's data gradient by the first way that applies.
