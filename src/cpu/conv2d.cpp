@@ -6,7 +6,8 @@
 // (conv3x3_s2_flat512.hpp); and, for small images with many channels, by the
 // channel-vectorised kernel (conv3x3_cvec512.hpp): forward and stride-1 data gradient; on AVX2
 // CPUs without AVX-512 by Winograd F(2x2, 3x3) (conv3x3_winograd.hpp): the stride-1 3x3 forward
-// and data gradient with >= 8 channels on images >= 14 wide (use_winograd).
+// and data gradient with >= 8 channels on images >= 14 wide (use_winograd), and the weight
+// gradient with >= 16.
 //
 // Per image n, with CRR = C*R*S (the kernel is R rows by S columns) and PQ = P*Q:
 //   forward          y_n[K, PQ]   = w[K, CRR] * col_n[CRR, PQ] + b

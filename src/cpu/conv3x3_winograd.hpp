@@ -12,7 +12,9 @@
 // V and the GEMM's result stay in the L2 cache.
 // The input is read from the zero-padded copy with each row split by column parity (as the
 // direct kernel's stride-2 layout): the 4 columns of 8 adjacent tiles are 4 runs of adjacent
-// floats.
+// floats. The data gradient of a stride-1 convolution is the forward pass of its flipped,
+// transposed kernel (conv2d.cpp), so this computes it too; the weight gradient uses the same input
+// transform, dy's 2x2 tiles transformed by A, and G^T ... G at the end (below).
 //
 // Accuracy: the transforms' coefficients are 0, +-1 and +-0.5, so the result differs from the
 // direct sum by a few fp32 roundings of partial sums up to 4x the inputs' size: measured
