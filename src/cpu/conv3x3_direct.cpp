@@ -194,7 +194,7 @@ template <int TB, int NR, int NS, bool kStride2>
       } else {
         const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - qn[t]));
         if (zk != nullptr) acc[t][j] = _mm256_add_ps(acc[t][j], _mm256_maskload_ps(zk + yoff[t], m));
-        _mm256_maskstore_ps(yk + yoff[t], m, acc[t][j]);
+        store_first(yk + yoff[t], acc[t][j], qn[t]);
       }
     }
   }

@@ -260,12 +260,18 @@ template <int TB>
           const __m256 lo = _mm256_unpacklo_ps(y0, y1), hi = _mm256_unpackhi_ps(y0, y1);
           __m256 out0 = _mm256_permute2f128_ps(lo, hi, 0x20), out1 = _mm256_permute2f128_ps(lo, hi, 0x31);
           const std::int64_t at = k * HW + static_cast<std::int64_t>(row) * g.W + 2 * tx;
+          // Masked loads, and store_first, only where a vector is partial (parity_split.hpp:
+          // AMD's VMASKMOVPS store is microcoded; the output transform took 10.6% of the
+          // quickstart's iteration with it everywhere).
           if (z != nullptr) {
-            out0 = _mm256_add_ps(out0, _mm256_maskload_ps(z + at, mask0));
-            if (n > kV) out1 = _mm256_add_ps(out1, _mm256_maskload_ps(z + at + kV, mask1));
+            out0 = _mm256_add_ps(out0, n >= kV ? _mm256_loadu_ps(z + at) : _mm256_maskload_ps(z + at, mask0));
+            if (n > kV)
+              out1 = _mm256_add_ps(out1, n >= 2 * kV ? _mm256_loadu_ps(z + at + kV) : _mm256_maskload_ps(z + at + kV, mask1));
           }
-          _mm256_maskstore_ps(y + at, mask0, out0);
-          if (n > kV) _mm256_maskstore_ps(y + at + kV, mask1, out1);
+          if (n >= kV) _mm256_storeu_ps(y + at, out0);
+          else store_first(y + at, out0, n);
+          if (n >= 2 * kV) _mm256_storeu_ps(y + at + kV, out1);
+          else if (n > kV) store_first(y + at + kV, out1, n - kV);
         }
       }
   }
