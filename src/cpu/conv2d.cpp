@@ -131,9 +131,9 @@ void col2im(const ConvGeom& g, const float* col, float* dx) {
 
 // Scratch slots (per thread): 0 im2col columns, the padded image of the direct kernel or the
 // flat-layout chunk of the AVX-512 kernels, 1 partial weight gradients, 2 the flipped kernel of
-// backward-data, 3 the direct, flat or channel-vectorised kernels' packed weights, 4 the direct
-// weight gradient's per-lane sums. Slots 2 and 3 are filled by thread 0's entry before a
-// parallel loop and only read inside it.
+// backward-data, 3 the direct, flat, channel-vectorised or Winograd kernels' packed weights, 4
+// the direct weight gradient's per-lane sums or the Winograd one's transform-domain sums. Slots 2
+// and 3 are filled by thread 0's entry before a parallel loop and only read inside it.
 constexpr int kSlotCol = 0, kSlotPartial = 1, kSlotFlipped = 2, kSlotPacked = 3, kSlotLanes = 4;
 
 }  // namespace
