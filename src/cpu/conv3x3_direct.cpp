@@ -408,12 +408,6 @@ template <int TB>
     }
 }
 
-[[gnu::target("avx2,fma")]] inline float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
-
 // acc[j][s] += dy_j (8 pixels) * x (the 8 pixels read by tap s), for j < 4 and s < 3: 12
 // accumulators, 3 x vectors and one dy vector at a time fill the 16 AVX registers exactly. Tap
 // s of the 8 outputs starting at xr: stride 1, xr + s; stride 2 (padded rows split by column

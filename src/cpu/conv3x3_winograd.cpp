@@ -344,10 +344,7 @@ template <int TB>
 #pragma GCC unroll 3
           for (int i = 0; i < 3; ++i) {
             if (k0 + j >= g.K || c0 + i >= g.C) continue;
-            const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s[j][i]), _mm256_extractf128_ps(s[j][i], 1));
-            const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            acc[xi * KC + static_cast<std::int64_t>(k0 + j) * g.C + c0 + i] +=
-                _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+            acc[xi * KC + static_cast<std::int64_t>(k0 + j) * g.C + c0 + i] += hsum(s[j][i]);
           }
       }
   }

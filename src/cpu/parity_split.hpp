@@ -1,4 +1,4 @@
-// Row helpers of the AVX2 convolution kernels.
+// Row and vector helpers of the AVX2 convolution kernels.
 //
 // A zero-padded image row stored split by column parity, as the stride-2 direct kernels
 // (conv3x3_direct.cpp) and the Winograd kernel (conv3x3_winograd.cpp) read it: padded row =
@@ -43,6 +43,13 @@ namespace jem::cpu {
   alignas(32) float tmp[8];
   _mm256_store_ps(tmp, v);
   for (int i = 0; i < n; ++i) dst[i] = tmp[i];
+}
+
+// The sum of v's 8 lanes (a fixed order: halves, then pairs, then the last two).
+[[gnu::target("avx2,fma")]] inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
 }  // namespace jem::cpu
